@@ -1,0 +1,1 @@
+"""Per-region replica targets from demand and latency SLOs (issue: autoscaler). Empty so far."""

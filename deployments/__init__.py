@@ -1,0 +1,1 @@
+"""Ray Serve applications: one per region, built on ray.serve.llm."""

@@ -1,0 +1,99 @@
+"""One Ray Serve application per region: OpenAI ingress + LLMServer replicas on vLLM.
+
+`serve deploy` configs import `deployments.region_app:build_region_app`. The builder
+pins every replica to its region's nodes through the custom Ray resource
+`region:<slug>` that those nodes advertise, and adds `GET /status`, which the geo
+router polls.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
+from ray.serve.deployment import Application
+from ray.serve.llm import LLMConfig, build_llm_deployment
+from ray.serve.llm.ingress import make_fastapi_ingress
+
+from deployments.region_ingress import STATUS_ENDPOINTS, RegionIngress
+from deployments.region_server import RegionLLMServer
+from meridian import models
+from meridian.spec import ModelSource, PackagedModelSource, region_resource
+
+# Each replica takes one unit of its region's resource and the ingress this sliver,
+# so both land only on that region's nodes.
+INGRESS_REGION_SHARE = 0.01
+
+
+class RegionModelArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    source: ModelSource = Field(default_factory=PackagedModelSource)
+    max_model_len: int = Field(default=2048, ge=128)
+    kv_cache_gib: int = Field(default=2, ge=1, description="vLLM CPU KV cache per replica")
+
+
+class RegionAppArgs(BaseModel):
+    """The `args` of one region's application in a `serve deploy` config."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    region: str = Field(description="`<cloud>/<region>`, reported by /status")
+    slug: str = Field(pattern=r"^[a-z][a-z0-9-]*$", description="names the Ray resource region:<slug>")
+    models: list[RegionModelArgs] = Field(min_length=1)
+    replicas: int = Field(default=1, ge=1)
+    cpus_per_replica: int = Field(default=1, ge=1)
+    engine_cpus: str | None = None
+    max_ongoing_requests: int = Field(default=64, ge=1)
+
+
+def llm_config_for(args: RegionAppArgs, model: RegionModelArgs, model_path: str) -> LLMConfig:
+    return LLMConfig(
+        model_loading_config={"model_id": model.id, "model_source": model_path},
+        accelerator_config={"kind": "cpu"},
+        placement_group_config={"bundles": [{"CPU": args.cpus_per_replica, region_resource(args.slug): 1}]},
+        deployment_config={
+            "num_replicas": args.replicas,
+            "max_ongoing_requests": args.max_ongoing_requests,
+        },
+        engine_kwargs={"max_model_len": model.max_model_len, "disable_log_stats": False},
+        # vLLM's own Prometheus logger (not Ray's wrapper) then records into the
+        # replica's registry, where RegionLLMServer.engine_stats reads it.
+        log_engine_metrics=False,
+        runtime_env={
+            "env_vars": {
+                # Setting the KV cache size also stops vLLM CPU from reserving a
+                # fraction of the whole NUMA node's memory per engine.
+                "VLLM_CPU_KVCACHE_SPACE": str(model.kv_cache_gib),
+                "VLLM_CPU_OMP_THREADS_BIND": args.engine_cpus or "nobind",
+                "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+            }
+        },
+    )
+
+
+def build_region_app(args: dict[str, Any]) -> Application:
+    parsed = RegionAppArgs.model_validate(args)
+    servers: dict[str, Application] = {}
+    model_cards = {}
+    llm_configs = []
+    for model in parsed.models:
+        # Runs where Serve builds the app; on one machine that is where replicas run too.
+        llm_config = llm_config_for(parsed, model, models.pull(model.source))
+        llm_configs.append(llm_config)
+        servers[model.id] = build_llm_deployment(llm_config, deployment_cls=RegionLLMServer)
+        model_cards[model.id] = to_model_metadata(model.id, llm_config)
+    ingress_options = RegionIngress.get_deployment_options(llm_configs)
+    ingress_options.pop("autoscaling_config", None)
+    ingress_options["num_replicas"] = 1
+    ingress_options["ray_actor_options"] = {
+        "num_cpus": 0,
+        "resources": {region_resource(parsed.slug): INGRESS_REGION_SHARE},
+    }
+    ingress_cls = make_fastapi_ingress(RegionIngress, endpoint_map=STATUS_ENDPOINTS)
+    return serve.deployment(ingress_cls, **ingress_options).bind(
+        llm_deployments=servers, model_cards=model_cards, region=parsed.region
+    )

@@ -1,0 +1,56 @@
+"""The region's OpenAI ingress, plus `GET /status` for the geo router."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from ray.llm._internal.serve.core.ingress.ingress import DEFAULT_ENDPOINTS
+from ray.llm._internal.serve.utils.broadcast import broadcast
+from ray.serve.handle import DeploymentHandle
+from ray.serve.llm.ingress import OpenAiIngress
+
+log = logging.getLogger(__name__)
+
+STATUS_ENDPOINTS = {**DEFAULT_ENDPOINTS, "status": lambda app: app.get("/status")}
+# A replica that does not report within this long counts as not ready; it must be
+# well under the router's health-poll timeout so /status itself always answers.
+STATS_TIMEOUT_S = 0.5
+
+
+class RegionIngress(OpenAiIngress):
+    def __init__(self, llm_deployments: dict[str, DeploymentHandle], model_cards: dict, *, region: str, **kwargs: Any):
+        super().__init__(llm_deployments, model_cards, **kwargs)
+        self._region = region
+        # One broadcast at a time per model: polls that arrive meanwhile share it.
+        self._pending: dict[str, asyncio.Task] = {}
+
+    async def status(self) -> dict[str, Any]:
+        per_model = await asyncio.gather(*(self._model_stats(m) for m in self._default_serve_handles))
+        replicas = [stats for model_stats in per_model for stats in model_stats]
+        return {
+            "region": self._region,
+            "models": sorted(self._default_serve_handles),
+            "replicas": {"ready": len(replicas)},
+            "engine": {
+                "running": sum(r["running"] for r in replicas),
+                "waiting": sum(r["waiting"] for r in replicas),
+                "kv_cache_usage": max((r["kv_cache_usage"] for r in replicas), default=0.0),
+            },
+            "per_replica": replicas,
+        }
+
+    async def _model_stats(self, model_id: str) -> list[dict[str, Any]]:
+        task = self._pending.get(model_id)
+        if task is None or task.done():
+            handle = self._default_serve_handles[model_id]
+            task = asyncio.ensure_future(asyncio.to_thread(broadcast, handle, "engine_stats"))
+            self._pending[model_id] = task
+        try:
+            return list(await asyncio.wait_for(asyncio.shield(task), STATS_TIMEOUT_S))
+        except asyncio.TimeoutError:
+            return []
+        except Exception as error:  # a replica died mid-call: report what is known, not a 500
+            log.warning("engine stats for %s failed: %s", model_id, error)
+            return []

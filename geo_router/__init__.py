@@ -1,0 +1,1 @@
+"""The geo-aware OpenAI-compatible router in front of every region."""

@@ -1,0 +1,56 @@
+"""Prometheus metrics of the router, on a registry of its own (one per app instance)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class RouterMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "meridian_router_requests",
+            "Requests answered by the router, by region, model and HTTP status.",
+            ["region", "model", "status"],
+            registry=self.registry,
+        )
+        self.ttfb = Histogram(
+            "meridian_router_time_to_first_byte_seconds",
+            "Time from request arrival to the first response byte from the region.",
+            ["region", "model"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "meridian_router_request_duration_seconds",
+            "Time from request arrival to the last response byte.",
+            ["region", "model"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.decisions = Counter(
+            "meridian_router_routing_decisions",
+            "Regions chosen, by the reason they were chosen.",
+            ["region", "reason"],
+            registry=self.registry,
+        )
+        self.upstream_errors = Counter(
+            "meridian_router_upstream_errors",
+            "Failed attempts against a region, by kind (connect, status, stream_broken).",
+            ["region", "kind"],
+            registry=self.registry,
+        )
+        self.region_healthy = Gauge(
+            "meridian_router_region_healthy",
+            "1 if the router currently sends traffic to the region.",
+            ["region"],
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "meridian_router_in_flight_requests",
+            "Requests the router is currently proxying, by region.",
+            ["region"],
+            registry=self.registry,
+        )

@@ -1,0 +1,159 @@
+"""Forward one inference request to the best region; fail over before the first byte.
+
+The client's body goes to the region byte for byte. A streamed answer is relayed chunk
+by chunk as it arrives (never buffered whole). Until the first byte of the answer has
+been read from a region, any failure there moves the request to the next region;
+after that the request is never sent twice, and a stream that breaks ends with an SSE
+error event in OpenAI's shape.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+from starlette.responses import Response, StreamingResponse
+
+from geo_router.errors import error_response, sse_error_event
+from geo_router.metrics import RouterMetrics
+from geo_router.regions import Region
+from geo_router.requests import InferenceRequest
+
+log = logging.getLogger(__name__)
+
+REGION_HEADER = "x-meridian-region"
+# Request headers passed to the region; everything else (host, hop-by-hop, length) is not.
+FORWARDED_REQUEST_HEADERS = ("content-type", "accept", "traceparent", "tracestate", "x-request-id")
+FORWARDED_RESPONSE_HEADERS = ("content-type", "x-request-id", "cache-control")
+
+
+class RegionFailed(Exception):
+    """An attempt failed before any byte reached the client; another region may serve it."""
+
+    def __init__(self, kind: str, detail: str):
+        super().__init__(detail)
+        self.kind = kind
+        self.detail = detail
+
+
+def is_retryable_status(status: int) -> bool:
+    # 404 from a region means its app (route prefix) is gone: the router has already
+    # checked the model name. 5xx is the region's fault. Other 4xx are the client's.
+    return status == 404 or status == 408 or status >= 500
+
+
+@dataclass
+class Attempt:
+    region: Region
+    upstream: httpx.Response
+    first_chunk: bytes
+    chunks: AsyncIterator[bytes]
+
+
+class Proxy:
+    def __init__(self, client: httpx.AsyncClient, metrics: RouterMetrics, upstream_timeout_s: float):
+        self._client = client
+        self._metrics = metrics
+        self._timeout = httpx.Timeout(upstream_timeout_s, connect=2.0)
+
+    async def forward(
+        self,
+        path: str,
+        request: InferenceRequest,
+        headers: dict[str, str],
+        ranked: list[Region],
+        started: float,
+    ) -> Response:
+        """Try `ranked` regions in order; answer from the first that produces a byte."""
+        forwarded = {k: v for k, v in headers.items() if k in FORWARDED_REQUEST_HEADERS}
+        failures: list[str] = []
+        for position, region in enumerate(ranked):
+            reason = "nearest" if position == 0 else "failover"
+            try:
+                attempt = await self._attempt(region, path, request, forwarded)
+            except RegionFailed as failure:
+                region.mark_down(failure.detail)
+                self._metrics.upstream_errors.labels(region.name, failure.kind).inc()
+                failures.append(f"{region.name}: {failure.detail}")
+                log.warning("attempt on %s failed before first byte: %s", region.name, failure.detail)
+                continue
+            self._metrics.decisions.labels(region.name, reason).inc()
+            self._metrics.ttfb.labels(region.name, request.model).observe(time.perf_counter() - started)
+            return self._respond(attempt, request, started)
+        return error_response(
+            503,
+            "no region could serve the request: " + "; ".join(failures),
+            code="no_healthy_region",
+            headers={"Retry-After": "1"},
+        )
+
+    async def _attempt(
+        self, region: Region, path: str, request: InferenceRequest, headers: dict[str, str]
+    ) -> Attempt:
+        upstream_request = self._client.build_request(
+            "POST", f"{region.endpoint}/v1/{path}", content=request.body, headers=headers, timeout=self._timeout
+        )
+        self._enter(region)
+        upstream: httpx.Response | None = None
+        try:
+            upstream = await self._client.send(upstream_request, stream=True)
+            if is_retryable_status(upstream.status_code):
+                body = await upstream.aread()
+                raise RegionFailed("status", f"HTTP {upstream.status_code}: {body[:200]!r}")
+            chunks = upstream.aiter_raw()
+            first_chunk = b""
+            async for chunk in chunks:
+                if chunk:
+                    first_chunk = chunk
+                    break
+            return Attempt(region, upstream, first_chunk, chunks)
+        except BaseException as error:
+            # Nothing reached the client: release the region; on success the relay does.
+            if upstream is not None:
+                await upstream.aclose()
+            self._leave(region)
+            if isinstance(error, httpx.HTTPError):
+                raise RegionFailed("connect", f"{type(error).__name__}: {error}") from None
+            raise
+
+    def _enter(self, region: Region) -> None:
+        region.in_flight += 1
+        self._metrics.in_flight.labels(region.name).inc()
+
+    def _leave(self, region: Region) -> None:
+        region.in_flight -= 1
+        self._metrics.in_flight.labels(region.name).dec()
+
+    def _respond(self, attempt: Attempt, request: InferenceRequest, started: float) -> Response:
+        region, upstream = attempt.region, attempt.upstream
+        headers = {k: v for k, v in upstream.headers.items() if k in FORWARDED_RESPONSE_HEADERS}
+        headers[REGION_HEADER] = region.name
+        status = str(upstream.status_code)
+
+        async def finish(outcome: str) -> None:
+            await upstream.aclose()
+            self._leave(region)
+            self._metrics.requests.labels(region.name, request.model, outcome).inc()
+            self._metrics.latency.labels(region.name, request.model).observe(time.perf_counter() - started)
+
+        async def relay() -> AsyncIterator[bytes]:
+            outcome = status
+            try:
+                if attempt.first_chunk:
+                    yield attempt.first_chunk
+                async for chunk in attempt.chunks:
+                    yield chunk
+            except httpx.HTTPError as error:
+                outcome = "stream_broken"
+                self._metrics.upstream_errors.labels(region.name, "stream_broken").inc()
+                log.warning("stream from %s broke after first byte: %s", region.name, error)
+                if request.stream:
+                    yield sse_error_event(502, f"the stream from region {region.name} broke: {error}", "stream_broken")
+            finally:
+                await finish(outcome)
+
+        return StreamingResponse(relay(), status_code=upstream.status_code, headers=headers)
+

@@ -1,0 +1,98 @@
+"""The router's live view of every region, refreshed by polling each region's /status.
+
+A region is healthy while its last poll answered and it has a ready replica. A failed
+request marks it unhealthy at once, so traffic moves before the next poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from geo_router.geo import LatLon
+from geo_router.selection import RegionState
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Region:
+    name: str
+    location: LatLon
+    endpoint: str  # base URL of the region's Serve app; OpenAI API under /v1
+    healthy: bool = False
+    ready_replicas: int = 0
+    models: frozenset[str] = frozenset()
+    last_status: dict[str, Any] = field(default_factory=dict)
+    last_error: str | None = None
+    last_poll_at: float = 0.0
+    in_flight: int = 0
+
+    def state(self) -> RegionState:
+        return RegionState(self.name, self.location, self.healthy, self.ready_replicas, self.models)
+
+    def mark_down(self, reason: str) -> None:
+        if self.healthy:
+            log.warning("region %s marked down: %s", self.name, reason)
+        self.healthy = False
+        self.last_error = reason
+
+    def apply_status(self, status: dict[str, Any]) -> None:
+        replicas = status.get("replicas", {})
+        self.ready_replicas = int(replicas.get("ready", 0))
+        self.models = frozenset(status.get("models", []))
+        self.last_status = status
+        self.last_error = None
+        self.healthy = self.ready_replicas > 0
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "endpoint": self.endpoint,
+            "location": {"lat": self.location.lat, "lon": self.location.lon},
+            "healthy": self.healthy,
+            "ready_replicas": self.ready_replicas,
+            "models": sorted(self.models),
+            "in_flight": self.in_flight,
+            "status": self.last_status,
+            "last_error": self.last_error,
+            "last_poll_age_s": round(time.monotonic() - self.last_poll_at, 3) if self.last_poll_at else None,
+        }
+
+
+class RegionTable:
+    def __init__(self, regions: list[Region], client: httpx.AsyncClient, timeout_s: float):
+        self.regions = {r.name: r for r in regions}
+        self._client = client
+        self._timeout_s = timeout_s
+
+    def states(self) -> list[RegionState]:
+        return [r.state() for r in self.regions.values()]
+
+    async def poll_once(self) -> None:
+        await asyncio.gather(*(self._poll(region) for region in self.regions.values()))
+
+    async def poll_forever(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            await self.poll_once()
+
+    async def _poll(self, region: Region) -> None:
+        region.last_poll_at = time.monotonic()
+        try:
+            response = await self._client.get(f"{region.endpoint}/status", timeout=self._timeout_s)
+        except httpx.HTTPError as error:
+            region.mark_down(f"status poll failed: {type(error).__name__}")
+            return
+        if response.status_code != 200:
+            region.mark_down(f"status poll answered HTTP {response.status_code}")
+            return
+        try:
+            region.apply_status(response.json())
+        except (ValueError, TypeError, AttributeError) as error:
+            region.mark_down(f"status poll returned an unreadable body: {error}")

@@ -1,0 +1,62 @@
+"""Validate the few fields the router needs before it forwards a body unchanged."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+
+class InvalidRequest(Exception):
+    def __init__(self, message: str, param: str | None = None, status: int = 400):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.status = status
+
+
+@dataclass(frozen=True)
+class InferenceRequest:
+    model: str
+    stream: bool
+    body: bytes  # forwarded byte for byte
+    fields: dict[str, Any]
+
+
+# Per endpoint: the field besides `model` that must be present, and its accepted types.
+REQUIRED_INPUT = {
+    "chat/completions": ("messages", (list,)),
+    "completions": ("prompt", (str, list)),
+}
+
+
+def parse_inference_request(endpoint: str, body: bytes) -> InferenceRequest:
+    if not body:
+        raise InvalidRequest("request body is empty; expected a JSON object")
+    try:
+        fields = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InvalidRequest(f"request body is not valid JSON: {error}") from None
+    if not isinstance(fields, dict):
+        raise InvalidRequest("request body must be a JSON object")
+
+    model = fields.get("model")
+    if model is None:
+        raise InvalidRequest("missing required field 'model'", param="model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("'model' must be a non-empty string", param="model")
+
+    input_field, input_types = REQUIRED_INPUT[endpoint]
+    value = fields.get(input_field)
+    if value is None:
+        raise InvalidRequest(f"missing required field '{input_field}'", param=input_field)
+    if not isinstance(value, input_types) or (isinstance(value, list) and not value):
+        kinds = " or ".join("a non-empty array" if t is list else "a string" for t in input_types)
+        raise InvalidRequest(f"'{input_field}' must be {kinds}", param=input_field)
+    if input_field == "messages" and not all(isinstance(m, dict) for m in value):
+        raise InvalidRequest("every item of 'messages' must be an object", param="messages")
+
+    stream = fields.get("stream", False)
+    if not isinstance(stream, bool):
+        raise InvalidRequest("'stream' must be a boolean", param="stream")
+    return InferenceRequest(model=model, stream=stream, body=body, fields=fields)

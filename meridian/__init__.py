@@ -1,0 +1,1 @@
+"""Meridian's composition root: the spec, the CLI, the local launcher."""

@@ -1,0 +1,324 @@
+"""The local launcher: a Ray head, one labelled Ray node per region, the region apps
+(deployed with `serve deploy`), and the geo router, all as real processes.
+
+`up` is safe to repeat: if the platform is already running it re-applies the Serve
+config (a no-op when unchanged) and waits for readiness again. `down` stops every
+process `up` started and sweeps up anything they spawned.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from meridian import models, processes
+from meridian.platform_state import PlatformState
+from meridian.serve_config import serve_config
+from meridian.spec import PlatformSpec, load_spec, region_resource
+
+BIN = Path(sys.executable).parent
+REGION_LABEL = "meridian.io/region"
+REGION_RESOURCE_CAPACITY = 1000  # each replica takes 1 unit, the ingress a sliver
+# Processes beside the engines (Serve controller/proxy, ingress, router) need CPU
+# too; Ray only schedules by logical CPUs, so the head advertises one.
+HEAD_CPUS = 1
+# Objects passed between Serve actors are small; the default (30% of RAM per node)
+# would reserve most of /dev/shm across several nodes on one machine.
+OBJECT_STORE_BYTES = 256 * 1024**2
+# Each node's workers get their own port range, below the ephemeral range.
+WORKER_PORTS_FROM = 20000
+WORKER_PORTS_PER_NODE = 1000
+
+
+class LaunchError(RuntimeError):
+    pass
+
+
+@dataclass
+class RegionProgress:
+    name: str
+    phase: str  # starting | deploying | ready | failed
+    detail: str = ""
+
+
+ProgressCallback = Callable[[str], None]
+RegionsCallback = Callable[[list[RegionProgress]], None]
+
+
+def ray_temp_dir(spec: PlatformSpec) -> str:
+    # Ray puts unix sockets under this directory; it must stay short (AF_UNIX paths
+    # are limited to 107 bytes), so it does not live under the state dir.
+    return f"/tmp/meridian-{spec.name}"
+
+
+def new_state(spec: PlatformSpec, spec_path: Path) -> PlatformState:
+    return PlatformState(
+        name=spec.name,
+        spec_path=str(spec_path.resolve()),
+        platform_id=uuid.uuid4().hex,
+        ray_temp_dir=ray_temp_dir(spec),
+        gcs_address=f"127.0.0.1:{spec.ray.gcs_port}",
+        dashboard_url=f"http://127.0.0.1:{spec.ray.dashboard_port}",
+        router_url=f"http://{spec.router.host}:{spec.router.port}",
+    )
+
+
+def is_up(state: PlatformState | None) -> bool:
+    return (
+        state is not None
+        and processes.is_running(state.head_pid)
+        and processes.is_running(state.router_pid)
+        and all(processes.is_running(pid) for pid in state.region_node_pids.values())
+    )
+
+
+def up(
+    spec_path: Path,
+    *,
+    on_step: ProgressCallback = lambda _: None,
+    on_regions: RegionsCallback = lambda _: None,
+    timeout_s: float = 900.0,
+) -> tuple[PlatformState, bool]:
+    """Bring the platform up; return its state and whether it was already running."""
+    spec = load_spec(spec_path)
+    for model in spec.models:
+        if not models.is_pulled(model.source):
+            on_step(f"pulling model {model.id}")
+        models.pull(model.source, progress=on_step)
+
+    state = PlatformState.load(spec.name)
+    already_up = is_up(state)
+    if state is not None and not already_up:
+        on_step("cleaning up a platform that is partly down")
+        down(spec.name)
+        state = None
+    if state is None:
+        state = new_state(spec, spec_path)
+        state.save()
+        try:
+            start_ray(spec, state, on_step)
+            deploy(spec, state, on_step)
+            start_router(spec, state, on_step)
+        except BaseException:
+            down(spec.name)
+            raise
+    else:
+        on_step("platform already running; re-applying the Serve config")
+        deploy(spec, state, on_step)
+    wait_ready(spec, state, on_regions, timeout_s)
+    return state, already_up
+
+
+def start_ray(spec: PlatformSpec, state: PlatformState, on_step: ProgressCallback) -> None:
+    on_step("starting the Ray head")
+    state.head_pid = _start_ray_node(
+        spec,
+        state,
+        node_index=0,
+        log_name="ray-head",
+        role_args=[
+            "--head",
+            "--port", str(spec.ray.gcs_port),
+            "--dashboard-host", "127.0.0.1",
+            "--dashboard-port", str(spec.ray.dashboard_port),
+            "--ray-client-server-port", str(spec.ray.gcs_port + 1),
+            "--num-cpus", str(HEAD_CPUS),
+            "--temp-dir", state.ray_temp_dir,
+        ],  # fmt: skip
+    )
+    state.save()
+    wait_for(lambda: _answers(f"{state.dashboard_url}/api/version"), 120, "the Ray dashboard", state.logs_dir / "ray-head.log")
+    # One node at a time: Ray nodes starting together on one machine race for ports.
+    for index, region in enumerate(spec.regions, start=1):
+        on_step(f"starting the Ray node of {region.name}")
+        state.region_node_pids[region.name] = _start_ray_node(
+            spec,
+            state,
+            node_index=index,
+            log_name=f"ray-{region.slug}",
+            role_args=[
+                "--address", state.gcs_address,
+                "--num-cpus", str(spec.ray.cpus_per_region_node),
+                "--resources", json.dumps({region_resource(region.slug): REGION_RESOURCE_CAPACITY}),
+                "--labels", f"{REGION_LABEL}={region.slug}",
+            ],  # fmt: skip
+        )
+        state.save()
+        wait_for(
+            lambda: _alive_region_nodes(state) >= index,
+            120,
+            f"the Ray node of {region.name} to join",
+            state.logs_dir / f"ray-{region.slug}.log",
+        )
+
+
+def _start_ray_node(
+    spec: PlatformSpec, state: PlatformState, node_index: int, log_name: str, role_args: list[str]
+) -> int:
+    ports = free_ports(6)
+    workers_from = WORKER_PORTS_FROM + node_index * WORKER_PORTS_PER_NODE
+    pid = processes.spawn(
+        [
+            str(BIN / "ray"), "start", *role_args,
+            "--block",
+            "--disable-usage-stats",
+            "--node-ip-address", "127.0.0.1",
+            "--object-store-memory", str(OBJECT_STORE_BYTES),
+            "--node-manager-port", str(ports[0]),
+            "--object-manager-port", str(ports[1]),
+            "--metrics-export-port", str(ports[2]),
+            "--dashboard-agent-listen-port", str(ports[3]),
+            "--dashboard-agent-grpc-port", str(ports[4]),
+            "--runtime-env-agent-port", str(ports[5]),
+            "--min-worker-port", str(workers_from),
+            "--max-worker-port", str(workers_from + WORKER_PORTS_PER_NODE - 1),
+        ],  # fmt: skip
+        state.logs_dir / f"{log_name}.log",
+        state.platform_id,
+    )
+    return pid
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct ports free right now (held open together so none repeats)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def deploy(spec: PlatformSpec, state: PlatformState, on_step: ProgressCallback) -> None:
+    on_step("deploying the region apps (serve deploy)")
+    config_path = state.directory / "serve.yaml"
+    config_path.write_text(yaml.safe_dump(serve_config(spec), sort_keys=False))
+    result = subprocess.run(
+        [str(BIN / "serve"), "deploy", str(config_path), "--address", state.dashboard_url],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        raise LaunchError(f"serve deploy failed:\n{result.stdout}\n{result.stderr}".strip())
+
+
+def start_router(spec: PlatformSpec, state: PlatformState, on_step: ProgressCallback) -> None:
+    on_step(f"starting the geo router on {state.router_url}")
+    state.router_pid = processes.spawn(
+        [sys.executable, "-m", "geo_router", state.spec_path],
+        state.logs_dir / "router.log",
+        state.platform_id,
+    )
+    state.save()
+    wait_for(lambda: _answers(f"{state.router_url}/healthz"), 60, "the router to answer", state.logs_dir / "router.log")
+
+
+def wait_ready(spec: PlatformSpec, state: PlatformState, on_regions: RegionsCallback, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        progress = region_progress(spec, state)
+        on_regions(progress)
+        failed = [p for p in progress if p.phase == "failed"]
+        if failed:
+            raise LaunchError("; ".join(f"{p.name}: {p.detail}" for p in failed))
+        if all(p.phase == "ready" for p in progress):
+            return
+        if time.monotonic() > deadline:
+            raise LaunchError(f"regions not ready after {timeout_s:.0f} s: {progress}")
+        if not is_up(state):
+            raise LaunchError(f"a platform process exited; see the logs in {state.logs_dir}")
+        time.sleep(1.0)
+
+
+def region_progress(spec: PlatformSpec, state: PlatformState) -> list[RegionProgress]:
+    apps = serve_applications(state)
+    routed = router_regions(state)
+    progress = []
+    for region in spec.regions:
+        app = apps.get(region.slug, {})
+        app_status = app.get("status", "NOT_STARTED")
+        view = routed.get(region.name, {})
+        if app_status == "DEPLOY_FAILED":
+            progress.append(RegionProgress(region.name, "failed", app.get("message", "")[-2000:]))
+        elif view.get("healthy"):
+            progress.append(RegionProgress(region.name, "ready", f"{view.get('ready_replicas')} replica(s) ready"))
+        else:
+            progress.append(RegionProgress(region.name, "deploying", app_status.lower().replace("_", " ")))
+    return progress
+
+
+def serve_applications(state: PlatformState) -> dict[str, Any]:
+    try:
+        response = httpx.get(f"{state.dashboard_url}/api/serve/applications/", timeout=5)
+        response.raise_for_status()
+        return response.json().get("applications", {})
+    except (httpx.HTTPError, ValueError):
+        return {}
+
+
+def router_regions(state: PlatformState) -> dict[str, dict[str, Any]]:
+    try:
+        response = httpx.get(f"{state.router_url}/regions", timeout=2)
+        response.raise_for_status()
+        return {r["name"]: r for r in response.json()["regions"]}
+    except (httpx.HTTPError, ValueError, KeyError):
+        return {}
+
+
+def down(name: str) -> int:
+    """Stop the platform `name`; return how many stray processes the final sweep found."""
+    state = PlatformState.load(name)
+    if state is None:
+        return 0
+    pids = [state.router_pid, *state.region_node_pids.values(), state.head_pid]
+    for pid in pids:
+        if pid:
+            processes.terminate_group(pid)
+    leftovers = processes.sweep(state.platform_id)
+    state.forget()
+    return leftovers
+
+
+def down_spec(spec_path: Path) -> int:
+    return down(load_spec(spec_path).name)
+
+
+def wait_for(check: Callable[[], bool], timeout_s: float, what: str, log_path: Path) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            tail = log_path.read_text(errors="replace")[-3000:] if log_path.exists() else "(no log)"
+            raise LaunchError(f"timed out after {timeout_s:.0f} s waiting for {what}; {log_path}:\n{tail}")
+        time.sleep(0.5)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code < 500
+    except httpx.HTTPError:
+        return False
+
+
+def _alive_region_nodes(state: PlatformState) -> int:
+    try:
+        response = httpx.get(f"{state.dashboard_url}/api/v0/nodes", params={"limit": 1000}, timeout=5)
+        nodes = response.json()["data"]["result"]["result"]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return 0
+    return sum(1 for n in nodes if n.get("state") == "ALIVE" and REGION_LABEL in (n.get("labels") or {}))
+

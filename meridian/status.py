@@ -1,0 +1,47 @@
+"""One report of the platform: router view of each region joined with Ray Serve's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from meridian import launcher
+from meridian.platform_state import PlatformState
+from meridian.spec import PlatformSpec
+
+# Replica states are reported for the engine deployments; the ingress is plumbing.
+INGRESS_DEPLOYMENT = "RegionIngress"
+
+
+def collect_status(spec: PlatformSpec, state: PlatformState | None) -> dict[str, Any]:
+    running = launcher.is_up(state)
+    apps = launcher.serve_applications(state) if running else {}
+    routed = launcher.router_regions(state) if running else {}
+    regions = []
+    for region in spec.regions:
+        app = apps.get(region.slug, {})
+        replica_states: dict[str, int] = {}
+        for name, deployment in app.get("deployments", {}).items():
+            if name == INGRESS_DEPLOYMENT:
+                continue
+            for replica in deployment.get("replicas") or []:
+                replica_states[replica["state"]] = replica_states.get(replica["state"], 0) + 1
+        view = routed.get(region.name, {})
+        regions.append(
+            {
+                "name": region.name,
+                "healthy": bool(view.get("healthy")),
+                "last_error": view.get("last_error"),
+                "app_status": app.get("status", "NOT_RUNNING"),
+                "replica_states": replica_states,
+                "ready_replicas": view.get("ready_replicas", 0),
+                "engine": (view.get("status") or {}).get("engine", {}),
+                "in_flight": view.get("in_flight", 0),
+            }
+        )
+    return {
+        "platform": spec.name,
+        "running": running,
+        "router_url": state.router_url if state else None,
+        "dashboard_url": state.dashboard_url if state else None,
+        "regions": regions,
+    }

@@ -1,0 +1,245 @@
+"""The geo router against fake regions (httpx.MockTransport): choice, streaming,
+failover before the first byte, no duplicate after it, and OpenAI-shaped errors."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+from starlette.testclient import TestClient
+
+from geo_router.app import create_app
+from meridian.spec import load_spec
+
+MODEL = "smollm2-135m-instruct"
+PARIS = "48.85,2.35"
+CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "What is the capital of France?"}]}
+
+
+@dataclass
+class FakeRegion:
+    name: str
+    ready: int = 1
+    mode: str = "ok"  # ok | refuse | gone | error500 | break_stream | bad_request
+    calls: list[str] = field(default_factory=list)
+
+
+async def chunks(*parts: bytes) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
+
+
+def streamed(status: int, *, json_body: object = None, text: str = "") -> httpx.Response:
+    """A response whose body arrives as a stream, as it does over a real connection."""
+    if json_body is not None:
+        return httpx.Response(status, headers={"content-type": "application/json"}, content=chunks(json.dumps(json_body).encode()))
+    return httpx.Response(status, headers={"content-type": "text/plain"}, content=chunks(text.encode()))
+
+
+class FakeRegions:
+    """Answers the router's HTTP calls as the region apps would."""
+
+    def __init__(self) -> None:
+        self.regions = {"local-us-east": FakeRegion("local/us-east"), "local-eu-west": FakeRegion("local/eu-west")}
+
+    def __getitem__(self, slug: str) -> FakeRegion:
+        return self.regions[slug]
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        slug, _, rest = request.url.path.lstrip("/").partition("/")
+        region = self.regions[slug]
+        region.calls.append(rest)
+        if region.mode == "refuse":
+            raise httpx.ConnectError("connection refused", request=request)
+        if region.mode == "gone":
+            return streamed(404, text="Path '/x' not found.")
+        if rest == "status":
+            return httpx.Response(
+                200, json={"region": region.name, "models": [MODEL], "replicas": {"ready": region.ready}, "engine": {}}
+            )
+        if region.mode == "error500":
+            return streamed(500, text="Internal Server Error")
+        if region.mode == "bad_request":
+            return streamed(400, json_body={"error": {"message": "max_tokens too large", "type": "BadRequestError"}})
+        body = json.loads(request.content)
+        if body.get("stream"):
+            return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=self._stream(region))
+        return streamed(200, json_body={"object": "chat.completion", "region": region.name})
+
+    async def _stream(self, region: FakeRegion) -> AsyncIterator[bytes]:
+        yield b'data: {"choices":[{"delta":{"content":"Par"}}]}\n\n'
+        if region.mode == "break_stream":
+            raise httpx.ReadError("peer closed connection")
+        yield b'data: {"choices":[{"delta":{"content":"is"}}]}\n\n'
+        yield b"data: [DONE]\n\n"
+
+
+@pytest.fixture
+def fakes() -> FakeRegions:
+    return FakeRegions()
+
+
+@pytest.fixture
+def router(repo, fakes):
+    spec = load_spec(repo / "configs" / "local.yaml")
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(fakes.handle))
+    app = create_app(spec, client=client)
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        test_client.app_state = app.state
+        yield test_client
+
+
+def repoll(router: TestClient) -> None:
+    router.portal.call(router.app_state.regions.poll_once)
+
+
+def assert_openai_error(response: httpx.Response, status: int) -> dict:
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["message"]
+    assert "Traceback" not in response.text
+    assert "x-meridian-region" in response.headers
+    return error
+
+
+def test_default_location_goes_to_us_east(router):
+    response = router.post("/v1/chat/completions", json=CHAT)
+    assert response.status_code == 200
+    assert response.headers["x-meridian-region"] == "local/us-east"
+    assert response.json()["region"] == "local/us-east"
+
+
+def test_european_client_goes_to_eu_west(router, fakes):
+    response = router.post("/v1/chat/completions", json=CHAT, headers={"X-Client-Location": PARIS})
+    assert response.headers["x-meridian-region"] == "local/eu-west"
+    assert fakes["local-eu-west"].calls[-1] == "v1/chat/completions"
+    assert "v1/chat/completions" not in fakes["local-us-east"].calls
+
+
+def test_stream_is_passed_through(router):
+    with router.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["x-meridian-region"] == "local/us-east"
+        body = b"".join(response.iter_bytes())
+    assert body.endswith(b"data: [DONE]\n\n")
+    assert body.count(b"data: ") == 3
+
+
+@pytest.mark.parametrize("mode", ["refuse", "gone", "error500"])
+def test_failover_before_first_byte(router, fakes, mode):
+    fakes["local-us-east"].mode = mode
+    response = router.post("/v1/chat/completions", json=CHAT)
+    assert response.status_code == 200
+    assert response.headers["x-meridian-region"] == "local/eu-west"
+    regions = router.get("/regions").json()["regions"]
+    assert [r["healthy"] for r in regions] == [False, True]
+    metrics = router.get("/metrics").text
+    assert 'meridian_router_routing_decisions_total{reason="failover",region="local/eu-west"} 1.0' in metrics
+    assert 'meridian_router_upstream_errors_total{kind=' in metrics
+
+
+def test_broken_stream_is_not_retried_and_ends_with_error_event(router, fakes):
+    fakes["local-us-east"].mode = "break_stream"
+    with router.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as response:
+        assert response.status_code == 200
+        body = b"".join(response.iter_bytes())
+    events = [line for line in body.split(b"\n\n") if line]
+    assert events[0].startswith(b'data: {"choices"')
+    last = json.loads(events[-1].removeprefix(b"data: "))
+    assert last["error"]["code"] == "stream_broken"
+    assert "v1/chat/completions" not in fakes["local-eu-west"].calls  # never duplicated
+    metrics = router.get("/metrics").text
+    assert 'meridian_router_upstream_errors_total{kind="stream_broken",region="local/us-east"} 1.0' in metrics
+
+
+def test_client_errors_from_region_pass_through_without_retry(router, fakes):
+    fakes["local-us-east"].mode = "bad_request"
+    response = router.post("/v1/chat/completions", json=CHAT)
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == "max_tokens too large"
+    assert "v1/chat/completions" not in fakes["local-eu-west"].calls
+
+
+def test_malformed_json_is_400(router):
+    error = assert_openai_error(
+        router.post("/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}), 400
+    )
+    assert error["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize(
+    "path, body, param",
+    [
+        ("/v1/chat/completions", {"messages": CHAT["messages"]}, "model"),
+        ("/v1/chat/completions", {"model": MODEL}, "messages"),
+        ("/v1/chat/completions", {"model": MODEL, "messages": []}, "messages"),
+        ("/v1/chat/completions", {**CHAT, "stream": "yes"}, "stream"),
+        ("/v1/completions", {"model": MODEL}, "prompt"),
+        ("/v1/chat/completions", [1, 2], None),
+    ],
+)
+def test_missing_or_wrong_fields_are_400(router, path, body, param):
+    error = assert_openai_error(router.post(path, json=body), 400)
+    assert error["param"] == param
+
+
+def test_bad_location_header_is_400(router):
+    error = assert_openai_error(router.post("/v1/chat/completions", json=CHAT, headers={"X-Client-Location": "north"}), 400)
+    assert "X-Client-Location" in error["message"]
+
+
+def test_unknown_model_is_404(router, fakes):
+    error = assert_openai_error(router.post("/v1/chat/completions", json={**CHAT, "model": "gpt-9"}), 404)
+    assert error["code"] == "model_not_found"
+    assert all("v1/chat/completions" not in r.calls for r in fakes.regions.values())
+
+
+def test_no_healthy_region_is_503_with_retry_after(router, fakes):
+    for region in fakes.regions.values():
+        region.ready = 0
+    repoll(router)
+    response = router.post("/v1/chat/completions", json=CHAT)
+    assert_openai_error(response, 503)
+    assert int(response.headers["retry-after"]) >= 1
+    assert router.get("/healthz").json() == {"status": "degraded", "healthy_regions": []}
+
+
+def test_all_regions_failing_mid_request_is_503(router, fakes):
+    for region in fakes.regions.values():
+        region.mode = "refuse"
+    response = router.post("/v1/chat/completions", json=CHAT)
+    error = assert_openai_error(response, 503)
+    assert "local/us-east" in error["message"] and "local/eu-west" in error["message"]
+    assert "retry-after" in response.headers
+
+
+def test_region_comes_back_after_a_good_poll(router, fakes):
+    fakes["local-us-east"].mode = "refuse"
+    router.post("/v1/chat/completions", json=CHAT)
+    fakes["local-us-east"].mode = "ok"
+    repoll(router)
+    assert router.post("/v1/chat/completions", json=CHAT).headers["x-meridian-region"] == "local/us-east"
+
+
+def test_unknown_path_and_method_are_openai_shaped(router):
+    assert_openai_error(router.get("/v1/nothing"), 404)
+    assert_openai_error(router.get("/v1/chat/completions"), 405)
+
+
+def test_models_health_and_metrics(router):
+    models = router.get("/v1/models").json()
+    assert models["object"] == "list"
+    assert [m["id"] for m in models["data"]] == [MODEL]
+    assert router.get("/healthz").json()["healthy_regions"] == ["local/us-east", "local/eu-west"]
+    router.post("/v1/chat/completions", json=CHAT)
+    metrics = router.get("/metrics")
+    assert metrics.headers["content-type"].startswith("text/plain")
+    assert f'meridian_router_requests_total{{model="{MODEL}",region="local/us-east",status="200"}} 1.0' in metrics.text
+    assert "meridian_router_time_to_first_byte_seconds_bucket" in metrics.text
+    assert 'meridian_router_region_healthy{region="local/eu-west"} 1.0' in metrics.text

@@ -1,0 +1,69 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from meridian.spec import PackagedModelSource, PathModelSource, SpecError, load_spec, parse_spec
+
+
+def local_spec_data(repo: Path) -> dict:
+    return yaml.safe_load((repo / "configs" / "local.yaml").read_text())
+
+
+def test_default_spec_loads(repo):
+    spec = load_spec(repo / "configs" / "local.yaml")
+    assert [r.name for r in spec.regions] == ["local/us-east", "local/eu-west"]
+    assert spec.region("local/eu-west").slug == "local-eu-west"
+    assert isinstance(spec.models[0].source, PackagedModelSource)
+    assert spec.slo.ttft_p95_ms > 0 and spec.slo.itl_p95_ms > 0
+    assert spec.region_endpoint(spec.regions[0]) == f"http://127.0.0.1:{spec.ray.serve_port}/local-us-east"
+
+
+@pytest.mark.parametrize(
+    "mutate, path, words",
+    [
+        (lambda d: d["regions"][1]["location"].update(lat=200), "regions.1.location.lat", "less than or equal to 90"),
+        (lambda d: d["regions"][0].update(replicaz=2), "regions.0.replicaz", "Extra inputs are not permitted"),
+        (lambda d: d["regions"][0].update(name="US East"), "regions.0.name", "'<cloud>/<region>'"),
+        (lambda d: d["router"].update(port=70000), "router.port", "less than or equal to 65535"),
+        (lambda d: d["models"][0].update(source={"kind": "ftp"}), "models.0.source", "kind"),
+        (lambda d: d["models"][0].update(source={"kind": "path"}), "models.0.source.path.path", "Field required"),
+        (lambda d: d.update(regions=[]), "regions", "at least 1 item"),
+        (lambda d: d["slo"].update(ttft_p95_ms=-1), "slo.ttft_p95_ms", "greater than 0"),
+    ],
+)
+def test_bad_field_is_named(repo, mutate, path, words):
+    data = local_spec_data(repo)
+    mutate(data)
+    with pytest.raises(SpecError) as error:
+        parse_spec(data, origin="local.yaml")
+    message = str(error.value)
+    assert f"{path}:" in message
+    assert words in message
+
+
+def test_duplicate_regions_rejected(repo):
+    data = local_spec_data(repo)
+    data["regions"].append(dict(data["regions"][0]))
+    with pytest.raises(SpecError, match=r"duplicate names \['local/us-east'\]"):
+        parse_spec(data)
+
+
+def test_path_source_parses(repo):
+    data = local_spec_data(repo)
+    data["models"][0]["source"] = {"kind": "path", "path": "/models/smol"}
+    spec = parse_spec(data)
+    assert spec.models[0].source == PathModelSource(kind="path", path=Path("/models/smol"))
+
+
+def test_unreadable_and_invalid_yaml(tmp_path):
+    with pytest.raises(SpecError, match="cannot read spec"):
+        load_spec(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("regions: [unclosed\n")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_spec(bad)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("just a string\n")
+    with pytest.raises(SpecError, match="expected a mapping"):
+        load_spec(scalar)
