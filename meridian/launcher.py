@@ -36,8 +36,7 @@ HEAD_CPUS = 1
 # Objects passed between Serve actors are small; the default (30% of RAM per node)
 # would reserve most of /dev/shm across several nodes on one machine.
 OBJECT_STORE_BYTES = 256 * 1024**2
-# Each node's workers get their own port range, below the ephemeral range.
-WORKER_PORTS_FROM = 20000
+# Each node's workers get their own port range (RaySpec.worker_ports_from).
 WORKER_PORTS_PER_NODE = 1000
 
 
@@ -167,7 +166,7 @@ def _start_ray_node(
     spec: PlatformSpec, state: PlatformState, node_index: int, log_name: str, role_args: list[str]
 ) -> int:
     ports = free_ports(6)
-    workers_from = WORKER_PORTS_FROM + node_index * WORKER_PORTS_PER_NODE
+    workers_from = spec.ray.worker_ports_from + node_index * WORKER_PORTS_PER_NODE
     pid = processes.spawn(
         [
             str(BIN / "ray"), "start", *role_args,

@@ -126,6 +126,8 @@ class RaySpec(StrictModel):
     # Logical CPUs per region node. vLLM's CPU worker holds one per replica and the
     # ingress needs another, so nodes advertise more CPUs than the machine has cores.
     cpus_per_region_node: int = Field(default=4, ge=1)
+    # Ray node i (the head is 0) gives its workers ports [from + i*1000, from + (i+1)*1000).
+    worker_ports_from: int = Field(default=20000, ge=1024, le=60000)
 
 
 class PlatformSpec(StrictModel):

@@ -1,0 +1,173 @@
+"""Meridian's end-to-end path against bare `vllm serve`, with vLLM's own load generator.
+
+One run, three targets, the same engine settings, the same `vllm bench serve` workload:
+
+1. bare vLLM: `vllm serve` on the converted default model;
+2. the Ray Serve region app alone (Serve proxy -> ingress -> LLMServer -> vLLM);
+3. Meridian: geo router -> that same region app.
+
+(2) is not asked for, but it splits Meridian's overhead into the router's share and
+Ray Serve's share. The report goes to benchmarks/results/e2e_vs_vllm.md, raw JSON
+beside it.
+
+    .venv/bin/python benchmarks/e2e_vs_vllm.py            # or: make bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from meridian import launcher, models  # noqa: E402
+from meridian.spec import load_spec  # noqa: E402
+
+BIN = Path(sys.executable).parent
+VLLM = str(BIN / "meridian-vllm")
+RESULTS = REPO / "benchmarks" / "results"
+BARE_VLLM_PORT = 28123
+
+
+def wait_until_serving(url: str, process: subprocess.Popen | None, timeout_s: float = 600) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode} before serving {url}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/v1/models", timeout=5).status_code == 200:
+                return
+        time.sleep(1)
+    raise TimeoutError(f"{url} did not serve within {timeout_s} s")
+
+
+@contextlib.contextmanager
+def bare_vllm(model_path: str, model_id: str, max_model_len: int, kv_cache_gib: int, log: Path) -> Iterator[str]:
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib)}
+    command = [
+        VLLM, "serve", model_path, "--served-model-name", model_id, "--host", "127.0.0.1",
+        "--port", str(BARE_VLLM_PORT), "--max-model-len", str(max_model_len), "--disable-log-requests",
+    ]  # fmt: skip
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{BARE_VLLM_PORT}"
+    try:
+        wait_until_serving(url, process)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextlib.contextmanager
+def meridian(spec_path: Path) -> Iterator[tuple[str, str]]:
+    """Yield (router URL, region app URL) of a one-region platform."""
+    spec = load_spec(spec_path)
+    launcher.down(spec.name)
+    state, _ = launcher.up(spec_path, on_step=lambda message: print(f"  meridian: {message}", flush=True))
+    try:
+        yield state.router_url, spec.region_endpoint(spec.regions[0])
+    finally:
+        launcher.down(spec.name)
+
+
+def run_bench(name: str, base_url: str, model_id: str, tokenizer: str, args: argparse.Namespace) -> dict:
+    result_file = RESULTS / "raw" / f"e2e_vs_vllm-{name}.json"
+    result_file.parent.mkdir(parents=True, exist_ok=True)
+    command = [
+        VLLM, "bench", "serve", "--backend", "openai", "--base-url", base_url, "--endpoint", "/v1/completions",
+        "--model", model_id, "--tokenizer", tokenizer, "--dataset-name", "random",
+        "--random-input-len", str(args.input_len), "--random-output-len", str(args.output_len), "--ignore-eos",
+        "--num-prompts", str(args.num_prompts), "--max-concurrency", str(args.concurrency), "--seed", "0",
+        "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,99",
+        "--save-result", "--result-dir", str(result_file.parent), "--result-filename", result_file.name,
+    ]  # fmt: skip
+    print(f"  bench {name}: {shlex.join(command[1:])}", flush=True)
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL if not args.verbose else None)
+    return json.loads(result_file.read_text())
+
+
+def summary(result: dict) -> dict:
+    return {
+        "completed": result["completed"],
+        "failed": result.get("failed", result["num_prompts"] - result["completed"]),
+        "output_tok_s": result["output_throughput"],
+        "ttft_p50_ms": result["median_ttft_ms"],
+        "ttft_p99_ms": result["p99_ttft_ms"],
+        "tpot_p50_ms": result["median_tpot_ms"],
+    }
+
+
+def report(rows: dict[str, dict], args: argparse.Namespace, command: str) -> str:
+    bare = rows["bare vLLM"]
+    lines = [
+        "# Meridian end to end vs bare vLLM",
+        "",
+        f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on this machine ({os.cpu_count()} cores, no GPU), "
+        f"SmolLM2-135M-Instruct on vLLM CPU. Workload: `vllm bench serve`, random dataset, "
+        f"{args.input_len} tokens in / {args.output_len} out (ignore_eos), {args.num_prompts} requests, "
+        f"concurrency {args.concurrency}. One run of each, in this order, in one invocation:",
+        "",
+        f"    {command}",
+        "",
+        "| target | completed | failed | output tok/s | × bare | TTFT p50 ms | Δ p50 ms | TTFT p99 ms | TPOT p50 ms |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, row in rows.items():
+        lines.append(
+            f"| {name} | {row['completed']} | {row['failed']} | {row['output_tok_s']:.1f} "
+            f"| {row['output_tok_s'] / bare['output_tok_s']:.3f} | {row['ttft_p50_ms']:.1f} "
+            f"| {row['ttft_p50_ms'] - bare['ttft_p50_ms']:+.1f} | {row['ttft_p99_ms']:.1f} | {row['tpot_p50_ms']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--spec", type=Path, default=REPO / "configs" / "bench.yaml")
+    parser.add_argument("--num-prompts", type=int, default=96)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--input-len", type=int, default=256)
+    parser.add_argument("--output-len", type=int, default=64)
+    parser.add_argument("--verbose", action="store_true", help="show vllm bench output")
+    args = parser.parse_args()
+    command = shlex.join(["python", "benchmarks/e2e_vs_vllm.py", *sys.argv[1:]])
+
+    spec = load_spec(args.spec)
+    model = spec.models[0]
+    model_path = models.pull(model.source)
+    rows: dict[str, dict] = {}
+    (RESULTS / "raw").mkdir(parents=True, exist_ok=True)
+
+    print("bare vLLM", flush=True)
+    with bare_vllm(model_path, model.id, model.max_model_len, model.kv_cache_gib, RESULTS / "raw" / "vllm-serve.log") as url:
+        rows["bare vLLM"] = summary(run_bench("vllm", url, model.id, model_path, args))
+    print("Meridian", flush=True)
+    with meridian(args.spec) as (router_url, region_url):
+        rows["Ray Serve region app, no router"] = summary(run_bench("region", region_url, model.id, model_path, args))
+        rows["Meridian (router → region)"] = summary(run_bench("meridian", router_url, model.id, model_path, args))
+
+    text = report(rows, args, command)
+    (RESULTS / "e2e_vs_vllm.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""End to end on a real local platform: the official openai client through the geo
+router to vLLM in Ray Serve, region choice, failover when a region's app is deleted,
+bad input, and a `down` that leaves nothing behind.
+
+The tests run in file order; the last ones take regions away and stop the platform.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import yaml
+
+from meridian import launcher, processes
+from meridian.platform_state import PlatformState
+from meridian.serve_config import serve_config
+from meridian.spec import PlatformSpec
+
+from .conftest import SPEC_PATH
+
+# SmolLM2-135M (Q4) answers this reliably only greedily and with a short system prompt.
+QUESTION = [
+    {"role": "system", "content": "You are a helpful assistant. Answer in one short sentence."},
+    {"role": "user", "content": "What is the capital of France?"},
+]
+PARIS = "48.85,2.35"
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def client(platform: PlatformState) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{platform.router_url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture
+def model(spec: PlatformSpec) -> str:
+    return spec.models[0].id
+
+
+def test_chat_completion_answers_paris(client, model):
+    raw = client.chat.completions.with_raw_response.create(model=model, messages=QUESTION, temperature=0, max_tokens=64)
+    answer = raw.parse()
+    assert "Paris" in answer.choices[0].message.content
+    assert answer.usage.completion_tokens > 0
+    assert raw.headers["x-meridian-region"] == "local/us-east"  # the default location is Ashburn
+
+
+def test_streaming_chat_completion_answers_paris(client, model):
+    stream = client.chat.completions.create(model=model, messages=QUESTION, temperature=0, max_tokens=64, stream=True)
+    pieces = [chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices]
+    assert len(pieces) > 3  # it arrived as a stream, not one block
+    assert "Paris" in "".join(pieces)
+
+
+def test_completions_endpoint(client, model):
+    completion = client.completions.create(model=model, prompt="The capital of France is", max_tokens=8, temperature=0)
+    assert completion.choices[0].text.strip()
+
+
+def test_european_client_is_served_from_eu_west(client, model):
+    raw = client.chat.completions.with_raw_response.create(
+        model=model, messages=QUESTION, max_tokens=16, extra_headers={"X-Client-Location": PARIS}
+    )
+    assert raw.headers["x-meridian-region"] == "local/eu-west"
+    assert raw.parse().choices[0].message.content
+
+
+def test_models_lists_the_served_model(client, model):
+    assert [m.id for m in client.models.list().data] == [model]
+
+
+def test_unknown_model_is_404(client):
+    with pytest.raises(openai.NotFoundError) as error:
+        client.chat.completions.create(model="no-such-model", messages=QUESTION)
+    assert error.value.status_code == 404
+    assert error.value.body["code"] == "model_not_found"
+
+
+@pytest.mark.parametrize(
+    "content, param",
+    [(b"{not json", None), (b'{"messages": [{"role": "user", "content": "hi"}]}', "model"), (b'{"model": "x"}', "messages")],
+)
+def test_bad_bodies_are_400(platform, content, param):
+    response = httpx.post(
+        f"{platform.router_url}/v1/chat/completions", content=content, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == param
+    assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_up_again_is_safe(platform):
+    state, already_up = launcher.up(SPEC_PATH)
+    assert already_up
+    assert (state.head_pid, state.router_pid, state.region_node_pids) == (
+        platform.head_pid,
+        platform.router_pid,
+        platform.region_node_pids,
+    )
+
+
+def test_status_json(platform):
+    result = subprocess.run(
+        [str(BIN / "meridian"), "status", str(SPEC_PATH), "--json"], capture_output=True, text=True, check=True
+    )
+    report = json.loads(result.stdout)
+    assert report["running"] and report["router_url"] == platform.router_url
+    for region in report["regions"]:
+        assert region["healthy"], region
+        assert region["replica_states"] == {"RUNNING": 1}
+        assert region["ready_replicas"] == 1
+        assert 0.0 <= region["engine"]["kv_cache_usage"] <= 1.0
+
+
+def redeploy_without(spec: PlatformSpec, platform: PlatformState, slugs: set[str]) -> None:
+    """Deploy the spec's Serve config minus `slugs`; Serve deletes apps a config omits."""
+    config = serve_config(spec)
+    config["applications"] = [app for app in config["applications"] if app["name"] not in slugs]
+    path = platform.directory / "serve-shrunk.yaml"
+    path.write_text(yaml.safe_dump(config))
+    subprocess.run([str(BIN / "serve"), "deploy", str(path), "--address", platform.dashboard_url], check=True)
+
+
+def test_no_failed_request_when_a_region_is_deleted_midway(spec, platform, client, model):
+    regions, failures = [], []
+    for i in range(24):
+        if i == 6:
+            redeploy_without(spec, platform, {"local-us-east"})
+        try:
+            raw = client.chat.completions.with_raw_response.create(
+                model=model, messages=[{"role": "user", "content": f"Count to {i % 5 + 2}."}], max_tokens=8
+            )
+            assert raw.parse().choices[0].message.content is not None
+            regions.append(raw.headers["x-meridian-region"])
+        except openai.APIError as error:
+            failures.append(f"request {i}: {error}")
+    assert failures == []
+    assert regions[:6] == ["local/us-east"] * 6
+    assert regions[-6:] == ["local/eu-west"] * 6  # the deleted region no longer gets traffic
+
+
+def test_no_region_left_is_503_with_retry_after(spec, platform, model):
+    redeploy_without(spec, platform, {"local-us-east", "local-eu-west"})
+    body = {"model": model, "messages": QUESTION}
+    response = httpx.post(f"{platform.router_url}/v1/chat/completions", json=body, timeout=60)
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "no_healthy_region"
+    assert int(response.headers["retry-after"]) >= 1
+
+
+def test_down_leaves_no_process_behind(spec, platform):
+    launcher.down(spec.name)
+    assert processes.marked_processes(platform.platform_id) == []
+    for pid in (platform.head_pid, platform.router_pid, *platform.region_node_pids.values()):
+        assert not processes.is_running(pid)
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{platform.router_url}/healthz", timeout=2)
+    assert PlatformState.load(spec.name) is None
