@@ -25,7 +25,7 @@ import yaml
 from meridian import models, processes
 from meridian.platform_state import PlatformState
 from meridian.serve_config import serve_config
-from meridian.spec import PlatformSpec, load_spec, region_resource
+from meridian.spec import WORKER_PORTS_PER_NODE, PlatformSpec, load_spec, region_resource
 
 BIN = Path(sys.executable).parent
 REGION_LABEL = "meridian.io/region"
@@ -36,8 +36,6 @@ HEAD_CPUS = 1
 # Objects passed between Serve actors are small; the default (30% of RAM per node)
 # would reserve most of /dev/shm across several nodes on one machine.
 OBJECT_STORE_BYTES = 256 * 1024**2
-# Each node's workers get their own port range (RaySpec.worker_ports_from).
-WORKER_PORTS_PER_NODE = 1000
 
 
 class LaunchError(RuntimeError):

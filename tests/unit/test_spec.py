@@ -67,3 +67,18 @@ def test_unreadable_and_invalid_yaml(tmp_path):
     scalar.write_text("just a string\n")
     with pytest.raises(SpecError, match="expected a mapping"):
         load_spec(scalar)
+
+
+@pytest.mark.parametrize("start, words", [(31000, "below the ephemeral range"), (7000, "ray.serve_port")])
+def test_worker_ports_must_not_collide(repo, start, words):
+    data = local_spec_data(repo)
+    data["ray"]["worker_ports_from"] = start
+    data["ray"]["serve_port"] = 8000
+    with pytest.raises(SpecError, match="ray.worker_ports_from") as error:
+        parse_spec(data)
+    assert words in str(error.value)
+
+
+def test_shipped_specs_load(repo):
+    for path in [repo / "configs" / "bench.yaml", repo / "tests" / "e2e" / "e2e.yaml"]:
+        assert load_spec(path).regions
