@@ -32,6 +32,7 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.cpu_accounting import cpu_seconds_by_role, snapshot  # noqa: E402
 from meridian import launcher, models  # noqa: E402
 from meridian.spec import load_spec  # noqa: E402
 
@@ -58,7 +59,7 @@ def bare_vllm(model_path: str, model_id: str, max_model_len: int, kv_cache_gib: 
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib)}
     command = [
         VLLM, "serve", model_path, "--served-model-name", model_id, "--host", "127.0.0.1",
-        "--port", str(BARE_VLLM_PORT), "--max-model-len", str(max_model_len), "--disable-log-requests",
+        "--port", str(BARE_VLLM_PORT), "--max-model-len", str(max_model_len),
     ]  # fmt: skip
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -99,8 +100,11 @@ def run_bench(name: str, base_url: str, model_id: str, tokenizer: str, args: arg
         "--save-result", "--result-dir", str(result_file.parent), "--result-filename", result_file.name,
     ]  # fmt: skip
     print(f"  bench {name}: {shlex.join(command[1:])}", flush=True)
+    before = snapshot()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL if not args.verbose else None)
-    return json.loads(result_file.read_text())
+    result = json.loads(result_file.read_text())
+    result["cpu_seconds_by_role"] = cpu_seconds_by_role(before, snapshot())
+    return result
 
 
 def summary(result: dict) -> dict:
@@ -111,6 +115,8 @@ def summary(result: dict) -> dict:
         "ttft_p50_ms": result["median_ttft_ms"],
         "ttft_p99_ms": result["p99_ttft_ms"],
         "tpot_p50_ms": result["median_tpot_ms"],
+        "duration_s": result["duration"],
+        "cpu": result["cpu_seconds_by_role"],
     }
 
 
@@ -135,6 +141,20 @@ def report(rows: dict[str, dict], args: argparse.Namespace, command: str) -> str
             f"| {row['output_tok_s'] / bare['output_tok_s']:.3f} | {row['ttft_p50_ms']:.1f} "
             f"| {row['ttft_p50_ms'] - bare['ttft_p50_ms']:+.1f} | {row['ttft_p99_ms']:.1f} | {row['tpot_p50_ms']:.1f} |"
         )
+    roles = sorted({role for row in rows.values() for role in row["cpu"]}, key=lambda r: -max(row["cpu"].get(r, 0) for row in rows.values()))
+    lines += [
+        "",
+        "## Where the time goes: CPU seconds per process role during each run",
+        "",
+        "Two cores: whatever runs beside the vLLM worker takes CPU from it. (`psutil` CPU time",
+        "of every process, by role, between the start and the end of each `vllm bench serve`.)",
+        "",
+        "| role | " + " | ".join(rows) + " |",
+        "|---|" + "---|" * len(rows),
+    ]
+    for role in roles:
+        lines.append(f"| {role} | " + " | ".join(f"{row['cpu'].get(role, 0.0):.1f}" for row in rows.values()) + " |")
+    lines.append("| run duration (s) | " + " | ".join(f"{row['duration_s']:.1f}" for row in rows.values()) + " |")
     return "\n".join(lines) + "\n"
 
 

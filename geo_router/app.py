@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 
@@ -14,49 +15,34 @@ from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from geo_router.errors import error_response
-from geo_router.geo import LatLon, parse_lat_lon
+from geo_router.geo import LatLon
+from geo_router.locate import ClientLocator, open_geoip
 from geo_router.metrics import RouterMetrics
-from geo_router.proxy import REGION_HEADER, Proxy
+from geo_router.middleware import EnvelopeMiddleware, request_id_of
+from geo_router.proxy import Proxy
+from geo_router.auth import ApiKey, KeyRing, key_digest_from
+from geo_router.ratelimit import KeyLimits, TokenBucket
 from geo_router.regions import Region, RegionTable
-from geo_router.requests import InvalidRequest, parse_inference_request
+from geo_router.requests import InvalidRequest, estimated_tokens, parse_inference_request, read_capped_body
 from geo_router.selection import rank_regions
 from meridian.spec import PlatformSpec
 
 log = logging.getLogger(__name__)
-
-LOCATION_HEADER = "x-client-location"
-
-
-class RegionHeaderMiddleware:
-    """Every response carries x-meridian-region: the region that answered, or `none`."""
-
-    def __init__(self, app: ASGIApp):
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_region(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = message.setdefault("headers", [])
-                if not any(name == REGION_HEADER.encode() for name, _ in headers):
-                    headers.append((REGION_HEADER.encode(), b"none"))
-            await send(message)
-
-        await self.app(scope, receive, send_with_region)
-
 
 def create_app(spec: PlatformSpec, *, client: httpx.AsyncClient | None = None) -> FastAPI:
     """Build the router for `spec`; `client` replaces the HTTP client it reaches regions with."""
     settings = spec.router
     metrics = RouterMetrics()
     known_models = {m.id for m in spec.models}
-    default_location = LatLon(settings.default_location.lat, settings.default_location.lon)
+    locate = settings.locate
+    locator = ClientLocator(
+        locate.order,
+        LatLon(settings.default_location.lat, settings.default_location.lon),
+        geoip=open_geoip(locate.geoip_database) if locate.geoip_database else None,
+        trusted_proxy_hops=locate.trusted_proxy_hops,
+    )
     client = client or httpx.AsyncClient(limits=httpx.Limits(max_connections=1024, max_keepalive_connections=256))
     table = RegionTable(
         [Region(r.name, LatLon(r.location.lat, r.location.lon), spec.region_endpoint(r)) for r in spec.regions],
@@ -64,6 +50,19 @@ def create_app(spec: PlatformSpec, *, client: httpx.AsyncClient | None = None) -
         timeout_s=settings.health_timeout_s,
     )
     proxy = Proxy(client, metrics, settings.upstream_timeout_s)
+    keyring = KeyRing(
+        [
+            ApiKey(k.name, key_digest_from(k.sha256, k.key_env), k.requests_per_minute, k.tokens_per_minute)
+            for k in settings.auth.keys
+        ]
+    )
+    limits = {
+        key.name: KeyLimits(
+            TokenBucket(key.requests_per_minute) if key.requests_per_minute else None,
+            TokenBucket(key.tokens_per_minute) if key.tokens_per_minute else None,
+        )
+        for key in keyring.keys
+    }
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -80,7 +79,7 @@ def create_app(spec: PlatformSpec, *, client: httpx.AsyncClient | None = None) -
     app = FastAPI(title="Meridian geo router", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.regions = table
     app.state.metrics = metrics
-    app.add_middleware(RegionHeaderMiddleware)
+    app.add_middleware(EnvelopeMiddleware)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -95,22 +94,46 @@ def create_app(spec: PlatformSpec, *, client: httpx.AsyncClient | None = None) -
         log.exception("unexpected router error")
         return error_response(500, f"internal router error ({type(exc).__name__}); see the router log")
 
-    def client_location(request: Request) -> LatLon:
-        header = request.headers.get(LOCATION_HEADER)
-        if header is None:
-            return default_location
-        try:
-            return parse_lat_lon(header)
-        except ValueError as error:
-            raise InvalidRequest(f"X-Client-Location: {error}", param="X-Client-Location") from None
+    def authenticate(request: Request) -> ApiKey | Response | None:
+        """The caller's key, None when the router is open, or the 401 to answer with."""
+        if not keyring.enabled:
+            return None
+        key = keyring.identify(request.headers.get("authorization"))
+        if key is None:
+            return error_response(
+                401,
+                "missing or invalid API key; send it as 'Authorization: Bearer <key>'",
+                code="invalid_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        request.scope["state"]["key"] = key.name
+        return key
 
     async def route(request: Request, path: str) -> Response:
         started = time.perf_counter()
+        key = authenticate(request)
+        if isinstance(key, Response):
+            return key
         try:
-            parsed = parse_inference_request(path, await request.body())
-            location = client_location(request)
+            body = await read_capped_body(
+                request.stream(), request.headers.get("content-length"), settings.max_body_bytes
+            )
+            parsed = parse_inference_request(path, body)
+            location = locator.locate(request.headers, request.client.host if request.client else None).location
         except InvalidRequest as error:
             return error_response(error.status, error.message, param=error.param)
+        request.scope["state"]["model"] = parsed.model
+        if key is not None:
+            wait_s = limits[key.name].admit(estimated_tokens(parsed), time.monotonic())
+            if wait_s > 0:
+                metrics.requests.labels("none", parsed.model, "429").inc()
+                retry = "3600" if math.isinf(wait_s) else str(math.ceil(wait_s))
+                return error_response(
+                    429,
+                    f"rate limit of key '{key.name}' reached; retry in {retry} s",
+                    code="rate_limit_exceeded",
+                    headers={"Retry-After": retry},
+                )
         if parsed.model not in known_models:
             metrics.requests.labels("none", "unknown", "404").inc()
             return error_response(
@@ -129,7 +152,8 @@ def create_app(spec: PlatformSpec, *, client: httpx.AsyncClient | None = None) -
                 headers={"Retry-After": str(settings.retry_after_s)},
             )
         ranked = [table.regions[s.name] for s in ranked_states]
-        return await proxy.forward(path, parsed, dict(request.headers), ranked, started)
+        headers = {**request.headers, "x-request-id": request_id_of(request.scope)}
+        return await proxy.forward(path, parsed, headers, ranked, started)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
@@ -139,8 +163,11 @@ def create_app(spec: PlatformSpec, *, client: httpx.AsyncClient | None = None) -
     async def completions(request: Request) -> Response:
         return await route(request, "completions")
 
-    @app.get("/v1/models")
-    async def models() -> dict:
+    @app.get("/v1/models", response_model=None)
+    async def models(request: Request) -> dict | Response:
+        key = authenticate(request)
+        if isinstance(key, Response):
+            return key
         serving = {m for r in table.regions.values() if r.healthy for m in r.models}
         return {
             "object": "list",

@@ -19,15 +19,15 @@ from starlette.responses import Response, StreamingResponse
 
 from geo_router.errors import error_response, sse_error_event
 from geo_router.metrics import RouterMetrics
+from geo_router.middleware import REGION_HEADER
 from geo_router.regions import Region
 from geo_router.requests import InferenceRequest
 
 log = logging.getLogger(__name__)
 
-REGION_HEADER = "x-meridian-region"
 # Request headers passed to the region; everything else (host, hop-by-hop, length) is not.
 FORWARDED_REQUEST_HEADERS = ("content-type", "accept", "traceparent", "tracestate", "x-request-id")
-FORWARDED_RESPONSE_HEADERS = ("content-type", "x-request-id", "cache-control")
+FORWARDED_RESPONSE_HEADERS = ("content-type", "cache-control")
 
 
 class RegionFailed(Exception):

@@ -60,3 +60,33 @@ def parse_inference_request(endpoint: str, body: bytes) -> InferenceRequest:
     if not isinstance(stream, bool):
         raise InvalidRequest("'stream' must be a boolean", param="stream")
     return InferenceRequest(model=model, stream=stream, body=body, fields=fields)
+
+
+# Completion tokens reserved against a tokens-per-minute limit when a request sets no max.
+DEFAULT_COMPLETION_RESERVE = 256
+
+
+def estimated_tokens(request: InferenceRequest) -> int:
+    """Tokens a request may consume: ~4 characters a prompt token, plus its completion cap."""
+    fields = request.fields
+    prompt = fields.get("messages", fields.get("prompt", ""))
+    prompt_chars = len(json.dumps(prompt)) if not isinstance(prompt, str) else len(prompt)
+    cap = fields.get("max_completion_tokens") or fields.get("max_tokens") or DEFAULT_COMPLETION_RESERVE
+    return prompt_chars // 4 + (cap if isinstance(cap, int) and cap > 0 else DEFAULT_COMPLETION_RESERVE)
+
+
+class BodyTooLarge(InvalidRequest):
+    def __init__(self, limit: int):
+        super().__init__(f"request body exceeds {limit} bytes", status=413)
+
+
+async def read_capped_body(receive_chunks, declared_length: str | None, limit: int) -> bytes:  # type: ignore[no-untyped-def]
+    """Read a body from an async iterator of chunks, refusing more than `limit` bytes."""
+    if declared_length is not None and declared_length.isdigit() and int(declared_length) > limit:
+        raise BodyTooLarge(limit)
+    body = bytearray()
+    async for chunk in receive_chunks:
+        body += chunk
+        if len(body) > limit:
+            raise BodyTooLarge(limit)
+    return bytes(body)

@@ -107,10 +107,68 @@ class RegionSpec(StrictModel):
         return self.name.replace("/", "-")
 
 
+class LocateSpec(StrictModel):
+    """How the router finds the client; the router's default location comes last."""
+
+    order: list[Literal["header", "cdn", "geoip"]] = ["header", "cdn", "geoip"]
+    # Proxies of ours in front of the router, each appending to X-Forwarded-For.
+    trusted_proxy_hops: int = Field(default=0, ge=0, le=16)
+    # A MaxMind City database (.mmdb); without one the geoip locator is skipped.
+    geoip_database: Path | None = None
+
+    @field_validator("order")
+    @classmethod
+    def _no_repeats(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"each locator at most once, got {value}")
+        return value
+
+    @field_validator("geoip_database")
+    @classmethod
+    def _database_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
+
+
+class ApiKeySpec(StrictModel):
+    """One API key: its SHA-256 digest in the spec, or the key in an environment variable."""
+
+    name: str = Field(min_length=1)
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
+    key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    tokens_per_minute: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ApiKeySpec:
+        if (self.sha256 is None) == (self.key_env is None):
+            raise ValueError("give exactly one of sha256 (the key's digest) or key_env (a variable holding it)")
+        return self
+
+
+class AuthSpec(StrictModel):
+    """With no keys the router is open; with keys every /v1 call needs one."""
+
+    keys: list[ApiKeySpec] = []
+
+    @field_validator("keys")
+    @classmethod
+    def _unique(cls, value: list[ApiKeySpec]) -> list[ApiKeySpec]:
+        names = [k.name for k in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"key names must be unique, got {names}")
+        return value
+
+
 class RouterSpec(StrictModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
     default_location: Location = Location(lat=39.04, lon=-77.49)
+    locate: LocateSpec = LocateSpec()
+    auth: AuthSpec = AuthSpec()
+    # Larger request bodies are refused with 413 before they are read whole.
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     health_poll_interval_s: float = Field(default=0.5, gt=0, le=60)
     health_timeout_s: float = Field(default=2.0, gt=0, le=60)
     # A request waits at most this long for the first byte from a region.

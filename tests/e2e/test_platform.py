@@ -118,6 +118,19 @@ def test_status_json(platform):
         assert 0.0 <= region["engine"]["kv_cache_usage"] <= 1.0
 
 
+def test_replicas_run_on_their_region_node(platform):
+    nodes = httpx.get(f"{platform.dashboard_url}/api/v0/nodes", params={"limit": 100}).json()
+    region_of_node = {
+        n["node_id"]: (n.get("labels") or {}).get(launcher.REGION_LABEL) for n in nodes["data"]["result"]["result"]
+    }
+    apps = launcher.serve_applications(platform)
+    assert set(apps) == {"local-us-east", "local-eu-west"}
+    for slug, app in apps.items():
+        replicas = [r for d in app["deployments"].values() for r in d["replicas"]]
+        assert len(replicas) == 2  # the ingress and one LLMServer
+        assert {region_of_node[r["node_id"]] for r in replicas} == {slug}
+
+
 def redeploy_without(spec: PlatformSpec, platform: PlatformState, slugs: set[str]) -> None:
     """Deploy the spec's Serve config minus `slugs`; Serve deletes apps a config omits."""
     config = serve_config(spec)

@@ -1,0 +1,56 @@
+"""Token buckets, pure: the caller passes the time, so the simulator can drive them too."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TokenBucket:
+    """Holds up to `capacity`; refills `capacity` per `period_s` continuously."""
+
+    capacity: float
+    period_s: float = 60.0
+    level: float = field(default=math.nan)
+    updated_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        if math.isnan(self.level):
+            self.level = self.capacity
+
+    @property
+    def rate_per_s(self) -> float:
+        return self.capacity / self.period_s
+
+    def _refill(self, now: float) -> None:
+        self.level = min(self.capacity, self.level + (now - self.updated_at) * self.rate_per_s)
+        self.updated_at = now
+
+    def wait_s(self, amount: float, now: float) -> float:
+        """Seconds until `amount` could be taken (0 if now); infinite if it never fits."""
+        self._refill(now)
+        if amount > self.capacity:
+            return math.inf
+        return max(0.0, (amount - self.level) / self.rate_per_s)
+
+    def take(self, amount: float, now: float) -> None:
+        self._refill(now)
+        self.level -= amount
+
+
+@dataclass
+class KeyLimits:
+    """A key's requests-per-minute and tokens-per-minute buckets, taken together or not at all."""
+
+    requests: TokenBucket | None
+    tokens: TokenBucket | None
+
+    def admit(self, tokens: float, now: float) -> float:
+        """Take one request and `tokens` if both fit; else take nothing and return the wait in s."""
+        demands = [(b, a) for b, a in ((self.requests, 1.0), (self.tokens, tokens)) if b is not None]
+        wait = max((bucket.wait_s(amount, now) for bucket, amount in demands), default=0.0)
+        if wait == 0.0:
+            for bucket, amount in demands:
+                bucket.take(amount, now)
+        return wait

@@ -1,0 +1,87 @@
+"""Fake regions for router tests: answer the router's HTTP calls as region apps would."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import httpx
+from starlette.testclient import TestClient
+
+from geo_router.app import create_app
+from meridian.spec import PlatformSpec
+
+MODEL = "smollm2-135m-instruct"
+CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "What is the capital of France?"}]}
+
+
+@dataclass
+class FakeRegion:
+    name: str
+    ready: int = 1
+    mode: str = "ok"  # ok | refuse | gone | error500 | break_stream | bad_request
+    calls: list[str] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+
+
+async def chunks(*parts: bytes) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
+
+
+def streamed(status: int, *, json_body: object = None, text: str = "") -> httpx.Response:
+    """A response whose body arrives as a stream, as it does over a real connection."""
+    if json_body is not None:
+        return httpx.Response(status, headers={"content-type": "application/json"}, content=chunks(json.dumps(json_body).encode()))
+    return httpx.Response(status, headers={"content-type": "text/plain"}, content=chunks(text.encode()))
+
+
+class FakeRegions:
+    """Answers the router's HTTP calls as the region apps would."""
+
+    def __init__(self) -> None:
+        self.regions = {"local-us-east": FakeRegion("local/us-east"), "local-eu-west": FakeRegion("local/eu-west")}
+
+    def __getitem__(self, slug: str) -> FakeRegion:
+        return self.regions[slug]
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        slug, _, rest = request.url.path.lstrip("/").partition("/")
+        region = self.regions[slug]
+        region.calls.append(rest)
+        region.headers.append(dict(request.headers))
+        if region.mode == "refuse":
+            raise httpx.ConnectError("connection refused", request=request)
+        if region.mode == "gone":
+            return streamed(404, text="Path '/x' not found.")
+        if rest == "status":
+            return httpx.Response(
+                200, json={"region": region.name, "models": [MODEL], "replicas": {"ready": region.ready}, "engine": {}}
+            )
+        if region.mode == "error500":
+            return streamed(500, text="Internal Server Error")
+        if region.mode == "bad_request":
+            return streamed(400, json_body={"error": {"message": "max_tokens too large", "type": "BadRequestError"}})
+        body = json.loads(request.content)
+        if body.get("stream"):
+            return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=self._stream(region))
+        return streamed(200, json_body={"object": "chat.completion", "region": region.name})
+
+    async def _stream(self, region: FakeRegion) -> AsyncIterator[bytes]:
+        yield b'data: {"choices":[{"delta":{"content":"Par"}}]}\n\n'
+        if region.mode == "break_stream":
+            raise httpx.ReadError("peer closed connection")
+        yield b'data: {"choices":[{"delta":{"content":"is"}}]}\n\n'
+        yield b"data: [DONE]\n\n"
+
+
+@contextmanager
+def running_router(spec: PlatformSpec, fakes: FakeRegions) -> Iterator[TestClient]:
+    """The router app for `spec` with its lifespan running, reaching `fakes` for regions."""
+    client = httpx.AsyncClient(transport=httpx.MockTransport(fakes.handle))
+    app = create_app(spec, client=client)
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        test_client.app_state = app.state
+        yield test_client
