@@ -25,8 +25,15 @@ from geo_router.proxy import Proxy
 from geo_router.auth import ApiKey, KeyRing, key_digest_from
 from geo_router.ratelimit import KeyLimits, TokenBucket
 from geo_router.regions import Region, RegionTable
-from geo_router.requests import InvalidRequest, estimated_tokens, parse_inference_request, read_capped_body
-from geo_router.selection import rank_regions
+from geo_router.requests import (
+    InferenceRequest,
+    InvalidRequest,
+    estimated_tokens,
+    parse_inference_request,
+    read_capped_body,
+)
+from geo_router.prompt import CHARS_PER_TOKEN, BLOCK_CHARS, prefix_blocks, prompt_text
+from geo_router.scoring import PerfModel, RequestFacts, RoutingMemory, RttCorrector, ScoringPolicy, choose
 from meridian.spec import PlatformSpec
 
 log = logging.getLogger(__name__)
@@ -50,6 +57,11 @@ def create_app(spec: PlatformSpec, *, client: httpx.AsyncClient | None = None) -
         timeout_s=settings.health_timeout_s,
     )
     proxy = Proxy(client, metrics, settings.upstream_timeout_s)
+    scoring = settings.scoring
+    perf = PerfModel(scoring.prefill_ms_per_token, scoring.batch_slots, scoring.typical_prompt_tokens)
+    policy = ScoringPolicy(scoring.affinity_margin_ms, scoring.hysteresis_ms)
+    memory = RoutingMemory()
+    corrector = RttCorrector()
     keyring = KeyRing(
         [
             ApiKey(k.name, key_digest_from(k.sha256, k.key_env), k.requests_per_minute, k.tokens_per_minute)
@@ -93,6 +105,19 @@ def create_app(spec: PlatformSpec, *, client: httpx.AsyncClient | None = None) -
     async def unexpected_error(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected router error")
         return error_response(500, f"internal router error ({type(exc).__name__}); see the router log")
+
+    def request_facts(parsed: InferenceRequest, location: LatLon, request: Request) -> RequestFacts:
+        text = prompt_text(parsed.fields)
+        user = parsed.fields.get("user")
+        session = request.headers.get("x-session-id") or (user if isinstance(user, str) and user else None)
+        return RequestFacts(
+            client=location,
+            prompt_tokens=max(1, len(text) // CHARS_PER_TOKEN),
+            prefix_blocks=prefix_blocks(text),
+            tokens_per_block=BLOCK_CHARS // CHARS_PER_TOKEN,
+            session=session,
+            cell=(round(location.lat), round(location.lon), parsed.model),
+        )
 
     def authenticate(request: Request) -> ApiKey | Response | None:
         """The caller's key, None when the router is open, or the 401 to answer with."""
@@ -142,8 +167,12 @@ def create_app(spec: PlatformSpec, *, client: httpx.AsyncClient | None = None) -
                 param="model",
                 code="model_not_found",
             )
-        ranked_states = rank_regions(location, table.states(), parsed.model)
-        if not ranked_states:
+        facts = request_facts(parsed, location, request)
+        candidates = table.servable(parsed.model)
+        decision = choose(
+            [r.load(corrector.correction_ms.get(r.name, 0.0)) for r in candidates], facts, memory, perf, policy
+        )
+        if decision is None:
             metrics.requests.labels("none", parsed.model, "503").inc()
             return error_response(
                 503,
@@ -151,9 +180,16 @@ def create_app(spec: PlatformSpec, *, client: httpx.AsyncClient | None = None) -
                 code="no_healthy_region",
                 headers={"Retry-After": str(settings.retry_after_s)},
             )
-        ranked = [table.regions[s.name] for s in ranked_states]
+        predicted_ms = {e.region: e.ttft_ms for e in decision.estimates}
+
+        def learn(region: Region, ttfb_s: float) -> None:
+            memory.remember(region.name, facts)
+            if parsed.stream:  # only a stream's first byte is its first token
+                corrector.observe(region.name, predicted_ms[region.name], ttfb_s * 1000)
+
         headers = {**request.headers, "x-request-id": request_id_of(request.scope)}
-        return await proxy.forward(path, parsed, headers, ranked, started)
+        ranked = [table.regions[name] for name in decision.ranked]
+        return await proxy.forward(path, parsed, headers, ranked, started, decision.reason, learn)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:

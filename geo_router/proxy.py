@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import httpx
@@ -66,12 +66,18 @@ class Proxy:
         headers: dict[str, str],
         ranked: list[Region],
         started: float,
+        reason: str,
+        on_first_byte: Callable[[Region, float], None],
     ) -> Response:
-        """Try `ranked` regions in order; answer from the first that produces a byte."""
+        """Try `ranked` regions in order; answer from the first that produces a byte.
+
+        `reason` is why the first region was chosen; `on_first_byte(region, seconds)`
+        hears which region answered and how soon.
+        """
         forwarded = {k: v for k, v in headers.items() if k in FORWARDED_REQUEST_HEADERS}
         failures: list[str] = []
         for position, region in enumerate(ranked):
-            reason = "nearest" if position == 0 else "failover"
+            why = reason if position == 0 else "failover"
             try:
                 attempt = await self._attempt(region, path, request, forwarded)
             except RegionFailed as failure:
@@ -80,8 +86,10 @@ class Proxy:
                 failures.append(f"{region.name}: {failure.detail}")
                 log.warning("attempt on %s failed before first byte: %s", region.name, failure.detail)
                 continue
-            self._metrics.decisions.labels(region.name, reason).inc()
-            self._metrics.ttfb.labels(region.name, request.model).observe(time.perf_counter() - started)
+            ttfb_s = time.perf_counter() - started
+            self._metrics.decisions.labels(region.name, why).inc()
+            self._metrics.ttfb.labels(region.name, request.model).observe(ttfb_s)
+            on_first_byte(region, ttfb_s)
             return self._respond(attempt, request, started)
         return error_response(
             503,

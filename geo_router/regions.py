@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from geo_router.geo import LatLon
-from geo_router.selection import RegionState
+from geo_router.scoring import RegionLoad
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +29,27 @@ class Region:
     ready_replicas: int = 0
     models: frozenset[str] = frozenset()
     last_status: dict[str, Any] = field(default_factory=dict)
+    running: int = 0
+    waiting: int = 0
+    kv_cache_usage: float = 0.0
     last_error: str | None = None
     last_poll_at: float = 0.0
     in_flight: int = 0
 
-    def state(self) -> RegionState:
-        return RegionState(self.name, self.location, self.healthy, self.ready_replicas, self.models)
+    def can_serve(self, model: str) -> bool:
+        return self.healthy and self.ready_replicas > 0 and model in self.models
+
+    def load(self, rtt_correction_ms: float = 0.0) -> RegionLoad:
+        return RegionLoad(
+            self.name,
+            self.location,
+            self.ready_replicas,
+            running=self.running,
+            waiting=self.waiting,
+            in_flight=self.in_flight,
+            kv_cache_usage=self.kv_cache_usage,
+            rtt_correction_ms=rtt_correction_ms,
+        )
 
     def mark_down(self, reason: str) -> None:
         if self.healthy:
@@ -46,6 +61,10 @@ class Region:
         replicas = status.get("replicas", {})
         self.ready_replicas = int(replicas.get("ready", 0))
         self.models = frozenset(status.get("models", []))
+        engine = status.get("engine", {})
+        self.running = int(engine.get("running", 0))
+        self.waiting = int(engine.get("waiting", 0))
+        self.kv_cache_usage = float(engine.get("kv_cache_usage", 0.0))
         self.last_status = status
         self.last_error = None
         self.healthy = self.ready_replicas > 0
@@ -71,8 +90,8 @@ class RegionTable:
         self._client = client
         self._timeout_s = timeout_s
 
-    def states(self) -> list[RegionState]:
-        return [r.state() for r in self.regions.values()]
+    def servable(self, model: str) -> list[Region]:
+        return [r for r in self.regions.values() if r.can_serve(model)]
 
     async def poll_once(self) -> None:
         await asyncio.gather(*(self._poll(region) for region in self.regions.values()))

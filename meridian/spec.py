@@ -161,12 +161,24 @@ class AuthSpec(StrictModel):
         return value
 
 
+class ScoringSpec(StrictModel):
+    """The router's TTFT model (geo_router/scoring.py) and its stickiness."""
+
+    affinity_margin_ms: float = Field(default=50.0, ge=0)
+    hysteresis_ms: float = Field(default=20.0, ge=0)
+    # Replica speed; the router corrects its estimates online from observed answers.
+    prefill_ms_per_token: float = Field(default=0.5, gt=0)
+    batch_slots: int = Field(default=16, ge=1)
+    typical_prompt_tokens: int = Field(default=512, ge=1)
+
+
 class RouterSpec(StrictModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
     default_location: Location = Location(lat=39.04, lon=-77.49)
     locate: LocateSpec = LocateSpec()
     auth: AuthSpec = AuthSpec()
+    scoring: ScoringSpec = ScoringSpec()
     # Larger request bodies are refused with 413 before they are read whole.
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     health_poll_interval_s: float = Field(default=0.5, gt=0, le=60)

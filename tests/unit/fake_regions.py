@@ -21,6 +21,7 @@ CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "What is the ca
 class FakeRegion:
     name: str
     ready: int = 1
+    waiting: int = 0
     mode: str = "ok"  # ok | refuse | gone | error500 | break_stream | bad_request
     calls: list[str] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
@@ -58,7 +59,12 @@ class FakeRegions:
             return streamed(404, text="Path '/x' not found.")
         if rest == "status":
             return httpx.Response(
-                200, json={"region": region.name, "models": [MODEL], "replicas": {"ready": region.ready}, "engine": {}}
+                200, json={
+                    "region": region.name,
+                    "models": [MODEL],
+                    "replicas": {"ready": region.ready},
+                    "engine": {"running": min(region.waiting, 16), "waiting": region.waiting, "kv_cache_usage": 0.1},
+                }
             )
         if region.mode == "error500":
             return streamed(500, text="Internal Server Error")

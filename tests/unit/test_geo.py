@@ -1,7 +1,6 @@
 import pytest
 
 from geo_router.geo import LatLon, haversine_km, parse_lat_lon
-from geo_router.selection import RegionState, rank_regions
 
 ASHBURN = LatLon(39.04, -77.49)
 DUBLIN = LatLon(53.35, -6.26)
@@ -24,24 +23,3 @@ def test_parse_lat_lon_rejects(text):
 
 def test_parse_lat_lon_accepts_spaces():
     assert parse_lat_lon(" 48.85 , 2.35 ") == PARIS
-
-
-def region(name, location, healthy=True, ready=1, models=("m",)):
-    return RegionState(name, location, healthy, ready, frozenset(models))
-
-
-def test_rank_nearest_first():
-    regions = [region("local/us-east", ASHBURN), region("local/eu-west", DUBLIN)]
-    assert [r.name for r in rank_regions(PARIS, regions, "m")] == ["local/eu-west", "local/us-east"]
-    assert [r.name for r in rank_regions(SAN_FRANCISCO, regions, "m")] == ["local/us-east", "local/eu-west"]
-
-
-def test_rank_skips_regions_that_cannot_serve():
-    regions = [
-        region("down", DUBLIN, healthy=False),
-        region("no-replicas", DUBLIN, ready=0),
-        region("other-model", DUBLIN, models=("x",)),
-        region("far", ASHBURN),
-    ]
-    assert [r.name for r in rank_regions(PARIS, regions, "m")] == ["far"]
-    assert rank_regions(PARIS, regions[:3], "m") == []

@@ -177,3 +177,25 @@ def test_models_health_and_metrics(router):
     assert f'meridian_router_requests_total{{model="{MODEL}",region="local/us-east",status="200"}} 1.0' in metrics.text
     assert "meridian_router_time_to_first_byte_seconds_bucket" in metrics.text
     assert 'meridian_router_region_healthy{region="local/eu-west"} 1.0' in metrics.text
+
+
+def test_a_loaded_region_loses_its_nearby_clients(router, fakes):
+    fakes["local-eu-west"].waiting = 200
+    repoll(router)
+    response = router.post("/v1/chat/completions", json=CHAT, headers={"X-Client-Location": PARIS})
+    assert response.headers["x-meridian-region"] == "local/us-east"
+    assert 'meridian_router_routing_decisions_total{reason="load",region="local/us-east"} 1.0' in router.get("/metrics").text
+
+
+def test_session_stays_in_its_region(router):
+    body = {**CHAT, "user": "alice"}
+    first = router.post("/v1/chat/completions", json=body, headers={"X-Client-Location": PARIS})
+    assert first.headers["x-meridian-region"] == "local/eu-west"
+    # From mid-Atlantic, us-east is ~15 ms nearer: within the margin, so Alice stays...
+    mid_atlantic = {"X-Client-Location": "44,-50"}
+    again = router.post("/v1/chat/completions", json=body, headers=mid_atlantic)
+    assert again.headers["x-meridian-region"] == "local/eu-west"
+    assert 'reason="session",region="local/eu-west"} 1.0' in router.get("/metrics").text
+    # ...while a client without a session, from another area (no hysteresis), goes nearest.
+    stranger = router.post("/v1/chat/completions", json=CHAT, headers={"X-Client-Location": "42,-52"})
+    assert stranger.headers["x-meridian-region"] == "local/us-east"

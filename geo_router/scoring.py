@@ -1,0 +1,229 @@
+"""Which region answers a request soonest: an estimate of time to first token,
+
+    TTFT ≈ network RTT + queueing delay + prefill time,
+
+per region, and a choice among them that keeps shared prefixes and sessions where
+they already are and does not flap. Pure: plain data in, a decision out; the live
+router and the simulator call the same functions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+
+from geo_router.geo import LatLon, haversine_km
+from geo_router.rtt import prior_rtt_ms
+
+
+@dataclass(frozen=True)
+class PerfModel:
+    """How fast one replica is: what turns queue lengths and prompt sizes into time."""
+
+    prefill_ms_per_token: float = 0.5
+    # Requests one replica runs at once before more wait (vLLM's running batch).
+    batch_slots: int = 16
+    # Typical prompt, for the prefill time of the requests queued ahead of this one.
+    typical_prompt_tokens: int = 512
+
+
+@dataclass(frozen=True)
+class RegionLoad:
+    """One region as the router sees it at one instant."""
+
+    name: str
+    location: LatLon
+    ready_replicas: int
+    running: int = 0
+    waiting: int = 0
+    in_flight: int = 0  # the router's own requests to this region, not yet finished
+    kv_cache_usage: float = 0.0
+    rtt_correction_ms: float = 0.0  # learned online; see RttCorrector
+
+
+@dataclass(frozen=True)
+class RequestFacts:
+    client: LatLon
+    prompt_tokens: int
+    prefix_blocks: tuple[Hashable, ...] = ()  # chained hashes of the leading prompt blocks
+    tokens_per_block: int = 0
+    session: str | None = None
+    cell: Hashable = None  # a coarse client area, for hysteresis
+
+
+@dataclass(frozen=True)
+class Estimate:
+    region: str
+    rtt_ms: float
+    queue_ms: float
+    prefill_ms: float
+    cached_tokens: int
+
+    @property
+    def ttft_ms(self) -> float:
+        return self.rtt_ms + self.queue_ms + self.prefill_ms
+
+
+@dataclass(frozen=True)
+class Decision:
+    ranked: tuple[str, ...]  # best first: the order to try regions in
+    reason: str  # nearest | load | affinity | session
+    estimates: tuple[Estimate, ...]
+
+
+def estimate(region: RegionLoad, request: RequestFacts, cached_tokens: int, perf: PerfModel) -> Estimate:
+    rtt = max(0.0, prior_rtt_ms(haversine_km(request.client, region.location)) + region.rtt_correction_ms)
+    replicas = max(1, region.ready_replicas)
+    # Polled counts lag by a poll interval; the router's own count is current. Whichever
+    # says more is outstanding is nearer the truth.
+    outstanding = max(region.running + region.waiting, region.in_flight)
+    ahead = max(0.0, (outstanding - replicas * perf.batch_slots) / replicas)
+    queue = ahead * perf.typical_prompt_tokens * perf.prefill_ms_per_token
+    # Prefill shares the engine with the running batch, and a nearly full KV cache
+    # means preemption: both stretch it.
+    share = 1.0 + min(outstanding / replicas, perf.batch_slots) / perf.batch_slots
+    pressure = 1.0 / max(0.05, 1.0 - region.kv_cache_usage) if region.kv_cache_usage > 0.9 else 1.0
+    uncached = max(0, request.prompt_tokens - cached_tokens)
+    prefill = uncached * perf.prefill_ms_per_token * share * pressure
+    return Estimate(region.name, rtt, queue, prefill, min(cached_tokens, request.prompt_tokens))
+
+
+class LruMap:
+    """A bounded mapping that forgets the least recently used key."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self._items: OrderedDict[Hashable, object] = OrderedDict()
+
+    def get(self, key: Hashable) -> object | None:
+        if key not in self._items:
+            return None
+        self._items.move_to_end(key)
+        return self._items[key]
+
+    def put(self, key: Hashable, value: object) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class PrefixIndex:
+    """Which regions recently served which prompt blocks: where a prefix is likely cached."""
+
+    def __init__(self, capacity_blocks: int = 100_000):
+        self._regions_of_block = LruMap(capacity_blocks)
+
+    def cached_blocks(self, region: str, blocks: Sequence[Hashable]) -> int:
+        """How many leading blocks `region` holds (chained hashes: a match implies its prefix)."""
+        held = 0
+        for block in blocks:
+            regions = self._regions_of_block.get(block)
+            if not regions or region not in regions:
+                break
+            held += 1
+        return held
+
+    def record(self, region: str, blocks: Sequence[Hashable]) -> None:
+        for block in blocks:
+            regions = self._regions_of_block.get(block)
+            self._regions_of_block.put(block, (regions or frozenset()) | {region})
+
+
+@dataclass(frozen=True)
+class ScoringPolicy:
+    # Keep a prefix or a session where it is unless elsewhere is faster by more than this.
+    affinity_margin_ms: float = 50.0
+    # The region a client area used last must be beaten by this much to be left.
+    hysteresis_ms: float = 20.0
+
+
+class RoutingMemory:
+    """What the scorer remembers between requests: prefixes, sessions, last choices."""
+
+    def __init__(self, capacity: int = 100_000):
+        self.prefixes = PrefixIndex(capacity)
+        self.sessions = LruMap(capacity)
+        self.last_choice = LruMap(capacity)
+
+    def remember(self, region: str, request: RequestFacts) -> None:
+        self.prefixes.record(region, request.prefix_blocks)
+        if request.session is not None:
+            self.sessions.put(request.session, region)
+        if request.cell is not None:
+            self.last_choice.put(request.cell, region)
+
+
+def choose(
+    regions: Sequence[RegionLoad],
+    request: RequestFacts,
+    memory: RoutingMemory,
+    perf: PerfModel = PerfModel(),
+    policy: ScoringPolicy = ScoringPolicy(),
+) -> Decision | None:
+    """Rank the regions (all able to serve) for `request`; None if there are none."""
+    if not regions:
+        return None
+    estimates = {
+        r.name: estimate(
+            r, request, memory.prefixes.cached_blocks(r.name, request.prefix_blocks) * request.tokens_per_block, perf
+        )
+        for r in regions
+    }
+    nearest = min(regions, key=lambda r: (haversine_km(request.client, r.location), r.name)).name
+    previous = memory.last_choice.get(request.cell) if request.cell is not None else None
+
+    def cost(name: str) -> float:
+        return estimates[name].ttft_ms - (policy.hysteresis_ms if name == previous else 0.0)
+
+    order = sorted(estimates, key=lambda name: (cost(name), name))
+    best = order[0]
+    reason = "nearest" if best == nearest else "load"
+    sticky = _sticky_region(request, memory, estimates)
+    if sticky is not None and sticky[0] != best and cost(sticky[0]) <= cost(best) + policy.affinity_margin_ms:
+        best, reason = sticky
+        order.remove(best)
+        order.insert(0, best)
+    elif sticky is not None and sticky[0] == best and reason == "load":
+        reason = sticky[1]
+    return Decision(tuple(order), reason, tuple(estimates[name] for name in order))
+
+
+def _sticky_region(
+    request: RequestFacts, memory: RoutingMemory, estimates: dict[str, Estimate]
+) -> tuple[str, str] | None:
+    """The region a session or a cached prefix pulls this request towards, and why."""
+    if request.session is not None:
+        region = memory.sessions.get(request.session)
+        if region in estimates:
+            return str(region), "session"
+    holding = [e for e in estimates.values() if e.cached_tokens > 0]
+    if holding:
+        return max(holding, key=lambda e: (e.cached_tokens, -e.ttft_ms)).region, "affinity"
+    return None
+
+
+class RttCorrector:
+    """Per region, an EWMA of (observed time to first byte − predicted TTFT).
+
+    The distance prior knows nothing of a region's real network path or of engine speed;
+    the residual the router observes on every answered request corrects both.
+    """
+
+    def __init__(self, alpha: float = 0.2, limit_ms: float = 5_000.0):
+        self.alpha = alpha
+        self.limit_ms = limit_ms
+        self.correction_ms: dict[str, float] = {}
+
+    def observe(self, region: str, predicted_ms: float, observed_ms: float) -> None:
+        if not (math.isfinite(predicted_ms) and math.isfinite(observed_ms)):
+            return
+        residual = observed_ms - (predicted_ms - self.correction_ms.get(region, 0.0))
+        previous = self.correction_ms.get(region)
+        value = residual if previous is None else previous + self.alpha * (residual - previous)
+        self.correction_ms[region] = max(-self.limit_ms, min(self.limit_ms, value))

@@ -1,0 +1,130 @@
+import pytest
+
+from geo_router.geo import LatLon
+from geo_router.scoring import (
+    PerfModel,
+    PrefixIndex,
+    RegionLoad,
+    RequestFacts,
+    RoutingMemory,
+    RttCorrector,
+    ScoringPolicy,
+    choose,
+    estimate,
+)
+
+ASHBURN, DUBLIN, PARIS, BOSTON = LatLon(39.04, -77.49), LatLon(53.35, -6.26), LatLon(48.85, 2.35), LatLon(42.36, -71.06)
+PERF = PerfModel(prefill_ms_per_token=0.5, batch_slots=16, typical_prompt_tokens=512)
+
+
+def regions(east: dict | None = None, west: dict | None = None) -> list[RegionLoad]:
+    return [
+        RegionLoad("us-east", ASHBURN, ready_replicas=1, **(east or {})),
+        RegionLoad("eu-west", DUBLIN, ready_replicas=1, **(west or {})),
+    ]
+
+
+def facts(client=PARIS, prompt=200, blocks=(), session=None, cell=None) -> RequestFacts:
+    return RequestFacts(client, prompt, tuple(blocks), tokens_per_block=64, session=session, cell=cell)
+
+
+def test_idle_regions_nearest_wins():
+    decision = choose(regions(), facts(), RoutingMemory(), PERF)
+    assert decision.ranked == ("eu-west", "us-east") and decision.reason == "nearest"
+    assert choose(regions(), facts(client=BOSTON), RoutingMemory(), PERF).ranked[0] == "us-east"
+
+
+def test_a_queue_sends_traffic_across_the_ocean():
+    decision = choose(regions(west={"running": 16, "waiting": 40}), facts(), RoutingMemory(), PERF)
+    assert decision.ranked[0] == "us-east" and decision.reason == "load"
+    east, west = sorted(decision.estimates, key=lambda e: e.region)
+    assert west.queue_ms > east.rtt_ms - west.rtt_ms  # the queue costs more than the ocean
+
+
+def test_router_in_flight_counts_before_the_next_poll():
+    quiet = estimate(regions()[1], facts(), 0, PERF)
+    busy = estimate(regions(west={"in_flight": 64})[1], facts(), 0, PERF)
+    assert busy.queue_ms > quiet.queue_ms and busy.ttft_ms > quiet.ttft_ms
+
+
+def test_cached_prefix_shortens_prefill_and_full_kv_cache_stretches_it():
+    region = regions()[0]
+    assert estimate(region, facts(prompt=1000), 640, PERF).prefill_ms < estimate(region, facts(prompt=1000), 0, PERF).prefill_ms
+    full = regions(east={"kv_cache_usage": 0.98})[0]
+    assert estimate(full, facts(), 0, PERF).prefill_ms > estimate(region, facts(), 0, PERF).prefill_ms
+
+
+def test_prefix_affinity_holds_within_margin_only():
+    memory = RoutingMemory()
+    blocks = ("b1",)
+    memory.prefixes.record("us-east", blocks)
+    # From Paris eu-west is ~80 ms nearer; us-east's cached 64 tokens save only ~32 ms.
+    decision = choose(regions(), facts(prompt=256, blocks=blocks), memory, PERF, ScoringPolicy(affinity_margin_ms=150))
+    assert decision.ranked[0] == "us-east" and decision.reason == "affinity"
+    strict = choose(regions(), facts(prompt=256, blocks=blocks), memory, PERF, ScoringPolicy(affinity_margin_ms=0))
+    assert strict.ranked[0] == "eu-west"
+
+
+def test_session_sticks_within_margin():
+    memory = RoutingMemory()
+    memory.remember("us-east", facts(session="conversation-7"))
+    decision = choose(regions(), facts(session="conversation-7"), memory, PERF, ScoringPolicy(affinity_margin_ms=150))
+    assert decision.ranked[0] == "us-east" and decision.reason == "session"
+    # A session pinned to a region that is now drowning moves.
+    drowning = regions(east={"running": 16, "waiting": 200})
+    assert choose(drowning, facts(session="conversation-7"), memory, PERF).ranked[0] == "eu-west"
+
+
+def test_hysteresis_keeps_a_near_tie_where_it_was():
+    memory = RoutingMemory()
+    cell = (45, -40)  # mid-Atlantic: both regions about equally far
+    middle = LatLon(46.0, -41.5)
+    first = choose(regions(), facts(client=middle, cell=cell), memory, PERF)
+    memory.remember(first.ranked[0], facts(client=middle, cell=cell))
+    other = first.ranked[1]
+    # Load the first choice slightly (~25 ms of prefill): less than the hysteresis, so no flap.
+    nudged = regions(**{("east" if first.ranked[0] == "us-east" else "west"): {"in_flight": 4}})
+    assert choose(nudged, facts(client=middle, cell=cell), memory, PERF, ScoringPolicy(hysteresis_ms=50)).ranked[0] != other
+    assert choose(nudged, facts(client=middle, cell=cell), memory, PERF, ScoringPolicy(hysteresis_ms=0)).ranked[0] == other
+
+
+def test_no_regions_no_decision():
+    assert choose([], facts(), RoutingMemory(), PERF) is None
+
+
+def test_prefix_index_matches_leading_blocks_only():
+    index = PrefixIndex(capacity_blocks=10)
+    index.record("a", ["x1", "x2", "x3"])
+    assert index.cached_blocks("a", ["x1", "x2", "y3"]) == 2
+    assert index.cached_blocks("a", ["y1", "x2"]) == 0
+    assert index.cached_blocks("b", ["x1"]) == 0
+
+
+def test_prefix_index_forgets_least_recently_used():
+    index = PrefixIndex(capacity_blocks=2)
+    index.record("a", ["x1"])
+    index.record("a", ["x2"])
+    index.record("a", ["x3"])
+    assert index.cached_blocks("a", ["x1"]) == 0
+    assert index.cached_blocks("a", ["x3"]) == 1
+
+
+def test_rtt_corrector_learns_the_residual():
+    corrector = RttCorrector(alpha=0.5)
+    for _ in range(20):
+        predicted = 100.0 + corrector.correction_ms.get("r", 0.0)
+        corrector.observe("r", predicted, observed_ms=160.0)
+    assert corrector.correction_ms["r"] == pytest.approx(60.0, abs=0.1)
+    corrector.observe("r", float("nan"), 1.0)  # ignored
+    assert corrector.correction_ms["r"] == pytest.approx(60.0, abs=0.1)
+
+
+def test_prefix_blocks_share_leading_blocks_only():
+    from geo_router.prompt import BLOCK_CHARS, prefix_blocks
+
+    system = "s" * (2 * BLOCK_CHARS)
+    a = prefix_blocks(system + "question one " * 50)
+    b = prefix_blocks(system + "question two " * 50)
+    assert a[:2] == b[:2] and a[2] != b[2]
+    assert prefix_blocks("short") == ()
+    assert len(prefix_blocks("x" * (BLOCK_CHARS * 3 + 10))) == 3
