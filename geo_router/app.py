@@ -14,8 +14,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import JSONResponse, Response
+from opentelemetry import trace
+from opentelemetry.sdk.trace import SpanProcessor
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from geo_router.breaker import CircuitBreaker
 from geo_router.errors import error_response
 from geo_router.geo import LatLon
 from geo_router.locate import ClientLocator, open_geoip
@@ -33,13 +38,17 @@ from geo_router.requests import (
     read_capped_body,
 )
 from geo_router.prompt import CHARS_PER_TOKEN, BLOCK_CHARS, prefix_blocks, prompt_text
+from geo_router.tracing import tracer_provider
 from geo_router.scoring import PerfModel, RequestFacts, RoutingMemory, RttCorrector, ScoringPolicy, choose
 from meridian.spec import PlatformSpec
 
 log = logging.getLogger(__name__)
 
-def create_app(spec: PlatformSpec, *, client: httpx.AsyncClient | None = None) -> FastAPI:
-    """Build the router for `spec`; `client` replaces the HTTP client it reaches regions with."""
+def create_app(
+    spec: PlatformSpec, *, client: httpx.AsyncClient | None = None, span_processor: SpanProcessor | None = None
+) -> FastAPI:
+    """Build the router for `spec`; `client` replaces the HTTP client it reaches regions
+    with, `span_processor` where its OpenTelemetry spans go (tests)."""
     settings = spec.router
     metrics = RouterMetrics()
     known_models = {m.id for m in spec.models}
@@ -52,7 +61,15 @@ def create_app(spec: PlatformSpec, *, client: httpx.AsyncClient | None = None) -
     )
     client = client or httpx.AsyncClient(limits=httpx.Limits(max_connections=1024, max_keepalive_connections=256))
     table = RegionTable(
-        [Region(r.name, LatLon(r.location.lat, r.location.lon), spec.region_endpoint(r)) for r in spec.regions],
+        [
+            Region(
+                r.name,
+                LatLon(r.location.lat, r.location.lon),
+                spec.region_endpoint(r),
+                CircuitBreaker(settings.breaker_failure_threshold, settings.breaker_open_s),
+            )
+            for r in spec.regions
+        ],
         client,
         timeout_s=settings.health_timeout_s,
     )
@@ -62,6 +79,8 @@ def create_app(spec: PlatformSpec, *, client: httpx.AsyncClient | None = None) -
     policy = ScoringPolicy(scoring.affinity_margin_ms, scoring.hysteresis_ms)
     memory = RoutingMemory()
     corrector = RttCorrector()
+    tracer = tracer_provider(span_processor).get_tracer("geo_router")
+    trace_context = TraceContextTextMapPropagator()
     keyring = KeyRing(
         [
             ApiKey(k.name, key_digest_from(k.sha256, k.key_env), k.requests_per_minute, k.tokens_per_minute)
@@ -135,6 +154,32 @@ def create_app(spec: PlatformSpec, *, client: httpx.AsyncClient | None = None) -
         return key
 
     async def route(request: Request, path: str) -> Response:
+        """Serve one inference request inside a server span that lasts until its last byte."""
+        span = tracer.start_span(
+            f"POST /v1/{path}",
+            context=trace_context.extract(request.headers),
+            kind=SpanKind.SERVER,
+            attributes={"http.request.method": "POST", "url.path": f"/v1/{path}"},
+        )
+        span.set_attribute("meridian.request_id", request_id_of(request.scope))
+        streaming = False
+        try:
+            response = await dispatch(request, path, span)
+            streaming = isinstance(response, StreamingResponse)
+            if not streaming:
+                end_span(span, response.status_code)
+            return response
+        finally:
+            if not streaming and span.is_recording():
+                span.end()
+
+    def end_span(span: Span, status: int | str) -> None:
+        span.set_attribute("http.response.status_code", int(status) if str(status).isdigit() else 502)
+        if not str(status).startswith("2"):
+            span.set_status(Status(StatusCode.ERROR, str(status)))
+        span.end()
+
+    async def dispatch(request: Request, path: str, span: Span) -> Response:
         started = time.perf_counter()
         key = authenticate(request)
         if isinstance(key, Response):
@@ -187,9 +232,16 @@ def create_app(spec: PlatformSpec, *, client: httpx.AsyncClient | None = None) -
             if parsed.stream:  # only a stream's first byte is its first token
                 corrector.observe(region.name, predicted_ms[region.name], ttfb_s * 1000)
 
+        span.set_attributes({"meridian.model": parsed.model, "meridian.reason": decision.reason})
         headers = {**request.headers, "x-request-id": request_id_of(request.scope)}
+        trace_context.inject(headers, context=trace.set_span_in_context(span))  # W3C traceparent to the region
         ranked = [table.regions[name] for name in decision.ranked]
-        return await proxy.forward(path, parsed, headers, ranked, started, decision.reason, learn)
+
+        def done(region: Region, outcome: str) -> None:
+            span.set_attribute("meridian.region", region.name)
+            end_span(span, outcome)
+
+        return await proxy.forward(path, parsed, headers, ranked, started, decision.reason, learn, done)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:

@@ -68,11 +68,13 @@ class Proxy:
         started: float,
         reason: str,
         on_first_byte: Callable[[Region, float], None],
+        on_done: Callable[[Region, str], None],
     ) -> Response:
         """Try `ranked` regions in order; answer from the first that produces a byte.
 
         `reason` is why the first region was chosen; `on_first_byte(region, seconds)`
-        hears which region answered and how soon.
+        hears which region answered and how soon, `on_done(region, outcome)` when its
+        last byte has been relayed (outcome: the HTTP status, or `stream_broken`).
         """
         forwarded = {k: v for k, v in headers.items() if k in FORWARDED_REQUEST_HEADERS}
         failures: list[str] = []
@@ -87,10 +89,11 @@ class Proxy:
                 log.warning("attempt on %s failed before first byte: %s", region.name, failure.detail)
                 continue
             ttfb_s = time.perf_counter() - started
+            region.mark_answered()
             self._metrics.decisions.labels(region.name, why).inc()
             self._metrics.ttfb.labels(region.name, request.model).observe(ttfb_s)
             on_first_byte(region, ttfb_s)
-            return self._respond(attempt, request, started)
+            return self._respond(attempt, request, started, on_done)
         return error_response(
             503,
             "no region could serve the request: " + "; ".join(failures),
@@ -135,7 +138,9 @@ class Proxy:
         region.in_flight -= 1
         self._metrics.in_flight.labels(region.name).dec()
 
-    def _respond(self, attempt: Attempt, request: InferenceRequest, started: float) -> Response:
+    def _respond(
+        self, attempt: Attempt, request: InferenceRequest, started: float, on_done: Callable[[Region, str], None]
+    ) -> Response:
         region, upstream = attempt.region, attempt.upstream
         headers = {k: v for k, v in upstream.headers.items() if k in FORWARDED_RESPONSE_HEADERS}
         headers[REGION_HEADER] = region.name
@@ -146,6 +151,7 @@ class Proxy:
             self._leave(region)
             self._metrics.requests.labels(region.name, request.model, outcome).inc()
             self._metrics.latency.labels(region.name, request.model).observe(time.perf_counter() - started)
+            on_done(region, outcome)
 
         async def relay() -> AsyncIterator[bytes]:
             outcome = status

@@ -1,7 +1,9 @@
 """The router's live view of every region, refreshed by polling each region's /status.
 
-A region is healthy while its last poll answered and it has a ready replica. A failed
-request marks it unhealthy at once, so traffic moves before the next poll.
+A region is healthy while its circuit breaker is closed and its last poll reported a
+ready replica. Failed polls and failed requests open the breaker (at once, with the
+default threshold of 1), so traffic moves before the next poll; a good poll closes it
+again once it has been open for `open_s`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from geo_router.breaker import CircuitBreaker
 from geo_router.geo import LatLon
 from geo_router.scoring import RegionLoad
 
@@ -25,7 +28,7 @@ class Region:
     name: str
     location: LatLon
     endpoint: str  # base URL of the region's Serve app; OpenAI API under /v1
-    healthy: bool = False
+    breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
     ready_replicas: int = 0
     models: frozenset[str] = frozenset()
     last_status: dict[str, Any] = field(default_factory=dict)
@@ -36,8 +39,12 @@ class Region:
     last_poll_at: float = 0.0
     in_flight: int = 0
 
+    @property
+    def healthy(self) -> bool:
+        return not self.breaker.is_open and self.ready_replicas > 0
+
     def can_serve(self, model: str) -> bool:
-        return self.healthy and self.ready_replicas > 0 and model in self.models
+        return self.healthy and model in self.models
 
     def load(self, rtt_correction_ms: float = 0.0) -> RegionLoad:
         return RegionLoad(
@@ -52,10 +59,13 @@ class Region:
         )
 
     def mark_down(self, reason: str) -> None:
-        if self.healthy:
-            log.warning("region %s marked down: %s", self.name, reason)
-        self.healthy = False
+        if not self.breaker.is_open:
+            log.warning("region %s failed: %s", self.name, reason)
+        self.breaker.record_failure(time.monotonic())
         self.last_error = reason
+
+    def mark_answered(self) -> None:
+        self.breaker.record_request_success()
 
     def apply_status(self, status: dict[str, Any]) -> None:
         replicas = status.get("replicas", {})
@@ -67,7 +77,7 @@ class Region:
         self.kv_cache_usage = float(engine.get("kv_cache_usage", 0.0))
         self.last_status = status
         self.last_error = None
-        self.healthy = self.ready_replicas > 0
+        self.breaker.record_probe_success(time.monotonic())
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -75,6 +85,7 @@ class Region:
             "endpoint": self.endpoint,
             "location": {"lat": self.location.lat, "lon": self.location.lon},
             "healthy": self.healthy,
+            "breaker_open": self.breaker.is_open,
             "ready_replicas": self.ready_replicas,
             "models": sorted(self.models),
             "in_flight": self.in_flight,
@@ -104,8 +115,11 @@ class RegionTable:
     async def _poll(self, region: Region) -> None:
         region.last_poll_at = time.monotonic()
         try:
-            response = await self._client.get(f"{region.endpoint}/status", timeout=self._timeout_s)
-        except httpx.HTTPError as error:
+            # A total deadline: httpx's own timeouts are per read, and a region that
+            # trickles bytes must not hold the poll (or its breaker) open.
+            async with asyncio.timeout(self._timeout_s):
+                response = await self._client.get(f"{region.endpoint}/status")
+        except (httpx.HTTPError, TimeoutError) as error:
             region.mark_down(f"status poll failed: {type(error).__name__}")
             return
         if response.status_code != 200:

@@ -182,7 +182,10 @@ class RouterSpec(StrictModel):
     # Larger request bodies are refused with 413 before they are read whole.
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     health_poll_interval_s: float = Field(default=0.5, gt=0, le=60)
-    health_timeout_s: float = Field(default=2.0, gt=0, le=60)
+    health_timeout_s: float = Field(default=1.0, gt=0, le=60)
+    # Failures in a row that open a region's breaker, and how long it then stays open.
+    breaker_failure_threshold: int = Field(default=1, ge=1)
+    breaker_open_s: float = Field(default=2.0, ge=0)
     # A request waits at most this long for the first byte from a region.
     upstream_timeout_s: float = Field(default=600.0, gt=0)
     retry_after_s: int = Field(default=5, ge=1, description="Retry-After sent with 503")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -22,7 +23,7 @@ class FakeRegion:
     name: str
     ready: int = 1
     waiting: int = 0
-    mode: str = "ok"  # ok | refuse | gone | error500 | break_stream | bad_request
+    mode: str = "ok"  # ok | refuse | hang | gone | error500 | break_stream | bad_request
     calls: list[str] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
 
@@ -55,6 +56,8 @@ class FakeRegions:
         region.headers.append(dict(request.headers))
         if region.mode == "refuse":
             raise httpx.ConnectError("connection refused", request=request)
+        if region.mode == "hang":
+            await asyncio.sleep(60)
         if region.mode == "gone":
             return streamed(404, text="Path '/x' not found.")
         if rest == "status":

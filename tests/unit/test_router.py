@@ -4,12 +4,14 @@ failover before the first byte, no duplicate after it, and OpenAI-shaped errors.
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import pytest
+import yaml
 from starlette.testclient import TestClient
 
-from meridian.spec import load_spec
+from meridian.spec import load_spec, parse_spec
 
 from .fake_regions import CHAT, MODEL, FakeRegions, running_router
 
@@ -153,12 +155,29 @@ def test_all_regions_failing_mid_request_is_503(router, fakes):
     assert "retry-after" in response.headers
 
 
-def test_region_comes_back_after_a_good_poll(router, fakes):
-    fakes["local-us-east"].mode = "refuse"
-    router.post("/v1/chat/completions", json=CHAT)
-    fakes["local-us-east"].mode = "ok"
-    repoll(router)
-    assert router.post("/v1/chat/completions", json=CHAT).headers["x-meridian-region"] == "local/us-east"
+def test_region_comes_back_after_a_good_poll_once_its_breaker_may_close(repo, fakes):
+    data = yaml.safe_load((repo / "configs" / "local.yaml").read_text())
+    data["router"]["breaker_open_s"] = 0.3
+    with running_router(parse_spec(data), fakes) as router:
+        fakes["local-us-east"].mode = "refuse"
+        assert router.post("/v1/chat/completions", json=CHAT).headers["x-meridian-region"] == "local/eu-west"
+        fakes["local-us-east"].mode = "ok"
+        repoll(router)  # too soon after opening: the breaker stays open
+        assert router.post("/v1/chat/completions", json=CHAT).headers["x-meridian-region"] == "local/eu-west"
+        time.sleep(0.35)
+        repoll(router)
+        assert router.post("/v1/chat/completions", json=CHAT).headers["x-meridian-region"] == "local/us-east"
+
+
+@pytest.mark.parametrize("mode", ["refuse", "hang"])
+def test_a_region_that_goes_away_is_dropped_within_two_seconds(router, fakes, mode):
+    assert all(r["healthy"] for r in router.get("/regions").json()["regions"])
+    fakes["local-us-east"].mode = mode
+    went_away = time.monotonic()
+    while router.get("/regions").json()["regions"][0]["healthy"]:
+        assert time.monotonic() - went_away < 2.0, "breaker still closed after 2 s"
+        time.sleep(0.05)
+    assert router.get("/regions").json()["regions"][0]["breaker_open"]
 
 
 def test_unknown_path_and_method_are_openai_shaped(router):
