@@ -39,7 +39,7 @@ from geo_router.requests import (
 )
 from geo_router.prompt import CHARS_PER_TOKEN, BLOCK_CHARS, prefix_blocks, prompt_text
 from geo_router.tracing import tracer_provider
-from geo_router.scoring import PerfModel, RequestFacts, RoutingMemory, RttCorrector, ScoringPolicy, choose
+from geo_router.scoring import RequestFacts, RoutingMemory, RttCorrector, choose, scoring_from
 from meridian.spec import PlatformSpec
 
 log = logging.getLogger(__name__)
@@ -74,9 +74,7 @@ def create_app(
         timeout_s=settings.health_timeout_s,
     )
     proxy = Proxy(client, metrics, settings.upstream_timeout_s)
-    scoring = settings.scoring
-    perf = PerfModel(scoring.prefill_ms_per_token, scoring.batch_slots, scoring.typical_prompt_tokens)
-    policy = ScoringPolicy(scoring.affinity_margin_ms, scoring.hysteresis_ms)
+    perf, policy = scoring_from(settings.scoring.model_dump())
     memory = RoutingMemory()
     corrector = RttCorrector()
     tracer = tracer_provider(span_processor).get_tracer("geo_router")

@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 from geo_router.geo import LatLon, haversine_km
 from geo_router.rtt import prior_rtt_ms
@@ -25,8 +26,15 @@ class PerfModel:
     prefill_ms_per_token: float = 0.5
     # Requests one replica runs at once before more wait (vLLM's running batch).
     batch_slots: int = 16
-    # Typical prompt, for the prefill time of the requests queued ahead of this one.
+    # A typical request, for how long the requests ahead of this one hold their slots.
     typical_prompt_tokens: int = 512
+    decode_ms_per_token: float = 50.0
+    typical_output_tokens: int = 256
+
+    @property
+    def slot_hold_ms(self) -> float:
+        """How long a typical request holds a batch slot: its prefill, then its decode."""
+        return self.typical_prompt_tokens * self.prefill_ms_per_token + self.typical_output_tokens * self.decode_ms_per_token
 
 
 @dataclass(frozen=True)
@@ -80,13 +88,14 @@ def estimate(region: RegionLoad, request: RequestFacts, cached_tokens: int, perf
     # says more is outstanding is nearer the truth.
     outstanding = max(region.running + region.waiting, region.in_flight)
     ahead = max(0.0, (outstanding - replicas * perf.batch_slots) / replicas)
-    queue = ahead * perf.typical_prompt_tokens * perf.prefill_ms_per_token
-    # Prefill shares the engine with the running batch, and a nearly full KV cache
-    # means preemption: both stretch it.
-    share = 1.0 + min(outstanding / replicas, perf.batch_slots) / perf.batch_slots
+    # With every slot busy, one frees about every slot_hold / batch_slots.
+    queue = ahead * perf.slot_hold_ms / perf.batch_slots
+    # Decode tokens of the running batch take little of a chunked-prefill step's token
+    # budget, so a busy replica prefills about as fast as an idle one; a nearly full KV
+    # cache, though, means preemption and recomputation.
     pressure = 1.0 / max(0.05, 1.0 - region.kv_cache_usage) if region.kv_cache_usage > 0.9 else 1.0
     uncached = max(0, request.prompt_tokens - cached_tokens)
-    prefill = uncached * perf.prefill_ms_per_token * share * pressure
+    prefill = uncached * perf.prefill_ms_per_token * pressure
     return Estimate(region.name, rtt, queue, prefill, min(cached_tokens, request.prompt_tokens))
 
 
@@ -227,3 +236,10 @@ class RttCorrector:
         previous = self.correction_ms.get(region)
         value = residual if previous is None else previous + self.alpha * (residual - previous)
         self.correction_ms[region] = max(-self.limit_ms, min(self.limit_ms, value))
+
+
+def scoring_from(settings: dict[str, Any]) -> tuple[PerfModel, ScoringPolicy]:
+    """The perf model and policy named by a spec's `router.scoring` section (as a dict)."""
+    perf = PerfModel(**{f.name: settings[f.name] for f in fields(PerfModel) if f.name in settings})
+    policy = ScoringPolicy(**{f.name: settings[f.name] for f in fields(ScoringPolicy) if f.name in settings})
+    return perf, policy

@@ -23,6 +23,9 @@ DEFAULT_SPEC = Path("configs/local.yaml")
 app = typer.Typer(help="Meridian: one OpenAI-compatible endpoint over many regions.", no_args_is_help=True)
 models_app = typer.Typer(help="Model weights named in a spec.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+simulate_app = typer.Typer(help="Replay traces against simulated regions.", no_args_is_help=True)
+app.add_typer(simulate_app, name="simulate")
+DEFAULT_TRACE = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "traces" / "mooncake_conversation.jsonl"
 console = Console()
 errors = Console(stderr=True)
 
@@ -157,3 +160,59 @@ def models_pull(spec: SpecArg = DEFAULT_SPEC) -> None:
                 errors.print(f"[red]{model.id}: {error}[/red]")
                 raise typer.Exit(1) from None
         console.print(f"[green]✓[/green] {model.id}: {path}")
+
+
+@simulate_app.command("routing")
+def simulate_routing(
+    trace: Annotated[Path, typer.Option(help="Mooncake-format JSONL trace")] = DEFAULT_TRACE,
+    regions: Annotated[Path, typer.Option(help="spec whose regions and router.scoring are simulated")] = Path(
+        "configs/sim-global.yaml"
+    ),
+    limit: Annotated[int | None, typer.Option(help="replay only the first N requests")] = None,
+    cache_blocks: Annotated[int, typer.Option(help="prefix blocks each replica caches")] = 2000,
+    as_json: Annotated[bool, typer.Option("--json", help="print machine-readable JSON")] = False,
+) -> None:
+    """Compare nearest, least-load, prefix-aware-in-region and Meridian's scorer on a trace."""
+    from geo_router import simulation
+    from geo_router.geo import LatLon
+    from geo_router.scoring import scoring_from
+
+    platform = _load(regions)
+    if not trace.is_file():
+        errors.print(f"[red]no trace at {trace}[/red] (pass --trace PATH)")
+        raise typer.Exit(2)
+    scoring = platform.router.scoring
+    model = simulation.ReplicaModel(
+        prefill_ms_per_token=scoring.prefill_ms_per_token,
+        decode_ms_per_token=scoring.decode_ms_per_token,
+        batch_slots=scoring.batch_slots,
+        cache_blocks=cache_blocks,
+    )
+    sim_regions = [
+        simulation.SimRegion(r.name, LatLon(r.location.lat, r.location.lon), r.replicas) for r in platform.regions
+    ]
+    with console.status(f"replaying {trace.name}"):
+        requests = simulation.load_mooncake(trace, limit)
+        results = simulation.compare_policies(
+            requests,
+            sim_regions,
+            model,
+            *scoring_from(scoring.model_dump()),
+        )
+    if as_json:
+        typer.echo(json.dumps([r.as_dict() for r in results], indent=2))
+        return
+    table = Table(title=f"{len(requests)} requests of {trace.name} over {len(sim_regions)} regions")
+    for column in ("policy", "TTFT mean ms", "TTFT p99 ms", "cache hit rate", "spill rate", "mean RTT ms"):
+        table.add_column(column)
+    for result in results:
+        row = result.as_dict()
+        table.add_row(
+            result.policy,
+            f"{row['ttft_mean_ms']:.0f}",
+            f"{row['ttft_p99_ms']:.0f}",
+            f"{row['cache_hit_rate']:.1%}",
+            f"{row['spill_rate']:.1%}",
+            f"{row['mean_rtt_ms']:.0f}",
+        )
+    console.print(table)

@@ -170,6 +170,8 @@ class ScoringSpec(StrictModel):
     prefill_ms_per_token: float = Field(default=0.5, gt=0)
     batch_slots: int = Field(default=16, ge=1)
     typical_prompt_tokens: int = Field(default=512, ge=1)
+    decode_ms_per_token: float = Field(default=50.0, gt=0)
+    typical_output_tokens: int = Field(default=256, ge=1)
 
 
 class RouterSpec(StrictModel):

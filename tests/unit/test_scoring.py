@@ -82,8 +82,8 @@ def test_hysteresis_keeps_a_near_tie_where_it_was():
     first = choose(regions(), facts(client=middle, cell=cell), memory, PERF)
     memory.remember(first.ranked[0], facts(client=middle, cell=cell))
     other = first.ranked[1]
-    # Load the first choice slightly (~25 ms of prefill): less than the hysteresis, so no flap.
-    nudged = regions(**{("east" if first.ranked[0] == "us-east" else "west"): {"in_flight": 4}})
+    # The first choice gets 25 ms slower: less than the hysteresis, so no flap.
+    nudged = regions(**{("east" if first.ranked[0] == "us-east" else "west"): {"rtt_correction_ms": 25.0}})
     assert choose(nudged, facts(client=middle, cell=cell), memory, PERF, ScoringPolicy(hysteresis_ms=50)).ranked[0] != other
     assert choose(nudged, facts(client=middle, cell=cell), memory, PERF, ScoringPolicy(hysteresis_ms=0)).ranked[0] == other
 
