@@ -31,7 +31,9 @@ test-unit: install
 	$(BIN)/python -m pytest -q -m "not e2e" tests
 
 bench: install
+	$(BIN)/pip install -q -e '.[cpu,dev,bench]'
 	$(BIN)/python benchmarks/e2e_vs_vllm.py
+	$(BIN)/python benchmarks/router_overhead.py
 
 down: install
 	$(BIN)/meridian down

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from geo_router.errors import error_response, sse_error_event
 from geo_router.metrics import RouterMetrics
@@ -28,6 +30,22 @@ log = logging.getLogger(__name__)
 # Request headers passed to the region; everything else (host, hop-by-hop, length) is not.
 FORWARDED_REQUEST_HEADERS = ("content-type", "accept", "traceparent", "tracestate", "x-request-id")
 FORWARDED_RESPONSE_HEADERS = ("content-type", "cache-control")
+
+
+class RelayResponse(StreamingResponse):
+    """A streamed answer whose clean-up runs once however it ends: relayed whole,
+    broken, or the client gone before the first chunk was even sent (when the body
+    generator never starts, so a `finally` inside it would never run)."""
+
+    def __init__(self, content: AsyncIterator[bytes], on_close: Callable[[], Awaitable[None]], **kwargs: Any):
+        super().__init__(content, **kwargs)
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._on_close()
 
 
 class RegionFailed(Exception):
@@ -146,28 +164,26 @@ class Proxy:
         headers[REGION_HEADER] = region.name
         status = str(upstream.status_code)
 
-        async def finish(outcome: str) -> None:
+        outcome = [status]  # what the relay ended with; read once the response is done
+
+        async def finish() -> None:
             await upstream.aclose()
             self._leave(region)
-            self._metrics.requests.labels(region.name, request.model, outcome).inc()
+            self._metrics.requests.labels(region.name, request.model, outcome[0]).inc()
             self._metrics.latency.labels(region.name, request.model).observe(time.perf_counter() - started)
-            on_done(region, outcome)
+            on_done(region, outcome[0])
 
         async def relay() -> AsyncIterator[bytes]:
-            outcome = status
             try:
                 if attempt.first_chunk:
                     yield attempt.first_chunk
                 async for chunk in attempt.chunks:
                     yield chunk
             except httpx.HTTPError as error:
-                outcome = "stream_broken"
+                outcome[0] = "stream_broken"
                 self._metrics.upstream_errors.labels(region.name, "stream_broken").inc()
                 log.warning("stream from %s broke after first byte: %s", region.name, error)
                 if request.stream:
                     yield sse_error_event(502, f"the stream from region {region.name} broke: {error}", "stream_broken")
-            finally:
-                await finish(outcome)
 
-        return StreamingResponse(relay(), status_code=upstream.status_code, headers=headers)
-
+        return RelayResponse(relay(), finish, status_code=upstream.status_code, headers=headers)

@@ -218,3 +218,47 @@ def test_session_stays_in_its_region(router):
     # ...while a client without a session, from another area (no hysteresis), goes nearest.
     stranger = router.post("/v1/chat/completions", json=CHAT, headers={"X-Client-Location": "42,-52"})
     assert stranger.headers["x-meridian-region"] == "local/us-east"
+
+
+def test_client_gone_before_the_first_chunk_releases_the_region(repo, fakes):
+    """The relay's clean-up must run even when Starlette never starts its body."""
+    import asyncio
+
+    from geo_router.app import create_app
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(fakes.handle))
+    app = create_app(load_spec(repo / "configs" / "local.yaml"), client=client)
+
+    async def scenario() -> int:
+        async with app.router.lifespan_context(app):
+            body = json.dumps({**CHAT, "stream": True}).encode()
+            messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+            async def receive():  # noqa: ANN202
+                return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+            async def send(message):  # noqa: ANN001, ANN202
+                if message["type"] == "http.response.start":
+                    raise OSError("client went away")
+
+            scope = {
+                "type": "http",
+                "method": "POST",
+                "path": "/v1/chat/completions",
+                "raw_path": b"/v1/chat/completions",
+                "query_string": b"",
+                "headers": [(b"content-type", b"application/json")],
+                "client": ("127.0.0.1", 5000),
+                "server": ("127.0.0.1", 8080),
+                "scheme": "http",
+                "http_version": "1.1",
+                "root_path": "",
+                "app": app,
+            }
+            try:
+                await app(scope, receive, send)
+            except OSError:
+                pass
+            return app.state.regions.regions["local/us-east"].in_flight
+
+    assert asyncio.run(scenario()) == 0
