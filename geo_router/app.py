@@ -21,6 +21,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from geo_router.breaker import CircuitBreaker
+from geo_router import openapi
 from geo_router.errors import error_response
 from geo_router.geo import LatLon
 from geo_router.locate import ClientLocator, open_geoip
@@ -59,6 +60,7 @@ def create_app(
         geoip=open_geoip(locate.geoip_database) if locate.geoip_database else None,
         trusted_proxy_hops=locate.trusted_proxy_hops,
     )
+    owns_client = client is None
     client = client or httpx.AsyncClient(limits=httpx.Limits(max_connections=1024, max_keepalive_connections=256))
     table = RegionTable(
         [
@@ -103,7 +105,8 @@ def create_app(
             poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
-            await client.aclose()
+            if owns_client:  # a client passed in belongs to the caller
+                await client.aclose()
 
     app = FastAPI(title="Meridian geo router", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.regions = table
@@ -241,11 +244,11 @@ def create_app(
 
         return await proxy.forward(path, parsed, headers, ranked, started, decision.reason, learn, done)
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=openapi.CHAT_COMPLETIONS)
     async def chat_completions(request: Request) -> Response:
         return await route(request, "chat/completions")
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", openapi_extra=openapi.COMPLETIONS)
     async def completions(request: Request) -> Response:
         return await route(request, "completions")
 
