@@ -16,7 +16,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install $(PIP_EXTRA) -e '.[cpu,dev]'
+	$(BIN)/pip install $(PIP_EXTRA) -e '.[cpu,dev,bench]'
 	$(BIN)/pip uninstall -y $(MISMATCHED_TORCH_ADDONS)
 	touch $(STAMP)
 
@@ -31,7 +31,6 @@ test-unit: install
 	$(BIN)/python -m pytest -q -m "not e2e" tests
 
 bench: install
-	$(BIN)/pip install -q -e '.[cpu,dev,bench]'
 	$(BIN)/python benchmarks/e2e_vs_vllm.py
 	$(BIN)/python benchmarks/router_overhead.py
 
