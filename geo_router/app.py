@@ -216,7 +216,7 @@ def create_app(
         facts = request_facts(parsed, location, request)
         candidates = table.servable(parsed.model)
         decision = choose(
-            [r.load(corrector.correction_ms.get(r.name, 0.0)) for r in candidates], facts, memory, perf, policy
+            [r.load(corrector.correction_for(r.name)) for r in candidates], facts, memory, perf, policy
         )
         if decision is None:
             metrics.requests.labels("none", parsed.model, "503").inc()

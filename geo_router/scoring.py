@@ -229,10 +229,22 @@ class RttCorrector:
         self.limit_ms = limit_ms
         self.correction_ms: dict[str, float] = {}
 
+    def correction_for(self, region: str) -> float:
+        """The region's learned correction; before any evidence, the fleet's average.
+
+        Much of a residual is model error common to every region (engine speed, prompt
+        size); a region not yet observed must not look faster just for that.
+        """
+        if region in self.correction_ms:
+            return self.correction_ms[region]
+        if not self.correction_ms:
+            return 0.0
+        return sum(self.correction_ms.values()) / len(self.correction_ms)
+
     def observe(self, region: str, predicted_ms: float, observed_ms: float) -> None:
         if not (math.isfinite(predicted_ms) and math.isfinite(observed_ms)):
             return
-        residual = observed_ms - (predicted_ms - self.correction_ms.get(region, 0.0))
+        residual = observed_ms - (predicted_ms - self.correction_for(region))
         previous = self.correction_ms.get(region)
         value = residual if previous is None else previous + self.alpha * (residual - previous)
         self.correction_ms[region] = max(-self.limit_ms, min(self.limit_ms, value))

@@ -128,3 +128,16 @@ def test_prefix_blocks_share_leading_blocks_only():
     assert a[:2] == b[:2] and a[2] != b[2]
     assert prefix_blocks("short") == ()
     assert len(prefix_blocks("x" * (BLOCK_CHARS * 3 + 10))) == 3
+
+
+def test_an_unobserved_region_inherits_the_fleet_correction():
+    corrector = RttCorrector()
+    corrector.observe("us-east", predicted_ms=50.0, observed_ms=550.0)  # a slow engine, not a slow path
+    assert corrector.correction_for("us-east") == pytest.approx(500.0)
+    assert corrector.correction_for("eu-west") == pytest.approx(500.0)
+    memory = RoutingMemory()
+    load = [
+        RegionLoad("us-east", ASHBURN, 1, rtt_correction_ms=corrector.correction_for("us-east")),
+        RegionLoad("eu-west", DUBLIN, 1, rtt_correction_ms=corrector.correction_for("eu-west")),
+    ]
+    assert choose(load, facts(client=BOSTON), memory, PERF).ranked[0] == "us-east"  # still the nearer one
