@@ -48,6 +48,7 @@ class LoadResult:
     seconds: float
     ttft_ms: list[float]
     events: int
+    errors: dict[str, int]
 
     def percentile(self, q: float) -> float:
         ordered = sorted(self.ttft_ms)
@@ -65,6 +66,7 @@ class LoadResult:
 async def drive(url: str, concurrency: int, total: int) -> LoadResult:
     """`total` streamed requests, `concurrency` at a time; every loop is bounded."""
     ttfts: list[float] = []
+    errors: dict[str, int] = {}
     events = failed = 0
     remaining = total
     connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
@@ -79,6 +81,7 @@ async def drive(url: str, concurrency: int, total: int) -> LoadResult:
                 async with session.post(url, data=BODY, headers={"content-type": "application/json"}) as response:
                     if response.status != 200:
                         failed += 1
+                        errors[f"HTTP {response.status}"] = errors.get(f"HTTP {response.status}", 0) + 1
                         await response.read()
                         continue
                     first = True
@@ -87,14 +90,15 @@ async def drive(url: str, concurrency: int, total: int) -> LoadResult:
                             ttfts.append((time.perf_counter() - started) * 1000)
                             first = False
                         events += chunk.count(b"data: ")
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (aiohttp.ClientError, asyncio.TimeoutError) as error:
                 failed += 1
+                errors[type(error).__name__] = errors.get(type(error).__name__, 0) + 1
 
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         started = time.perf_counter()
         await asyncio.gather(*(worker(session) for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
-    return LoadResult(total, failed, elapsed, ttfts, events)
+    return LoadResult(total, failed, elapsed, ttfts, events, errors)
 
 
 def wait_until(url: str, process: subprocess.Popen, timeout_s: float = 60) -> None:
@@ -162,7 +166,7 @@ def main() -> int:
                 [
                     str(BIN / "vllm-router"), "--host", "127.0.0.1", "--port", str(VLLM_ROUTER_PORT),
                     "--worker-urls", f"http://127.0.0.1:{UPSTREAM_PORT}", "--policy", "round_robin",
-                    "--log-level", "warn",
+                    "--log-level", "warning",
                 ],  # fmt: skip
                 f"http://127.0.0.1:{VLLM_ROUTER_PORT}",
             ),

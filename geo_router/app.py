@@ -40,6 +40,7 @@ from geo_router.requests import (
 )
 from geo_router.prompt import CHARS_PER_TOKEN, BLOCK_CHARS, prefix_blocks, prompt_text
 from geo_router.tracing import tracer_provider
+from geo_router.upstream import AiohttpUpstream, HttpxUpstream, Upstream
 from geo_router.scoring import RequestFacts, RoutingMemory, RttCorrector, choose, scoring_from
 from meridian.spec import PlatformSpec
 
@@ -60,8 +61,11 @@ def create_app(
         geoip=open_geoip(locate.geoip_database) if locate.geoip_database else None,
         trusted_proxy_hops=locate.trusted_proxy_hops,
     )
+    # Requests go through aiohttp (fast); health polls through httpx (rare). A client
+    # passed in (tests: httpx.MockTransport fakes) carries both, and stays the caller's.
     owns_client = client is None
-    client = client or httpx.AsyncClient(limits=httpx.Limits(max_connections=1024, max_keepalive_connections=256))
+    upstream: Upstream = AiohttpUpstream() if client is None else HttpxUpstream(client)
+    client = client or httpx.AsyncClient()
     table = RegionTable(
         [
             Region(
@@ -74,8 +78,9 @@ def create_app(
         ],
         client,
         timeout_s=settings.health_timeout_s,
+        interval_s=settings.health_poll_interval_s,
     )
-    proxy = Proxy(client, metrics, settings.upstream_timeout_s)
+    proxy = Proxy(upstream, metrics, settings.upstream_timeout_s)
     perf, policy = scoring_from(settings.scoring.model_dump())
     memory = RoutingMemory()
     corrector = RttCorrector()
@@ -107,6 +112,7 @@ def create_app(
                 await poller
             if owns_client:  # a client passed in belongs to the caller
                 await client.aclose()
+                await upstream.aclose()
 
     app = FastAPI(title="Meridian geo router", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.regions = table
@@ -214,7 +220,7 @@ def create_app(
                 code="model_not_found",
             )
         facts = request_facts(parsed, location, request)
-        candidates = table.servable(parsed.model)
+        candidates, panic = table.servable(parsed.model)
         decision = choose(
             [r.load(corrector.correction_for(r.name)) for r in candidates], facts, memory, perf, policy
         )
@@ -227,13 +233,14 @@ def create_app(
                 headers={"Retry-After": str(settings.retry_after_s)},
             )
         predicted_ms = {e.region: e.ttft_ms for e in decision.estimates}
+        reason = "panic" if panic else decision.reason
 
         def learn(region: Region, ttfb_s: float) -> None:
             memory.remember(region.name, facts)
             if parsed.stream:  # only a stream's first byte is its first token
                 corrector.observe(region.name, predicted_ms[region.name], ttfb_s * 1000)
 
-        span.set_attributes({"meridian.model": parsed.model, "meridian.reason": decision.reason})
+        span.set_attributes({"meridian.model": parsed.model, "meridian.reason": reason})
         headers = {**request.headers, "x-request-id": request_id_of(request.scope)}
         trace_context.inject(headers, context=trace.set_span_in_context(span))  # W3C traceparent to the region
         ranked = [table.regions[name] for name in decision.ranked]
@@ -242,7 +249,7 @@ def create_app(
             span.set_attribute("meridian.region", region.name)
             end_span(span, outcome)
 
-        return await proxy.forward(path, parsed, headers, ranked, started, decision.reason, learn, done)
+        return await proxy.forward(path, parsed, headers, ranked, started, reason, learn, done)
 
     @app.post("/v1/chat/completions", openapi_extra=openapi.CHAT_COMPLETIONS)
     async def chat_completions(request: Request) -> Response:

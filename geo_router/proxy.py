@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
@@ -24,6 +23,7 @@ from geo_router.metrics import RouterMetrics
 from geo_router.middleware import REGION_HEADER
 from geo_router.regions import Region
 from geo_router.requests import InferenceRequest
+from geo_router.upstream import Upstream, UpstreamError, UpstreamResponse
 
 log = logging.getLogger(__name__)
 
@@ -66,16 +66,15 @@ def is_retryable_status(status: int) -> bool:
 @dataclass
 class Attempt:
     region: Region
-    upstream: httpx.Response
+    upstream: UpstreamResponse
     first_chunk: bytes
-    chunks: AsyncIterator[bytes]
 
 
 class Proxy:
-    def __init__(self, client: httpx.AsyncClient, metrics: RouterMetrics, upstream_timeout_s: float):
-        self._client = client
+    def __init__(self, upstream: Upstream, metrics: RouterMetrics, upstream_timeout_s: float):
+        self._upstream = upstream
         self._metrics = metrics
-        self._timeout = httpx.Timeout(upstream_timeout_s, connect=2.0)
+        self._timeout_s = upstream_timeout_s
 
     async def forward(
         self,
@@ -122,30 +121,26 @@ class Proxy:
     async def _attempt(
         self, region: Region, path: str, request: InferenceRequest, headers: dict[str, str]
     ) -> Attempt:
-        upstream_request = self._client.build_request(
-            "POST", f"{region.endpoint}/v1/{path}", content=request.body, headers=headers, timeout=self._timeout
-        )
         self._enter(region)
-        upstream: httpx.Response | None = None
+        upstream: UpstreamResponse | None = None
         try:
-            upstream = await self._client.send(upstream_request, stream=True)
-            if is_retryable_status(upstream.status_code):
-                body = await upstream.aread()
-                raise RegionFailed("status", f"HTTP {upstream.status_code}: {body[:200]!r}")
-            chunks = upstream.aiter_raw()
+            upstream = await self._upstream.post(f"{region.endpoint}/v1/{path}", request.body, headers, self._timeout_s)
+            if is_retryable_status(upstream.status):
+                body = await upstream.read(200)
+                raise RegionFailed("status", f"HTTP {upstream.status}: {body!r}")
             first_chunk = b""
-            async for chunk in chunks:
+            async for chunk in upstream.chunks:
                 if chunk:
                     first_chunk = chunk
                     break
-            return Attempt(region, upstream, first_chunk, chunks)
+            return Attempt(region, upstream, first_chunk)
         except BaseException as error:
             # Nothing reached the client: release the region; on success the relay does.
             if upstream is not None:
-                await upstream.aclose()
+                await upstream.close()
             self._leave(region)
-            if isinstance(error, httpx.HTTPError):
-                raise RegionFailed("connect", f"{type(error).__name__}: {error}") from None
+            if isinstance(error, UpstreamError):
+                raise RegionFailed("connect", str(error)) from None
             raise
 
     def _enter(self, region: Region) -> None:
@@ -160,14 +155,14 @@ class Proxy:
         self, attempt: Attempt, request: InferenceRequest, started: float, on_done: Callable[[Region, str], None]
     ) -> Response:
         region, upstream = attempt.region, attempt.upstream
-        headers = {k: v for k, v in upstream.headers.items() if k in FORWARDED_RESPONSE_HEADERS}
+        headers = {k.lower(): v for k, v in upstream.headers.items() if k.lower() in FORWARDED_RESPONSE_HEADERS}
         headers[REGION_HEADER] = region.name
-        status = str(upstream.status_code)
+        status = str(upstream.status)
 
         outcome = [status]  # what the relay ended with; read once the response is done
 
         async def finish() -> None:
-            await upstream.aclose()
+            await upstream.close()
             self._leave(region)
             self._metrics.requests.labels(region.name, request.model, outcome[0]).inc()
             self._metrics.latency.labels(region.name, request.model).observe(time.perf_counter() - started)
@@ -177,13 +172,13 @@ class Proxy:
             try:
                 if attempt.first_chunk:
                     yield attempt.first_chunk
-                async for chunk in attempt.chunks:
+                async for chunk in upstream.chunks:
                     yield chunk
-            except httpx.HTTPError as error:
+            except UpstreamError as error:
                 outcome[0] = "stream_broken"
                 self._metrics.upstream_errors.labels(region.name, "stream_broken").inc()
                 log.warning("stream from %s broke after first byte: %s", region.name, error)
                 if request.stream:
                     yield sse_error_event(502, f"the stream from region {region.name} broke: {error}", "stream_broken")
 
-        return RelayResponse(relay(), finish, status_code=upstream.status_code, headers=headers)
+        return RelayResponse(relay(), finish, status_code=upstream.status, headers=headers)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,7 @@ class Region:
     kv_cache_usage: float = 0.0
     last_error: str | None = None
     last_poll_at: float = 0.0
+    last_answered_at: float = -math.inf
     in_flight: int = 0
 
     @property
@@ -65,7 +67,16 @@ class Region:
         self.last_error = reason
 
     def mark_answered(self) -> None:
+        self.last_answered_at = time.monotonic()
         self.breaker.record_request_success()
+
+    def poll_timed_out(self, window_s: float) -> None:
+        """A slow poll is no evidence against a region that has just answered requests:
+        under load the lag is often the router's own busy event loop."""
+        if time.monotonic() - self.last_answered_at < window_s:
+            self.last_error = "status poll timed out while the region was answering requests"
+            return
+        self.mark_down("status poll timed out")
 
     def apply_status(self, status: dict[str, Any]) -> None:
         replicas = status.get("replicas", {})
@@ -96,13 +107,20 @@ class Region:
 
 
 class RegionTable:
-    def __init__(self, regions: list[Region], client: httpx.AsyncClient, timeout_s: float):
+    def __init__(self, regions: list[Region], client: httpx.AsyncClient, timeout_s: float, interval_s: float):
         self.regions = {r.name: r for r in regions}
         self._client = client
         self._timeout_s = timeout_s
+        self._interval_s = interval_s
 
-    def servable(self, model: str) -> list[Region]:
-        return [r for r in self.regions.values() if r.can_serve(model)]
+    def servable(self, model: str) -> tuple[list[Region], bool]:
+        """Regions to route `model` to, and whether this is panic routing: when every
+        breaker is open, the regions whose last status had ready replicas are tried
+        anyway (a breaker may be wrong; a blanket 503 surely is)."""
+        healthy = [r for r in self.regions.values() if r.can_serve(model)]
+        if healthy:
+            return healthy, False
+        return [r for r in self.regions.values() if r.ready_replicas > 0 and model in r.models], True
 
     async def poll_once(self) -> None:
         await asyncio.gather(*(self._poll(region) for region in self.regions.values()))
@@ -119,7 +137,10 @@ class RegionTable:
             # trickles bytes must not hold the poll (or its breaker) open.
             async with asyncio.timeout(self._timeout_s):
                 response = await self._client.get(f"{region.endpoint}/status")
-        except (httpx.HTTPError, TimeoutError) as error:
+        except (httpx.TimeoutException, TimeoutError):
+            region.poll_timed_out(window_s=self._interval_s + self._timeout_s)
+            return
+        except httpx.HTTPError as error:
             region.mark_down(f"status poll failed: {type(error).__name__}")
             return
         if response.status_code != 200:

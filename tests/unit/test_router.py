@@ -262,3 +262,30 @@ def test_client_gone_before_the_first_chunk_releases_the_region(repo, fakes):
             return app.state.regions.regions["local/us-east"].in_flight
 
     assert asyncio.run(scenario()) == 0
+
+
+def test_every_breaker_open_means_panic_routing_not_a_blanket_503(router, fakes):
+    for region in fakes.regions.values():
+        region.mode = "refuse"
+    assert router.post("/v1/chat/completions", json=CHAT).status_code == 503  # opens both breakers
+    for region in fakes.regions.values():
+        region.mode = "ok"
+    # No poll yet: both breakers are still open, but both last reported a ready replica.
+    response = router.post("/v1/chat/completions", json=CHAT)
+    assert response.status_code == 200
+    assert 'meridian_router_routing_decisions_total{reason="panic",region="local/us-east"} 1.0' in router.get("/metrics").text
+
+
+def test_a_slow_poll_does_not_drop_a_region_that_is_answering():
+    from geo_router.geo import LatLon
+    from geo_router.regions import Region
+
+    region = Region("r", LatLon(0, 0), "http://r")
+    region.apply_status({"models": [MODEL], "replicas": {"ready": 1}})
+    region.mark_answered()
+    region.poll_timed_out(window_s=1.5)
+    assert region.healthy and "answering" in region.last_error
+    idle = Region("s", LatLon(0, 0), "http://s")
+    idle.apply_status({"models": [MODEL], "replicas": {"ready": 1}})
+    idle.poll_timed_out(window_s=1.5)
+    assert not idle.healthy
