@@ -88,14 +88,16 @@ def meridian(spec_path: Path) -> Iterator[tuple[str, str]]:
         launcher.down(spec.name)
 
 
-def run_bench(name: str, base_url: str, model_id: str, tokenizer: str, args: argparse.Namespace) -> dict:
+def run_bench(name: str, seed: int, base_url: str, model_id: str, tokenizer: str, args: argparse.Namespace) -> dict:
+    """One `vllm bench serve` run. Each target gets its own seed: the region app and
+    Meridian share one engine, and the same prompts twice would hit its prefix cache."""
     result_file = RESULTS / "raw" / f"e2e_vs_vllm-{name}.json"
     result_file.parent.mkdir(parents=True, exist_ok=True)
     command = [
         VLLM, "bench", "serve", "--backend", "openai", "--base-url", base_url, "--endpoint", "/v1/completions",
         "--model", model_id, "--tokenizer", tokenizer, "--dataset-name", "random",
         "--random-input-len", str(args.input_len), "--random-output-len", str(args.output_len), "--ignore-eos",
-        "--num-prompts", str(args.num_prompts), "--max-concurrency", str(args.concurrency), "--seed", "0",
+        "--num-prompts", str(args.num_prompts), "--max-concurrency", str(args.concurrency), "--seed", str(seed),
         "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,99",
         "--save-result", "--result-dir", str(result_file.parent), "--result-filename", result_file.name,
     ]  # fmt: skip
@@ -128,7 +130,8 @@ def report(rows: dict[str, dict], args: argparse.Namespace, command: str) -> str
         f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on this machine ({os.cpu_count()} cores, no GPU), "
         f"SmolLM2-135M-Instruct on vLLM CPU. Workload: `vllm bench serve`, random dataset, "
         f"{args.input_len} tokens in / {args.output_len} out (ignore_eos), {args.num_prompts} requests, "
-        f"concurrency {args.concurrency}. One run of each, in this order, in one invocation:",
+        f"concurrency {args.concurrency}; random prompts seeded 0, 1, 2 per target, so none hits another's "
+        "prefix cache. One run of each, in this order, in one invocation:",
         "",
         f"    {command}",
         "",
@@ -177,11 +180,11 @@ def main() -> int:
 
     print("bare vLLM", flush=True)
     with bare_vllm(model_path, model.id, model.max_model_len, model.kv_cache_gib, RESULTS / "raw" / "vllm-serve.log") as url:
-        rows["bare vLLM"] = summary(run_bench("vllm", url, model.id, model_path, args))
+        rows["bare vLLM"] = summary(run_bench("vllm", 0, url, model.id, model_path, args))
     print("Meridian", flush=True)
     with meridian(args.spec) as (router_url, region_url):
-        rows["Ray Serve region app, no router"] = summary(run_bench("region", region_url, model.id, model_path, args))
-        rows["Meridian (router → region)"] = summary(run_bench("meridian", router_url, model.id, model_path, args))
+        rows["Ray Serve region app, no router"] = summary(run_bench("region", 1, region_url, model.id, model_path, args))
+        rows["Meridian (router → region)"] = summary(run_bench("meridian", 2, router_url, model.id, model_path, args))
 
     text = report(rows, args, command)
     (RESULTS / "e2e_vs_vllm.md").write_text(text)

@@ -9,7 +9,6 @@ process `up` started and sweeps up anything they spawned.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ import yaml
 from meridian import models, processes
 from meridian.platform_state import PlatformState
 from meridian.serve_config import serve_config
-from meridian.spec import WORKER_PORTS_PER_NODE, PlatformSpec, load_spec, region_resource
+from meridian.spec import PORTS_PER_NODE, PlatformSpec, load_spec, region_resource
 
 BIN = Path(sys.executable).parent
 REGION_LABEL = "meridian.io/region"
@@ -33,6 +32,9 @@ REGION_RESOURCE_CAPACITY = 1000  # each replica takes 1 unit, the ingress a sliv
 # Processes beside the engines (Serve controller/proxy, ingress, router) need CPU
 # too; Ray only schedules by logical CPUs, so the head advertises one.
 HEAD_CPUS = 1
+# Ports a Ray node's own components listen on (node manager, object manager, metrics,
+# dashboard agent http + grpc, runtime env agent).
+COMPONENT_PORTS = 6
 # Objects passed between Serve actors are small; the default (30% of RAM per node)
 # would reserve most of /dev/shm across several nodes on one machine.
 OBJECT_STORE_BYTES = 256 * 1024**2
@@ -163,8 +165,10 @@ def start_ray(spec: PlatformSpec, state: PlatformState, on_step: ProgressCallbac
 def _start_ray_node(
     spec: PlatformSpec, state: PlatformState, node_index: int, log_name: str, role_args: list[str]
 ) -> int:
-    ports = free_ports(6)
-    workers_from = spec.ray.worker_ports_from + node_index * WORKER_PORTS_PER_NODE
+    # The node's block of ports: components at its top, workers below them. Fixed and
+    # below the ephemeral range, so nothing else can take them between choice and bind.
+    block = spec.ray.node_ports_from + node_index * PORTS_PER_NODE
+    ports = [block + PORTS_PER_NODE - COMPONENT_PORTS + k for k in range(COMPONENT_PORTS)]
     pid = processes.spawn(
         [
             str(BIN / "ray"), "start", *role_args,
@@ -178,27 +182,13 @@ def _start_ray_node(
             "--dashboard-agent-listen-port", str(ports[3]),
             "--dashboard-agent-grpc-port", str(ports[4]),
             "--runtime-env-agent-port", str(ports[5]),
-            "--min-worker-port", str(workers_from),
-            "--max-worker-port", str(workers_from + WORKER_PORTS_PER_NODE - 1),
+            "--min-worker-port", str(block),
+            "--max-worker-port", str(block + PORTS_PER_NODE - COMPONENT_PORTS - 1),
         ],  # fmt: skip
         state.logs_dir / f"{log_name}.log",
         state.platform_id,
     )
     return pid
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct ports free right now (held open together so none repeats)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def deploy(spec: PlatformSpec, state: PlatformState, on_step: ProgressCallback) -> None:

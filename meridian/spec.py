@@ -13,10 +13,10 @@ from typing import Annotated, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-# Linux hands out ports from 32768 up to processes that bind port 0, Ray's own among
-# them; fixed port ranges must stay below.
+# Linux hands out ports from 32768 up to outgoing connections and to processes that
+# bind port 0; ports Ray must be able to bind are chosen below that.
 EPHEMERAL_PORTS_FROM = 32768
-WORKER_PORTS_PER_NODE = 1000
+PORTS_PER_NODE = 1000
 REGION_NAME = re.compile(r"^[a-z][a-z0-9-]*/[a-z][a-z0-9-]*$")
 MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
 
@@ -205,8 +205,9 @@ class RaySpec(StrictModel):
     # Logical CPUs per region node. vLLM's CPU worker holds one per replica and the
     # ingress needs another, so nodes advertise more CPUs than the machine has cores.
     cpus_per_region_node: int = Field(default=4, ge=1)
-    # Ray node i (the head is 0) gives its workers ports [from + i*1000, from + (i+1)*1000).
-    worker_ports_from: int = Field(default=20000, ge=1024, le=EPHEMERAL_PORTS_FROM)
+    # Ray node i (the head is 0) owns ports [from + i*1000, from + (i+1)*1000): its
+    # components' ports (raylet, object manager, agents, metrics) and its workers'.
+    node_ports_from: int = Field(default=20000, ge=1024, le=EPHEMERAL_PORTS_FROM)
 
 
 class PlatformSpec(StrictModel):
@@ -229,12 +230,12 @@ class PlatformSpec(StrictModel):
         return self
 
     @model_validator(mode="after")
-    def _worker_ports_clear(self) -> PlatformSpec:
-        first = self.ray.worker_ports_from
-        last = first + (len(self.regions) + 1) * WORKER_PORTS_PER_NODE - 1
+    def _node_ports_clear(self) -> PlatformSpec:
+        first = self.ray.node_ports_from
+        last = first + (len(self.regions) + 1) * PORTS_PER_NODE - 1
         if last >= EPHEMERAL_PORTS_FROM:
             raise ValueError(
-                f"ray.worker_ports_from: {len(self.regions) + 1} Ray nodes need ports {first}-{last}, "
+                f"ray.node_ports_from: {len(self.regions) + 1} Ray nodes need ports {first}-{last}, "
                 f"which must end below the ephemeral range ({EPHEMERAL_PORTS_FROM})"
             )
         fixed = {
@@ -246,7 +247,7 @@ class PlatformSpec(StrictModel):
         }
         clashes = [name for name, port in fixed.items() if first <= port <= last]
         if clashes:
-            raise ValueError(f"ray.worker_ports_from: the worker port range {first}-{last} contains {', '.join(clashes)}")
+            raise ValueError(f"ray.node_ports_from: the Ray nodes' port range {first}-{last} contains {', '.join(clashes)}")
         return self
 
     def region_endpoint(self, region: RegionSpec) -> str:

@@ -72,9 +72,9 @@ def test_unreadable_and_invalid_yaml(tmp_path):
 @pytest.mark.parametrize("start, words", [(31000, "below the ephemeral range"), (7000, "ray.serve_port")])
 def test_worker_ports_must_not_collide(repo, start, words):
     data = local_spec_data(repo)
-    data["ray"]["worker_ports_from"] = start
+    data["ray"]["node_ports_from"] = start
     data["ray"]["serve_port"] = 8000
-    with pytest.raises(SpecError, match="ray.worker_ports_from") as error:
+    with pytest.raises(SpecError, match="ray.node_ports_from") as error:
         parse_spec(data)
     assert words in str(error.value)
 
