@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -127,7 +127,7 @@ def report(rows: dict[str, dict], args: argparse.Namespace, command: str) -> str
     lines = [
         "# Meridian end to end vs bare vLLM",
         "",
-        f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on this machine ({os.cpu_count()} cores, no GPU), "
+        f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on this machine ({os.cpu_count()} cores, no GPU), "
         f"SmolLM2-135M-Instruct on vLLM CPU. Workload: `vllm bench serve`, random dataset, "
         f"{args.input_len} tokens in / {args.output_len} out (ignore_eos), {args.num_prompts} requests, "
         f"concurrency {args.concurrency}; random prompts seeded 0, 1, 2 per target, so none hits another's "
@@ -144,7 +144,10 @@ def report(rows: dict[str, dict], args: argparse.Namespace, command: str) -> str
             f"| {row['output_tok_s'] / bare['output_tok_s']:.3f} | {row['ttft_p50_ms']:.1f} "
             f"| {row['ttft_p50_ms'] - bare['ttft_p50_ms']:+.1f} | {row['ttft_p99_ms']:.1f} | {row['tpot_p50_ms']:.1f} |"
         )
-    roles = sorted({role for row in rows.values() for role in row["cpu"]}, key=lambda r: -max(row["cpu"].get(r, 0) for row in rows.values()))
+    roles = sorted(
+        {role for row in rows.values() for role in row["cpu"]},
+        key=lambda r: -max(row["cpu"].get(r, 0) for row in rows.values()),
+    )
     lines += [
         "",
         "## Where the time goes: CPU seconds per process role during each run",
@@ -179,11 +182,15 @@ def main() -> int:
     (RESULTS / "raw").mkdir(parents=True, exist_ok=True)
 
     print("bare vLLM", flush=True)
-    with bare_vllm(model_path, model.id, model.max_model_len, model.kv_cache_gib, RESULTS / "raw" / "vllm-serve.log") as url:
+    with bare_vllm(
+        model_path, model.id, model.max_model_len, model.kv_cache_gib, RESULTS / "raw" / "vllm-serve.log"
+    ) as url:
         rows["bare vLLM"] = summary(run_bench("vllm", 0, url, model.id, model_path, args))
     print("Meridian", flush=True)
     with meridian(args.spec) as (router_url, region_url):
-        rows["Ray Serve region app, no router"] = summary(run_bench("region", 1, region_url, model.id, model_path, args))
+        rows["Ray Serve region app, no router"] = summary(
+            run_bench("region", 1, region_url, model.id, model_path, args)
+        )
         rows["Meridian (router → region)"] = summary(run_bench("meridian", 2, router_url, model.id, model_path, args))
 
     text = report(rows, args, command)

@@ -50,7 +50,12 @@ def build_app(tokens: int, gap_ms: float) -> Starlette:
 
     async def status(_: Request) -> Response:
         return JSONResponse(
-            {"region": "bench/upstream", "models": [MODEL], "replicas": {"ready": 1}, "engine": {"running": 0, "waiting": 0}}
+            {
+                "region": "bench/upstream",
+                "models": [MODEL],
+                "replicas": {"ready": 1},
+                "engine": {"running": 0, "waiting": 0},
+            }
         )
 
     async def models(_: Request) -> Response:

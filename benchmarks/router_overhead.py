@@ -27,7 +27,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
@@ -90,7 +90,7 @@ async def drive(url: str, concurrency: int, total: int) -> LoadResult:
                             ttfts.append((time.perf_counter() - started) * 1000)
                             first = False
                         events += chunk.count(b"data: ")
-            except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+            except (TimeoutError, aiohttp.ClientError) as error:
                 failed += 1
                 errors[type(error).__name__] = errors.get(type(error).__name__, 0) + 1
 
@@ -134,7 +134,11 @@ def meridian_spec(directory: Path) -> Path:
         "name": "router-bench",
         "models": [{"id": "bench-model"}],
         "regions": [
-            {"name": "bench/upstream", "location": {"lat": 39.04, "lon": -77.49}, "endpoint": f"http://127.0.0.1:{UPSTREAM_PORT}"}
+            {
+                "name": "bench/upstream",
+                "location": {"lat": 39.04, "lon": -77.49},
+                "endpoint": f"http://127.0.0.1:{UPSTREAM_PORT}",
+            }
         ],
         "router": {"port": MERIDIAN_PORT},
     }
@@ -160,13 +164,25 @@ def main() -> int:
         env_spec = meridian_spec(Path(scratch))
         targets = [
             ("direct (no router)", None, f"http://127.0.0.1:{UPSTREAM_PORT}"),
-            ("Meridian geo router", [sys.executable, "-m", "geo_router", str(env_spec)], f"http://127.0.0.1:{MERIDIAN_PORT}"),
+            (
+                "Meridian geo router",
+                [sys.executable, "-m", "geo_router", str(env_spec)],
+                f"http://127.0.0.1:{MERIDIAN_PORT}",
+            ),
             (
                 "vllm-router (Rust)",
                 [
-                    str(BIN / "vllm-router"), "--host", "127.0.0.1", "--port", str(VLLM_ROUTER_PORT),
-                    "--worker-urls", f"http://127.0.0.1:{UPSTREAM_PORT}", "--policy", "round_robin",
-                    "--log-level", "warning",
+                    str(BIN / "vllm-router"),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(VLLM_ROUTER_PORT),
+                    "--worker-urls",
+                    f"http://127.0.0.1:{UPSTREAM_PORT}",
+                    "--policy",
+                    "round_robin",
+                    "--log-level",
+                    "warning",
                 ],  # fmt: skip
                 f"http://127.0.0.1:{VLLM_ROUTER_PORT}",
             ),
@@ -203,7 +219,7 @@ def report(results: dict[str, dict[str, LoadResult]], args: argparse.Namespace, 
     lines = [
         "# Router overhead: Meridian vs vllm-router vs direct",
         "",
-        f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, everything on loopback, one run:",
+        f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, everything on loopback, one run:",
         "",
         f"    {command}",
         "",

@@ -49,7 +49,7 @@ class RegionIngress(OpenAiIngress):
             self._pending[model_id] = task
         try:
             return list(await asyncio.wait_for(asyncio.shield(task), STATS_TIMEOUT_S))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return []
         except Exception as error:  # a replica died mid-call: report what is known, not a 500
             log.warning("engine stats for %s failed: %s", model_id, error)

@@ -12,23 +12,24 @@ from collections.abc import AsyncIterator
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from opentelemetry import trace
 from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from geo_router.breaker import CircuitBreaker
 from geo_router import openapi
+from geo_router.auth import ApiKey, KeyRing, key_digest_from
+from geo_router.breaker import CircuitBreaker
 from geo_router.errors import error_response
 from geo_router.geo import LatLon
 from geo_router.locate import ClientLocator, open_geoip
 from geo_router.metrics import RouterMetrics
 from geo_router.middleware import EnvelopeMiddleware, request_id_of
+from geo_router.prompt import BLOCK_CHARS, CHARS_PER_TOKEN, prefix_blocks, prompt_text
 from geo_router.proxy import Proxy
-from geo_router.auth import ApiKey, KeyRing, key_digest_from
 from geo_router.ratelimit import KeyLimits, TokenBucket
 from geo_router.regions import Region, RegionTable
 from geo_router.requests import (
@@ -38,13 +39,13 @@ from geo_router.requests import (
     parse_inference_request,
     read_capped_body,
 )
-from geo_router.prompt import CHARS_PER_TOKEN, BLOCK_CHARS, prefix_blocks, prompt_text
+from geo_router.scoring import RequestFacts, RoutingMemory, RttCorrector, choose, scoring_from
 from geo_router.tracing import tracer_provider
 from geo_router.upstream import AiohttpUpstream, HttpxUpstream, Upstream
-from geo_router.scoring import RequestFacts, RoutingMemory, RttCorrector, choose, scoring_from
 from meridian.spec import PlatformSpec
 
 log = logging.getLogger(__name__)
+
 
 def create_app(
     spec: PlatformSpec, *, client: httpx.AsyncClient | None = None, span_processor: SpanProcessor | None = None
@@ -221,9 +222,7 @@ def create_app(
             )
         facts = request_facts(parsed, location, request)
         candidates, panic = table.servable(parsed.model)
-        decision = choose(
-            [r.load(corrector.correction_for(r.name)) for r in candidates], facts, memory, perf, policy
-        )
+        decision = choose([r.load(corrector.correction_for(r.name)) for r in candidates], facts, memory, perf, policy)
         if decision is None:
             metrics.requests.labels("none", parsed.model, "503").inc()
             return error_response(

@@ -118,9 +118,7 @@ class Proxy:
             headers={"Retry-After": "1"},
         )
 
-    async def _attempt(
-        self, region: Region, path: str, request: InferenceRequest, headers: dict[str, str]
-    ) -> Attempt:
+    async def _attempt(self, region: Region, path: str, request: InferenceRequest, headers: dict[str, str]) -> Attempt:
         self._enter(region)
         upstream: UpstreamResponse | None = None
         try:

@@ -25,13 +25,13 @@ def prior_rtt_ms(distance_km: float) -> float:
 
 def fit_line(points: Iterable[tuple[float, float]]) -> tuple[float, float, float]:
     """Least-squares (intercept, slope, R²) of y on x."""
-    xs, ys = zip(*points)
+    xs, ys = zip(*points, strict=True)
     n = len(xs)
     mean_x, mean_y = sum(xs) / n, sum(ys) / n
     sxx = sum((x - mean_x) ** 2 for x in xs)
-    sxy = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys))
+    sxy = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True))
     slope = sxy / sxx
     intercept = mean_y - slope * mean_x
-    ss_res = sum((y - intercept - slope * x) ** 2 for x, y in zip(xs, ys))
+    ss_res = sum((y - intercept - slope * x) ** 2 for x, y in zip(xs, ys, strict=True))
     ss_tot = sum((y - mean_y) ** 2 for y in ys)
     return intercept, slope, 1 - ss_res / ss_tot

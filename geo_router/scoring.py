@@ -34,7 +34,10 @@ class PerfModel:
     @property
     def slot_hold_ms(self) -> float:
         """How long a typical request holds a batch slot: its prefill, then its decode."""
-        return self.typical_prompt_tokens * self.prefill_ms_per_token + self.typical_output_tokens * self.decode_ms_per_token
+        return (
+            self.typical_prompt_tokens * self.prefill_ms_per_token
+            + self.typical_output_tokens * self.decode_ms_per_token
+        )
 
 
 @dataclass(frozen=True)

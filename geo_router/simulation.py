@@ -239,7 +239,9 @@ def meridian_policy(perf: PerfModel, policy: ScoringPolicy) -> Policy:
             tokens_per_block=BLOCK_TOKENS,
             cell=(round(client.lat), round(client.lon)),
         )
-        decision = choose([world.region_load(r, request.arrival_ms) for r in world.regions], facts, memory, perf, policy)
+        decision = choose(
+            [world.region_load(r, request.arrival_ms) for r in world.regions], facts, memory, perf, policy
+        )
         region = decision.ranked[0]
         memory.remember(region, facts)
         return prefix_aware(world.replicas[region], request, replica_memory, request.arrival_ms)

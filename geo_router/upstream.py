@@ -8,7 +8,6 @@ which lets tests stand in fake regions with `httpx.MockTransport`.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -60,14 +59,14 @@ class AiohttpUpstream:
         timeout = aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT_S, sock_read=timeout_s)
         try:
             response = await self._client().post(url, data=body, headers=dict(headers), timeout=timeout)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+        except (TimeoutError, aiohttp.ClientError) as error:
             raise UpstreamError(f"{type(error).__name__}: {error}") from None
 
         async def chunks() -> AsyncIterator[bytes]:
             try:
                 async for chunk in response.content.iter_any():
                     yield chunk
-            except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+            except (TimeoutError, aiohttp.ClientError) as error:
                 raise UpstreamError(f"{type(error).__name__}: {error}") from None
 
         async def close() -> None:
@@ -86,7 +85,11 @@ class HttpxUpstream:
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout_s: float) -> UpstreamResponse:
         request = self._client.build_request(
-            "POST", url, content=body, headers=dict(headers), timeout=httpx.Timeout(timeout_s, connect=CONNECT_TIMEOUT_S)
+            "POST",
+            url,
+            content=body,
+            headers=dict(headers),
+            timeout=httpx.Timeout(timeout_s, connect=CONNECT_TIMEOUT_S),
         )
         try:
             response = await self._client.send(request, stream=True)

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from meridian import launcher, models
+from meridian import demo, launcher, models
 from meridian.platform_state import PlatformState
 from meridian.serve_config import serve_config
 from meridian.spec import SpecError, load_spec
@@ -25,7 +25,9 @@ models_app = typer.Typer(help="Model weights named in a spec.", no_args_is_help=
 app.add_typer(models_app, name="models")
 simulate_app = typer.Typer(help="Replay traces against simulated regions.", no_args_is_help=True)
 app.add_typer(simulate_app, name="simulate")
-DEFAULT_TRACE = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "traces" / "mooncake_conversation.jsonl"
+DEFAULT_TRACE = (
+    Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "traces" / "mooncake_conversation.jsonl"
+)
 console = Console()
 errors = Console(stderr=True)
 
@@ -62,19 +64,19 @@ def up(
     verb = "was already up" if already_up else "is up"
     model = platform.models[0].id
     console.print(f"\n[green]Meridian {verb}.[/green] OpenAI endpoint: [bold]{state.router_url}/v1[/bold]\n")
+    messages = [{"role": "system", "content": demo.SYSTEM}, {"role": "user", "content": demo.QUESTION}]
+    body = json.dumps({"model": model, "messages": messages, "temperature": 0})
     console.print("Try it:\n")
     console.print(
         f"curl {state.router_url}/v1/chat/completions -H 'Content-Type: application/json' "
-        f"-H 'X-Client-Location: 48.85,2.35' "
-        f"-d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"What is the capital of France?\"}}]}}'\n",
+        f"-H 'X-Client-Location: 48.85,2.35' -d '{body}'\n",
         soft_wrap=True,
         markup=False,
     )
     console.print(
         "from openai import OpenAI\n"
         f'client = OpenAI(base_url="{state.router_url}/v1", api_key="unused")\n'
-        f'answer = client.chat.completions.create(model="{model}", '
-        'messages=[{"role": "user", "content": "What is the capital of France?"}])\n'
+        f'answer = client.chat.completions.create(model="{model}", messages={messages!r}, temperature=0)\n'
         "print(answer.choices[0].message.content)",
         soft_wrap=True,
         markup=False,
@@ -137,7 +139,9 @@ def down(spec: SpecArg = DEFAULT_SPEC) -> None:
         return
     with console.status(f"stopping platform {platform.name}"):
         strays = launcher.down(platform.name)
-    console.print(f"[green]platform {platform.name} stopped[/green]" + (f" ({strays} stray processes swept)" if strays else ""))
+    console.print(
+        f"[green]platform {platform.name} stopped[/green]" + (f" ({strays} stray processes swept)" if strays else "")
+    )
 
 
 @app.command("serve-config")
@@ -155,7 +159,9 @@ def models_pull(spec: SpecArg = DEFAULT_SPEC) -> None:
             continue
         with console.status(f"pulling {model.id}") as spinner:
             try:
-                path = models.pull(model.source, progress=lambda message: spinner.update(f"{model.id}: {message}"))
+                path = models.pull(
+                    model.source, progress=lambda message, name=model.id: spinner.update(f"{name}: {message}")
+                )
             except models.ModelError as error:
                 errors.print(f"[red]{model.id}: {error}[/red]")
                 raise typer.Exit(1) from None

@@ -128,16 +128,27 @@ def start_ray(spec: PlatformSpec, state: PlatformState, on_step: ProgressCallbac
         log_name="ray-head",
         role_args=[
             "--head",
-            "--port", str(spec.ray.gcs_port),
-            "--dashboard-host", "127.0.0.1",
-            "--dashboard-port", str(spec.ray.dashboard_port),
-            "--ray-client-server-port", str(spec.ray.gcs_port + 1),
-            "--num-cpus", str(HEAD_CPUS),
-            "--temp-dir", state.ray_temp_dir,
+            "--port",
+            str(spec.ray.gcs_port),
+            "--dashboard-host",
+            "127.0.0.1",
+            "--dashboard-port",
+            str(spec.ray.dashboard_port),
+            "--ray-client-server-port",
+            str(spec.ray.gcs_port + 1),
+            "--num-cpus",
+            str(HEAD_CPUS),
+            "--temp-dir",
+            state.ray_temp_dir,
         ],  # fmt: skip
     )
     state.save()
-    wait_for(lambda: _answers(f"{state.dashboard_url}/api/version"), 120, "the Ray dashboard", state.logs_dir / "ray-head.log")
+    wait_for(
+        lambda: _answers(f"{state.dashboard_url}/api/version"),
+        120,
+        "the Ray dashboard",
+        state.logs_dir / "ray-head.log",
+    )
     # One node at a time: Ray nodes starting together on one machine race for ports.
     for index, region in enumerate(spec.regions, start=1):
         on_step(f"starting the Ray node of {region.name}")
@@ -147,15 +158,19 @@ def start_ray(spec: PlatformSpec, state: PlatformState, on_step: ProgressCallbac
             node_index=index,
             log_name=f"ray-{region.slug}",
             role_args=[
-                "--address", state.gcs_address,
-                "--num-cpus", str(spec.ray.cpus_per_region_node),
-                "--resources", json.dumps({region_resource(region.slug): REGION_RESOURCE_CAPACITY}),
-                "--labels", f"{REGION_LABEL}={region.slug}",
+                "--address",
+                state.gcs_address,
+                "--num-cpus",
+                str(spec.ray.cpus_per_region_node),
+                "--resources",
+                json.dumps({region_resource(region.slug): REGION_RESOURCE_CAPACITY}),
+                "--labels",
+                f"{REGION_LABEL}={region.slug}",
             ],  # fmt: skip
         )
         state.save()
         wait_for(
-            lambda: _alive_region_nodes(state) >= index,
+            lambda joined=index: _alive_region_nodes(state) >= joined,
             120,
             f"the Ray node of {region.name} to join",
             state.logs_dir / f"ray-{region.slug}.log",
@@ -171,19 +186,31 @@ def _start_ray_node(
     ports = [block + PORTS_PER_NODE - COMPONENT_PORTS + k for k in range(COMPONENT_PORTS)]
     pid = processes.spawn(
         [
-            str(BIN / "ray"), "start", *role_args,
+            str(BIN / "ray"),
+            "start",
+            *role_args,
             "--block",
             "--disable-usage-stats",
-            "--node-ip-address", "127.0.0.1",
-            "--object-store-memory", str(OBJECT_STORE_BYTES),
-            "--node-manager-port", str(ports[0]),
-            "--object-manager-port", str(ports[1]),
-            "--metrics-export-port", str(ports[2]),
-            "--dashboard-agent-listen-port", str(ports[3]),
-            "--dashboard-agent-grpc-port", str(ports[4]),
-            "--runtime-env-agent-port", str(ports[5]),
-            "--min-worker-port", str(block),
-            "--max-worker-port", str(block + PORTS_PER_NODE - COMPONENT_PORTS - 1),
+            "--node-ip-address",
+            "127.0.0.1",
+            "--object-store-memory",
+            str(OBJECT_STORE_BYTES),
+            "--node-manager-port",
+            str(ports[0]),
+            "--object-manager-port",
+            str(ports[1]),
+            "--metrics-export-port",
+            str(ports[2]),
+            "--dashboard-agent-listen-port",
+            str(ports[3]),
+            "--dashboard-agent-grpc-port",
+            str(ports[4]),
+            "--runtime-env-agent-port",
+            str(ports[5]),
+            "--min-worker-port",
+            str(block),
+            "--max-worker-port",
+            str(block + PORTS_PER_NODE - COMPONENT_PORTS - 1),
         ],  # fmt: skip
         state.logs_dir / f"{log_name}.log",
         state.platform_id,
@@ -308,4 +335,3 @@ def _alive_region_nodes(state: PlatformState) -> int:
     except (httpx.HTTPError, ValueError, KeyError, TypeError):
         return 0
     return sum(1 for n in nodes if n.get("state") == "ALIVE" and REGION_LABEL in (n.get("labels") or {}))
-

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -65,7 +65,7 @@ class HuggingFaceModelSource(StrictModel):
 
 
 ModelSource = Annotated[
-    Union[PackagedModelSource, PathModelSource, HuggingFaceModelSource],
+    PackagedModelSource | PathModelSource | HuggingFaceModelSource,
     Field(discriminator="kind"),
 ]
 
@@ -247,7 +247,9 @@ class PlatformSpec(StrictModel):
         }
         clashes = [name for name, port in fixed.items() if first <= port <= last]
         if clashes:
-            raise ValueError(f"ray.node_ports_from: the Ray nodes' port range {first}-{last} contains {', '.join(clashes)}")
+            raise ValueError(
+                f"ray.node_ports_from: the Ray nodes' port range {first}-{last} contains {', '.join(clashes)}"
+            )
         return self
 
     def region_endpoint(self, region: RegionSpec) -> str:

@@ -84,7 +84,11 @@ def test_unknown_model_is_404(client):
 
 @pytest.mark.parametrize(
     "content, param",
-    [(b"{not json", None), (b'{"messages": [{"role": "user", "content": "hi"}]}', "model"), (b'{"model": "x"}', "messages")],
+    [
+        (b"{not json", None),
+        (b'{"messages": [{"role": "user", "content": "hi"}]}', "model"),
+        (b'{"model": "x"}', "messages"),
+    ],
 )
 def test_bad_bodies_are_400(platform, content, param):
     response = httpx.post(

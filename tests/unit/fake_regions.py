@@ -36,7 +36,9 @@ async def chunks(*parts: bytes) -> AsyncIterator[bytes]:
 def streamed(status: int, *, json_body: object = None, text: str = "") -> httpx.Response:
     """A response whose body arrives as a stream, as it does over a real connection."""
     if json_body is not None:
-        return httpx.Response(status, headers={"content-type": "application/json"}, content=chunks(json.dumps(json_body).encode()))
+        return httpx.Response(
+            status, headers={"content-type": "application/json"}, content=chunks(json.dumps(json_body).encode())
+        )
     return httpx.Response(status, headers={"content-type": "text/plain"}, content=chunks(text.encode()))
 
 
@@ -62,12 +64,13 @@ class FakeRegions:
             return streamed(404, text="Path '/x' not found.")
         if rest == "status":
             return httpx.Response(
-                200, json={
+                200,
+                json={
                     "region": region.name,
                     "models": [MODEL],
                     "replicas": {"ready": region.ready},
                     "engine": {"running": min(region.waiting, 16), "waiting": region.waiting, "kv_cache_usage": 0.1},
-                }
+                },
             )
         if region.mode == "error500":
             return streamed(500, text="Internal Server Error")

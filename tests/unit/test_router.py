@@ -77,7 +77,7 @@ def test_failover_before_first_byte(router, fakes, mode):
     assert [r["healthy"] for r in regions] == [False, True]
     metrics = router.get("/metrics").text
     assert 'meridian_router_routing_decisions_total{reason="failover",region="local/eu-west"} 1.0' in metrics
-    assert 'meridian_router_upstream_errors_total{kind=' in metrics
+    assert "meridian_router_upstream_errors_total{kind=" in metrics
 
 
 def test_broken_stream_is_not_retried_and_ends_with_error_event(router, fakes):
@@ -126,7 +126,9 @@ def test_missing_or_wrong_fields_are_400(router, path, body, param):
 
 
 def test_bad_location_header_is_400(router):
-    error = assert_openai_error(router.post("/v1/chat/completions", json=CHAT, headers={"X-Client-Location": "north"}), 400)
+    error = assert_openai_error(
+        router.post("/v1/chat/completions", json=CHAT, headers={"X-Client-Location": "north"}), 400
+    )
     assert "X-Client-Location" in error["message"]
 
 
@@ -203,7 +205,10 @@ def test_a_loaded_region_loses_its_nearby_clients(router, fakes):
     repoll(router)
     response = router.post("/v1/chat/completions", json=CHAT, headers={"X-Client-Location": PARIS})
     assert response.headers["x-meridian-region"] == "local/us-east"
-    assert 'meridian_router_routing_decisions_total{reason="load",region="local/us-east"} 1.0' in router.get("/metrics").text
+    assert (
+        'meridian_router_routing_decisions_total{reason="load",region="local/us-east"} 1.0'
+        in router.get("/metrics").text
+    )
 
 
 def test_session_stays_in_its_region(router):
@@ -273,7 +278,10 @@ def test_every_breaker_open_means_panic_routing_not_a_blanket_503(router, fakes)
     # No poll yet: both breakers are still open, but both last reported a ready replica.
     response = router.post("/v1/chat/completions", json=CHAT)
     assert response.status_code == 200
-    assert 'meridian_router_routing_decisions_total{reason="panic",region="local/us-east"} 1.0' in router.get("/metrics").text
+    assert (
+        'meridian_router_routing_decisions_total{reason="panic",region="local/us-east"} 1.0'
+        in router.get("/metrics").text
+    )
 
 
 def test_a_slow_poll_does_not_drop_a_region_that_is_answering():

@@ -68,14 +68,20 @@ def test_valid_keys_from_spec_digest_and_environment(keyed_router):
 
 def test_requests_per_minute_limit_is_429_with_retry_after(keyed_router, fakes):
     auth = {"Authorization": f"Bearer {ALPHA}"}
-    assert [keyed_router.post("/v1/chat/completions", json=CHAT, headers=auth).status_code for _ in range(2)] == [200, 200]
+    assert [keyed_router.post("/v1/chat/completions", json=CHAT, headers=auth).status_code for _ in range(2)] == [
+        200,
+        200,
+    ]
     limited = keyed_router.post("/v1/chat/completions", json=CHAT, headers=auth)
     assert limited.status_code == 429
     assert limited.json()["error"]["type"] == "rate_limit_error"
     assert 1 <= int(limited.headers["retry-after"]) <= 30  # one request refills in 60/2 s
     assert inference_calls(fakes) == 2
     # Another key is unaffected.
-    assert keyed_router.post("/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {BETA}"}).status_code == 200
+    assert (
+        keyed_router.post("/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {BETA}"}).status_code
+        == 200
+    )
 
 
 def test_tokens_per_minute_limit_counts_prompt_and_completion_cap(keyed_router):
@@ -105,7 +111,10 @@ def test_oversized_body_is_413(repo, monkeypatch, fakes):
 
 
 def test_request_id_is_returned_forwarded_and_logged(repo, monkeypatch, fakes, caplog):
-    with running_router(spec_with(repo, monkeypatch), fakes) as router, caplog.at_level(logging.INFO, "meridian.access"):
+    with (
+        running_router(spec_with(repo, monkeypatch), fakes) as router,
+        caplog.at_level(logging.INFO, "meridian.access"),
+    ):
         response = router.post("/v1/chat/completions", json=CHAT)
         generated = response.headers["x-request-id"]
         assert len(generated) == 32

@@ -49,7 +49,10 @@ def test_router_in_flight_counts_before_the_next_poll():
 
 def test_cached_prefix_shortens_prefill_and_full_kv_cache_stretches_it():
     region = regions()[0]
-    assert estimate(region, facts(prompt=1000), 640, PERF).prefill_ms < estimate(region, facts(prompt=1000), 0, PERF).prefill_ms
+    assert (
+        estimate(region, facts(prompt=1000), 640, PERF).prefill_ms
+        < estimate(region, facts(prompt=1000), 0, PERF).prefill_ms
+    )
     full = regions(east={"kv_cache_usage": 0.98})[0]
     assert estimate(full, facts(), 0, PERF).prefill_ms > estimate(region, facts(), 0, PERF).prefill_ms
 
@@ -84,8 +87,13 @@ def test_hysteresis_keeps_a_near_tie_where_it_was():
     other = first.ranked[1]
     # The first choice gets 25 ms slower: less than the hysteresis, so no flap.
     nudged = regions(**{("east" if first.ranked[0] == "us-east" else "west"): {"rtt_correction_ms": 25.0}})
-    assert choose(nudged, facts(client=middle, cell=cell), memory, PERF, ScoringPolicy(hysteresis_ms=50)).ranked[0] != other
-    assert choose(nudged, facts(client=middle, cell=cell), memory, PERF, ScoringPolicy(hysteresis_ms=0)).ranked[0] == other
+    assert (
+        choose(nudged, facts(client=middle, cell=cell), memory, PERF, ScoringPolicy(hysteresis_ms=50)).ranked[0]
+        != other
+    )
+    assert (
+        choose(nudged, facts(client=middle, cell=cell), memory, PERF, ScoringPolicy(hysteresis_ms=0)).ranked[0] == other
+    )
 
 
 def test_no_regions_no_decision():

@@ -12,9 +12,9 @@ from geo_router.simulation import (
     client_of,
     compare_policies,
     load_mooncake,
+    nearest_policy,
     percentile,
     simulate,
-    nearest_policy,
 )
 from meridian.cli import app
 
@@ -26,7 +26,9 @@ MODEL = ReplicaModel(prefill_ms_per_token=0.05, decode_ms_per_token=20, batch_sl
 
 
 def burst(n: int, blocks=(1, 2, 3)) -> list[TraceRequest]:
-    return [TraceRequest(arrival_ms=i * 10.0, input_tokens=1536, output_tokens=100, blocks=tuple(blocks)) for i in range(n)]
+    return [
+        TraceRequest(arrival_ms=i * 10.0, input_tokens=1536, output_tokens=100, blocks=tuple(blocks)) for i in range(n)
+    ]
 
 
 def test_clients_of_a_conversation_come_from_one_place_and_others_spread():
@@ -50,7 +52,9 @@ def test_queueing_shows_in_ttft_when_slots_run_out():
 
 
 def test_meridian_spills_a_burst_that_nearest_queues():
-    results = {r.policy: r for r in compare_policies(burst(12), REGIONS, MODEL, PerfModel(0.05, 2, 1536), ScoringPolicy())}
+    results = {
+        r.policy: r for r in compare_policies(burst(12), REGIONS, MODEL, PerfModel(0.05, 2, 1536), ScoringPolicy())
+    }
     assert set(results) == {"nearest", "least-load", "prefix-aware-in-region", "meridian"}
     assert results["meridian"].spill_rate > 0
     assert results["meridian"].ttft_p99_ms < results["nearest"].ttft_p99_ms
@@ -70,7 +74,16 @@ def test_cli_json_shape(tmp_path):
         )
     )
     result = CliRunner().invoke(
-        app, ["simulate", "routing", "--trace", str(trace), "--regions", str(REPO / "configs" / "sim-global.yaml"), "--json"]
+        app,
+        [
+            "simulate",
+            "routing",
+            "--trace",
+            str(trace),
+            "--regions",
+            str(REPO / "configs" / "sim-global.yaml"),
+            "--json",
+        ],
     )
     assert result.exit_code == 0, result.output
     rows = json.loads(result.output)

@@ -28,7 +28,8 @@ def free_port() -> int:
 def test_slow_clients_do_not_block_others():
     fakes = FakeRegions()
     app = create_app(
-        load_spec(REPO / "configs" / "local.yaml"), client=httpx.AsyncClient(transport=httpx.MockTransport(fakes.handle))
+        load_spec(REPO / "configs" / "local.yaml"),
+        client=httpx.AsyncClient(transport=httpx.MockTransport(fakes.handle)),
     )
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", backlog=1024))
@@ -47,7 +48,7 @@ def test_slow_clients_do_not_block_others():
             else:  # headers done, body promised but trickling
                 sock.sendall(
                     b"POST /v1/chat/completions HTTP/1.1\r\nHost: router\r\n"
-                    b"Content-Type: application/json\r\nContent-Length: 5000\r\n\r\n{\"model\": "
+                    b'Content-Type: application/json\r\nContent-Length: 5000\r\n\r\n{"model": '
                 )
             slow.append(sock)
         # Blocked behind the slow clients, this would time out instead of answering.

@@ -26,7 +26,9 @@ TRACEPARENT = f"00-{TRACE_ID}-{CALLER_SPAN}-01"
 def traced_router(repo, fakes):
     exporter = InMemorySpanExporter()
     client = httpx.AsyncClient(transport=httpx.MockTransport(fakes.handle))
-    app = create_app(load_spec(repo / "configs" / "local.yaml"), client=client, span_processor=SimpleSpanProcessor(exporter))
+    app = create_app(
+        load_spec(repo / "configs" / "local.yaml"), client=client, span_processor=SimpleSpanProcessor(exporter)
+    )
     with TestClient(app, raise_server_exceptions=False) as router:
         yield router, exporter
 
@@ -35,7 +37,9 @@ def traced_router(repo, fakes):
 def test_span_continues_the_callers_trace_and_reaches_the_region(repo, stream):
     fakes = FakeRegions()
     with traced_router(repo, fakes) as (router, exporter):
-        response = router.post("/v1/chat/completions", json={**CHAT, "stream": stream}, headers={"traceparent": TRACEPARENT})
+        response = router.post(
+            "/v1/chat/completions", json={**CHAT, "stream": stream}, headers={"traceparent": TRACEPARENT}
+        )
         assert response.status_code == 200
         (span,) = exporter.get_finished_spans()  # ended only once the body was relayed
     assert span.kind == SpanKind.SERVER
