@@ -22,17 +22,15 @@ import os
 import shlex
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-
-import httpx
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.cpu_accounting import cpu_seconds_by_role, snapshot  # noqa: E402
+from benchmarks.servers import served  # noqa: E402
 from meridian import launcher, models  # noqa: E402
 from meridian.spec import load_spec  # noqa: E402
 
@@ -42,38 +40,15 @@ RESULTS = REPO / "benchmarks" / "results"
 BARE_VLLM_PORT = 28123
 
 
-def wait_until_serving(url: str, process: subprocess.Popen | None, timeout_s: float = 600) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode} before serving {url}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/v1/models", timeout=5).status_code == 200:
-                return
-        time.sleep(1)
-    raise TimeoutError(f"{url} did not serve within {timeout_s} s")
-
-
 @contextlib.contextmanager
 def bare_vllm(model_path: str, model_id: str, max_model_len: int, kv_cache_gib: int, log: Path) -> Iterator[str]:
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib)}
     command = [
         VLLM, "serve", model_path, "--served-model-name", model_id, "--host", "127.0.0.1",
         "--port", str(BARE_VLLM_PORT), "--max-model-len", str(max_model_len),
     ]  # fmt: skip
-    with open(log, "wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{BARE_VLLM_PORT}"
-    try:
-        wait_until_serving(url, process)
+    with served(command, f"{url}/v1/models", log, env={"VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib)}):
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @contextlib.contextmanager

@@ -21,20 +21,21 @@ import asyncio
 import contextlib
 import os
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
-import httpx
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.servers import served  # noqa: E402
+
 BIN = Path(sys.executable).parent
 RESULTS = REPO / "benchmarks" / "results"
 UPSTREAM_PORT, MERIDIAN_PORT, VLLM_ROUTER_PORT = 28301, 28302, 28303
@@ -101,34 +102,6 @@ async def drive(url: str, concurrency: int, total: int) -> LoadResult:
     return LoadResult(total, failed, elapsed, ttfts, events, errors)
 
 
-def wait_until(url: str, process: subprocess.Popen, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=2).status_code < 500:
-                return
-        time.sleep(0.3)
-    raise TimeoutError(f"{url} did not answer within {timeout_s} s")
-
-
-@contextlib.contextmanager
-def process(command: list[str], ready_url: str, log: Path) -> Iterator[None]:
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_until(ready_url, proc)
-        yield
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def meridian_spec(directory: Path) -> Path:
     spec = {
         "name": "router-bench",
@@ -192,13 +165,15 @@ def main() -> int:
                 sys.executable, str(REPO / "benchmarks" / "fake_upstream.py"), "--port", str(UPSTREAM_PORT),
                 "--tokens", str(tokens), "--gap-ms", str(gap),
             ]  # fmt: skip
-            with process(upstream, f"http://127.0.0.1:{UPSTREAM_PORT}/health", logs / "fake-upstream.log"):
+            upstream_url = f"http://127.0.0.1:{UPSTREAM_PORT}/health"
+            with served(upstream, upstream_url, logs / "fake-upstream.log", ready_timeout_s=60):
                 for name, router, base_url in targets:
                     print(f"{name}: {load}", flush=True)
                     with contextlib.ExitStack() as stack:
                         if router is not None:
                             slug = name.split()[0].lower()
-                            stack.enter_context(process(router, f"{base_url}/v1/models", logs / f"router-{slug}.log"))
+                            log = logs / f"router-{slug}.log"
+                            stack.enter_context(served(router, f"{base_url}/v1/models", log, ready_timeout_s=60))
                         url = f"{base_url}/v1/chat/completions"
                         asyncio.run(drive(url, 16, 64))  # warm-up
                         if load == "latency":

@@ -184,38 +184,30 @@ def _start_ray_node(
     # below the ephemeral range, so nothing else can take them between choice and bind.
     block = spec.ray.node_ports_from + node_index * PORTS_PER_NODE
     ports = [block + PORTS_PER_NODE - COMPONENT_PORTS + k for k in range(COMPONENT_PORTS)]
-    pid = processes.spawn(
+    flags = {
+        "--node-ip-address": "127.0.0.1",
+        "--object-store-memory": OBJECT_STORE_BYTES,
+        "--node-manager-port": ports[0],
+        "--object-manager-port": ports[1],
+        "--metrics-export-port": ports[2],
+        "--dashboard-agent-listen-port": ports[3],
+        "--dashboard-agent-grpc-port": ports[4],
+        "--runtime-env-agent-port": ports[5],
+        "--min-worker-port": block,
+        "--max-worker-port": block + PORTS_PER_NODE - COMPONENT_PORTS - 1,
+    }
+    return processes.spawn(
         [
             str(BIN / "ray"),
             "start",
             *role_args,
             "--block",
             "--disable-usage-stats",
-            "--node-ip-address",
-            "127.0.0.1",
-            "--object-store-memory",
-            str(OBJECT_STORE_BYTES),
-            "--node-manager-port",
-            str(ports[0]),
-            "--object-manager-port",
-            str(ports[1]),
-            "--metrics-export-port",
-            str(ports[2]),
-            "--dashboard-agent-listen-port",
-            str(ports[3]),
-            "--dashboard-agent-grpc-port",
-            str(ports[4]),
-            "--runtime-env-agent-port",
-            str(ports[5]),
-            "--min-worker-port",
-            str(block),
-            "--max-worker-port",
-            str(block + PORTS_PER_NODE - COMPONENT_PORTS - 1),
-        ],  # fmt: skip
+            *(item for flag, value in flags.items() for item in (flag, str(value))),
+        ],
         state.logs_dir / f"{log_name}.log",
         state.platform_id,
     )
-    return pid
 
 
 def deploy(spec: PlatformSpec, state: PlatformState, on_step: ProgressCallback) -> None:
