@@ -35,7 +35,7 @@ from geo_router.regions import Region, RegionTable
 from geo_router.requests import (
     InferenceRequest,
     InvalidRequest,
-    estimated_tokens,
+    completion_cap,
     parse_inference_request,
     read_capped_body,
 )
@@ -201,8 +201,17 @@ def create_app(
         except InvalidRequest as error:
             return error_response(error.status, error.message, param=error.param)
         request.scope["state"]["model"] = parsed.model
+        if parsed.model not in known_models:  # before any quota is charged
+            metrics.requests.labels("none", "unknown", "404").inc()
+            return error_response(
+                404,
+                f"The model `{parsed.model}` does not exist. Available: {sorted(known_models)}",
+                param="model",
+                code="model_not_found",
+            )
+        facts = request_facts(parsed, location, request)
         if key is not None:
-            wait_s = limits[key.name].admit(estimated_tokens(parsed), time.monotonic())
+            wait_s = limits[key.name].admit(facts.prompt_tokens + completion_cap(parsed.fields), time.monotonic())
             if wait_s > 0:
                 metrics.requests.labels("none", parsed.model, "429").inc()
                 retry = "3600" if math.isinf(wait_s) else str(math.ceil(wait_s))
@@ -212,15 +221,6 @@ def create_app(
                     code="rate_limit_exceeded",
                     headers={"Retry-After": retry},
                 )
-        if parsed.model not in known_models:
-            metrics.requests.labels("none", "unknown", "404").inc()
-            return error_response(
-                404,
-                f"The model `{parsed.model}` does not exist. Available: {sorted(known_models)}",
-                param="model",
-                code="model_not_found",
-            )
-        facts = request_facts(parsed, location, request)
         candidates, panic = table.servable(parsed.model)
         decision = choose([r.load(corrector.correction_for(r.name)) for r in candidates], facts, memory, perf, policy)
         if decision is None:

@@ -66,13 +66,10 @@ def parse_inference_request(endpoint: str, body: bytes) -> InferenceRequest:
 DEFAULT_COMPLETION_RESERVE = 256
 
 
-def estimated_tokens(request: InferenceRequest) -> int:
-    """Tokens a request may consume: ~4 characters a prompt token, plus its completion cap."""
-    fields = request.fields
-    prompt = fields.get("messages", fields.get("prompt", ""))
-    prompt_chars = len(json.dumps(prompt)) if not isinstance(prompt, str) else len(prompt)
-    cap = fields.get("max_completion_tokens") or fields.get("max_tokens") or DEFAULT_COMPLETION_RESERVE
-    return prompt_chars // 4 + (cap if isinstance(cap, int) and cap > 0 else DEFAULT_COMPLETION_RESERVE)
+def completion_cap(fields: dict[str, Any]) -> int:
+    """The most completion tokens a request may generate, for tokens-per-minute limits."""
+    cap = fields.get("max_completion_tokens") or fields.get("max_tokens")
+    return cap if isinstance(cap, int) and cap > 0 else DEFAULT_COMPLETION_RESERVE
 
 
 class BodyTooLarge(InvalidRequest):
