@@ -78,6 +78,23 @@ class ModelSpec(StrictModel):
     kv_cache_gib: int = Field(default=2, ge=1, le=256)
 
 
+class AutoscalingSpec(StrictModel):
+    """Replica bounds for one region; autoscaler/ picks the target between them."""
+
+    min_replicas: int = Field(default=1, ge=0, le=64)
+    max_replicas: int = Field(default=1, ge=1, le=64)
+    # With min_replicas 0, a region with no arrivals for this long scales to zero.
+    idle_to_zero_s: float = Field(default=300.0, gt=0)
+    # Used until a replica start has been measured.
+    cold_start_s: float = Field(default=90.0, gt=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) exceeds max_replicas ({self.max_replicas})")
+        return self
+
+
 class RegionSpec(StrictModel):
     name: str = Field(description="`<cloud>/<region>`, e.g. local/us-east")
     location: Location
@@ -89,6 +106,8 @@ class RegionSpec(StrictModel):
     # Base URL of the region's Serve app. Unset for local regions, which are reached
     # through the local Ray Serve proxy at `/<slug>`.
     endpoint: str | None = Field(default=None, pattern=r"^https?://")
+    # Without it the region runs `replicas` replicas, fixed.
+    autoscaling: AutoscalingSpec | None = None
 
     @field_validator("name")
     @classmethod
