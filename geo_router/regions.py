@@ -1,7 +1,8 @@
 """The router's live view of every region, refreshed by polling each region's /status.
 
 A region is healthy while its circuit breaker is closed and its last poll reported a
-ready replica. Failed polls and failed requests open the breaker (at once, with the
+ready replica, or an autoscaler that is starting one (or will, for the first request
+to a region scaled to zero). Failed polls and failed requests open the breaker (at once, with the
 default threshold of 1), so traffic moves before the next poll; a good poll closes it
 again once it has been open for `open_s`.
 """
@@ -40,10 +41,25 @@ class Region:
     last_poll_at: float = 0.0
     last_answered_at: float = -math.inf
     in_flight: int = 0
+    # Set when the region has an autoscaler: then a region with no ready replica is
+    # starting one, or is scaled to zero and starts one for the first request.
+    autoscaled: bool = False
+    starting_replicas: int = 0
+    cold_start_s: float = 0.0
+    cold_since: float | None = None
 
     @property
     def healthy(self) -> bool:
-        return not self.breaker.is_open and self.ready_replicas > 0
+        return not self.breaker.is_open and (self.ready_replicas > 0 or self.autoscaled)
+
+    def cold_start_remaining_ms(self, now: float) -> float:
+        """How long a request sent now waits for a replica to be ready."""
+        if self.ready_replicas > 0:
+            return 0.0
+        if self.cold_since is None:  # scaled to zero: the request itself starts one
+            return self.cold_start_s * 1000
+        # A start running late is still some way off, not done.
+        return max(0.1 * self.cold_start_s, self.cold_start_s - (now - self.cold_since)) * 1000
 
     def can_serve(self, model: str) -> bool:
         return self.healthy and model in self.models
@@ -58,6 +74,7 @@ class Region:
             in_flight=self.in_flight,
             kv_cache_usage=self.kv_cache_usage,
             rtt_correction_ms=rtt_correction_ms,
+            cold_start_ms=self.cold_start_remaining_ms(time.monotonic()),
         )
 
     def mark_down(self, reason: str) -> None:
@@ -86,6 +103,14 @@ class Region:
         self.running = int(engine.get("running", 0))
         self.waiting = int(engine.get("waiting", 0))
         self.kv_cache_usage = float(engine.get("kv_cache_usage", 0.0))
+        scaling = status.get("autoscaling")
+        self.autoscaled = bool(scaling)
+        self.cold_start_s = float(scaling.get("cold_start_s", 0.0)) if scaling else 0.0
+        self.starting_replicas = int(replicas.get("starting", 0))
+        if self.ready_replicas > 0 or self.starting_replicas == 0:
+            self.cold_since = None
+        elif self.cold_since is None:
+            self.cold_since = time.monotonic()
         self.last_status = status
         self.last_error = None
         self.breaker.record_probe_success(time.monotonic())
@@ -98,6 +123,7 @@ class Region:
             "healthy": self.healthy,
             "breaker_open": self.breaker.is_open,
             "ready_replicas": self.ready_replicas,
+            "starting_replicas": self.starting_replicas,
             "models": sorted(self.models),
             "in_flight": self.in_flight,
             "status": self.last_status,
@@ -120,7 +146,7 @@ class RegionTable:
         healthy = [r for r in self.regions.values() if r.can_serve(model)]
         if healthy:
             return healthy, False
-        return [r for r in self.regions.values() if r.ready_replicas > 0 and model in r.models], True
+        return [r for r in self.regions.values() if (r.ready_replicas > 0 or r.autoscaled) and model in r.models], True
 
     async def poll_once(self) -> None:
         await asyncio.gather(*(self._poll(region) for region in self.regions.values()))

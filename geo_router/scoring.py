@@ -52,6 +52,13 @@ class RegionLoad:
     in_flight: int = 0  # the router's own requests to this region, not yet finished
     kv_cache_usage: float = 0.0
     rtt_correction_ms: float = 0.0  # learned online; see RttCorrector
+    # With no ready replica: how long until one is (a start under way, or the whole
+    # cold start of a region scaled to zero, which a request wakes).
+    cold_start_ms: float = 0.0
+
+    @property
+    def cold(self) -> bool:
+        return self.ready_replicas == 0
 
 
 @dataclass(frozen=True)
@@ -80,7 +87,7 @@ class Estimate:
 @dataclass(frozen=True)
 class Decision:
     ranked: tuple[str, ...]  # best first: the order to try regions in
-    reason: str  # nearest | load | affinity | session
+    reason: str  # nearest | load | affinity | session | hold | spill
     estimates: tuple[Estimate, ...]
 
 
@@ -93,6 +100,8 @@ def estimate(region: RegionLoad, request: RequestFacts, cached_tokens: int, perf
     ahead = max(0.0, (outstanding - replicas * perf.batch_slots) / replicas)
     # With every slot busy, one frees about every slot_hold / batch_slots.
     queue = ahead * perf.slot_hold_ms / perf.batch_slots
+    if region.cold:
+        queue += region.cold_start_ms
     # Decode tokens of the running batch take little of a chunked-prefill step's token
     # budget, so a busy replica prefills about as fast as an idle one; a nearly full KV
     # cache, though, means preemption and recomputation.
@@ -153,6 +162,9 @@ class ScoringPolicy:
     affinity_margin_ms: float = 50.0
     # The region a client area used last must be beaten by this much to be left.
     hysteresis_ms: float = 20.0
+    # A request waits at most this long for a cold region's replica to start, unless
+    # no warm region could take it (then it waits for the soonest, never a 503).
+    max_hold_ms: float = 30_000.0
 
 
 class RoutingMemory:
@@ -178,31 +190,46 @@ def choose(
     perf: PerfModel = PerfModel(),
     policy: ScoringPolicy = ScoringPolicy(),
 ) -> Decision | None:
-    """Rank the regions (all able to serve) for `request`; None if there are none."""
+    """Rank the regions (all able to serve) for `request`; None if there are none.
+
+    A cold region (no ready replica yet) is held for when the estimate says waiting for
+    its start is sooner than going elsewhere ("hold"); when the nearest region is cold
+    and another wins, the request spills ("spill").
+    """
     if not regions:
         return None
+    nearest = min(regions, key=lambda r: (haversine_km(request.client, r.location), r.name)).name
+    # Cold regions slower to start than a request may wait go last, unless all are.
+    too_cold = {r.name for r in regions if r.cold and r.cold_start_ms > policy.max_hold_ms}
+    if len(too_cold) == len(regions):
+        too_cold = set()
     estimates = {
         r.name: estimate(
             r, request, memory.prefixes.cached_blocks(r.name, request.prefix_blocks) * request.tokens_per_block, perf
         )
         for r in regions
     }
-    nearest = min(regions, key=lambda r: (haversine_km(request.client, r.location), r.name)).name
     previous = memory.last_choice.get(request.cell) if request.cell is not None else None
 
     def cost(name: str) -> float:
         return estimates[name].ttft_ms - (policy.hysteresis_ms if name == previous else 0.0)
 
-    order = sorted(estimates, key=lambda name: (cost(name), name))
+    order = sorted((name for name in estimates if name not in too_cold), key=lambda name: (cost(name), name))
     best = order[0]
     reason = "nearest" if best == nearest else "load"
-    sticky = _sticky_region(request, memory, estimates)
+    sticky = _sticky_region(request, memory, {n: e for n, e in estimates.items() if n not in too_cold})
     if sticky is not None and sticky[0] != best and cost(sticky[0]) <= cost(best) + policy.affinity_margin_ms:
         best, reason = sticky
         order.remove(best)
         order.insert(0, best)
     elif sticky is not None and sticky[0] == best and reason == "load":
         reason = sticky[1]
+    cold = {r.name for r in regions if r.cold}
+    if best in cold:
+        reason = "hold"
+    elif nearest in cold:
+        reason = "spill"
+    order += sorted(too_cold, key=lambda name: (cost(name), name))
     return Decision(tuple(order), reason, tuple(estimates[name] for name in order))
 
 

@@ -191,6 +191,9 @@ class ScoringSpec(StrictModel):
     typical_prompt_tokens: int = Field(default=512, ge=1)
     decode_ms_per_token: float = Field(default=50.0, gt=0)
     typical_output_tokens: int = Field(default=256, ge=1)
+    # Longest a request waits for a cold region's replica to start while a warm region
+    # could take it; with every region cold it waits for the soonest start.
+    max_hold_ms: float = Field(default=30_000.0, ge=0)
 
 
 class RouterSpec(StrictModel):

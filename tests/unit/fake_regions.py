@@ -24,6 +24,8 @@ class FakeRegion:
     ready: int = 1
     waiting: int = 0
     mode: str = "ok"  # ok | refuse | hang | gone | error500 | break_stream | bad_request
+    # The region's published scaling decision; None for a fixed replica count.
+    autoscaling: dict | None = None
     calls: list[str] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
 
@@ -68,7 +70,11 @@ class FakeRegions:
                 json={
                     "region": region.name,
                     "models": [MODEL],
-                    "replicas": {"ready": region.ready},
+                    "replicas": {
+                        "ready": region.ready,
+                        "starting": max(0, region.autoscaling["target"] - region.ready) if region.autoscaling else 0,
+                    },
+                    "autoscaling": region.autoscaling,
                     "engine": {"running": min(region.waiting, 16), "waiting": region.waiting, "kv_cache_usage": 0.1},
                 },
             )

@@ -148,6 +148,33 @@ def test_no_healthy_region_is_503_with_retry_after(router, fakes):
     assert router.get("/healthz").json() == {"status": "degraded", "healthy_regions": []}
 
 
+def test_a_region_scaled_to_zero_spills_its_clients_to_a_warm_region(router, fakes):
+    fakes["local-eu-west"].ready = 0
+    fakes["local-eu-west"].autoscaling = {"target": 0, "reason": "idle", "cold_start_s": 60.0, "min_replicas": 0}
+    repoll(router)
+    response = router.post("/v1/chat/completions", json=CHAT, headers={"X-Client-Location": PARIS})
+    assert response.status_code == 200 and response.headers["x-meridian-region"] == "local/us-east"
+    assert "v1/chat/completions" not in fakes["local-eu-west"].calls
+    assert (
+        'meridian_router_routing_decisions_total{reason="spill",region="local/us-east"} 1.0'
+        in router.get("/metrics").text
+    )
+
+
+def test_with_every_region_scaled_to_zero_a_request_is_held_not_refused(router, fakes):
+    for region in fakes.regions.values():
+        region.ready = 0
+        region.autoscaling = {"target": 0, "reason": "idle", "cold_start_s": 60.0, "min_replicas": 0}
+    repoll(router)
+    response = router.post("/v1/chat/completions", json=CHAT, headers={"X-Client-Location": PARIS})
+    # The fake answers at once; a real region queues the request while its replica starts.
+    assert response.status_code == 200 and response.headers["x-meridian-region"] == "local/eu-west"
+    assert (
+        'meridian_router_routing_decisions_total{reason="hold",region="local/eu-west"} 1.0'
+        in router.get("/metrics").text
+    )
+
+
 def test_all_regions_failing_mid_request_is_503(router, fakes):
     for region in fakes.regions.values():
         region.mode = "refuse"

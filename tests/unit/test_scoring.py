@@ -19,8 +19,8 @@ PERF = PerfModel(prefill_ms_per_token=0.5, batch_slots=16, typical_prompt_tokens
 
 def regions(east: dict | None = None, west: dict | None = None) -> list[RegionLoad]:
     return [
-        RegionLoad("us-east", ASHBURN, ready_replicas=1, **(east or {})),
-        RegionLoad("eu-west", DUBLIN, ready_replicas=1, **(west or {})),
+        RegionLoad("us-east", ASHBURN, **{"ready_replicas": 1, **(east or {})}),
+        RegionLoad("eu-west", DUBLIN, **{"ready_replicas": 1, **(west or {})}),
     ]
 
 
@@ -149,3 +149,33 @@ def test_an_unobserved_region_inherits_the_fleet_correction():
         RegionLoad("eu-west", DUBLIN, 1, rtt_correction_ms=corrector.correction_for("eu-west")),
     ]
     assert choose(load, facts(client=BOSTON), memory, PERF).ranked[0] == "us-east"  # still the nearer one
+
+
+def test_a_cold_nearest_region_spills_to_a_warm_one():
+    cold = {"ready_replicas": 0, "cold_start_ms": 60_000.0}
+    decision = choose(regions(west=cold), facts(), RoutingMemory(), PERF)
+    assert decision.ranked == ("us-east", "eu-west") and decision.reason == "spill"
+
+
+def test_a_region_about_to_be_ready_is_held_for_when_that_is_sooner():
+    # eu-west's replica is 30 ms from ready; crossing the Atlantic costs more than that.
+    nearly = {"ready_replicas": 0, "cold_start_ms": 30.0}
+    decision = choose(regions(west=nearly), facts(), RoutingMemory(), PERF)
+    assert decision.ranked[0] == "eu-west" and decision.reason == "hold"
+    # The same start with the warm region queued deep: still hold, by a wider margin.
+    assert choose(regions(east={"waiting": 200}, west=nearly), facts(), RoutingMemory(), PERF).reason == "hold"
+
+
+def test_no_hold_longer_than_the_limit_while_a_warm_region_exists():
+    cold = {"ready_replicas": 0, "cold_start_ms": 40_000.0}
+    swamped = {"running": 16, "waiting": 2_000}  # slower than the cold start, by the estimate
+    policy = ScoringPolicy(max_hold_ms=30_000.0)
+    decision = choose(regions(east=swamped, west=cold), facts(), RoutingMemory(), PERF, policy)
+    assert decision.ranked == ("us-east", "eu-west") and decision.reason == "spill"
+
+
+def test_every_region_cold_means_wait_for_the_soonest_never_nothing():
+    east = {"ready_replicas": 0, "cold_start_ms": 90_000.0}
+    west = {"ready_replicas": 0, "cold_start_ms": 120_000.0}
+    decision = choose(regions(east=east, west=west), facts(), RoutingMemory(), PERF, ScoringPolicy(max_hold_ms=1_000))
+    assert decision.ranked == ("us-east", "eu-west") and decision.reason == "hold"
