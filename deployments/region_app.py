@@ -25,6 +25,7 @@ from meridian.spec import ModelSource, PackagedModelSource, region_resource
 # Each replica takes one unit of its region's resource and the ingress this sliver,
 # so both land only on that region's nodes.
 INGRESS_REGION_SHARE = 0.01
+SCALING_POLICY = "autoscaler.serve_policy:RegionAutoscalingPolicy"
 
 
 class RegionModelArgs(BaseModel):
@@ -34,6 +35,20 @@ class RegionModelArgs(BaseModel):
     source: ModelSource = Field(default_factory=PackagedModelSource)
     max_model_len: int = Field(default=2048, ge=128)
     kv_cache_gib: int = Field(default=2, ge=1, description="vLLM CPU KV cache per replica")
+
+
+class RegionAutoscalingArgs(BaseModel):
+    """Bounds, cold start and SLO the region's autoscaling policy works to."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_replicas: int = Field(ge=0)
+    max_replicas: int = Field(ge=1)
+    idle_to_zero_s: float = Field(gt=0)
+    cold_start_s: float = Field(gt=0)
+    slo_ttft_ms: float = Field(gt=0)
+    slo_itl_ms: float = Field(gt=0)
+    decision_interval_s: float = Field(default=5.0, gt=0)
 
 
 class RegionAppArgs(BaseModel):
@@ -48,6 +63,33 @@ class RegionAppArgs(BaseModel):
     cpus_per_replica: int = Field(default=1, ge=1)
     engine_cpus: str | None = None
     max_ongoing_requests: int = Field(default=64, ge=1)
+    # Without it the region runs `replicas` replicas, fixed.
+    autoscaling: RegionAutoscalingArgs | None = None
+
+
+def deployment_config_for(args: RegionAppArgs) -> dict[str, Any]:
+    config: dict[str, Any] = {"max_ongoing_requests": args.max_ongoing_requests}
+    scaling = args.autoscaling
+    if scaling is None:
+        config["num_replicas"] = args.replicas
+        return config
+    config["autoscaling_config"] = {
+        "min_replicas": scaling.min_replicas,
+        "max_replicas": scaling.max_replicas,
+        # A region that may idle to zero still starts warm.
+        "initial_replicas": max(1, scaling.min_replicas),
+        # Hysteresis and drain are the policy's; Serve's own delays would add to them.
+        "upscale_delay_s": 0.0,
+        "downscale_delay_s": 0.0,
+        "downscale_to_zero_delay_s": 0.0,
+        "metrics_interval_s": 2.0,
+        "look_back_period_s": 10.0,
+        "policy": {
+            "policy_function": SCALING_POLICY,
+            "policy_kwargs": scaling.model_dump(),
+        },
+    }
+    return config
 
 
 def llm_config_for(args: RegionAppArgs, model: RegionModelArgs, model_path: str) -> LLMConfig:
@@ -55,10 +97,7 @@ def llm_config_for(args: RegionAppArgs, model: RegionModelArgs, model_path: str)
         model_loading_config={"model_id": model.id, "model_source": model_path},
         accelerator_config={"kind": "cpu"},
         placement_group_config={"bundles": [{"CPU": args.cpus_per_replica, region_resource(args.slug): 1}]},
-        deployment_config={
-            "num_replicas": args.replicas,
-            "max_ongoing_requests": args.max_ongoing_requests,
-        },
+        deployment_config=deployment_config_for(args),
         engine_kwargs={"max_model_len": model.max_model_len, "disable_log_stats": False},
         # vLLM's own Prometheus logger (not Ray's wrapper) then records into the
         # replica's registry, where RegionLLMServer.engine_stats reads it.

@@ -6,10 +6,13 @@ import asyncio
 import logging
 from typing import Any
 
+from ray import serve
 from ray.llm._internal.serve.core.ingress.ingress import DEFAULT_ENDPOINTS
 from ray.llm._internal.serve.utils.broadcast import broadcast
 from ray.serve.handle import DeploymentHandle
 from ray.serve.llm.ingress import OpenAiIngress
+
+from autoscaler.published import read_published
 
 log = logging.getLogger(__name__)
 
@@ -25,14 +28,21 @@ class RegionIngress(OpenAiIngress):
         self._region = region
         # One broadcast at a time per model: polls that arrive meanwhile share it.
         self._pending: dict[str, asyncio.Task] = {}
+        self._app_name = serve.get_replica_context().app_name
 
     async def status(self) -> dict[str, Any]:
         per_model = await asyncio.gather(*(self._model_stats(m) for m in self._default_serve_handles))
         replicas = [stats for model_stats in per_model for stats in model_stats]
+        scaling = await self._autoscaling()
         return {
             "region": self._region,
             "models": sorted(self._default_serve_handles),
-            "replicas": {"ready": len(replicas)},
+            "replicas": {
+                "ready": len(replicas),
+                # Replicas the autoscaler wants that are not serving yet.
+                "starting": max(0, scaling["target"] - len(replicas)) if scaling else 0,
+            },
+            "autoscaling": scaling,
             "engine": {
                 "running": sum(r["running"] for r in replicas),
                 "waiting": sum(r["waiting"] for r in replicas),
@@ -40,6 +50,15 @@ class RegionIngress(OpenAiIngress):
             },
             "per_replica": replicas,
         }
+
+    async def _autoscaling(self) -> dict[str, Any] | None:
+        """The region's last scaling decision (target, reason, measured cold start);
+        None for a region with a fixed replica count."""
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(read_published, self._app_name), STATS_TIMEOUT_S)
+        except Exception as error:  # GCS slow or away: report the load without it
+            log.warning("autoscaling view for %s unavailable: %s", self._app_name, error)
+            return None
 
     async def _model_stats(self, model_id: str) -> list[dict[str, Any]]:
         task = self._pending.get(model_id)

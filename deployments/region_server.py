@@ -1,4 +1,5 @@
-"""The LLMServer replica of a region, with its engine's load readable by the ingress."""
+"""The LLMServer replica of a region, with its engine's load readable by the ingress
+and reported to Ray Serve's autoscaler (autoscaler/serve_policy.py reads it there)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,38 @@ from typing import Any
 
 from ray.serve.llm.deployment import LLMServer
 
-from deployments.engine_stats import read_engine_stats
+from deployments.engine_stats import EngineCounters, bucket_quantile, read_engine_counters, read_engine_stats
+
+# The SLO percentile the replicas report (SLOSpec's ttft_p95_ms / itl_p95_ms).
+SLO_QUANTILE = 0.95
+# Stands for "nothing observed in this interval": Serve's custom metrics are floats.
+NOT_OBSERVED = -1.0
 
 
 class RegionLLMServer(LLMServer):
+    _last_counters: EngineCounters | None = None
+
     async def engine_stats(self) -> dict[str, Any]:
         return read_engine_stats()
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve calls this every `metrics_interval_s`. Counters are cumulative for
+        this replica, so the controller can difference them whatever its sampling;
+        latency percentiles cover the requests since the previous call."""
+        load = read_engine_stats()
+        counters = read_engine_counters()
+        before = self._last_counters
+        self._last_counters = counters
+        ttft = bucket_quantile(SLO_QUANTILE, counters.ttft, before.ttft if before else {})
+        itl = bucket_quantile(SLO_QUANTILE, counters.itl, before.itl if before else {})
+        return {
+            "running": float(load["running"]),
+            "waiting": float(load["waiting"]),
+            "kv_cache_usage": float(load["kv_cache_usage"]),
+            # Every request that arrived has finished or is still in the engine.
+            "arrived_total": counters.finished + load["running"] + load["waiting"],
+            "prompt_tokens_total": counters.prompt_tokens,
+            "output_tokens_total": counters.generation_tokens,
+            "ttft_p95_s": NOT_OBSERVED if ttft is None else ttft,
+            "itl_p95_s": NOT_OBSERVED if itl is None else itl,
+        }

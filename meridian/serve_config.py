@@ -11,7 +11,7 @@ REGION_APP_IMPORT_PATH = "deployments.region_app:build_region_app"
 
 def region_app_args(spec: PlatformSpec, region_name: str) -> dict[str, Any]:
     region = spec.region(region_name)
-    return {
+    args: dict[str, Any] = {
         "region": region.name,
         "slug": region.slug,
         "models": [
@@ -27,6 +27,13 @@ def region_app_args(spec: PlatformSpec, region_name: str) -> dict[str, Any]:
         "cpus_per_replica": region.cpus_per_replica,
         "engine_cpus": region.engine_cpus,
     }
+    if region.autoscaling is not None:
+        args["autoscaling"] = {
+            **region.autoscaling.model_dump(),
+            "slo_ttft_ms": spec.slo.ttft_p95_ms,
+            "slo_itl_ms": spec.slo.itl_p95_ms,
+        }
+    return args
 
 
 def serve_config(spec: PlatformSpec) -> dict[str, Any]:
