@@ -1,0 +1,60 @@
+"""The first-boot script a cloud node runs to join its region's Ray cluster.
+
+AWS passes it as EC2 user data, GCP as the `startup-script` metadata item; both run it
+as root on first boot. The node advertises the same Ray resource and label that the
+local launcher gives region nodes (meridian/launcher.py), so the region's Serve
+replicas, which require `region:<slug>`, land on it.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from meridian.launcher import REGION_LABEL, REGION_RESOURCE_CAPACITY
+from meridian.spec import region_resource
+
+CLOUD_LABEL = "meridian.io/cloud"
+ZONE_LABEL = "meridian.io/zone"
+MARKET_LABEL = "meridian.io/market"
+
+
+@dataclass(frozen=True)
+class RayJoin:
+    """How a new node reaches its region's Ray head and what it tells Ray about itself."""
+
+    head_address: str  # "<host>:<gcs port>" of the region's Ray head
+    region_slug: str  # e.g. "aws-us-east-1", as RegionSpec.slug spells it
+    labels: Mapping[str, str] = field(default_factory=dict)  # extra Ray node labels
+    ray_bin: str = "ray"
+
+
+def ray_join_script(join: RayJoin, *, cloud: str, zone: str, market: str) -> str:
+    """A bash script that starts Ray on the node and joins it to `join.head_address`."""
+    labels = {
+        REGION_LABEL: join.region_slug,
+        CLOUD_LABEL: cloud,
+        ZONE_LABEL: zone,
+        MARKET_LABEL: market,
+        **join.labels,
+    }
+    resources = json.dumps({region_resource(join.region_slug): REGION_RESOURCE_CAPACITY})
+    command = [
+        join.ray_bin,
+        "start",
+        f"--address={join.head_address}",
+        f"--resources={resources}",
+        "--labels=" + ",".join(f"{key}={value}" for key, value in labels.items()),
+    ]
+    return "\n".join(
+        [
+            "#!/bin/bash",
+            "# Meridian node bootstrap: join the region's Ray cluster.",
+            "set -euo pipefail",
+            "exec >>/var/log/meridian-bootstrap.log 2>&1",
+            shlex.join(command),
+            "",
+        ]
+    )

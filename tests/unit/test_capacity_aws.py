@@ -1,0 +1,270 @@
+"""AwsProvider through boto3 against moto in server mode, on loopback.
+
+boto3 reaches moto through tests/unit/fault_proxy.py, which passes everything through
+except the operations a test overrides: moto never refuses a launch, so stockouts and
+quota refusals are AWS's own error XML served by the proxy. A spot interruption is
+made in moto's own state (the instance terminated with AWS's
+`Server.SpotInstanceTermination` state reason); the two-minute notice, which moto
+cannot show because its RunInstances spot launches create no spot request, is a
+DescribeSpotInstanceRequests answer from the proxy.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+from moto.core import DEFAULT_ACCOUNT_ID
+from moto.ec2.models import ec2_backends
+from moto.ec2.models.instances import StateReason
+from moto.server import ThreadedMotoServer
+
+from capacity.aws import MANAGED_TAG, PLATFORM_TAG, AwsProvider
+from capacity.bootstrap import RayJoin, ray_join_script
+from capacity.model import CapacityError, EventKind, Market, NodeState, Placement
+from tests.unit.fault_proxy import Answer, FaultProxy, ec2_error
+
+REGION = "us-east-1"
+IMAGE = "ami-12c6146b"  # one of moto's default AMIs
+JOIN = RayJoin(head_address="10.0.0.5:6379", region_slug="aws-us-east-1", labels={"meridian.io/pool": "gpu"})
+
+
+def aws_env() -> dict[str, str]:
+    return {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_CONFIG_FILE": "/dev/null",
+        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+    }
+
+
+@dataclass
+class Cloud:
+    proxy: FaultProxy
+    session: boto3.session.Session  # one for the module: it loads EC2's service model once
+    ec2: object  # a plain boto3 EC2 client, as an operator outside Meridian would use
+
+    def provider(self, platform: str) -> AwsProvider:
+        return AwsProvider(
+            region=REGION,
+            platform=platform,
+            join=JOIN,
+            image_id=IMAGE,
+            session=self.session,
+            endpoint_url=self.proxy.url,
+        )
+
+
+@pytest.fixture(scope="module")
+def cloud() -> Iterator[Cloud]:
+    with pytest.MonkeyPatch.context() as env:
+        for key, value in aws_env().items():
+            env.setenv(key, value)
+        moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        moto.start()
+        host, port = moto.get_host_and_port()
+        proxy = FaultProxy(f"{host}:{port}").start()
+        try:
+            session = boto3.session.Session()
+            yield Cloud(proxy, session, session.client("ec2", region_name=REGION, endpoint_url=proxy.url))
+        finally:
+            proxy.stop()
+            moto.stop()
+
+
+@pytest.fixture
+def proxy(cloud: Cloud) -> Iterator[FaultProxy]:
+    cloud.proxy.clear()
+    yield cloud.proxy
+    cloud.proxy.clear()
+
+
+@pytest.fixture
+def provider(cloud: Cloud, request: pytest.FixtureRequest) -> AwsProvider:
+    # One platform per test: ownership tags keep the tests' instances apart in one moto.
+    return cloud.provider(platform=request.node.name.replace("[", "-").rstrip("]"))
+
+
+def spot(zone: str = "us-east-1a") -> Placement:
+    return Placement("aws", REGION, zone, "p4d.24xlarge", Market.SPOT)
+
+
+def on_demand(zone: str = "us-east-1b") -> Placement:
+    return Placement("aws", REGION, zone, "g5.xlarge", Market.ON_DEMAND)
+
+
+def describe(cloud: Cloud, instance_id: str) -> dict:
+    reply = cloud.ec2.describe_instances(InstanceIds=[instance_id])
+    return reply["Reservations"][0]["Instances"][0]
+
+
+def test_acquire_asks_for_up_to_count(proxy: FaultProxy, provider: AwsProvider) -> None:
+    provider.acquire(on_demand(), count=3)
+
+    (run,) = [params for operation, params in zip(proxy.seen, proxy.params, strict=True) if operation == "RunInstances"]
+    assert (run["MinCount"], run["MaxCount"]) == (["1"], ["3"])
+
+
+def test_acquire_list_release(cloud: Cloud, provider: AwsProvider) -> None:
+    launched = provider.acquire(on_demand()) + provider.acquire(on_demand())
+
+    assert {node.placement for node in launched} == {on_demand()}
+    assert {node.id for node in provider.nodes()} == {node.id for node in launched}
+    assert all(node.state in (NodeState.PENDING, NodeState.RUNNING) for node in provider.nodes())
+
+    provider.release(launched[0].id)
+
+    assert [node.id for node in provider.nodes()] == [launched[1].id]
+    assert describe(cloud, launched[0].id)["State"]["Name"] == "terminated"
+    events = provider.events()
+    assert [(event.kind, event.node_id) for event in events] == [
+        (EventKind.LAUNCHED, launched[0].id),
+        (EventKind.LAUNCHED, launched[1].id),
+        (EventKind.TERMINATED, launched[0].id),
+    ]
+    assert provider.events() == []
+
+
+def test_instances_are_tagged_as_the_platforms(cloud: Cloud, provider: AwsProvider) -> None:
+    (node,) = provider.acquire(on_demand())
+
+    tags = {tag["Key"]: tag["Value"] for tag in describe(cloud, node.id)["Tags"]}
+
+    assert tags[MANAGED_TAG] == "true"
+    assert tags[PLATFORM_TAG] == provider.platform
+
+
+def test_untagged_and_foreign_instances_are_never_listed_or_released(cloud: Cloud, provider: AwsProvider) -> None:
+    untagged = cloud.ec2.run_instances(ImageId=IMAGE, InstanceType="g5.xlarge", MinCount=1, MaxCount=1)
+    foreign = cloud.provider(platform="someone-else").acquire(on_demand())[0].id
+    untagged_id = untagged["Instances"][0]["InstanceId"]
+    (mine,) = provider.acquire(on_demand())
+
+    assert [node.id for node in provider.nodes()] == [mine.id]
+    for instance_id in (untagged_id, foreign):
+        with pytest.raises(KeyError):
+            provider.release(instance_id)
+        assert describe(cloud, instance_id)["State"]["Name"] in ("pending", "running")
+    with pytest.raises(KeyError):
+        provider.release("i-0123456789abcdef0")
+
+
+def test_spot_is_launched_with_market_options(cloud: Cloud, proxy: FaultProxy, provider: AwsProvider) -> None:
+    (node,) = provider.acquire(spot())
+
+    instance = describe(cloud, node.id)
+
+    assert instance["InstanceLifecycle"] == "spot"
+    assert instance["Placement"]["AvailabilityZone"] == "us-east-1a"
+    assert instance["InstanceType"] == "p4d.24xlarge"
+    assert node.placement.market is Market.SPOT
+    assert "RunInstances" in proxy.seen
+
+
+def test_user_data_is_the_ray_join_script(cloud: Cloud, provider: AwsProvider) -> None:
+    (node,) = provider.acquire(spot("us-east-1c"))
+
+    encoded = cloud.ec2.describe_instance_attribute(InstanceId=node.id, Attribute="userData")["UserData"]["Value"]
+    script = base64.b64decode(encoded).decode()
+
+    assert script == ray_join_script(JOIN, cloud="aws", zone="us-east-1c", market="spot")
+    assert script.startswith("#!/bin/bash\n")
+    assert "--address=10.0.0.5:6379" in script
+    assert '{"region:aws-us-east-1": 1000}' in script
+    assert "meridian.io/region=aws-us-east-1" in script
+    assert "meridian.io/pool=gpu" in script
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "kind"),
+    [
+        ("InsufficientInstanceCapacity", 500, EventKind.STOCKOUT),
+        ("VcpuLimitExceeded", 400, EventKind.QUOTA_EXCEEDED),
+        ("MaxSpotInstanceCountExceeded", 400, EventKind.QUOTA_EXCEEDED),
+    ],
+)
+def test_refusals_are_typed(proxy: FaultProxy, provider: AwsProvider, code: str, status: int, kind: EventKind) -> None:
+    proxy.answer("RunInstances", ec2_error(code, f"We currently do not have sufficient capacity ({code}).", status))
+
+    with pytest.raises(CapacityError) as refused:
+        provider.acquire(spot("us-east-1b"))
+
+    assert refused.value.event.kind is kind
+    assert refused.value.event.placement == spot("us-east-1b")
+    assert refused.value.event.message.startswith(f"{code}: ")
+    assert proxy.seen.count("RunInstances") == 1  # no retry: placement falls back instead
+    assert provider.nodes() == []
+
+
+def test_other_errors_are_not_capacity_refusals(proxy: FaultProxy, provider: AwsProvider) -> None:
+    proxy.answer("RunInstances", ec2_error("InvalidAMIID.NotFound", "The image id '[ami-1]' does not exist"))
+
+    with pytest.raises(ClientError) as failed:
+        provider.acquire(on_demand())
+
+    assert not isinstance(failed.value, CapacityError)
+    assert failed.value.response["Error"]["Code"] == "InvalidAMIID.NotFound"
+
+
+def interrupt_in_moto(instance_id: str) -> None:
+    """What AWS does to an interrupted one-time spot instance: terminate it, saying why."""
+    instance = ec2_backends[DEFAULT_ACCOUNT_ID][REGION].get_instance(instance_id)
+    instance.terminate()
+    instance.state_reason = StateReason(
+        "Server.SpotInstanceTermination: Spot instance termination", "Server.SpotInstanceTermination"
+    )
+
+
+def test_spot_interruption_is_a_preempted_event(provider: AwsProvider) -> None:
+    (kept, lost) = provider.acquire(spot()) + provider.acquire(spot())
+    provider.events()
+
+    interrupt_in_moto(lost.id)
+
+    events = provider.events()
+    assert [(event.kind, event.node_id) for event in events] == [(EventKind.PREEMPTED, lost.id)]
+    assert events[0].placement == spot()
+    assert "Server.SpotInstanceTermination" in events[0].message
+    assert provider.events() == []
+    assert [node.id for node in provider.nodes()] == [kept.id]
+
+
+def spot_requests_xml(instance_id: str, code: str) -> str:
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        '<DescribeSpotInstanceRequestsResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">'
+        "<requestId>59dbff89-35bd-4eac-99ed-be587EXAMPLE</requestId><spotInstanceRequestSet><item>"
+        "<spotInstanceRequestId>sir-1a2b3c4d</spotInstanceRequestId><spotPrice>0.9</spotPrice>"
+        "<type>one-time</type><state>active</state>"
+        f"<status><code>{code}</code><updateTime>2026-11-22T15:00:00.000Z</updateTime>"
+        "<message>Your Spot Instance is marked for termination.</message></status>"
+        f"<instanceId>{instance_id}</instanceId><productDescription>Linux/UNIX</productDescription>"
+        "<launchedAvailabilityZone>us-east-1a</launchedAvailabilityZone>"
+        "<instanceInterruptionBehavior>terminate</instanceInterruptionBehavior>"
+        "</item></spotInstanceRequestSet></DescribeSpotInstanceRequestsResponse>"
+    )
+
+
+def test_interruption_notice_drains_the_node(proxy: FaultProxy, provider: AwsProvider) -> None:
+    (node,) = provider.acquire(spot())
+    provider.events()
+    proxy.answer("DescribeSpotInstanceRequests", Answer(200, spot_requests_xml(node.id, "marked-for-termination")))
+
+    events = provider.events()
+
+    assert [(event.kind, event.node_id) for event in events] == [(EventKind.PREEMPTION_NOTICE, node.id)]
+    assert events[0].message.startswith("marked-for-termination")
+    assert provider.events() == []
+    assert [(n.id, n.state) for n in provider.nodes()] == [(node.id, NodeState.DRAINING)]
+
+
+def test_foreign_placement_is_rejected(provider: AwsProvider) -> None:
+    with pytest.raises(ValueError, match="cannot place"):
+        provider.acquire(Placement("gcp", REGION, "us-east-1a", "g5.xlarge", Market.SPOT))
