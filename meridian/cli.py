@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from autoscaler.cli import simulate_autoscale
 from meridian import demo, launcher, models
 from meridian.platform_state import PlatformState
 from meridian.serve_config import serve_config
@@ -25,6 +26,7 @@ models_app = typer.Typer(help="Model weights named in a spec.", no_args_is_help=
 app.add_typer(models_app, name="models")
 simulate_app = typer.Typer(help="Replay traces against simulated regions.", no_args_is_help=True)
 app.add_typer(simulate_app, name="simulate")
+simulate_app.command("autoscale")(simulate_autoscale)
 DEFAULT_TRACE = (
     Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "traces" / "mooncake_conversation.jsonl"
 )

@@ -1,0 +1,238 @@
+"""Meridian's SLO-aware scaling policy for one (model, region). Pure: signals and the
+previous state in, a replica target with its reason and the next state out.
+
+Each decision:
+
+1. **Demand** — request rate and mean prompt/output tokens from the recent arrivals,
+   binned into `bin_s` bins.
+2. **Forecast over the next cold start** — replicas asked for now are ready one cold
+   start later, so the plan covers the horizon `cold_start_s + interval_s` with the
+   largest of: the short- and long-window rates; a linear trend over `trend_window_s`
+   extrapolated to the end of the horizon (rising only); and, when the history has a
+   clear period (autocorrelation ≥ `season_min_corr`), the rates one period ago over
+   the same horizon, so a periodic burst is met by replicas started a cold start
+   before it; and the burst rate — the bin rate that `attainment` of the requests of
+   the last `burst_window_s` arrived at (request-weighted quantile), because traffic
+   is burstier than Poisson at the scale of a few TTFTs and a burst outruns any cold
+   start.
+3. **Capacity** — the fewest replicas whose planned TTFT and ITL meet the SLO at the
+   `attainment` quantile (`autoscaler.slo_capacity`: Erlang-C queueing of prefill,
+   decode batch by Little's law, KV cache), multiplied by a correction that grows while
+   the observed p95 TTFT or ITL breaks the SLO and decays back to 1 when it holds.
+   Requests the router holds with no replica ready force at least one replica.
+4. **Scale-down with hysteresis** — scale-up is immediate; the target is the largest
+   desired count over the last `scale_down_window_s` (default: one cold start — an
+   idle replica is kept as long as restarting it would cost, the ski-rental break-even),
+   and the simulator/adapter drains the replicas it stops.
+5. **Scale to zero** — with `min_replicas` 0, after `idle_to_zero_s` without arrivals.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from autoscaler.perf import ReplicaProfile
+from autoscaler.signals import DemandSample, PolicyState, RegionSignals, ScalingDecision
+from autoscaler.slo_capacity import Workload, replicas_needed
+from meridian.spec import AutoscalingSpec, SLOSpec
+
+
+class MeridianConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    profile: ReplicaProfile
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=512, ge=1)
+    idle_to_zero_s: float = Field(default=300.0, gt=0)
+    slo_ttft_s: float = Field(default=2.0, gt=0)
+    slo_itl_s: float = Field(default=0.2, gt=0)
+    # Fraction of requests the capacity plan keeps within both targets.
+    attainment: float = Field(default=0.99, gt=0.5, lt=1)
+    interval_s: float = Field(default=5.0, gt=0)
+    bin_s: float = Field(default=10.0, gt=0)
+    short_window_s: float = Field(default=30.0, gt=0)
+    long_window_s: float = Field(default=120.0, gt=0)
+    trend_window_s: float = Field(default=300.0, gt=0)
+    # Bursts: the rate of the bins that `attainment` of recent requests arrived in.
+    burst_window_s: float = Field(default=900.0, gt=0)
+    # None: one cold start.
+    scale_down_window_s: float | None = Field(default=None, ge=0)
+    season_min_corr: float = Field(default=0.6, gt=0, le=1)
+    season_min_period_s: float = Field(default=60.0, gt=0)
+    correction_step: float = Field(default=1.25, gt=1)
+    correction_max: float = Field(default=3.0, ge=1)
+    correction_decay: float = Field(default=0.97, gt=0, lt=1)
+
+    @classmethod
+    def from_specs(
+        cls, autoscaling: AutoscalingSpec, slo: SLOSpec, profile: ReplicaProfile, **knobs: object
+    ) -> MeridianConfig:
+        return cls(
+            profile=profile,
+            min_replicas=autoscaling.min_replicas,
+            max_replicas=autoscaling.max_replicas,
+            idle_to_zero_s=autoscaling.idle_to_zero_s,
+            slo_ttft_s=slo.ttft_p95_ms / 1000.0,
+            slo_itl_s=slo.itl_p95_ms / 1000.0,
+            **knobs,
+        )
+
+
+def _bins(demand: tuple[DemandSample, ...], now: float, bin_s: float) -> np.ndarray:
+    """Arrivals per bin, oldest first, ending at `now`: rows (requests, prompt, output)."""
+    if not demand:
+        return np.zeros((0, 3))
+    span = now - demand[0].start_s
+    count = max(int(math.ceil(span / bin_s - 1e-9)), 1)
+    out = np.zeros((count, 3))
+    for sample in demand:
+        index = count - 1 - int((now - sample.start_s - 1e-9) // bin_s)
+        if index >= 0:
+            row = out[index]
+            row[0] += sample.requests
+            row[1] += sample.prompt_tokens
+            row[2] += sample.output_tokens
+    return out
+
+
+def _season_forecast(rates: np.ndarray, horizon_bins: int, min_lag: int, min_corr: float) -> tuple[float, int]:
+    """Peak rate over the horizon one period ago, and the period in bins (0 when none is clear)."""
+    n = len(rates)
+    if n < 2 * min_lag + horizon_bins:
+        return 0.0, 0
+    centred = rates - rates.mean()
+    power = float(centred @ centred)
+    if power <= 0:
+        return 0.0, 0
+    best_lag, best_corr = 0, min_corr
+    for lag in range(min_lag, n // 2 + 1):
+        corr = float(centred[lag:] @ centred[:-lag]) / power * n / (n - lag)
+        if corr >= best_corr:
+            best_lag, best_corr = lag, corr
+    if not best_lag:
+        return 0.0, 0
+    start = n - best_lag
+    window = rates[start : start + horizon_bins + 1]
+    return float(window.max()) if len(window) else 0.0, best_lag
+
+
+def _burst_rate(bins: np.ndarray, config: MeridianConfig) -> float:
+    """The bin rate that `attainment` of the requests in `bins` arrived at or below:
+    traffic is burstier than Poisson at the scale of a few TTFTs, and the SLO counts
+    requests, so capacity follows the rate most requests actually meet."""
+    counts = bins[:, 0]
+    total = counts.sum()
+    if total <= 0:
+        return 0.0
+    order = np.argsort(counts)
+    cumulative = np.cumsum(counts[order]) / total
+    index = int(np.searchsorted(cumulative, config.attainment))
+    return float(counts[order][min(index, len(order) - 1)]) / config.bin_s
+
+
+class MeridianPolicy:
+    name = "meridian"
+
+    def __init__(self, config: MeridianConfig) -> None:
+        self.config = config
+        self.interval_s = config.interval_s
+
+    def decide(self, signals: RegionSignals, state: PolicyState) -> tuple[ScalingDecision, PolicyState]:
+        config = self.config
+        now = signals.now_s
+        bins = _bins(signals.demand, now, config.bin_s)
+        rates = bins[:, 0] / config.bin_s
+
+        last_arrival = state.get("last_arrival", now)
+        arrived = np.nonzero(bins[:, 0])[0]
+        if len(arrived):
+            last_arrival = max(last_arrival, now - (len(bins) - 1 - int(arrived[-1])) * config.bin_s)
+
+        def window_rate(seconds: float) -> float:
+            n = max(int(round(seconds / config.bin_s)), 1)
+            return float(bins[-n:, 0].sum()) / (min(n, len(bins)) * config.bin_s) if len(bins) else 0.0
+
+        short = window_rate(config.short_window_s)
+        long = window_rate(config.long_window_s)
+        horizon = signals.cold_start_s + config.interval_s
+        horizon_bins = max(int(math.ceil(horizon / config.bin_s)), 1)
+
+        trend = 0.0
+        trend_n = min(int(round(config.trend_window_s / config.bin_s)), len(rates))
+        if trend_n >= 3:
+            y = rates[-trend_n:]
+            x = np.arange(trend_n, dtype=np.float64)
+            slope, intercept = np.polyfit(x, y, 1)
+            if slope > 0:
+                trend = float(intercept + slope * (trend_n - 1 + horizon_bins))
+
+        season, period = _season_forecast(
+            rates, horizon_bins, max(int(config.season_min_period_s / config.bin_s), 2), config.season_min_corr
+        )
+        burst = _burst_rate(bins[-max(int(round(config.burst_window_s / config.bin_s)), 1) :], config)
+        candidates = {"short": short, "long": long, "trend": trend, "season": season, "burst": burst}
+        source = max(candidates, key=lambda key: candidates[key])
+        forecast = candidates[source]
+
+        sized = bins[-max(int(round(config.long_window_s / config.bin_s)), 1) :]
+        if sized[:, 0].sum() == 0:
+            sized = bins
+        requests = float(sized[:, 0].sum())
+        prompt_mean = float(sized[:, 1].sum()) / requests if requests else state.get("prompt_mean", 0.0)
+        output_mean = float(sized[:, 2].sum()) / requests if requests else state.get("output_mean", 0.0)
+
+        needed = replicas_needed(
+            config.profile,
+            Workload(forecast, max(prompt_mean, 1.0), max(output_mean, 1.0)),
+            config.slo_ttft_s,
+            config.slo_itl_s,
+            config.attainment,
+            config.max_replicas,
+        )
+
+        correction = float(state.get("correction", 1.0))
+        breached = (signals.ttft_ms is not None and signals.ttft_ms > config.slo_ttft_s * 1000.0) or (
+            signals.itl_ms is not None and signals.itl_ms > config.slo_itl_s * 1000.0
+        )
+        if breached:
+            correction = min(correction * config.correction_step, config.correction_max)
+        else:
+            correction = max(1.0, correction * config.correction_decay)
+        desired = math.ceil(needed * correction - 1e-9)
+        if signals.waiting > 0 and signals.ready == 0:
+            desired = max(desired, 1)
+        reason = (
+            f"{source} forecast {forecast:.2f} req/s × {prompt_mean:.0f}+{output_mean:.0f} tok"
+            f" over {horizon:.0f} s → {needed}"
+        )
+        if correction > 1.0:
+            reason += f" × {correction:.2f} (observed SLO breach)"
+        if period:
+            reason += f"; period {period * config.bin_s:.0f} s"
+
+        hold_s = signals.cold_start_s if config.scale_down_window_s is None else config.scale_down_window_s
+        recent = [entry for entry in state.get("recent", []) if entry[0] > now - hold_s]
+        recent.append([now, desired])
+        target = max(entry[1] for entry in recent)
+        if target > desired:
+            reason += f"; holding {target} for the {hold_s:.0f} s scale-down window"
+
+        if config.min_replicas == 0 and now - last_arrival >= config.idle_to_zero_s and signals.waiting == 0:
+            target = 0
+            reason = f"idle {now - last_arrival:.0f} s ≥ {config.idle_to_zero_s:.0f} s: scale to zero"
+        elif config.min_replicas == 0 and target == 0 and now - last_arrival < config.idle_to_zero_s:
+            target = 1
+            reason += f"; kept at 1 until {config.idle_to_zero_s:.0f} s idle"
+        target = min(max(target, config.min_replicas), config.max_replicas)
+
+        new_state: PolicyState = {
+            "last_arrival": last_arrival,
+            "recent": recent,
+            "correction": correction,
+            "prompt_mean": prompt_mean,
+            "output_mean": output_mean,
+        }
+        return ScalingDecision(target, reason), new_state
