@@ -13,7 +13,7 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from meridian.launcher import REGION_LABEL, REGION_RESOURCE_CAPACITY
+from meridian.ray_nodes import REGION_LABEL, REGION_RESOURCE_CAPACITY
 from meridian.spec import region_resource
 
 CLOUD_LABEL = "meridian.io/cloud"

@@ -8,7 +8,6 @@ process `up` started and sweeps up anything they spawned.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -21,23 +20,16 @@ from typing import Any
 import httpx
 import yaml
 
+from capacity.local import LocalProvider, placement_for
 from meridian import models, processes
 from meridian.platform_state import PlatformState
+from meridian.ray_nodes import BIN, start_ray_node
 from meridian.serve_config import serve_config
-from meridian.spec import PORTS_PER_NODE, PlatformSpec, load_spec, region_resource
+from meridian.spec import PlatformSpec, load_spec
 
-BIN = Path(sys.executable).parent
-REGION_LABEL = "meridian.io/region"
-REGION_RESOURCE_CAPACITY = 1000  # each replica takes 1 unit, the ingress a sliver
 # Processes beside the engines (Serve controller/proxy, ingress, router) need CPU
 # too; Ray only schedules by logical CPUs, so the head advertises one.
 HEAD_CPUS = 1
-# Ports a Ray node's own components listen on (node manager, object manager, metrics,
-# dashboard agent http + grpc, runtime env agent).
-COMPONENT_PORTS = 6
-# Objects passed between Serve actors are small; the default (30% of RAM per node)
-# would reserve most of /dev/shm across several nodes on one machine.
-OBJECT_STORE_BYTES = 256 * 1024**2
 
 
 class LaunchError(RuntimeError):
@@ -78,7 +70,7 @@ def is_up(state: PlatformState | None) -> bool:
         state is not None
         and processes.is_running(state.head_pid)
         and processes.is_running(state.router_pid)
-        and all(processes.is_running(pid) for pid in state.region_node_pids.values())
+        and all(processes.is_running(node["pid"]) for node in state.local_nodes.values())
     )
 
 
@@ -121,7 +113,7 @@ def up(
 
 def start_ray(spec: PlatformSpec, state: PlatformState, on_step: ProgressCallback) -> None:
     on_step("starting the Ray head")
-    state.head_pid = _start_ray_node(
+    state.head_pid = start_ray_node(
         spec,
         state,
         node_index=0,
@@ -150,64 +142,10 @@ def start_ray(spec: PlatformSpec, state: PlatformState, on_step: ProgressCallbac
         state.logs_dir / "ray-head.log",
     )
     # One node at a time: Ray nodes starting together on one machine race for ports.
-    for index, region in enumerate(spec.regions, start=1):
+    provider = LocalProvider(spec, state)
+    for region in spec.regions:
         on_step(f"starting the Ray node of {region.name}")
-        state.region_node_pids[region.name] = _start_ray_node(
-            spec,
-            state,
-            node_index=index,
-            log_name=f"ray-{region.slug}",
-            role_args=[
-                "--address",
-                state.gcs_address,
-                "--num-cpus",
-                str(spec.ray.cpus_per_region_node),
-                "--resources",
-                json.dumps({region_resource(region.slug): REGION_RESOURCE_CAPACITY}),
-                "--labels",
-                f"{REGION_LABEL}={region.slug}",
-            ],  # fmt: skip
-        )
-        state.save()
-        wait_for(
-            lambda joined=index: _alive_region_nodes(state) >= joined,
-            120,
-            f"the Ray node of {region.name} to join",
-            state.logs_dir / f"ray-{region.slug}.log",
-        )
-
-
-def _start_ray_node(
-    spec: PlatformSpec, state: PlatformState, node_index: int, log_name: str, role_args: list[str]
-) -> int:
-    # The node's block of ports: components at its top, workers below them. Fixed and
-    # below the ephemeral range, so nothing else can take them between choice and bind.
-    block = spec.ray.node_ports_from + node_index * PORTS_PER_NODE
-    ports = [block + PORTS_PER_NODE - COMPONENT_PORTS + k for k in range(COMPONENT_PORTS)]
-    flags = {
-        "--node-ip-address": "127.0.0.1",
-        "--object-store-memory": OBJECT_STORE_BYTES,
-        "--node-manager-port": ports[0],
-        "--object-manager-port": ports[1],
-        "--metrics-export-port": ports[2],
-        "--dashboard-agent-listen-port": ports[3],
-        "--dashboard-agent-grpc-port": ports[4],
-        "--runtime-env-agent-port": ports[5],
-        "--min-worker-port": block,
-        "--max-worker-port": block + PORTS_PER_NODE - COMPONENT_PORTS - 1,
-    }
-    return processes.spawn(
-        [
-            str(BIN / "ray"),
-            "start",
-            *role_args,
-            "--block",
-            "--disable-usage-stats",
-            *(item for flag, value in flags.items() for item in (flag, str(value))),
-        ],
-        state.logs_dir / f"{log_name}.log",
-        state.platform_id,
-    )
+        provider.acquire(placement_for(spec, region))
 
 
 def deploy(spec: PlatformSpec, state: PlatformState, on_step: ProgressCallback) -> None:
@@ -291,7 +229,7 @@ def down(name: str) -> int:
     state = PlatformState.load(name)
     if state is None:
         return 0
-    pids = [state.router_pid, *state.region_node_pids.values(), state.head_pid]
+    pids = [state.router_pid, *(node["pid"] for node in state.local_nodes.values()), state.head_pid]
     for pid in pids:
         if pid:
             processes.terminate_group(pid)
@@ -318,12 +256,3 @@ def _answers(url: str) -> bool:
         return httpx.get(url, timeout=2).status_code < 500
     except httpx.HTTPError:
         return False
-
-
-def _alive_region_nodes(state: PlatformState) -> int:
-    try:
-        response = httpx.get(f"{state.dashboard_url}/api/v0/nodes", params={"limit": 1000}, timeout=5)
-        nodes = response.json()["data"]["result"]["result"]
-    except (httpx.HTTPError, ValueError, KeyError, TypeError):
-        return 0
-    return sum(1 for n in nodes if n.get("state") == "ALIVE" and REGION_LABEL in (n.get("labels") or {}))

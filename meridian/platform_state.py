@@ -28,7 +28,9 @@ class PlatformState:
     dashboard_url: str
     router_url: str
     head_pid: int = 0
-    region_node_pids: dict[str, int] = field(default_factory=dict)
+    # Ray worker nodes the local capacity provider started: node id -> pid, region
+    # slug, port block index, launch time.
+    local_nodes: dict[str, dict] = field(default_factory=dict)
     router_pid: int = 0
 
     @property

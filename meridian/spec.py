@@ -230,6 +230,8 @@ class RaySpec(StrictModel):
     # Ray node i (the head is 0) owns ports [from + i*1000, from + (i+1)*1000): its
     # components' ports (raylet, object manager, agents, metrics) and its workers'.
     node_ports_from: int = Field(default=20000, ge=1024, le=EPHEMERAL_PORTS_FROM)
+    # Port blocks for region nodes added beyond the first per region (capacity/local.py).
+    spare_nodes: int = Field(default=2, ge=0, le=16)
 
 
 class PlatformSpec(StrictModel):
@@ -254,10 +256,11 @@ class PlatformSpec(StrictModel):
     @model_validator(mode="after")
     def _node_ports_clear(self) -> PlatformSpec:
         first = self.ray.node_ports_from
-        last = first + (len(self.regions) + 1) * PORTS_PER_NODE - 1
+        nodes = len(self.regions) + 1 + self.ray.spare_nodes
+        last = first + nodes * PORTS_PER_NODE - 1
         if last >= EPHEMERAL_PORTS_FROM:
             raise ValueError(
-                f"ray.node_ports_from: {len(self.regions) + 1} Ray nodes need ports {first}-{last}, "
+                f"ray.node_ports_from: {nodes} Ray nodes need ports {first}-{last}, "
                 f"which must end below the ephemeral range ({EPHEMERAL_PORTS_FROM})"
             )
         fixed = {

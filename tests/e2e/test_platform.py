@@ -17,7 +17,7 @@ import openai
 import pytest
 import yaml
 
-from meridian import launcher, processes
+from meridian import launcher, processes, ray_nodes
 from meridian.platform_state import PlatformState
 from meridian.serve_config import serve_config
 from meridian.spec import PlatformSpec
@@ -102,10 +102,10 @@ def test_bad_bodies_are_400(platform, content, param):
 def test_up_again_is_safe(platform):
     state, already_up = launcher.up(SPEC_PATH)
     assert already_up
-    assert (state.head_pid, state.router_pid, state.region_node_pids) == (
+    assert (state.head_pid, state.router_pid, state.local_nodes) == (
         platform.head_pid,
         platform.router_pid,
-        platform.region_node_pids,
+        platform.local_nodes,
     )
 
 
@@ -125,7 +125,7 @@ def test_status_json(platform):
 def test_replicas_run_on_their_region_node(platform):
     nodes = httpx.get(f"{platform.dashboard_url}/api/v0/nodes", params={"limit": 100}).json()
     region_of_node = {
-        n["node_id"]: (n.get("labels") or {}).get(launcher.REGION_LABEL) for n in nodes["data"]["result"]["result"]
+        n["node_id"]: (n.get("labels") or {}).get(ray_nodes.REGION_LABEL) for n in nodes["data"]["result"]["result"]
     }
     apps = launcher.serve_applications(platform)
     assert set(apps) == {"local-us-east", "local-eu-west"}
@@ -174,7 +174,7 @@ def test_no_region_left_is_503_with_retry_after(spec, platform, model):
 def test_down_leaves_no_process_behind(spec, platform):
     launcher.down(spec.name)
     assert processes.marked_processes(platform.platform_id) == []
-    for pid in (platform.head_pid, platform.router_pid, *platform.region_node_pids.values()):
+    for pid in (platform.head_pid, platform.router_pid, *(node["pid"] for node in platform.local_nodes.values())):
         assert not processes.is_running(pid)
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{platform.router_url}/healthz", timeout=2)

@@ -1,0 +1,73 @@
+"""Ray nodes as local processes: `ray start --block` in a session of its own, with a
+fixed block of ports per node. The launcher starts the head this way and the local
+capacity provider (capacity/local.py) the region nodes."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import httpx
+
+from meridian import processes
+from meridian.platform_state import PlatformState
+from meridian.spec import PORTS_PER_NODE, PlatformSpec
+
+BIN = Path(sys.executable).parent
+REGION_LABEL = "meridian.io/region"
+NODE_LABEL = "meridian.io/node"
+REGION_RESOURCE_CAPACITY = 1000  # each replica takes 1 unit, the ingress a sliver
+# Ports a Ray node's own components listen on (node manager, object manager, metrics,
+# dashboard agent http + grpc, runtime env agent).
+COMPONENT_PORTS = 6
+# Objects passed between Serve actors are small; the default (30% of RAM per node)
+# would reserve most of /dev/shm across several nodes on one machine.
+OBJECT_STORE_BYTES = 256 * 1024**2
+
+
+def start_ray_node(
+    spec: PlatformSpec, state: PlatformState, node_index: int, log_name: str, role_args: list[str]
+) -> int:
+    """Start Ray node `node_index` (the head is 0); return the pid of its `ray start`."""
+    # The node's block of ports: components at its top, workers below them. Fixed and
+    # below the ephemeral range, so nothing else can take them between choice and bind.
+    block = spec.ray.node_ports_from + node_index * PORTS_PER_NODE
+    ports = [block + PORTS_PER_NODE - COMPONENT_PORTS + k for k in range(COMPONENT_PORTS)]
+    flags = {
+        "--node-ip-address": "127.0.0.1",
+        "--object-store-memory": OBJECT_STORE_BYTES,
+        "--node-manager-port": ports[0],
+        "--object-manager-port": ports[1],
+        "--metrics-export-port": ports[2],
+        "--dashboard-agent-listen-port": ports[3],
+        "--dashboard-agent-grpc-port": ports[4],
+        "--runtime-env-agent-port": ports[5],
+        "--min-worker-port": block,
+        "--max-worker-port": block + PORTS_PER_NODE - COMPONENT_PORTS - 1,
+    }
+    return processes.spawn(
+        [
+            str(BIN / "ray"),
+            "start",
+            *role_args,
+            "--block",
+            "--disable-usage-stats",
+            *(item for flag, value in flags.items() for item in (flag, str(value))),
+        ],
+        state.logs_dir / f"{log_name}.log",
+        state.platform_id,
+    )
+
+
+def alive_nodes_labelled(state: PlatformState, label: str) -> dict[str, str]:
+    """Alive Ray nodes carrying `label`: its value -> Ray node id."""
+    try:
+        response = httpx.get(f"{state.dashboard_url}/api/v0/nodes", params={"limit": 1000}, timeout=5)
+        nodes = response.json()["data"]["result"]["result"]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return {}
+    return {
+        n["labels"][label]: n["node_id"]
+        for n in nodes
+        if n.get("state") == "ALIVE" and label in (n.get("labels") or {})
+    }
