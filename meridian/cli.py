@@ -113,17 +113,20 @@ def status(
         raise typer.Exit(1)
     console.print(f"router: [bold]{report['router_url']}[/bold]   dashboard: {report['dashboard_url']}")
     table = Table(title=f"platform {platform.name}")
-    for column in ("region", "health", "app", "replicas", "running", "waiting", "KV cache", "router in-flight"):
+    columns = ("region", "health", "app", "replicas", "target (reason)", "running", "waiting", "KV cache", "in-flight")
+    for column in columns:
         table.add_column(column)
     for region in report["regions"]:
         replicas = ", ".join(f"{n} {s.lower()}" for s, n in region["replica_states"].items()) or "-"
         healthy = "[green]healthy[/green]" if region["healthy"] else f"[red]down[/red] {region['last_error'] or ''}"
         engine = region["engine"]
+        scaling = region["autoscaling"]
         table.add_row(
             region["name"],
             healthy,
             region["app_status"].lower(),
             replicas,
+            f"{scaling['target']} ({scaling['reason']})" if scaling else "fixed",
             str(engine.get("running", "-")),
             str(engine.get("waiting", "-")),
             f"{engine['kv_cache_usage']:.0%}" if "kv_cache_usage" in engine else "-",

@@ -35,6 +35,8 @@ def collect_status(spec: PlatformSpec, state: PlatformState | None) -> dict[str,
                 "replica_states": replica_states,
                 "ready_replicas": view.get("ready_replicas", 0),
                 "engine": (view.get("status") or {}).get("engine", {}),
+                # The autoscaler's last target and why; None for a fixed replica count.
+                "autoscaling": (view.get("status") or {}).get("autoscaling"),
                 "in_flight": view.get("in_flight", 0),
             }
         )
