@@ -46,6 +46,7 @@ class RegionAutoscalingArgs(BaseModel):
     max_replicas: int = Field(ge=1)
     idle_to_zero_s: float = Field(gt=0)
     cold_start_s: float = Field(gt=0)
+    profile: str = Field(min_length=1)
     slo_ttft_ms: float = Field(gt=0)
     slo_itl_ms: float = Field(gt=0)
     decision_interval_s: float = Field(default=5.0, gt=0)

@@ -87,6 +87,17 @@ class AutoscalingSpec(StrictModel):
     idle_to_zero_s: float = Field(default=300.0, gt=0)
     # Used until a replica start has been measured.
     cold_start_s: float = Field(default=90.0, gt=0)
+    # The replica performance profile the policy plans capacity with (autoscaler/perf.py).
+    profile: str = "smollm2-135m-cpu"
+
+    @field_validator("profile")
+    @classmethod
+    def _known_profile(cls, value: str) -> str:
+        from autoscaler.perf import PROFILES
+
+        if value not in PROFILES:
+            raise ValueError(f"unknown profile {value!r}; known: {sorted(PROFILES)}")
+        return value
 
     @model_validator(mode="after")
     def _bounds(self) -> AutoscalingSpec:

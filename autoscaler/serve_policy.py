@@ -1,0 +1,104 @@
+"""Meridian's scaling policy as a Ray Serve custom autoscaling policy.
+
+Serve's controller instantiates `RegionAutoscalingPolicy(**policy_kwargs)` once per
+deployment and calls it on every control-loop tick with an `AutoscalingContext`.
+Every `decision_interval_s` this adapter turns the replicas' reports into
+`RegionSignals`, asks the pure policy (autoscaler/policy.py, the same code the
+simulator runs) for a target, and publishes the target and its reason in Ray's
+internal KV, where the region's `/status` reads it for the router and `meridian
+status`. Serve's own delays are set to zero in the deployment's config (see
+deployments/region_app.py), so hysteresis is the policy's alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Hashable, Mapping
+from typing import Any
+
+from autoscaler.perf import PROFILES
+from autoscaler.policy import MeridianConfig, MeridianPolicy
+from autoscaler.published import publish
+from autoscaler.replica_reports import ColdStartClock, ReplicaCounts, ReplicaReportTracker
+from autoscaler.signals import ScalingDecision
+from meridian.spec import AutoscalingSpec, SLOSpec
+
+log = logging.getLogger(__name__)
+
+
+def latest_reports(raw_metrics: Mapping[str, Mapping[Hashable, list]] | None) -> dict[Hashable, dict[str, float]]:
+    """Per replica, the newest value of every metric it reported."""
+    reports: dict[Hashable, dict[str, float]] = {}
+    for name, per_replica in (raw_metrics or {}).items():
+        for replica, series in per_replica.items():
+            if series:
+                reports.setdefault(replica, {})[name] = max(series, key=lambda point: point.timestamp).value
+    return reports
+
+
+class RegionAutoscalingPolicy:
+    def __init__(
+        self,
+        *,
+        min_replicas: int,
+        max_replicas: int,
+        idle_to_zero_s: float,
+        cold_start_s: float,
+        profile: str,
+        slo_ttft_ms: float,
+        slo_itl_ms: float,
+        decision_interval_s: float = 5.0,
+        history_s: float = 1800.0,
+    ):
+        self.decision_interval_s = decision_interval_s
+        scaling = AutoscalingSpec(
+            min_replicas=min_replicas,
+            max_replicas=max_replicas,
+            idle_to_zero_s=idle_to_zero_s,
+            cold_start_s=cold_start_s,
+            profile=profile,
+        )
+        slo = SLOSpec(ttft_p95_ms=slo_ttft_ms, itl_p95_ms=slo_itl_ms)
+        self._min_replicas = min_replicas
+        self._policy = MeridianPolicy(
+            MeridianConfig.from_specs(scaling, slo, PROFILES[profile], interval_s=decision_interval_s)
+        )
+        self._tracker = ReplicaReportTracker(history_s)
+        self._cold_start = ColdStartClock(cold_start_s)
+        self._last_decision_s: float | None = None
+        self._decision = ScalingDecision(0, "starting")
+
+    def __call__(self, ctx: Any) -> tuple[int, dict[str, Any]]:
+        now = ctx.current_time
+        ready = ctx.current_num_replicas
+        self._cold_start.observe(now, ready, ctx.target_num_replicas)
+        if self._last_decision_s is not None and now - self._last_decision_s < self.decision_interval_s:
+            return ctx.target_num_replicas, ctx.policy_state
+        self._last_decision_s = now
+        counts = ReplicaCounts(
+            ready=ready,
+            starting=max(0, ctx.target_num_replicas - ready),
+            stopping=max(0, ready - ctx.target_num_replicas),
+        )
+        signals = self._tracker.signals(now, latest_reports(ctx.raw_metrics), counts, self._cold_start.last_s)
+        decision, state = self._policy.decide(signals, dict(ctx.policy_state.get("meridian", {})))
+        if decision != self._decision:
+            log.info("autoscale %s: %d -> %d (%s)", ctx.app_name, ready, decision.target, decision.reason)
+        self._decision = decision
+        try:
+            publish(
+                ctx.app_name,
+                {
+                    "target": decision.target,
+                    "reason": decision.reason,
+                    "ready": counts.ready,
+                    "starting": counts.starting,
+                    "cold_start_s": round(self._cold_start.last_s, 1),
+                    "cold_start_measured": self._cold_start.measured,
+                    "min_replicas": self._min_replicas,
+                    "at": now,
+                },
+            )
+        except Exception as error:  # the decision stands even if nobody can read it
+            log.warning("could not publish the autoscaling decision: %s", error)
+        return decision.target, {**ctx.policy_state, "meridian": state}

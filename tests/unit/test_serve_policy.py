@@ -1,0 +1,89 @@
+"""The Ray Serve adapter of Meridian's policy, driven with contexts shaped like Serve's
+AutoscalingContext (the fields the adapter reads)."""
+
+from __future__ import annotations
+
+from collections import namedtuple
+from types import SimpleNamespace
+
+import pytest
+
+from autoscaler import serve_policy
+from autoscaler.serve_policy import RegionAutoscalingPolicy, latest_reports
+
+Point = namedtuple("Point", "timestamp value")
+
+
+@pytest.fixture
+def published(monkeypatch) -> list[dict]:
+    views: list[dict] = []
+    monkeypatch.setattr(serve_policy, "publish", lambda app, view: views.append({"app": app, **view}))
+    return views
+
+
+def policy(**overrides) -> RegionAutoscalingPolicy:
+    settings = dict(
+        min_replicas=1,
+        max_replicas=4,
+        idle_to_zero_s=60.0,
+        cold_start_s=60.0,
+        profile="smollm2-135m-cpu",
+        slo_ttft_ms=2000.0,
+        slo_itl_ms=200.0,
+        decision_interval_s=5.0,
+    )
+    return RegionAutoscalingPolicy(**{**settings, **overrides})
+
+
+def context(now: float, ready: int, target: int, reports: dict[str, dict[str, float]], state: dict | None = None):
+    raw: dict[str, dict[str, list[Point]]] = {}
+    for replica, metrics in reports.items():
+        for name, value in metrics.items():
+            raw.setdefault(name, {})[replica] = [Point(now - 3, 0.0), Point(now - 1, value)]
+    return SimpleNamespace(
+        app_name="local-us-east",
+        current_time=now,
+        current_num_replicas=ready,
+        target_num_replicas=target,
+        raw_metrics=raw,
+        policy_state=state or {},
+    )
+
+
+def load(arrived: float, prompt: float, output: float, waiting: float = 0.0) -> dict[str, float]:
+    return {
+        "arrived_total": arrived,
+        "prompt_tokens_total": prompt,
+        "output_tokens_total": output,
+        "running": 16.0,
+        "waiting": waiting,
+        "kv_cache_usage": 0.3,
+        "ttft_p95_s": -1.0,
+        "itl_p95_s": -1.0,
+    }
+
+
+def test_latest_reports_take_each_replicas_newest_point():
+    raw = {"running": {"r1": [Point(2.0, 5.0), Point(1.0, 9.0)]}, "waiting": {"r1": [], "r2": [Point(1.0, 3.0)]}}
+    assert latest_reports(raw) == {"r1": {"running": 5.0}, "r2": {"waiting": 3.0}}
+    assert latest_reports(None) == {}
+
+
+def test_heavy_demand_scales_up_and_the_decision_is_published(published):
+    scaler = policy()
+    target, state = scaler(context(100.0, 1, 1, {"r1": load(0, 0, 0)}))
+    assert target == 1
+    # 60 requests of 1,000 prompt tokens in 5 s: 12,000 prompt tok/s, ~5x a CPU replica.
+    target, state = scaler(context(105.0, 1, 1, {"r1": load(60, 60_000, 1_000, waiting=40)}, state))
+    assert target == 4  # capped at max_replicas
+    assert published[-1]["target"] == 4 and published[-1]["app"] == "local-us-east"
+    assert published[-1]["reason"] and published[-1]["starting"] == 0
+    assert "meridian" in state  # the pure policy's state rides in Serve's policy_state
+
+
+def test_between_decisions_the_current_target_stands(published):
+    scaler = policy()
+    scaler(context(100.0, 1, 1, {"r1": load(0, 0, 0)}))
+    decisions = len(published)
+    target, _ = scaler(context(102.0, 1, 3, {"r1": load(60, 60_000, 1_000)}))
+    assert target == 3 and len(published) == decisions
