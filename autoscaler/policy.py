@@ -147,9 +147,10 @@ class MeridianPolicy:
         rates = bins[:, 0] / config.bin_s
 
         last_arrival = state.get("last_arrival", now)
-        arrived = np.nonzero(bins[:, 0])[0]
-        if len(arrived):
-            last_arrival = max(last_arrival, now - (len(bins) - 1 - int(arrived[-1])) * config.bin_s)
+        for sample in reversed(signals.demand):
+            if sample.requests:
+                last_arrival = max(last_arrival, sample.start_s + sample.duration_s)
+                break
 
         def window_rate(seconds: float) -> float:
             n = max(int(round(seconds / config.bin_s)), 1)

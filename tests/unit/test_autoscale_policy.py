@@ -1,0 +1,160 @@
+"""Meridian's scaling policy on synthetic signals."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from autoscaler.perf import H100_LLAMA31_8B
+from autoscaler.policy import MeridianConfig, MeridianPolicy
+from autoscaler.signals import DemandSample, RegionSignals
+from autoscaler.slo_capacity import Workload, replicas_needed
+from meridian.spec import AutoscalingSpec, SLOSpec
+
+PROMPT = 2048
+OUTPUT = 32
+COLD_START = 90.0
+
+
+def demand(rates: list[float]) -> tuple[DemandSample, ...]:
+    """One 1-second sample per rate, ending at len(rates)."""
+    return tuple(
+        DemandSample(float(i), 1.0, round(r), round(r) * PROMPT, round(r) * OUTPUT) for i, r in enumerate(rates)
+    )
+
+
+def signals(rates: list[float], ready: int, waiting: int = 0, ttft_ms: float | None = None) -> RegionSignals:
+    return RegionSignals(
+        now_s=float(len(rates)),
+        demand=demand(rates),
+        ready=ready,
+        starting=0,
+        stopping=0,
+        running=0,
+        waiting=waiting,
+        kv_usage=0.1,
+        ttft_ms=ttft_ms,
+        itl_ms=None,
+        cold_start_s=COLD_START,
+    )
+
+
+def needed(rate: float) -> int:
+    return replicas_needed(H100_LLAMA31_8B, Workload(rate, PROMPT, OUTPUT), 2.0, 0.2, 0.99, 512)
+
+
+def policy(**knobs: object) -> MeridianPolicy:
+    return MeridianPolicy(MeridianConfig(profile=H100_LLAMA31_8B, **knobs))
+
+
+def test_config_is_built_from_the_specs() -> None:
+    config = MeridianConfig.from_specs(
+        AutoscalingSpec(min_replicas=0, max_replicas=8, idle_to_zero_s=120, cold_start_s=60),
+        SLOSpec(ttft_p95_ms=1500, itl_p95_ms=100),
+        H100_LLAMA31_8B,
+    )
+    assert (config.min_replicas, config.max_replicas, config.idle_to_zero_s) == (0, 8, 120)
+    assert (config.slo_ttft_s, config.slo_itl_s) == (1.5, 0.1)
+
+
+def test_bad_knob_names_the_field() -> None:
+    with pytest.raises(ValueError, match="attainment"):
+        MeridianConfig(profile=H100_LLAMA31_8B, attainment=1.5)
+
+
+def test_scales_up_ahead_of_rising_token_demand_before_any_breach() -> None:
+    # 1 → 40 req/s over 10 minutes; the policy sees no SLO breach (ttft None).
+    rates = [1 + 39 * i / 600 for i in range(600)]
+    now_rate = rates[-1]
+    ready = needed(now_rate)
+    decision, _ = policy(burst_window_s=10).decide(signals(rates, ready), {})
+    # Enough for the rate a cold start ahead, more than today's rate needs.
+    assert decision.target > ready
+    assert decision.target >= needed(now_rate + 39 / 600 * COLD_START) - 1
+    assert "trend" in decision.reason
+
+
+def test_capacity_counts_tokens_not_requests() -> None:
+    small = replicas_needed(H100_LLAMA31_8B, Workload(20, 200, 20), 2.0, 0.2, 0.99, 512)
+    large = replicas_needed(H100_LLAMA31_8B, Workload(20, 4000, 20), 2.0, 0.2, 0.99, 512)
+    assert large > 2 * small
+
+
+def test_holds_during_hysteresis_then_scales_down_after_sustained_low_demand() -> None:
+    p = policy(burst_window_s=30, long_window_s=30, trend_window_s=30)
+    high = [40.0] * 300
+    decision, state = p.decide(signals(high, needed(40)), {})
+    peak = decision.target
+    assert peak == needed(40)
+    rates = list(high)
+    held = []
+    for step in range(1, 41):  # 200 s of low demand, a decision every 5 s
+        rates += [2.0] * 5
+        decision, state = p.decide(signals(rates, peak), state)
+        held.append((step * 5, decision.target))
+    # Within one cold start (plus the 30 s windows draining) the target holds.
+    assert all(target == peak for t, target in held if t <= COLD_START)
+    # After sustained low demand it drops to what the low rate needs.
+    assert held[-1][1] == max(needed(2.0), 1) < peak
+
+
+def test_scales_to_zero_only_after_idle_time() -> None:
+    p = policy(min_replicas=0, idle_to_zero_s=120, burst_window_s=30)
+    rates = [5.0] * 60
+    decision, state = p.decide(signals(rates, 1), {})
+    assert decision.target >= 1
+    for _ in range(23):  # 115 s idle
+        rates += [0.0] * 5
+        decision, state = p.decide(signals(rates, 1), state)
+        assert decision.target >= 1
+    rates += [0.0] * 5  # 120 s idle
+    decision, state = p.decide(signals(rates, 1), state)
+    assert decision.target == 0
+    assert "idle" in decision.reason
+    # A request held by the router brings a replica back at once.
+    rates += [1.0]
+    decision, _ = p.decide(signals(rates, 0, waiting=1), state)
+    assert decision.target >= 1
+
+
+def test_never_idles_to_zero_when_min_is_positive() -> None:
+    decision, _ = policy(min_replicas=2, idle_to_zero_s=10).decide(signals([0.0] * 600, 2), {})
+    assert decision.target == 2
+
+
+def test_forecast_scales_ahead_of_a_periodic_burst() -> None:
+    # 60 s bursts of 40 req/s every 600 s over a 2 req/s base, 4 periods of history;
+    # the next burst starts 60 s from now, inside one cold start.
+    period, burst = 600, 60
+    rates = [40.0 if (i % period) >= period - burst else 2.0 for i in range(4 * period - burst - 60)]
+    seasonal = policy(burst_window_s=30, long_window_s=30, trend_window_s=30)
+    blind = policy(burst_window_s=30, long_window_s=30, trend_window_s=30, season_min_corr=1.0)
+    ahead, _ = seasonal.decide(signals(rates, needed(2.0)), {})
+    late, _ = blind.decide(signals(rates, needed(2.0)), {})
+    assert late.target == needed(2.0)
+    assert ahead.target >= needed(40.0)
+    assert "period 600 s" in ahead.reason
+
+
+def test_observed_breach_adds_replicas_beyond_the_model() -> None:
+    p = policy(burst_window_s=30)
+    rates = [10.0] * 300
+    calm, state = p.decide(signals(rates, needed(10)), {})
+    breached, state = p.decide(signals(rates + [10.0] * 5, calm.target, ttft_ms=5000.0), state)
+    assert breached.target > calm.target
+    assert "breach" in breached.reason
+
+
+@pytest.mark.parametrize(("rate", "expected"), [(0.0, 2), (1000.0, 6)])
+def test_respects_min_and_max(rate: float, expected: int) -> None:
+    decision, _ = policy(min_replicas=2, max_replicas=6).decide(signals([rate] * 300, 3), {})
+    assert decision.target == expected
+
+
+def test_state_is_json_able() -> None:
+    import json
+
+    _, state = policy().decide(signals([3.0] * 100, 1), {})
+    assert json.loads(json.dumps(state)) == state
+    assert math.isclose(state["prompt_mean"], PROMPT)

@@ -1,0 +1,152 @@
+"""The autoscaling simulator: known-answer runs on synthetic traces, and the goal on the Azure trace."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from autoscaler import lineup, traces
+from autoscaler.baselines import StaticConfig, StaticPeak
+from autoscaler.perf import ReplicaProfile
+from autoscaler.policy import MeridianConfig, MeridianPolicy
+from autoscaler.signals import PolicyState, RegionSignals, ScalingDecision
+from autoscaler.simulation import SimConfig, simulate
+from autoscaler.slo_capacity import Workload, replicas_needed
+
+# A replica whose prefill of a 1000-token prompt takes exactly 0.5 s (+ one 1 ms step),
+# decoding at 1 ms a step, with room for everything.
+PROFILE = ReplicaProfile(
+    name="test",
+    accelerator="test",
+    usd_per_gpu_hour=2.0,
+    prefill_tokens_per_s=2000,
+    decode_base_s=0.001,
+    decode_per_seq_s=0.0,
+    kv_capacity_tokens=10_000_000,
+    max_num_seqs=10_000,
+    max_batched_tokens=4000,
+    cold_start_s=30.0,
+)
+SHARED_TRACE = Path(__file__).resolve().parents[3] / "shared" / "data" / "traces" / "azure_llm_2023_code.csv"
+
+
+def constant_trace(rate: float, seconds: float, prompt: int = 1000, output: int = 10) -> traces.Trace:
+    arrivals = np.arange(0.0, seconds, 1.0 / rate)
+    return traces.from_arrays(arrivals, np.full(len(arrivals), prompt), np.full(len(arrivals), output))
+
+
+def config(**overrides: object) -> SimConfig:
+    values: dict[str, object] = {"profile": PROFILE, "slo_ttft_s": 1.5, "slo_itl_s": 0.1, "warmup_s": 0.0}
+    values.update(overrides)
+    return SimConfig(**values)  # type: ignore[arg-type]
+
+
+def test_one_replica_below_saturation_meets_the_slo_with_the_service_time() -> None:
+    trace = constant_trace(rate=1.0, seconds=300)
+    result = simulate(trace, StaticPeak(StaticConfig(replicas=1)), config())
+    assert result.slo_attainment == 1.0
+    # Evenly spaced arrivals never queue: TTFT = 1000/2000 s + one step.
+    assert result.ttft_p95_s == pytest.approx(0.501, abs=1e-6)
+    assert result.gpu_hours == pytest.approx(300 / 3600, rel=0.01)
+    assert result.cost_usd == pytest.approx(2.0 * result.gpu_hours)
+
+
+def test_an_overloaded_replica_misses_the_slo() -> None:
+    # 4 req/s of 0.5 s prefill each: offered load 2 replicas' worth on one replica.
+    trace = constant_trace(rate=4.0, seconds=300)
+    result = simulate(trace, StaticPeak(StaticConfig(replicas=1)), config())
+    assert result.slo_attainment < 0.05
+    three = simulate(trace, StaticPeak(StaticConfig(replicas=3)), config(initial_replicas=3))
+    assert three.slo_attainment == 1.0
+
+
+def test_meridian_settles_on_the_replica_count_its_capacity_model_gives() -> None:
+    trace = constant_trace(rate=4.0, seconds=900)
+    expected = replicas_needed(PROFILE, Workload(4.0, 1000, 10), 1.5, 0.1, 0.99, 512)
+    assert expected >= 3
+    policy = MeridianPolicy(MeridianConfig(profile=PROFILE, slo_ttft_s=1.5, slo_itl_s=0.1))
+    result = simulate(trace, policy, config(initial_replicas=expected, warmup_s=300))
+    assert result.replicas[-1] == expected
+    assert result.max_replicas == expected
+    assert result.slo_attainment == 1.0
+
+
+class _AskFor:
+    name = "ask-for"
+    interval_s = 1.0
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+
+    def decide(self, signals: RegionSignals, state: PolicyState) -> tuple[ScalingDecision, PolicyState]:
+        return ScalingDecision(self.target, "fixed"), state
+
+
+def test_gpu_hours_count_starting_replicas() -> None:
+    trace = constant_trace(rate=0.1, seconds=200)
+    result = simulate(trace, _AskFor(5), config(initial_replicas=1))
+    # One replica ready from 0 s; four started at 0 s, ready at 30 s, all paid to the end.
+    end = result.times_s[-1] + 1.0
+    assert result.gpu_hours == pytest.approx(5 * end / 3600, rel=1e-6)
+    assert result.ready[10] == 1 and result.replicas[10] == 5
+    assert result.ready[40] == 5
+
+
+def test_requests_are_held_while_no_replica_is_ready() -> None:
+    trace = constant_trace(rate=0.5, seconds=120)
+    result = simulate(trace, _AskFor(1), config(min_replicas=0, initial_replicas=0))
+    # The first request waits out the 30 s cold start.
+    assert result.ttft_p95_s > 25.0
+    assert 0.0 < result.slo_attainment < 1.0
+
+
+def test_superposition_multiplies_the_rate_over_the_same_span() -> None:
+    trace = constant_trace(rate=1.0, seconds=100)
+    scaled = traces.superpose(trace, 10)
+    assert len(scaled) == 10 * len(trace)
+    assert scaled.duration_s <= trace.duration_s + 1.0
+    assert int(scaled.prompt_tokens.sum()) == 10 * int(trace.prompt_tokens.sum())
+
+
+def test_loaders_read_both_formats(tmp_path: Path) -> None:
+    azure = tmp_path / "a.csv"
+    azure.write_text(
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+        "2023-11-16 18:17:03.9799600,100,5\n2023-11-16 18:17:05.4799600,200,7\n"
+    )
+    loaded = traces.load(azure, "azure")
+    assert loaded.arrival_s.tolist() == pytest.approx([0.0, 1.5])
+    assert loaded.prompt_tokens.tolist() == [100, 200]
+    mooncake = tmp_path / "m.jsonl"
+    mooncake.write_text(
+        '{"timestamp": 0, "input_length": 10, "output_length": 3}\n'
+        '{"timestamp": 2500, "input_length": 20, "output_length": 4}\n'
+    )
+    loaded = traces.load(mooncake, "mooncake")
+    assert loaded.arrival_s.tolist() == [0.0, 2.5]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"timestamp": 0}\n')
+    with pytest.raises(traces.TraceError, match="bad.jsonl:1"):
+        traces.load(bad, "mooncake")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="goal not met: see benchmarks/results/autoscale.md (Meridian below 99% or not 30% cheaper)",
+)
+def test_goal_on_the_azure_code_trace() -> None:
+    if not SHARED_TRACE.is_file():
+        pytest.skip("shared data absent")
+    from autoscaler.cli import run
+    from autoscaler.perf import H100_LLAMA31_8B
+
+    trace = traces.load(SHARED_TRACE, "azure")
+    results = run(trace, list(lineup.POLICIES), H100_LLAMA31_8B, 2.0, 0.2, 1, 512, 600.0, show_progress=False)
+    best = lineup.best_settings(results, 0.99)
+    meridian = best["meridian"]
+    assert meridian.slo_attainment >= 0.99
+    peers = [r for name, r in best.items() if name != "meridian" and r.slo_attainment >= 0.99]
+    assert peers
+    assert meridian.gpu_hours <= 0.7 * min(r.gpu_hours for r in peers)
