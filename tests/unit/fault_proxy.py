@@ -15,9 +15,16 @@ from __future__ import annotations
 
 import http.client
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs
+
+import pytest
+from moto.server import ThreadedMotoServer
+
+AWS_REGION = "us-east-1"
 
 # Headers this proxy sets itself (or that describe the upstream connection, not the answer).
 NOT_PASSED = {"connection", "keep-alive", "transfer-encoding", "content-length", "server", "date"}
@@ -38,6 +45,36 @@ def ec2_error(code: str, message: str, status: int = 400) -> Answer:
         "<RequestID>5d1f3c2e-0b8f-4e57-9a56-6f1d2c3b4a59</RequestID></Response>"
     )
     return Answer(status, body)
+
+
+def offline_aws_env() -> dict[str, str]:
+    """Dummy credentials and no instance-metadata or config-file lookups."""
+    return {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": AWS_REGION,
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_CONFIG_FILE": "/dev/null",
+        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+    }
+
+
+@contextmanager
+def moto_behind_proxy() -> Iterator[FaultProxy]:
+    """moto in server mode on loopback, a FaultProxy in front of it, and offline AWS settings."""
+    with pytest.MonkeyPatch.context() as env:
+        for key, value in offline_aws_env().items():
+            env.setenv(key, value)
+        moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        moto.start()
+        host, port = moto.get_host_and_port()
+        proxy = FaultProxy(f"{host}:{port}").start()
+        try:
+            yield proxy
+        finally:
+            proxy.stop()
+            moto.stop()
 
 
 class FaultProxy:

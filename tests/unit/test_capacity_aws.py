@@ -21,28 +21,15 @@ from botocore.exceptions import ClientError
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.ec2.models import ec2_backends
 from moto.ec2.models.instances import StateReason
-from moto.server import ThreadedMotoServer
 
 from capacity.aws import MANAGED_TAG, PLATFORM_TAG, AwsProvider
 from capacity.bootstrap import RayJoin, ray_join_script
 from capacity.model import CapacityError, EventKind, Market, NodeState, Placement
-from tests.unit.fault_proxy import Answer, FaultProxy, ec2_error
+from tests.unit.fault_proxy import AWS_REGION, Answer, FaultProxy, ec2_error, moto_behind_proxy
 
-REGION = "us-east-1"
+REGION = AWS_REGION
 IMAGE = "ami-12c6146b"  # one of moto's default AMIs
 JOIN = RayJoin(head_address="10.0.0.5:6379", region_slug="aws-us-east-1", labels={"meridian.io/pool": "gpu"})
-
-
-def aws_env() -> dict[str, str]:
-    return {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": REGION,
-        "AWS_EC2_METADATA_DISABLED": "true",
-        "AWS_CONFIG_FILE": "/dev/null",
-        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
-    }
 
 
 @dataclass
@@ -64,19 +51,9 @@ class Cloud:
 
 @pytest.fixture(scope="module")
 def cloud() -> Iterator[Cloud]:
-    with pytest.MonkeyPatch.context() as env:
-        for key, value in aws_env().items():
-            env.setenv(key, value)
-        moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        moto.start()
-        host, port = moto.get_host_and_port()
-        proxy = FaultProxy(f"{host}:{port}").start()
-        try:
-            session = boto3.session.Session()
-            yield Cloud(proxy, session, session.client("ec2", region_name=REGION, endpoint_url=proxy.url))
-        finally:
-            proxy.stop()
-            moto.stop()
+    with moto_behind_proxy() as proxy:
+        session = boto3.session.Session()
+        yield Cloud(proxy, session, session.client("ec2", region_name=REGION, endpoint_url=proxy.url))
 
 
 @pytest.fixture
