@@ -65,6 +65,7 @@ class FakeComputeApi:
         self._lock = threading.Lock()
         self._ids = itertools.count(1000)
         self._pending: dict[str, tuple[int, Any]] = {}  # operation -> (polls left, what DONE does)
+        self._allowed = 0  # inserts that still succeed before `refusal` applies
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -81,9 +82,11 @@ class FakeComputeApi:
         self._server.shutdown()
         self._server.server_close()
 
-    def refuse_inserts(self, refusal: Refusal | None) -> None:
+    def refuse_inserts(self, refusal: Refusal | None, after: int = 0) -> None:
+        """Refuse every insert after the next `after` ones, until called with None."""
         with self._lock:
             self.refusal = refusal
+            self._allowed = after
 
     def preempt(self, zone: str, name: str) -> None:
         """What GCE does to a spot VM it reclaims: stop or delete it, and say so in an operation."""
@@ -126,6 +129,9 @@ class FakeComputeApi:
         self.inserted.append(body)
         self._known_zone(zone)
         refusal = self.refusal
+        if refusal and self._allowed > 0:
+            self._allowed -= 1
+            refusal = None
         if refusal and refusal.immediate:
             raise ApiError(refusal.http_status, refusal.message, _reason(refusal.code))
         name = body["name"]

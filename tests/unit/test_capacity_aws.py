@@ -213,7 +213,9 @@ def test_spot_interruption_is_a_preempted_event(provider: AwsProvider) -> None:
     assert [node.id for node in provider.nodes()] == [kept.id]
 
 
-def spot_requests_xml(instance_id: str, code: str) -> str:
+def spot_requests_xml(
+    instance_id: str, code: str, message: str = "Your Spot Instance is marked for termination."
+) -> str:
     return (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
         '<DescribeSpotInstanceRequestsResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">'
@@ -221,7 +223,7 @@ def spot_requests_xml(instance_id: str, code: str) -> str:
         "<spotInstanceRequestId>sir-1a2b3c4d</spotInstanceRequestId><spotPrice>0.9</spotPrice>"
         "<type>one-time</type><state>active</state>"
         f"<status><code>{code}</code><updateTime>2026-11-22T15:00:00.000Z</updateTime>"
-        "<message>Your Spot Instance is marked for termination.</message></status>"
+        f"<message>{message}</message></status>"
         f"<instanceId>{instance_id}</instanceId><productDescription>Linux/UNIX</productDescription>"
         "<launchedAvailabilityZone>us-east-1a</launchedAvailabilityZone>"
         "<instanceInterruptionBehavior>terminate</instanceInterruptionBehavior>"
@@ -240,6 +242,21 @@ def test_interruption_notice_drains_the_node(proxy: FaultProxy, provider: AwsPro
     assert events[0].message.startswith("marked-for-termination")
     assert provider.events() == []
     assert [(n.id, n.state) for n in provider.nodes()] == [(node.id, NodeState.DRAINING)]
+
+
+def test_spot_request_interrupted_by_price_is_preempted(proxy: FaultProxy, provider: AwsProvider) -> None:
+    (node,) = provider.acquire(spot())
+    provider.events()
+    message = "Your Spot Instance was terminated because the Spot price exceeded your maximum price."
+    proxy.answer(
+        "DescribeSpotInstanceRequests", Answer(200, spot_requests_xml(node.id, "instance-terminated-by-price", message))
+    )
+
+    events = provider.events()
+
+    assert [(event.kind, event.node_id) for event in events] == [(EventKind.PREEMPTED, node.id)]
+    assert events[0].message == f"instance-terminated-by-price: {message}"
+    assert provider.events() == []
 
 
 def test_foreign_placement_is_rejected(provider: AwsProvider) -> None:

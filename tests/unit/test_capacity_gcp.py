@@ -199,6 +199,18 @@ def test_refusals_are_typed(fresh: FakeComputeApi, provider: GcpProvider, refusa
     assert provider.nodes() == []
 
 
+def test_a_refusal_after_some_inserts_returns_what_started(fresh: FakeComputeApi, provider: GcpProvider) -> None:
+    fresh.refuse_inserts(
+        Refusal("ZONE_RESOURCE_POOL_EXHAUSTED", "The zone does not have enough resources.", 503), after=1
+    )
+
+    launched = provider.acquire(spot(), count=3)
+
+    assert len(launched) == 1
+    assert [node.id for node in provider.nodes()] == [launched[0].id]
+    assert sum(1 for body in fresh.inserted if body.get("labels", {}).get(PLATFORM_LABEL) == provider.platform) == 2
+
+
 def test_other_operation_errors_are_not_capacity_refusals(fresh: FakeComputeApi, provider: GcpProvider) -> None:
     fresh.refuse_inserts(Refusal("UNSUPPORTED_OPERATION", "a2-highgpu-1g is not available for this project.", 400))
 
