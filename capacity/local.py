@@ -13,7 +13,8 @@ import json
 import subprocess
 import time
 
-from capacity.model import CapacityError, CapacityEvent, EventKind, Market, Node, NodeState, Placement
+from capacity.catalog import Catalog, Offering, Price
+from capacity.model import Accelerator, CapacityError, CapacityEvent, EventKind, Market, Node, NodeState, Placement
 from meridian import processes
 from meridian.platform_state import PlatformState
 from meridian.ray_nodes import (
@@ -27,7 +28,9 @@ from meridian.ray_nodes import (
 from meridian.spec import PlatformSpec, RegionSpec, region_resource
 
 JOIN_TIMEOUT_S = 120.0
-# How long Serve gets to move replicas off a draining node before it is stopped.
+# Local nodes cost nothing extra here; the catalog says so rather than leaving them unpriced.
+LOCAL_PRICE = Price(0.0, None, "local machine")
+# The deadline Ray is told for a drained node, and how long the drain call may take.
 DRAIN_GRACE_S = 30
 
 
@@ -37,6 +40,28 @@ def instance_type(spec: PlatformSpec) -> str:
 
 def placement_for(spec: PlatformSpec, region: RegionSpec, market: Market = Market.ON_DEMAND) -> Placement:
     return Placement("local", region.slug, region.slug, instance_type(spec), market)
+
+
+def local_catalog(spec: PlatformSpec) -> Catalog:
+    """One offering per region: a Ray node of `ray.cpus_per_region_node` CPUs, on demand."""
+    return Catalog(
+        Offering(
+            "local",
+            region.slug,
+            region.slug,
+            instance_type(spec),
+            Accelerator("cpu", 1, 0.0),
+            float(spec.ray.cpus_per_region_node),
+            0.0,
+            on_demand=LOCAL_PRICE,
+            spot=None,
+        )
+        for region in spec.regions
+    )
+
+
+class NodeBusy(RuntimeError):
+    """Ray refused to drain the node: something (a replica, the ingress) still runs there."""
 
 
 class LocalProvider:
@@ -55,10 +80,12 @@ class LocalProvider:
         return [self._start(region, placement) for _ in range(count)]
 
     def release(self, node_id: str) -> None:
-        record = self._state.local_nodes.pop(node_id)
+        """Drain the node through Ray, then stop it; NodeBusy if Ray finds work on it."""
+        record = self._state.local_nodes[node_id]
         ray_node = alive_nodes_labelled(self._state, NODE_LABEL).get(node_id)
         if ray_node is not None:
             self._drain(ray_node, node_id)
+        del self._state.local_nodes[node_id]
         processes.terminate_group(record["pid"])
         self._state.save()
         self._events.append(CapacityEvent(EventKind.TERMINATED, self._placement(record), time.time(), node_id))
@@ -129,7 +156,9 @@ class LocalProvider:
         deadline = time.monotonic() + self._join_timeout_s
         while node_id not in alive_nodes_labelled(self._state, NODE_LABEL):
             if time.monotonic() > deadline or not processes.is_running(pid):
-                self.release(node_id)
+                del self._state.local_nodes[node_id]
+                processes.terminate_group(pid)
+                self._state.save()
                 log = self._state.logs_dir / f"ray-{node_id}.log"
                 tail = log.read_text(errors="replace")[-2000:] if log.exists() else "(no log)"
                 raise RuntimeError(f"Ray node {node_id} did not join the cluster; {log}:\n{tail}")
@@ -138,8 +167,9 @@ class LocalProvider:
         return Node(node_id, placement, NodeState.RUNNING, launched)
 
     def _drain(self, ray_node_id: str, node_id: str) -> None:
-        """Ask Ray to drain the node, so Serve starts its replicas elsewhere first."""
-        subprocess.run(
+        """Ask Ray to drain the node for idle termination, which it grants only to a node
+        with nothing running; from then on it schedules nothing there."""
+        result = subprocess.run(
             [
                 str(BIN / "ray"),
                 "drain-node",
@@ -155,6 +185,9 @@ class LocalProvider:
                 str(DRAIN_GRACE_S),
             ],
             capture_output=True,
+            text=True,
             check=False,
             timeout=DRAIN_GRACE_S,
         )
+        if result.returncode != 0:
+            raise NodeBusy(f"Ray did not drain {node_id}: {(result.stderr or result.stdout).strip()[-300:]}")

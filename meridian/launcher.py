@@ -70,6 +70,7 @@ def is_up(state: PlatformState | None) -> bool:
         state is not None
         and processes.is_running(state.head_pid)
         and processes.is_running(state.router_pid)
+        and processes.is_running(state.capacity_pid)
         and all(processes.is_running(node["pid"]) for node in state.local_nodes.values())
     )
 
@@ -101,6 +102,7 @@ def up(
             start_ray(spec, state, on_step)
             deploy(spec, state, on_step)
             start_router(spec, state, on_step)
+            start_capacity_loop(state, on_step)
         except BaseException:
             down(spec.name)
             raise
@@ -172,6 +174,17 @@ def start_router(spec: PlatformSpec, state: PlatformState, on_step: ProgressCall
     wait_for(lambda: _answers(f"{state.router_url}/healthz"), 60, "the router to answer", state.logs_dir / "router.log")
 
 
+def start_capacity_loop(state: PlatformState, on_step: ProgressCallback) -> None:
+    """The loop that adds and removes region nodes as replica targets change."""
+    on_step("starting the capacity loop")
+    state.capacity_pid = processes.spawn(
+        [sys.executable, "-m", "capacity.controller", state.spec_path],
+        state.logs_dir / "capacity.log",
+        state.platform_id,
+    )
+    state.save()
+
+
 def wait_ready(spec: PlatformSpec, state: PlatformState, on_regions: RegionsCallback, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -199,11 +212,17 @@ def region_progress(spec: PlatformSpec, state: PlatformState) -> list[RegionProg
         view = routed.get(region.name, {})
         if app_status == "DEPLOY_FAILED":
             progress.append(RegionProgress(region.name, "failed", app.get("message", "")[-2000:]))
-        elif view.get("healthy"):
+        elif view.get("healthy") and view.get("ready_replicas", 0) >= _replicas_to_wait_for(view):
             progress.append(RegionProgress(region.name, "ready", f"{view.get('ready_replicas')} replica(s) ready"))
         else:
             progress.append(RegionProgress(region.name, "deploying", app_status.lower().replace("_", " ")))
     return progress
+
+
+def _replicas_to_wait_for(view: dict[str, Any]) -> int:
+    """A region is up with one ready replica, or none if it may scale to zero."""
+    scaling = (view.get("status") or {}).get("autoscaling") or {}
+    return 0 if scaling.get("min_replicas") == 0 else 1
 
 
 def serve_applications(state: PlatformState) -> dict[str, Any]:
@@ -229,7 +248,8 @@ def down(name: str) -> int:
     state = PlatformState.load(name)
     if state is None:
         return 0
-    pids = [state.router_pid, *(node["pid"] for node in state.local_nodes.values()), state.head_pid]
+    # The capacity loop first, so it starts no node while the others stop.
+    pids = [state.capacity_pid, state.router_pid, *(n["pid"] for n in state.local_nodes.values()), state.head_pid]
     for pid in pids:
         if pid:
             processes.terminate_group(pid)

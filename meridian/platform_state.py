@@ -32,6 +32,7 @@ class PlatformState:
     # slug, port block index, launch time.
     local_nodes: dict[str, dict] = field(default_factory=dict)
     router_pid: int = 0
+    capacity_pid: int = 0
 
     @property
     def directory(self) -> Path:

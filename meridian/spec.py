@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from capacity.config import CapacitySpec
+
 # Linux hands out ports from 32768 up to outgoing connections and to processes that
 # bind port 0; ports Ray must be able to bind are chosen below that.
 EPHEMERAL_PORTS_FROM = 32768
@@ -252,6 +254,7 @@ class PlatformSpec(StrictModel):
     router: RouterSpec = RouterSpec()
     slo: SLOSpec = SLOSpec()
     ray: RaySpec = RaySpec()
+    capacity: CapacitySpec = CapacitySpec()
 
     @model_validator(mode="after")
     def _unique_names(self) -> PlatformSpec:

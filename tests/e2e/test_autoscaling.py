@@ -1,0 +1,145 @@
+"""Autoscaling end to end on a real local platform (vLLM CPU, Ray Serve, the router):
+an idle region scales to zero and its clients are spilled, a sustained burst takes a
+region from one replica to two (and the capacity loop from one node to two) without a
+failed request, and idling brings both back.
+
+The tests run in file order on one platform of their own (e2e-autoscale.yaml).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from meridian import launcher
+from meridian.platform_state import PlatformState
+from meridian.spec import PlatformSpec, load_spec
+from meridian.status import collect_status
+
+SPEC_PATH = Path(__file__).with_name("e2e-autoscale.yaml")
+PARIS = "48.85,2.35"
+# A replica start on two busy cores, with vLLM's first compile: generous, not tight.
+SCALE_TIMEOUT_S = 420.0
+
+
+@pytest.fixture(scope="module")
+def spec() -> PlatformSpec:
+    return load_spec(SPEC_PATH)
+
+
+@pytest.fixture(scope="module")
+def platform(spec: PlatformSpec, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlatformState]:
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MERIDIAN_STATE_DIR", str(tmp_path_factory.mktemp("state-autoscale")))
+    launcher.down(spec.name)
+    state, _ = launcher.up(SPEC_PATH, on_step=lambda message: print(f"[e2e-autoscale] {message}", flush=True))
+    yield state
+    launcher.down(spec.name)
+    mp.undo()
+
+
+def running_engine_replicas(platform: PlatformState, slug: str) -> int:
+    app = launcher.serve_applications(platform).get(slug, {})
+    return sum(
+        1
+        for name, deployment in app.get("deployments", {}).items()
+        if name != "RegionIngress"
+        for replica in deployment.get("replicas") or []
+        if replica["state"] == "RUNNING"
+    )
+
+
+def region_nodes(spec: PlatformSpec, slug: str) -> int:
+    """Ray nodes the capacity loop holds for a region (it keeps the platform state)."""
+    state = PlatformState.load(spec.name)
+    return sum(1 for node in state.local_nodes.values() if node["region"] == slug)
+
+
+def region_view(spec: PlatformSpec, platform: PlatformState, name: str) -> dict:
+    return next(r for r in collect_status(spec, platform)["regions"] if r["name"] == name)
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> float:
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > timeout_s:
+            raise AssertionError(f"not within {timeout_s:.0f} s: {what}")
+        time.sleep(2.0)
+    return time.monotonic() - started
+
+
+def chat(spec: PlatformSpec, content: str, max_tokens: int = 16) -> dict:
+    return {"model": spec.models[0].id, "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens}
+
+
+def test_an_idle_region_scales_to_zero(spec, platform):
+    wait_until(lambda: running_engine_replicas(platform, "local-eu-west") == 0, 180, "eu-west at zero replicas")
+    scaling = region_view(spec, platform, "local/eu-west")["autoscaling"]
+    assert scaling["target"] == 0 and scaling["reason"]
+    assert running_engine_replicas(platform, "local-us-east") == 1  # its minimum holds
+
+
+def test_a_request_for_a_region_at_zero_is_spilled_not_refused(spec, platform):
+    wait_until(
+        lambda: region_view(spec, platform, "local/eu-west")["ready_replicas"] == 0, 30, "the router sees eu-west cold"
+    )
+    response = httpx.post(
+        f"{platform.router_url}/v1/chat/completions",
+        json=chat(spec, "Say hello."),
+        headers={"X-Client-Location": PARIS},
+        timeout=120,
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["x-meridian-region"] == "local/us-east"
+    metrics = httpx.get(f"{platform.router_url}/metrics").text
+    assert 'meridian_router_routing_decisions_total{reason="spill",region="local/us-east"}' in metrics
+
+
+async def _burst_until(router_url: str, body: dict, done: Callable[[], bool], workers: int, limit_s: float) -> list:
+    """Keep `workers` requests in flight until `done()` or `limit_s`; every response."""
+    outcomes: list = []
+    deadline = time.monotonic() + limit_s
+    async with httpx.AsyncClient(base_url=router_url, timeout=300) as client:
+
+        async def worker() -> None:
+            while time.monotonic() < deadline and not done():
+                try:
+                    response = await client.post("/v1/chat/completions", json=body)
+                    outcomes.append((response.status_code, response.headers.get("x-meridian-region")))
+                except httpx.HTTPError as error:
+                    outcomes.append((type(error).__name__, None))
+
+        await asyncio.gather(*(worker() for _ in range(workers)))
+    return outcomes
+
+
+def test_a_sustained_burst_scales_a_region_from_one_to_two_replicas_without_failures(spec, platform):
+    prompt = "Summarise the history of the Roman Empire in detail. " * 60  # ~650 tokens
+    body = chat(spec, prompt, max_tokens=16)
+    outcomes = asyncio.run(
+        _burst_until(
+            platform.router_url,
+            body,
+            done=lambda: running_engine_replicas(platform, "local-us-east") >= 2,
+            workers=8,
+            limit_s=SCALE_TIMEOUT_S,
+        )
+    )
+    assert running_engine_replicas(platform, "local-us-east") == 2
+    assert region_nodes(spec, "local-us-east") == 2  # one replica a node: the capacity loop added one
+    assert outcomes and all(status == 200 for status, _ in outcomes), [o for o in outcomes if o[0] != 200][:5]
+    scaling = region_view(spec, platform, "local/us-east")["autoscaling"]
+    assert scaling["cold_start_measured"] and scaling["cold_start_s"] > 0
+
+
+def test_after_the_burst_an_idle_region_returns_to_its_minimum(spec, platform):
+    wait_until(lambda: running_engine_replicas(platform, "local-us-east") == 1, 300, "us-east back at one replica")
+    assert region_view(spec, platform, "local/us-east")["autoscaling"]["target"] == 1
+    wait_until(lambda: region_nodes(spec, "local-us-east") == 1, 120, "the idle node released")
+    response = httpx.post(f"{platform.router_url}/v1/chat/completions", json=chat(spec, "Say hello."), timeout=120)
+    assert response.status_code == 200

@@ -1,0 +1,127 @@
+"""The live capacity loop's logic with a provider double (the e2e autoscaling test runs
+it against real Ray nodes): node demand, refusals kept in the ledger, drain-refused
+releases moved to an idle node, and the report built from what the ledger holds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from capacity.config import CapacitySpec, Quota
+from capacity.controller import CapacityLoop, node_demand
+from capacity.ledger import Ledger, Snapshot
+from capacity.local import NodeBusy, local_catalog, placement_for
+from capacity.model import CapacityError, CapacityEvent, EventKind, Market, Node, NodeState, Placement
+from capacity.report import report_rows
+from meridian.spec import PlatformSpec, parse_spec
+
+SPEC = {
+    "models": [{"id": "m"}],
+    "regions": [
+        {"name": "local/us-east", "location": {"lat": 39.0, "lon": -77.5}},
+        {"name": "local/eu-west", "location": {"lat": 53.3, "lon": -6.3}},
+    ],
+    "ray": {"cpus_per_region_node": 2},
+}
+
+
+class ProviderDouble:
+    """Holds nodes in memory; `busy` nodes refuse release as Ray's drain would."""
+
+    cloud = "local"
+
+    def __init__(self, spec: PlatformSpec, refuse: set[str] = frozenset()):
+        self.spec = spec
+        self.held: dict[str, Node] = {}
+        self.busy: set[str] = set()
+        self.refuse = refuse
+        self.pending_events: list[CapacityEvent] = []
+
+    def acquire(self, placement: Placement, count: int = 1) -> list[Node]:
+        if placement.region in self.refuse:
+            raise CapacityError(CapacityEvent(EventKind.STOCKOUT, placement, 50.0, message="no port block"))
+        node = Node(f"{placement.region}-{len(self.held) + 1}", placement, NodeState.RUNNING, 0.0)
+        self.held[node.id] = node
+        self.pending_events.append(CapacityEvent(EventKind.LAUNCHED, placement, 50.0, node.id))
+        return [node]
+
+    def release(self, node_id: str) -> None:
+        if node_id in self.busy:
+            raise NodeBusy(node_id)
+        node = self.held.pop(node_id)
+        self.pending_events.append(CapacityEvent(EventKind.TERMINATED, node.placement, 60.0, node_id))
+
+    def nodes(self) -> list[Node]:
+        return list(self.held.values())
+
+    def events(self) -> list[CapacityEvent]:
+        events, self.pending_events = self.pending_events, []
+        return events
+
+
+@pytest.fixture
+def spec() -> PlatformSpec:
+    return parse_spec(SPEC)
+
+
+def loop_for(spec: PlatformSpec, provider: ProviderDouble, tmp_path: Path, targets: dict[str, int]) -> CapacityLoop:
+    return CapacityLoop(spec, provider, Ledger(tmp_path), local_catalog(spec), lambda: targets, clock=lambda: 100.0)
+
+
+def test_node_demand_fits_replicas_to_nodes_and_keeps_one_for_the_ingress(spec):
+    demand = {d.region: d.replicas for d in node_demand(spec, {"local/us-east": 3, "local/eu-west": 0})}
+    assert demand == {"local-us-east": 2, "local-eu-west": 1}  # two replicas a node; never no node
+
+
+def test_the_loop_buys_what_demand_needs_and_records_it(spec, tmp_path):
+    provider = ProviderDouble(spec)
+    loop = loop_for(spec, provider, tmp_path, {"local/us-east": 4, "local/eu-west": 1})
+    loop.tick()
+    assert sorted(n.placement.region for n in provider.nodes()) == ["local-eu-west", "local-us-east", "local-us-east"]
+    ledger = Ledger(tmp_path)
+    assert [e.kind for e in ledger.events()].count(EventKind.LAUNCHED) == 3
+    snapshot = ledger.snapshot()
+    assert len(snapshot.nodes) == 3 and snapshot.demand[("local", "local-us-east")] == 2
+
+
+def test_a_refused_acquisition_is_kept_as_a_stockout(spec, tmp_path):
+    provider = ProviderDouble(spec, refuse={"local-eu-west"})
+    loop_for(spec, provider, tmp_path, {}).tick()
+    stockouts = [e for e in Ledger(tmp_path).events() if e.kind is EventKind.STOCKOUT]
+    assert [e.placement.region for e in stockouts] == ["local-eu-west"]
+
+
+def test_a_release_refused_by_drain_falls_to_an_idle_node_of_the_same_kind(spec, tmp_path):
+    provider = ProviderDouble(spec)
+    targets = {"local/us-east": 4, "local/eu-west": 1}
+    loop = loop_for(spec, provider, tmp_path, targets)
+    loop.tick()
+    provider.busy = {n.id for n in provider.nodes()}  # every node runs something...
+    idle = next(n.id for n in provider.nodes() if n.placement.region == "local-us-east")
+    provider.busy.discard(idle)  # ...but one us-east node
+    targets["local/us-east"] = 1
+    loop.tick()
+    assert idle not in provider.held
+    assert sum(n.placement.region == "local-us-east" for n in provider.nodes()) == 1
+    provider.busy = {n.id for n in provider.nodes()}
+    targets["local/eu-west"] = 0
+    loop.tick()  # nothing to release: nothing changes, nothing fails
+    assert len(provider.nodes()) == 2
+
+
+def test_report_rows_sum_nodes_prices_events_and_quota(spec):
+    catalog = local_catalog(spec)
+    east = placement_for(spec, spec.regions[0])
+    nodes = (Node("a", east, NodeState.RUNNING, 0.0), Node("b", east, NodeState.RUNNING, 0.0))
+    events = [
+        CapacityEvent(EventKind.STOCKOUT, east, 5_000.0),
+        CapacityEvent(EventKind.PREEMPTED, east, 5_100.0, "c"),
+        CapacityEvent(EventKind.STOCKOUT, east, 100.0),  # over an hour ago
+    ]
+    quotas = CapacitySpec(quotas=[Quota(cloud="local", region="local-us-east", accelerator="cpu", limit=5)])
+    (row,) = report_rows(Snapshot(5_200.0, nodes, {("local", "local-us-east"): 1}), events, catalog, quotas, 5_200.0)
+    assert row["nodes"] == {str(Market.ON_DEMAND): 2, str(Market.SPOT): 0}
+    assert (row["gpus"], row["stockouts_1h"], row["preemptions_1h"]) == (2, 1, 1)
+    assert row["utilisation"] == 0.5 and row["quota_headroom"] == 3
+    assert row["usd_per_hour"] == 0.0 and row["projected_usd_per_day"] == 0.0
