@@ -87,6 +87,7 @@ def test_acquire_asks_for_up_to_count(proxy: FaultProxy, provider: AwsProvider) 
 
     (run,) = [params for operation, params in zip(proxy.seen, proxy.params, strict=True) if operation == "RunInstances"]
     assert (run["MinCount"], run["MaxCount"]) == (["1"], ["3"])
+    assert not any(key.startswith("InstanceMarketOptions") for key in run)  # on-demand
 
 
 def test_acquire_list_release(cloud: Cloud, provider: AwsProvider) -> None:
@@ -142,7 +143,11 @@ def test_spot_is_launched_with_market_options(cloud: Cloud, proxy: FaultProxy, p
     assert instance["Placement"]["AvailabilityZone"] == "us-east-1a"
     assert instance["InstanceType"] == "p4d.24xlarge"
     assert node.placement.market is Market.SPOT
-    assert "RunInstances" in proxy.seen
+    # moto does not echo SpotOptions back; what was asked for is in the request itself.
+    (run,) = [params for operation, params in zip(proxy.seen, proxy.params, strict=True) if operation == "RunInstances"]
+    assert run["InstanceMarketOptions.MarketType"] == ["spot"]
+    assert run["InstanceMarketOptions.SpotOptions.SpotInstanceType"] == ["one-time"]
+    assert run["InstanceMarketOptions.SpotOptions.InstanceInterruptionBehavior"] == ["terminate"]
 
 
 def test_user_data_is_the_ray_join_script(cloud: Cloud, provider: AwsProvider) -> None:
