@@ -36,6 +36,9 @@ class CapacitySpec(BaseModel):
     spot_spare: int = Field(default=1, ge=0)
     # Where demand may go, in order of preference, when its region cannot take it.
     fallback: list[FallbackTarget] = Field(default_factory=list)
+    # Treat the fallback regions as equal to the home region when spreading (a service that
+    # does not care where its replicas run, such as one global endpoint); off: home first.
+    spread_regions: bool = False
     spot_provisioning_delay_s: float = Field(default=120.0, ge=0)
     on_demand_provisioning_delay_s: float = Field(default=120.0, ge=0)
     # A zone that stocked out (or preempted us) is skipped for this long, doubled for

@@ -13,6 +13,7 @@ from rich.live import Live
 from rich.table import Table
 
 from autoscaler.cli import simulate_autoscale
+from capacity.cli import capacity_app, simulate_capacity
 from meridian import demo, launcher, models
 from meridian.platform_state import PlatformState
 from meridian.serve_config import serve_config
@@ -27,6 +28,8 @@ app.add_typer(models_app, name="models")
 simulate_app = typer.Typer(help="Replay traces against simulated regions.", no_args_is_help=True)
 app.add_typer(simulate_app, name="simulate")
 simulate_app.command("autoscale")(simulate_autoscale)
+simulate_app.command("capacity")(simulate_capacity)
+app.add_typer(capacity_app, name="capacity")
 DEFAULT_TRACE = (
     Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "traces" / "mooncake_conversation.jsonl"
 )
