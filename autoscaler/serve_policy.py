@@ -18,12 +18,14 @@ from typing import Any
 
 from autoscaler.perf import PROFILES
 from autoscaler.policy import MeridianConfig, MeridianPolicy
-from autoscaler.published import publish
+from autoscaler.published import publish, read_floor
 from autoscaler.replica_reports import ColdStartClock, ReplicaCounts, ReplicaReportTracker
 from autoscaler.signals import ScalingDecision
 from meridian.spec import AutoscalingSpec, SLOSpec
 
 log = logging.getLogger(__name__)
+# Decisions whose arrivals count as "recent" for where the fleet keeps replicas warm.
+RECENT_SAMPLES = 60
 
 
 def latest_reports(raw_metrics: Mapping[str, Mapping[Hashable, list]] | None) -> dict[Hashable, dict[str, float]]:
@@ -60,6 +62,7 @@ class RegionAutoscalingPolicy:
         )
         slo = SLOSpec(ttft_p95_ms=slo_ttft_ms, itl_p95_ms=slo_itl_ms)
         self._min_replicas = min_replicas
+        self._max_replicas = max_replicas
         self._policy = MeridianPolicy(
             MeridianConfig.from_specs(scaling, slo, PROFILES[profile], interval_s=decision_interval_s)
         )
@@ -82,6 +85,7 @@ class RegionAutoscalingPolicy:
         )
         signals = self._tracker.signals(now, latest_reports(ctx.raw_metrics), counts, self._cold_start.last_s)
         decision, state = self._policy.decide(signals, dict(ctx.policy_state.get("meridian", {})))
+        decision = self._with_floor(ctx.app_name, decision)
         if decision != self._decision:
             log.info("autoscale %s: %d -> %d (%s)", ctx.app_name, ready, decision.target, decision.reason)
         self._decision = decision
@@ -96,9 +100,22 @@ class RegionAutoscalingPolicy:
                     "cold_start_s": round(self._cold_start.last_s, 1),
                     "cold_start_measured": self._cold_start.measured,
                     "min_replicas": self._min_replicas,
+                    "max_replicas": self._max_replicas,
+                    "recent_requests": sum(sample.requests for sample in signals.demand[-RECENT_SAMPLES:]),
                     "at": now,
                 },
             )
         except Exception as error:  # the decision stands even if nobody can read it
             log.warning("could not publish the autoscaling decision: %s", error)
         return decision.target, {**ctx.policy_state, "meridian": state}
+
+    def _with_floor(self, app_name: str, decision: ScalingDecision) -> ScalingDecision:
+        """The global loop's floor wins over a lower target (autoscaler/fleet.py)."""
+        try:
+            floor = read_floor(app_name)
+        except Exception as error:  # GCS away: the region's own decision stands
+            log.warning("could not read the fleet floor: %s", error)
+            return decision
+        if floor is None or floor["replicas"] <= decision.target:
+            return decision
+        return ScalingDecision(min(int(floor["replicas"]), self._max_replicas), floor["reason"])

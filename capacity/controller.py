@@ -1,10 +1,13 @@
-"""The live capacity loop: nodes for the replicas the autoscaler wants.
+"""The live capacity loop: nodes for the replicas the autoscaler wants, and the
+autoscaler's global loop.
 
 Every few seconds it reads each region's replica target (the autoscaler's published
 decision, via the router's region view; a fixed region's `replicas`), turns it into
 node demand, asks the placement policy (capacity/placement.py, the simulator's code)
 what to buy and release, and carries that out through the provider, writing every
-event and the held nodes to the ledger that `meridian capacity report` reads.
+event and the held nodes to the ledger that `meridian capacity report` reads. Demand
+placement could not place, and the spec's fleet-wide warm minimum, become replica
+floors for other regions (autoscaler/fleet.py), published for their policies.
 
 Run beside a local platform as `python -m capacity.controller SPEC`; the launcher
 starts it. Releases go through Ray's drain, which refuses a node still running
@@ -20,38 +23,75 @@ import sys
 import time
 from collections.abc import Callable
 
+from autoscaler.fleet import Floor, RegionView, fleet_floors
+from autoscaler.published import publish_floor
 from capacity.catalog import Catalog
 from capacity.ledger import Ledger, Snapshot
 from capacity.local import LocalProvider, NodeBusy, local_catalog
 from capacity.model import CapacityError, Node
 from capacity.placement import Decision, Demand, plan
+from geo_router.geo import LatLon, haversine_km
 from meridian import launcher
 from meridian.platform_state import PlatformState
-from meridian.spec import PlatformSpec, load_spec
+from meridian.spec import PlatformSpec, RegionSpec, load_spec
 
 log = logging.getLogger("meridian.capacity")
 INTERVAL_S = 5.0
 
 
+def replicas_per_node(spec: PlatformSpec, region: RegionSpec) -> int:
+    return max(1, spec.ray.cpus_per_region_node // region.cpus_per_replica)
+
+
 def node_demand(spec: PlatformSpec, targets: dict[str, int]) -> list[Demand]:
     """Nodes each region needs for its target: the replicas that fit on one node, and
     never fewer than one, which keeps the region's ingress."""
-    per_node = max(1, spec.ray.cpus_per_region_node // max(1, max(r.cpus_per_replica for r in spec.regions)))
     demands = []
     for region in spec.regions:
         replicas = targets.get(region.name, region.replicas)
-        demands.append(Demand("local", region.slug, max(1, math.ceil(replicas / per_node)), "cpu", 1))
+        nodes = max(1, math.ceil(replicas / replicas_per_node(spec, region)))
+        demands.append(Demand("local", region.slug, nodes, "cpu", 1))
     return demands
 
 
-def published_targets(spec: PlatformSpec, state: PlatformState) -> dict[str, int]:
-    """Each autoscaled region's current target, as the router last polled it."""
-    targets = {}
+def published_scaling(state: PlatformState) -> dict[str, dict]:
+    """Each autoscaled region's published decision, as the router last polled it."""
+    views = {}
     for name, view in launcher.router_regions(state).items():
         scaling = (view.get("status") or {}).get("autoscaling")
         if scaling:
-            targets[name] = int(scaling["target"])
-    return targets
+            views[name] = scaling
+    return views
+
+
+def floors_for(spec: PlatformSpec, scaling: dict[str, dict], decision: Decision) -> dict[str, Floor]:
+    """The global loop: floors for autoscaled regions from what placement could not place
+    and from the fleet's warm minimum; fallbacks are the other regions, nearest first."""
+    autoscaled = [r for r in spec.regions if r.autoscaling is not None and r.name in scaling]
+    views = [
+        RegionView(
+            r.name,
+            int(scaling[r.name]["target"]),
+            r.autoscaling.max_replicas,
+            scaling[r.name].get("recent_requests", 0),
+        )
+        for r in autoscaled
+    ]
+    by_slug = {r.slug: r for r in spec.regions}
+    shortfalls: dict[str, int] = {}
+    for shortfall in decision.shortfalls:
+        region = by_slug[shortfall.demand[1]]
+        shortfalls[region.name] = shortfalls.get(region.name, 0) + shortfall.nodes * replicas_per_node(spec, region)
+
+    def nearest_first(region: RegionSpec) -> list[str]:
+        here = LatLon(region.location.lat, region.location.lon)
+        others = [r for r in autoscaled if r.name != region.name]
+        return [
+            r.name for r in sorted(others, key=lambda r: haversine_km(here, LatLon(r.location.lat, r.location.lon)))
+        ]
+
+    order = {r.name: nearest_first(r) for r in spec.regions}
+    return fleet_floors(views, shortfalls, order, spec.fleet.min_warm_replicas)
 
 
 class CapacityLoop:
@@ -61,21 +101,24 @@ class CapacityLoop:
         provider: LocalProvider,
         ledger: Ledger,
         catalog: Catalog,
-        targets: Callable[[], dict[str, int]],
+        scaling: Callable[[], dict[str, dict]],
+        publish_floors: Callable[[dict[str, Floor]], None],
         clock: Callable[[], float] = time.time,
     ):
         self.spec = spec
         self.provider = provider
         self.ledger = ledger
         self.catalog = catalog
-        self.targets = targets
+        self.scaling = scaling
+        self.publish_floors = publish_floors
         self.clock = clock
 
     def tick(self) -> Decision:
         now = self.clock()
         nodes = self.provider.nodes()
         self.ledger.record_events(self.provider.events())
-        demands = node_demand(self.spec, self.targets())
+        scaling = self.scaling()
+        demands = node_demand(self.spec, {name: int(view["target"]) for name, view in scaling.items()})
         recent = self.ledger.events(since_s=now - self.spec.capacity.event_memory_s)
         decision = plan(demands, nodes, self.catalog, self.spec.capacity, recent, now)
         for acquisition in decision.acquisitions:
@@ -89,6 +132,7 @@ class CapacityLoop:
         for release in decision.releases:
             self._release(release.node_id, nodes, released, release.reason)
         self.ledger.record_events(self.provider.events())
+        self.publish_floors(floors_for(self.spec, scaling, decision))
         self.ledger.record_snapshot(
             Snapshot(now, tuple(self.provider.nodes()), {("local", d.region): d.replicas for d in demands})
         )
@@ -113,16 +157,28 @@ class CapacityLoop:
 
 def main(argv: list[str]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line a poll otherwise
     spec = load_spec(argv[1])
     state = PlatformState.load(spec.name)
     if state is None:
         raise SystemExit(f"platform {spec.name} is not running")
+    import ray
+
+    ray.init(address=state.gcs_address, logging_level=logging.WARNING, log_to_driver=False)
+    autoscaled = [r for r in spec.regions if r.autoscaling is not None]
+
+    def publish_floors(floors: dict[str, Floor]) -> None:
+        for region in autoscaled:
+            floor = floors.get(region.name)
+            publish_floor(region.slug, None if floor is None else {"replicas": floor.replicas, "reason": floor.reason})
+
     loop = CapacityLoop(
         spec,
         LocalProvider(spec, state),
         Ledger(state.directory),
         local_catalog(spec),
-        targets=lambda: published_targets(spec, state),
+        scaling=lambda: published_scaling(state),
+        publish_floors=publish_floors,
     )
     while True:
         try:

@@ -233,6 +233,14 @@ class SLOSpec(StrictModel):
     itl_p95_ms: float = Field(default=200, gt=0, description="inter-token latency, p95")
 
 
+class FleetSpec(StrictModel):
+    """Across regions (autoscaler/fleet.py)."""
+
+    # Ready replicas kept somewhere even when every region's own policy would idle to
+    # zero; they go to the regions with the most recent demand.
+    min_warm_replicas: int = Field(default=0, ge=0)
+
+
 class RaySpec(StrictModel):
     serve_port: int = Field(default=8000, ge=1, le=65535)
     dashboard_port: int = Field(default=8265, ge=1, le=65535)
@@ -253,6 +261,7 @@ class PlatformSpec(StrictModel):
     regions: list[RegionSpec] = Field(min_length=1)
     router: RouterSpec = RouterSpec()
     slo: SLOSpec = SLOSpec()
+    fleet: FleetSpec = FleetSpec()
     ray: RaySpec = RaySpec()
     capacity: CapacitySpec = CapacitySpec()
 
@@ -288,6 +297,15 @@ class PlatformSpec(StrictModel):
         if clashes:
             raise ValueError(
                 f"ray.node_ports_from: the Ray nodes' port range {first}-{last} contains {', '.join(clashes)}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _warm_minimum_fits(self) -> PlatformSpec:
+        room = sum((r.autoscaling.max_replicas if r.autoscaling else r.replicas) for r in self.regions)
+        if self.fleet.min_warm_replicas > room:
+            raise ValueError(
+                f"fleet.min_warm_replicas: {self.fleet.min_warm_replicas} exceeds the {room} replicas the regions allow"
             )
         return self
 

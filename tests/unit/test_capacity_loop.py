@@ -66,7 +66,15 @@ def spec() -> PlatformSpec:
 
 
 def loop_for(spec: PlatformSpec, provider: ProviderDouble, tmp_path: Path, targets: dict[str, int]) -> CapacityLoop:
-    return CapacityLoop(spec, provider, Ledger(tmp_path), local_catalog(spec), lambda: targets, clock=lambda: 100.0)
+    return CapacityLoop(
+        spec,
+        provider,
+        Ledger(tmp_path),
+        local_catalog(spec),
+        scaling=lambda: {name: {"target": target} for name, target in targets.items()},
+        publish_floors=lambda floors: None,
+        clock=lambda: 100.0,
+    )
 
 
 def test_node_demand_fits_replicas_to_nodes_and_keeps_one_for_the_ingress(spec):
@@ -125,3 +133,22 @@ def test_report_rows_sum_nodes_prices_events_and_quota(spec):
     assert (row["gpus"], row["stockouts_1h"], row["preemptions_1h"]) == (2, 1, 1)
     assert row["utilisation"] == 0.5 and row["quota_headroom"] == 3
     assert row["usd_per_hour"] == 0.0 and row["projected_usd_per_day"] == 0.0
+
+
+def test_demand_placement_cannot_place_becomes_a_floor_in_the_nearest_other_region():
+    from capacity.controller import floors_for
+    from capacity.placement import Decision, Shortfall
+
+    scaled = {
+        **SPEC,
+        "regions": [{**r, "autoscaling": {"min_replicas": 0, "max_replicas": 4}} for r in SPEC["regions"]],
+    }
+    spec = parse_spec({**scaled, "fleet": {"min_warm_replicas": 1}})
+    scaling = {"local/us-east": {"target": 4, "recent_requests": 90}, "local/eu-west": {"target": 0}}
+    short = Decision(shortfalls=(Shortfall(("local", "local-us-east"), 1, "no port block"),))
+    floors = floors_for(spec, scaling, short)
+    assert floors["local/eu-west"].replicas == 2  # one node of two replicas moved over
+    assert "local/us-east" in floors["local/eu-west"].reason
+    assert floors_for(spec, scaling, Decision()) == {}  # us-east's 4 already keep the fleet warm
+    idle = {"local/us-east": {"target": 0, "recent_requests": 1}, "local/eu-west": {"target": 0, "recent_requests": 7}}
+    assert floors_for(spec, idle, Decision())["local/eu-west"].replicas == 1

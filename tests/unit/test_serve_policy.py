@@ -15,7 +15,15 @@ Point = namedtuple("Point", "timestamp value")
 
 
 @pytest.fixture
-def published(monkeypatch) -> list[dict]:
+def floors(monkeypatch) -> dict[str, dict]:
+    """The fleet floors the adapter reads, by app name (none unless a test sets one)."""
+    table: dict[str, dict] = {}
+    monkeypatch.setattr(serve_policy, "read_floor", table.get)
+    return table
+
+
+@pytest.fixture
+def published(monkeypatch, floors) -> list[dict]:
     views: list[dict] = []
     monkeypatch.setattr(serve_policy, "publish", lambda app, view: views.append({"app": app, **view}))
     return views
@@ -87,3 +95,14 @@ def test_between_decisions_the_current_target_stands(published):
     decisions = len(published)
     target, _ = scaler(context(102.0, 1, 3, {"r1": load(60, 60_000, 1_000)}))
     assert target == 3 and len(published) == decisions
+
+
+def test_a_fleet_floor_raises_an_idle_regions_target_up_to_its_maximum(published, floors):
+    scaler = policy(min_replicas=0, max_replicas=2)
+    scaler(context(100.0, 0, 0, {}))
+    floors["local-us-east"] = {"replicas": 3, "reason": "serves gcp/europe-west1: out of capacity there"}
+    target, _ = scaler(context(106.0, 0, 0, {}))
+    assert target == 2 and published[-1]["reason"] == floors["local-us-east"]["reason"]
+    del floors["local-us-east"]
+    target, _ = scaler(context(112.0, 0, 2, {}))
+    assert target <= 2 and published[-1]["reason"] != "serves gcp/europe-west1: out of capacity there"
