@@ -39,8 +39,12 @@ log = logging.getLogger("meridian.capacity")
 INTERVAL_S = 5.0
 
 
+# ray.serve.llm adds the Serve replica actor's CPU to the engine's placement bundle.
+REPLICA_ACTOR_CPUS = 1
+
+
 def replicas_per_node(spec: PlatformSpec, region: RegionSpec) -> int:
-    return max(1, spec.ray.cpus_per_region_node // region.cpus_per_replica)
+    return max(1, spec.ray.cpus_per_region_node // (region.cpus_per_replica + REPLICA_ACTOR_CPUS))
 
 
 def node_demand(spec: PlatformSpec, targets: dict[str, int]) -> list[Demand]:
