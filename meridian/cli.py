@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -13,9 +14,13 @@ from rich.live import Live
 from rich.table import Table
 
 from autoscaler.cli import simulate_autoscale
+from capacity.catalog import Catalog, default_catalog
 from capacity.cli import capacity_app, simulate_capacity
+from capacity.ledger import Ledger
+from capacity.local import local_catalog
+from capacity.report import report_rows
 from meridian import demo, launcher, models
-from meridian.platform_state import PlatformState
+from meridian.platform_state import PlatformState, platform_dir
 from meridian.serve_config import serve_config
 from meridian.spec import SpecError, load_spec
 from meridian.status import collect_status
@@ -134,6 +139,48 @@ def status(
             str(engine.get("waiting", "-")),
             f"{engine['kv_cache_usage']:.0%}" if "kv_cache_usage" in engine else "-",
             str(region["in_flight"]),
+        )
+    console.print(table)
+
+
+@capacity_app.command("report")
+def capacity_report(
+    spec: SpecArg = DEFAULT_SPEC,
+    as_json: Annotated[bool, typer.Option("--json", help="print machine-readable JSON")] = False,
+) -> None:
+    """Held nodes, cost, utilisation, last hour's stockouts and preemptions, quota left."""
+    platform = _load(spec)
+    ledger = Ledger(platform_dir(platform.name))
+    snapshot = ledger.snapshot()
+    if snapshot is None:
+        errors.print(
+            f"[yellow]no capacity recorded for platform {platform.name}[/yellow] (start it with `meridian up`)"
+        )
+        raise typer.Exit(1)
+    now = time.time()
+    catalog = Catalog([*default_catalog().offerings(), *local_catalog(platform).offerings()])
+    rows = report_rows(snapshot, ledger.events(since_s=now - 3600), catalog, platform.capacity, now)
+    if as_json:
+        typer.echo(json.dumps({"platform": platform.name, "at_s": snapshot.at_s, "rows": rows}, indent=2))
+        return
+    table = Table(title=f"capacity of {platform.name}, {now - snapshot.at_s:.0f} s ago")
+    columns = ("cloud", "region", "accelerator", "on-demand", "spot", "accel.", "$/h", "$/day", "util.")
+    for column in (*columns, "stockouts 1h", "preemptions 1h", "quota left"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row["cloud"],
+            row["region"],
+            row["accelerator"],
+            str(row["nodes"]["on_demand"]),
+            str(row["nodes"]["spot"]),
+            str(row["gpus"]),
+            f"{row['usd_per_hour']:.2f}",
+            f"{row['projected_usd_per_day']:.2f}",
+            "-" if row["utilisation"] is None else f"{row['utilisation']:.0%}",
+            str(row["stockouts_1h"]),
+            str(row["preemptions_1h"]),
+            "-" if row["quota_headroom"] is None else str(row["quota_headroom"]),
         )
     console.print(table)
 
