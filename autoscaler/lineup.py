@@ -29,7 +29,7 @@ POLICIES = ("meridian", "ray-serve", "skyserve", "knative-kpa", "static")
 RAY_TARGETS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 SKY_TARGET_QPS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 KNATIVE_TARGETS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 100.0)
-MERIDIAN_ATTAINMENT = (0.99, 0.995)
+MERIDIAN_ATTAINMENT = (0.99,)
 # Static counts are swept from 1 to this multiple of the trace's peak prefill need.
 STATIC_PEAK_MULTIPLE = 1.5
 STATIC_MAX_SETTINGS = 24

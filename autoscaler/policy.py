@@ -11,15 +11,20 @@ Each decision:
    extrapolated to the end of the horizon (rising only); and, when the history has a
    clear period (autocorrelation ≥ `season_min_corr`), the rates one period ago over
    the same horizon, so a periodic burst is met by replicas started a cold start
-   before it; and the burst rate — the bin rate that `attainment` of the requests of
-   the last `burst_window_s` arrived at (request-weighted quantile), because traffic
-   is burstier than Poisson at the scale of a few TTFTs and a burst outruns any cold
-   start.
+   before it.
 3. **Capacity** — the fewest replicas whose planned TTFT and ITL meet the SLO at the
    `attainment` quantile (`autoscaler.slo_capacity`: Erlang-C queueing of prefill,
    decode batch by Little's law, KV cache), multiplied by a correction that grows while
-   the observed p95 TTFT or ITL breaks the SLO and decays back to 1 when it holds.
+   the observed p95 TTFT or ITL has broken the SLO for longer than a cold start (a
+   shorter breach is a burst that is over before new replicas are ready) and decays
+   back to 1 when it holds.
    Requests the router holds with no replica ready force at least one replica.
+   Bursts are sized separately, as a fluid: bin the last `burst_window_s` of arrivals
+   at the TTFT target's length; the prompt tokens of the bin that `attainment` of the
+   requests arrived in (a request-weighted quantile) must prefill within one bin.
+   Traffic is far burstier than Poisson at the scale of a TTFT, the SLO counts
+   requests, and a burst is over before any cold start, so standing capacity follows
+   the bursts that recent requests actually arrived in.
 4. **Scale-down with hysteresis** — scale-up is immediate; the target is the largest
    desired count over the last `scale_down_window_s` (default: one cold start — an
    idle replica is kept as long as restarting it would cost, the ski-rental break-even),
@@ -85,16 +90,17 @@ def _bins(demand: tuple[DemandSample, ...], now: float, bin_s: float) -> np.ndar
     """Arrivals per bin, oldest first, ending at `now`: rows (requests, prompt, output)."""
     if not demand:
         return np.zeros((0, 3))
-    span = now - demand[0].start_s
-    count = max(int(math.ceil(span / bin_s - 1e-9)), 1)
+    n = len(demand)
+    starts = np.fromiter((s.start_s for s in demand), np.float64, n)
+    values = np.empty((n, 3))
+    values[:, 0] = np.fromiter((s.requests for s in demand), np.float64, n)
+    values[:, 1] = np.fromiter((s.prompt_tokens for s in demand), np.float64, n)
+    values[:, 2] = np.fromiter((s.output_tokens for s in demand), np.float64, n)
+    count = max(int(math.ceil((now - starts[0]) / bin_s - 1e-9)), 1)
+    index = count - 1 - ((now - starts - 1e-9) // bin_s).astype(np.int64)
+    keep = index >= 0
     out = np.zeros((count, 3))
-    for sample in demand:
-        index = count - 1 - int((now - sample.start_s - 1e-9) // bin_s)
-        if index >= 0:
-            row = out[index]
-            row[0] += sample.requests
-            row[1] += sample.prompt_tokens
-            row[2] += sample.output_tokens
+    np.add.at(out, index[keep], values[keep])
     return out
 
 
@@ -107,11 +113,13 @@ def _season_forecast(rates: np.ndarray, horizon_bins: int, min_lag: int, min_cor
     power = float(centred @ centred)
     if power <= 0:
         return 0.0, 0
-    best_lag, best_corr = 0, min_corr
-    for lag in range(min_lag, n // 2 + 1):
-        corr = float(centred[lag:] @ centred[:-lag]) / power * n / (n - lag)
-        if corr >= best_corr:
-            best_lag, best_corr = lag, corr
+    lags = np.arange(min_lag, n // 2 + 1)
+    if not len(lags):
+        return 0.0, 0
+    full = np.correlate(centred, centred, mode="full")[n - 1 :]
+    corr = full[lags] / power * n / (n - lags)
+    pick = int(np.argmax(corr))
+    best_lag = int(lags[pick]) if corr[pick] >= min_corr else 0
     if not best_lag:
         return 0.0, 0
     start = n - best_lag
@@ -119,18 +127,19 @@ def _season_forecast(rates: np.ndarray, horizon_bins: int, min_lag: int, min_cor
     return float(window.max()) if len(window) else 0.0, best_lag
 
 
-def _burst_rate(bins: np.ndarray, config: MeridianConfig) -> float:
-    """The bin rate that `attainment` of the requests in `bins` arrived at or below:
-    traffic is burstier than Poisson at the scale of a few TTFTs, and the SLO counts
-    requests, so capacity follows the rate most requests actually meet."""
+def _burst_tokens_per_s(bins: np.ndarray, bin_s: float, attainment: float) -> float:
+    """The prompt-token rate of the bin that `attainment` of the requests in `bins`
+    arrived in or below (a request-weighted quantile): traffic is burstier than Poisson
+    at the scale of a TTFT, the SLO counts requests, and a burst outruns any cold start,
+    so standing capacity follows the bursts most requests actually arrive in."""
     counts = bins[:, 0]
     total = counts.sum()
     if total <= 0:
         return 0.0
-    order = np.argsort(counts)
+    order = np.argsort(bins[:, 1], kind="stable")
     cumulative = np.cumsum(counts[order]) / total
-    index = int(np.searchsorted(cumulative, config.attainment))
-    return float(counts[order][min(index, len(order) - 1)]) / config.bin_s
+    index = min(int(np.searchsorted(cumulative, attainment)), len(order) - 1)
+    return float(bins[order[index], 1]) / bin_s
 
 
 class MeridianPolicy:
@@ -173,8 +182,7 @@ class MeridianPolicy:
         season, period = _season_forecast(
             rates, horizon_bins, max(int(config.season_min_period_s / config.bin_s), 2), config.season_min_corr
         )
-        burst = _burst_rate(bins[-max(int(round(config.burst_window_s / config.bin_s)), 1) :], config)
-        candidates = {"short": short, "long": long, "trend": trend, "season": season, "burst": burst}
+        candidates = {"short": short, "long": long, "trend": trend, "season": season}
         source = max(candidates, key=lambda key: candidates[key])
         forecast = candidates[source]
 
@@ -194,13 +202,30 @@ class MeridianPolicy:
             config.max_replicas,
         )
 
+        # Bursts, as a fluid: the prompt tokens of a TTFT-long burst must prefill within it.
+        durations = [sample.duration_s for sample in signals.demand[-16:]]
+        burst_bin_s = max(config.slo_ttft_s, max(durations, default=0.0))
+        recent_demand = tuple(d for d in signals.demand if d.start_s >= now - config.burst_window_s)
+        burst_rate = _burst_tokens_per_s(_bins(recent_demand, now, burst_bin_s), burst_bin_s, config.attainment)
+        replica_tokens_per_s = max(prompt_mean, 1.0) / config.profile.prefill_s(max(prompt_mean, 1.0), 1.0)
+        burst_needed = min(math.ceil(burst_rate / replica_tokens_per_s - 1e-9), config.max_replicas)
+        if burst_needed > needed:
+            needed = burst_needed
+            source = "burst"
+            forecast = burst_rate / max(prompt_mean, 1.0)
+
+        # A breach shorter than a cold start is over before new replicas could help (a
+        # burst); one that outlasts it means the capacity model is off, so correct it.
         correction = float(state.get("correction", 1.0))
         breached = (signals.ttft_ms is not None and signals.ttft_ms > config.slo_ttft_s * 1000.0) or (
             signals.itl_ms is not None and signals.itl_ms > config.slo_itl_s * 1000.0
         )
-        if breached:
+        breach_since = state.get("breach_since") if breached else None
+        if breached and breach_since is None:
+            breach_since = now
+        if breach_since is not None and now - breach_since >= signals.cold_start_s:
             correction = min(correction * config.correction_step, config.correction_max)
-        else:
+        elif not breached:
             correction = max(1.0, correction * config.correction_decay)
         desired = math.ceil(needed * correction - 1e-9)
         if signals.waiting > 0 and signals.ready == 0:
@@ -233,6 +258,7 @@ class MeridianPolicy:
             "last_arrival": last_arrival,
             "recent": recent,
             "correction": correction,
+            "breach_since": breach_since,
             "prompt_mean": prompt_mean,
             "output_mean": output_mean,
         }

@@ -55,8 +55,10 @@ class SimConfig:
     # Replicas ready at t=0, the same for every policy.
     initial_replicas: int = 1
     tick_s: float = 1.0
-    # Demand history handed to the policy.
+    # Demand history handed to the policy, in samples of at most `demand_sample_s`
+    # (a sample also ends at every decision, so the history always ends at now).
     history_s: float = 3600.0
+    demand_sample_s: float = 5.0
     warmup_s: float = 600.0
 
 
@@ -124,6 +126,8 @@ class _Region:
     def __init__(self, config: SimConfig, n_requests: int) -> None:
         self.config = config
         self.profile = config.profile
+        self.kv_capacity = config.profile.kv_capacity_tokens
+        self.max_num_seqs = config.profile.max_num_seqs
         self.replicas: list[_Replica] = []
         self.ready: list[_Replica] = []
         self.starting: list[_Replica] = []
@@ -182,22 +186,25 @@ class _Region:
 
     def assign(self, index: int, arrival: float, now: float, prompt: int, output: int) -> None:
         profile = self.profile
-        slot = int(np.argmin(self.free_at))
+        slot = int(self.free_at.argmin())
         replica = self.replicas[slot]
-        replica.retire_until(now)
         ends = replica.ends
+        if ends and ends[0][0] <= now:
+            replica.retire_until(now)
         batch = len(ends)
-        start = max(now, replica.free_at)
+        start = replica.free_at if replica.free_at > now else now
         need = prompt + output
-        if replica.kv + need > profile.kv_capacity_tokens or batch >= profile.max_num_seqs:
+        if replica.kv + need > self.kv_capacity or batch >= self.max_num_seqs:
             start = max(start, self._room_at(replica, need))
         prefill = profile.prefill_s(prompt, batch)
         first = start + prefill
-        decay = math.exp(-(start - replica.busy_t) / PREFILL_SHARE_TAU_S) if start > replica.busy_t else 1.0
-        replica.busy = replica.busy * decay + prefill
-        replica.busy_t = max(start, replica.busy_t)
-        share = min(replica.busy / PREFILL_SHARE_TAU_S, 1.0)
-        itl = profile.itl_s(batch + 1, share)
+        if start > replica.busy_t:
+            replica.busy = replica.busy * math.exp((replica.busy_t - start) / PREFILL_SHARE_TAU_S) + prefill
+            replica.busy_t = start
+        else:
+            replica.busy += prefill
+        share = replica.busy / PREFILL_SHARE_TAU_S
+        itl = profile.itl_s(batch + 1, share if share < 1.0 else 1.0)
         end = first + (output - 1) * itl
         replica.free_at = first
         self.free_at[slot] = first
@@ -248,9 +255,12 @@ def _observed(region: _Region, lo: int, hi: int, now: float) -> tuple[float | No
     served = region.first_token[lo:hi] <= now
     if not served.any():
         return None, None
-    ttft = region.ttft[lo:hi][served]
-    itl = region.itl[lo:hi][served]
-    return float(np.percentile(ttft, OBSERVED_QUANTILE)) * 1000.0, float(np.percentile(itl, OBSERVED_QUANTILE)) * 1000.0
+    return _quantile(region.ttft[lo:hi][served]) * 1000.0, _quantile(region.itl[lo:hi][served]) * 1000.0
+
+
+def _quantile(values: np.ndarray) -> float:
+    k = int(OBSERVED_QUANTILE / 100.0 * (len(values) - 1))
+    return float(np.partition(values, k)[k])
 
 
 def simulate(
@@ -277,6 +287,7 @@ def simulate(
     region.start_ready(config.initial_replicas)
     interval = float(getattr(policy, "interval_s", tick))
     history: deque[DemandSample] = deque(maxlen=max(int(config.history_s / tick), 1))
+    pending: list = [0.0, 0, 0.0, 0.0]  # start, requests, prompt and output tokens of the open sample
     state: PolicyState = {}
     next_decision = 0.0
     cold_start = config.profile.cold_start_s
@@ -296,16 +307,16 @@ def simulate(
             i = region.held.popleft()
             region.assign(i, arrival_list[i], now, prompt_list[i], output_list[i])
         if k > 0:
-            history.append(
-                DemandSample(
-                    start_s=now - tick,
-                    duration_s=tick,
-                    requests=int(counts[k - 1]),
-                    prompt_tokens=int(prompt_sums[k - 1]),
-                    output_tokens=int(output_sums[k - 1]),
-                )
-            )
-        if now + 1e-9 >= next_decision:
+            pending[1:] = [
+                pending[1] + int(counts[k - 1]),
+                pending[2] + prompt_sums[k - 1],
+                pending[3] + output_sums[k - 1],
+            ]
+        deciding = now + 1e-9 >= next_decision
+        if k > 0 and (deciding or now - pending[0] + 1e-9 >= config.demand_sample_s):
+            history.append(DemandSample(pending[0], now - pending[0], pending[1], int(pending[2]), int(pending[3])))
+            pending = [now, 0, 0.0, 0.0]
+        if deciding:
             next_decision = now + interval
             running, waiting, kv = region.load(now)
             lo = int(np.searchsorted(arrival, now - OBSERVED_WINDOW_S))
