@@ -1,14 +1,15 @@
-"""Price quotes for the catalog: AWS spot prices and GCP list prices, as plain data.
+"""Spot price quotes for the catalog (`Catalog.apply_spot_quotes`) from AWS and GCP.
 
 AWS: `DescribeSpotPriceHistory` with `StartTime=now` returns, per zone and instance
 type, the last price change before now, i.e. the current spot price.
 
 GCP has no price field in the Compute API; prices are SKUs of the Cloud Billing
 Catalog API (`services.skus.list`, Compute Engine is service 6F81-5844-456A). A
-machine type's hourly price is assembled from its family's per-vCPU and per-GiB SKUs
-plus its GPUs' SKU, for on-demand (usageType OnDemand) and spot (usageType
-Preemptible, descriptions starting "Spot Preemptible " or, for older SKUs, "Preemptible "). GCP prices are regional, so
-each zone of a region gets the region's quote.
+machine type's spot price is assembled from its family's per-vCPU and per-GiB SKUs
+plus its GPUs' SKU, all of usageType Preemptible (descriptions start "Spot
+Preemptible ", or "Preemptible " for older SKUs), the same host + GPU sum the catalog
+makes of the list-price extract. GCP prices are regional, so each zone of a region
+gets the region's quote.
 https://cloud.google.com/billing/docs/reference/rest/v1/services.skus/list
 """
 
@@ -23,21 +24,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from capacity.model import Market
+from capacity.catalog import SpotQuote
 
 COMPUTE_ENGINE_SERVICE = "6F81-5844-456A"
 BILLING_ENDPOINT = "https://cloudbilling.googleapis.com"
-
-
-@dataclass(frozen=True)
-class PriceQuote:
-    cloud: str
-    region: str
-    zone: str
-    instance_type: str
-    usd_per_h: float
-    at_s: float  # when the price took effect, seconds since the epoch
-    market: Market = Market.SPOT
 
 
 def aws_spot_quotes(
@@ -46,17 +36,17 @@ def aws_spot_quotes(
     *,
     product_descriptions: Sequence[str] = ("Linux/UNIX",),
     now_s: float | None = None,
-) -> list[PriceQuote]:
+) -> list[SpotQuote]:
     """The current spot price of each instance type in each zone of the client's region."""
     pages = ec2.get_paginator("describe_spot_price_history").paginate(
         InstanceTypes=list(instance_types),
         ProductDescriptions=list(product_descriptions),
         StartTime=datetime.fromtimestamp(time.time() if now_s is None else now_s, UTC),
     )
-    latest: dict[tuple[str, str], PriceQuote] = {}
+    latest: dict[tuple[str, str], SpotQuote] = {}
     for page in pages:
         for entry in page["SpotPriceHistory"]:
-            quote = PriceQuote(
+            quote = SpotQuote(
                 "aws",
                 ec2.meta.region_name,
                 entry["AvailabilityZone"],
@@ -106,44 +96,41 @@ def fetch_billing_skus(
             return skus
 
 
-def gcp_quotes(
+def gcp_spot_quotes(
     skus: Iterable[Mapping[str, Any]],
     machine_types: Mapping[str, GcpMachineShape],
     zones_by_region: Mapping[str, Sequence[str]],
-) -> list[PriceQuote]:
-    """Quotes for every machine type whose SKUs are all priced in a region, in both markets."""
-    rates: dict[tuple[Market, str, str], tuple[float, float]] = {}  # (market, region, item) -> (usd, at)
+) -> list[SpotQuote]:
+    """A quote per zone for every machine type whose spot SKUs are all priced in its region."""
+    rates: dict[tuple[str, str], tuple[float, float]] = {}  # (region, item) -> (usd, at)
     for sku in skus:
-        priced = _rate(sku)
+        priced = _spot_rate(sku)
         if priced is None:
             continue
-        market, item, usd, at_s = priced
+        item, usd, at_s = priced
         for region in sku.get("serviceRegions", []):
-            rates[(market, region, item)] = (usd, at_s)
+            rates[(region, item)] = (usd, at_s)
     quotes = []
     for region, zones in zones_by_region.items():
-        for market in Market:
-            for instance_type, shape in machine_types.items():
-                parts = [
-                    (f"{shape.family} Instance Core", shape.vcpus),
-                    (f"{shape.family} Instance Ram", shape.memory_gib),
-                ]
-                if shape.gpu and shape.gpus:
-                    parts.append((f"{shape.gpu} GPU", shape.gpus))
-                found = [(rates.get((market, region, item)), amount) for item, amount in parts]
-                if any(rate is None for rate, _ in found):
-                    continue
-                usd = sum(rate[0] * amount for rate, amount in found)
-                at_s = max(rate[1] for rate, _ in found)
-                quotes.extend(PriceQuote("gcp", region, zone, instance_type, usd, at_s, market) for zone in zones)
+        for instance_type, shape in machine_types.items():
+            parts = [(f"{shape.family} Instance Core", shape.vcpus), (f"{shape.family} Instance Ram", shape.memory_gib)]
+            if shape.gpu and shape.gpus:
+                parts.append((f"{shape.gpu} GPU", shape.gpus))
+            found = [(rates.get((region, item)), amount) for item, amount in parts]
+            if any(rate is None for rate, _ in found):
+                continue
+            usd = sum(rate[0] * amount for rate, amount in found)
+            at_s = max(rate[1] for rate, _ in found)
+            quotes.extend(SpotQuote("gcp", region, zone, instance_type, usd, at_s) for zone in zones)
     return quotes
 
 
-def _rate(sku: Mapping[str, Any]) -> tuple[Market, str, float, float] | None:
-    """(market, item, USD per unit-hour, effective time) of a per-hour Compute SKU, else None."""
+def _spot_rate(sku: Mapping[str, Any]) -> tuple[str, float, float] | None:
+    """(item, USD per unit-hour, effective time) of a per-hour spot Compute SKU, else None."""
     category = sku.get("category", {})
-    market = {"OnDemand": Market.ON_DEMAND, "Preemptible": Market.SPOT}.get(category.get("usageType", ""))
-    if market is None or category.get("resourceFamily") != "Compute" or not sku.get("pricingInfo"):
+    if category.get("usageType") != "Preemptible" or category.get("resourceFamily") != "Compute":
+        return None
+    if not sku.get("pricingInfo"):
         return None
     pricing = sku["pricingInfo"][-1]
     expression = pricing["pricingExpression"]
@@ -155,4 +142,4 @@ def _rate(sku: Mapping[str, Any]) -> tuple[Market, str, float, float] | None:
     description = sku.get("description", "").removeprefix("Spot ").removeprefix("Preemptible ")
     item = description.split(" running in ")[0]
     at_s = datetime.fromisoformat(pricing["effectiveTime"].replace("Z", "+00:00")).timestamp()
-    return market, item, usd, at_s
+    return item, usd, at_s

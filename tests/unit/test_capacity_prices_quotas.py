@@ -18,8 +18,9 @@ import pytest
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import compute_v1
 
+from capacity.catalog import default_catalog
 from capacity.model import Market
-from capacity.prices import GcpMachineShape, aws_spot_quotes, fetch_billing_skus, gcp_quotes
+from capacity.prices import GcpMachineShape, aws_spot_quotes, fetch_billing_skus, gcp_spot_quotes
 from capacity.quotas import AWS_GPU_QUOTAS, QuotaLimit, aws_quotas, gcp_quotas
 from tests.unit.fake_compute_api import FakeComputeApi
 from tests.unit.fault_proxy import AWS_REGION, Answer, FaultProxy, moto_behind_proxy
@@ -56,7 +57,7 @@ def test_spot_quotes_from_moto(aws: tuple[FaultProxy, boto3.session.Session], pr
     assert {quote.zone for quote in quotes} <= zones
     assert len({(quote.zone, quote.instance_type) for quote in quotes}) == len(quotes)
     for quote in quotes:
-        assert (quote.cloud, quote.region, quote.market) == ("aws", AWS_REGION, Market.SPOT)
+        assert (quote.cloud, quote.region) == ("aws", AWS_REGION)
         assert (quote.usd_per_h, quote.at_s) == (MOTO_SPOT_PRICE, MOTO_SPOT_TIME)
     (request,) = [p for op, p in zip(proxy.seen, proxy.params, strict=True) if op == "DescribeSpotPriceHistory"]
     assert request["StartTime"] == [datetime.fromtimestamp(1_795_000_000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")]
@@ -182,10 +183,15 @@ SKUS = [
     sku("Nvidia Tesla A100 GPU running in Americas", "OnDemand", "h", 2, 933908000, "GPU"),
     sku("Spot Preemptible A2 Instance Core running in Americas", "Preemptible", "h", 0, 11500000),
     sku("Spot Preemptible A2 Instance Ram running in Americas", "Preemptible", "GiBy.h", 0, 1541000, "RAM"),
-    # No spot A100 SKU: a2-highgpu-1g gets no spot quote.
+    sku("Spot Preemptible Nvidia Tesla A100 GPU running in Americas", "Preemptible", "h", 1, 173500000, "GPU"),
+    # No spot "Nvidia A100 80GB" SKU: a2-ultragpu-1g gets no quote.
     sku("Commitment v1: A2 Cpu in Americas for 1 Year", "Commit1Yr", "h", 0, 19915000),
 ]
-A2_HIGHGPU_1G = GcpMachineShape(family="A2", vcpus=12, memory_gib=85, gpu="Nvidia Tesla A100", gpus=1)
+MACHINE_TYPES = {
+    "a2-highgpu-1g": GcpMachineShape(family="A2", vcpus=12, memory_gib=85, gpu="Nvidia Tesla A100", gpus=1),
+    "a2-ultragpu-1g": GcpMachineShape(family="A2", vcpus=12, memory_gib=170, gpu="Nvidia A100 80GB", gpus=1),
+}
+ZONES = {"us-central1": ["us-central1-a", "us-central1-f"]}
 
 
 @pytest.fixture(scope="module")
@@ -213,23 +219,29 @@ def test_billing_skus_are_read_page_by_page(google: FakeComputeApi) -> None:
     assert len(SKUS) > google.sku_page_size
 
 
-def test_gcp_quotes_from_the_billing_catalog(google: FakeComputeApi) -> None:
-    quotes = gcp_quotes(
-        fetch_billing_skus(google.endpoint),
-        {"a2-highgpu-1g": A2_HIGHGPU_1G, "a2-cpu-only": GcpMachineShape(family="A2", vcpus=4, memory_gib=16)},
-        {"us-central1": ["us-central1-a", "us-central1-f"]},
-    )
+def test_gcp_spot_quotes_from_the_billing_catalog(google: FakeComputeApi) -> None:
+    quotes = gcp_spot_quotes(fetch_billing_skus(google.endpoint), MACHINE_TYPES, ZONES)
 
-    by_key = {(q.zone, q.instance_type, q.market): q for q in quotes}
-    on_demand = by_key[("us-central1-a", "a2-highgpu-1g", Market.ON_DEMAND)]
-    # 12 vCPU x 0.031611 + 85 GiB x 0.004237 + 1 A100 x 2.933908 = 3.673385 USD/h
-    assert on_demand.usd_per_h == pytest.approx(3.673385)
-    assert on_demand.at_s == datetime(2026, 11, 20, 8, tzinfo=UTC).timestamp()
-    assert by_key[("us-central1-f", "a2-highgpu-1g", Market.ON_DEMAND)].usd_per_h == on_demand.usd_per_h
-    # 4 x 0.0115 + 16 x 0.001541 = 0.070656
-    assert by_key[("us-central1-a", "a2-cpu-only", Market.SPOT)].usd_per_h == pytest.approx(0.070656)
-    assert ("us-central1-a", "a2-highgpu-1g", Market.SPOT) not in by_key
-    assert len(quotes) == 2 * 3
+    # 12 vCPU x 0.0115 + 85 GiB x 0.001541 + 1 A100 x 1.1735 = 1.442485 USD/h, in each zone
+    assert [(q.cloud, q.region, q.zone, q.instance_type) for q in quotes] == [
+        ("gcp", "us-central1", "us-central1-a", "a2-highgpu-1g"),
+        ("gcp", "us-central1", "us-central1-f", "a2-highgpu-1g"),
+    ]
+    assert [q.usd_per_h for q in quotes] == [pytest.approx(1.442485)] * 2
+    assert {q.at_s for q in quotes} == {datetime(2026, 11, 20, 8, tzinfo=UTC).timestamp()}
+
+
+def test_quotes_apply_to_the_catalog(aws: tuple[FaultProxy, boto3.session.Session], google: FakeComputeApi) -> None:
+    catalog = default_catalog()
+    aws_quotes = aws_spot_quotes(client(aws, "ec2"), ["p4d.24xlarge"])
+    gcp_quotes = gcp_spot_quotes(fetch_billing_skus(google.endpoint), MACHINE_TYPES, ZONES)
+
+    assert catalog.apply_spot_quotes(aws_quotes + gcp_quotes) == []
+
+    for quote in aws_quotes + gcp_quotes:
+        offering = catalog.find(quote.cloud, quote.region, quote.zone, quote.instance_type)
+        assert offering is not None and offering.spot is not None
+        assert (offering.spot.usd_per_h, offering.spot.refreshed_at_s) == (quote.usd_per_h, quote.at_s)
 
 
 def test_gcp_regional_gpu_quotas(google: FakeComputeApi) -> None:
