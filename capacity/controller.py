@@ -39,12 +39,15 @@ log = logging.getLogger("meridian.capacity")
 INTERVAL_S = 5.0
 
 
-# ray.serve.llm adds the Serve replica actor's CPU to the engine's placement bundle.
+# ray.serve.llm adds the Serve replica actor's CPU to the engine's placement bundle,
+# and a starting replica runs a model-download task that needs a CPU of the node's own.
 REPLICA_ACTOR_CPUS = 1
+NODE_TASK_CPUS = 1
 
 
 def replicas_per_node(spec: PlatformSpec, region: RegionSpec) -> int:
-    return max(1, spec.ray.cpus_per_region_node // (region.cpus_per_replica + REPLICA_ACTOR_CPUS))
+    usable = spec.ray.cpus_per_region_node - NODE_TASK_CPUS
+    return max(1, usable // (region.cpus_per_replica + REPLICA_ACTOR_CPUS))
 
 
 def node_demand(spec: PlatformSpec, targets: dict[str, int]) -> list[Demand]:
@@ -124,7 +127,9 @@ class CapacityLoop:
         scaling = self.scaling()
         demands = node_demand(self.spec, {name: int(view["target"]) for name, view in scaling.items()})
         recent = self.ledger.events(since_s=now - self.spec.capacity.event_memory_s)
-        decision = plan(demands, nodes, self.catalog, self.spec.capacity, recent, now)
+        # The local cloud has no spot market, so no spot spare to stand in for either.
+        local_capacity = self.spec.capacity.model_copy(update={"spot_enabled": False})
+        decision = plan(demands, nodes, self.catalog, local_capacity, recent, now)
         for acquisition in decision.acquisitions:
             log.info("acquire %s: %s", acquisition.placement, acquisition.reason)
             try:

@@ -23,6 +23,7 @@ from meridian.ray_nodes import (
     REGION_LABEL,
     REGION_RESOURCE_CAPACITY,
     alive_nodes_labelled,
+    nodes_running_actors,
     start_ray_node,
 )
 from meridian.spec import PlatformSpec, RegionSpec, region_resource
@@ -80,10 +81,16 @@ class LocalProvider:
         return [self._start(region, placement) for _ in range(count)]
 
     def release(self, node_id: str) -> None:
-        """Drain the node through Ray, then stop it; NodeBusy if Ray finds work on it."""
+        """Drain the node through Ray, then stop it; NodeBusy if anything runs on it.
+
+        A busy node is not even asked to drain: Serve moves replicas off a node marked
+        draining, and a replica must end by scaling down, not by eviction."""
         record = self._state.local_nodes[node_id]
         ray_node = alive_nodes_labelled(self._state, NODE_LABEL).get(node_id)
         if ray_node is not None:
+            busy = nodes_running_actors(self._state)
+            if busy is None or ray_node in busy:
+                raise NodeBusy(f"{node_id} still runs actors")
             self._drain(ray_node, node_id)
         del self._state.local_nodes[node_id]
         processes.terminate_group(record["pid"])

@@ -71,3 +71,15 @@ def alive_nodes_labelled(state: PlatformState, label: str) -> dict[str, str]:
         for n in nodes
         if n.get("state") == "ALIVE" and label in (n.get("labels") or {})
     }
+
+
+def nodes_running_actors(state: PlatformState) -> set[str] | None:
+    """Ray node ids with a live actor (a Serve replica, the ingress, ...); None if the
+    state API did not answer, so callers can treat every node as busy."""
+    params = {"limit": 10000, "filter_keys": "state", "filter_predicates": "=", "filter_values": "ALIVE"}
+    try:
+        response = httpx.get(f"{state.dashboard_url}/api/v0/actors", params=params, timeout=5)
+        actors = response.json()["data"]["result"]["result"]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return None
+    return {a["node_id"] for a in actors if a.get("node_id")}

@@ -9,6 +9,9 @@ The tests run in file order on one platform of their own (e2e-autoscale.yaml).
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +25,7 @@ from meridian.spec import PlatformSpec, load_spec
 from meridian.status import collect_status
 
 SPEC_PATH = Path(__file__).with_name("e2e-autoscale.yaml")
+BIN = Path(sys.executable).parent
 PARIS = "48.85,2.35"
 # A replica start on two busy cores, with vLLM's first compile: generous, not tight.
 SCALE_TIMEOUT_S = 420.0
@@ -58,6 +62,17 @@ def region_nodes(spec: PlatformSpec, slug: str) -> int:
     """Ray nodes the capacity loop holds for a region (it keeps the platform state)."""
     state = PlatformState.load(spec.name)
     return sum(1 for node in state.local_nodes.values() if node["region"] == slug)
+
+
+def capacity_report(spec: PlatformSpec) -> dict[str, dict]:
+    """`meridian capacity report --json`, rows by region."""
+    result = subprocess.run(
+        [str(BIN / "meridian"), "capacity", "report", str(SPEC_PATH), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return {row["region"]: row for row in json.loads(result.stdout)["rows"]}
 
 
 def region_view(spec: PlatformSpec, platform: PlatformState, name: str) -> dict:
@@ -132,6 +147,9 @@ def test_a_sustained_burst_scales_a_region_from_one_to_two_replicas_without_fail
     )
     assert running_engine_replicas(platform, "local-us-east") == 2
     assert region_nodes(spec, "local-us-east") == 2  # one replica a node: the capacity loop added one
+    wait_until(
+        lambda: capacity_report(spec)["local-us-east"]["nodes"]["on_demand"] == 2, 30, "the report shows both nodes"
+    )
     assert outcomes and all(status == 200 for status, _ in outcomes), [o for o in outcomes if o[0] != 200][:5]
     scaling = region_view(spec, platform, "local/us-east")["autoscaling"]
     assert scaling["cold_start_measured"] and scaling["cold_start_s"] > 0

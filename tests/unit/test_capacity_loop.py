@@ -22,7 +22,7 @@ SPEC = {
         {"name": "local/us-east", "location": {"lat": 39.0, "lon": -77.5}},
         {"name": "local/eu-west", "location": {"lat": 53.3, "lon": -6.3}},
     ],
-    "ray": {"cpus_per_region_node": 4},  # two replicas a node: 1 CPU engine + 1 CPU Serve actor each
+    "ray": {"cpus_per_region_node": 5},  # two replicas a node: engine + Serve actor each, one CPU spare
 }
 
 
