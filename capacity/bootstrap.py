@@ -2,7 +2,7 @@
 
 AWS passes it as EC2 user data, GCP as the `startup-script` metadata item; both run it
 as root on first boot. The node advertises the same Ray resource and label that the
-local launcher gives region nodes (meridian/launcher.py), so the region's Serve
+local launcher gives region nodes (meridian/ray_nodes.py), so the region's Serve
 replicas, which require `region:<slug>`, land on it.
 """
 
