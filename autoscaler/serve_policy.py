@@ -47,6 +47,8 @@ class RegionAutoscalingPolicy:
         idle_to_zero_s: float,
         cold_start_s: float,
         profile: str,
+        scale_down_after_s: float | None,
+        burst_window_s: float,
         slo_ttft_ms: float,
         slo_itl_ms: float,
         decision_interval_s: float = 5.0,
@@ -59,12 +61,21 @@ class RegionAutoscalingPolicy:
             idle_to_zero_s=idle_to_zero_s,
             cold_start_s=cold_start_s,
             profile=profile,
+            scale_down_after_s=scale_down_after_s,
+            burst_window_s=burst_window_s,
         )
         slo = SLOSpec(ttft_p95_ms=slo_ttft_ms, itl_p95_ms=slo_itl_ms)
         self._min_replicas = min_replicas
         self._max_replicas = max_replicas
         self._policy = MeridianPolicy(
-            MeridianConfig.from_specs(scaling, slo, PROFILES[profile], interval_s=decision_interval_s)
+            MeridianConfig.from_specs(
+                scaling,
+                slo,
+                PROFILES[profile],
+                interval_s=decision_interval_s,
+                scale_down_window_s=scale_down_after_s,
+                burst_window_s=burst_window_s,
+            )
         )
         self._tracker = ReplicaReportTracker(history_s)
         self._cold_start = ColdStartClock(cold_start_s)

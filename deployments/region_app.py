@@ -47,6 +47,8 @@ class RegionAutoscalingArgs(BaseModel):
     idle_to_zero_s: float = Field(gt=0)
     cold_start_s: float = Field(gt=0)
     profile: str = Field(min_length=1)
+    scale_down_after_s: float | None = Field(default=None, ge=0)
+    burst_window_s: float = Field(default=900.0, gt=0)
     slo_ttft_ms: float = Field(gt=0)
     slo_itl_ms: float = Field(gt=0)
     decision_interval_s: float = Field(default=5.0, gt=0)

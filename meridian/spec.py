@@ -91,6 +91,10 @@ class AutoscalingSpec(StrictModel):
     cold_start_s: float = Field(default=90.0, gt=0)
     # The replica performance profile the policy plans capacity with (autoscaler/perf.py).
     profile: str = "smollm2-135m-cpu"
+    # How long replicas are kept after demand falls; unset: one measured cold start.
+    scale_down_after_s: float | None = Field(default=None, ge=0)
+    # Replicas stay sized for the bursts seen this far back (autoscaler/policy.py).
+    burst_window_s: float = Field(default=900.0, gt=0)
 
     @field_validator("profile")
     @classmethod

@@ -4,6 +4,7 @@ the packaged model, and the geo router, started as `meridian up` starts them."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -26,12 +27,22 @@ def spec() -> PlatformSpec:
     return load_spec(SPEC_PATH)
 
 
-@pytest.fixture(scope="session")
-def platform(spec: PlatformSpec, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlatformState]:
+@contextmanager
+def running_platform(spec_path: Path, state_dir: Path) -> Iterator[PlatformState]:
+    """`meridian up` of `spec_path` with its state in `state_dir`; `down` afterwards."""
+    name = load_spec(spec_path).name
     mp = pytest.MonkeyPatch()
-    mp.setenv("MERIDIAN_STATE_DIR", str(tmp_path_factory.mktemp("state")))
-    launcher.down(spec.name)  # a platform left by an interrupted run
-    state, _ = launcher.up(SPEC_PATH, on_step=lambda message: print(f"[e2e] {message}", flush=True))
-    yield state
-    launcher.down(spec.name)
-    mp.undo()
+    mp.setenv("MERIDIAN_STATE_DIR", str(state_dir))
+    launcher.down(name)  # a platform left by an interrupted run
+    try:
+        state, _ = launcher.up(spec_path, on_step=lambda message: print(f"[{name}] {message}", flush=True))
+        yield state
+    finally:
+        launcher.down(name)
+        mp.undo()
+
+
+@pytest.fixture(scope="session")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlatformState]:
+    with running_platform(SPEC_PATH, tmp_path_factory.mktemp("state")) as state:
+        yield state

@@ -24,6 +24,8 @@ from meridian.platform_state import PlatformState
 from meridian.spec import PlatformSpec, load_spec
 from meridian.status import collect_status
 
+from .conftest import running_platform
+
 SPEC_PATH = Path(__file__).with_name("e2e-autoscale.yaml")
 BIN = Path(sys.executable).parent
 PARIS = "48.85,2.35"
@@ -37,14 +39,9 @@ def spec() -> PlatformSpec:
 
 
 @pytest.fixture(scope="module")
-def platform(spec: PlatformSpec, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlatformState]:
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MERIDIAN_STATE_DIR", str(tmp_path_factory.mktemp("state-autoscale")))
-    launcher.down(spec.name)
-    state, _ = launcher.up(SPEC_PATH, on_step=lambda message: print(f"[e2e-autoscale] {message}", flush=True))
-    yield state
-    launcher.down(spec.name)
-    mp.undo()
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlatformState]:
+    with running_platform(SPEC_PATH, tmp_path_factory.mktemp("state-autoscale")) as state:
+        yield state
 
 
 def running_engine_replicas(platform: PlatformState, slug: str) -> int:
@@ -156,7 +153,7 @@ def test_a_sustained_burst_scales_a_region_from_one_to_two_replicas_without_fail
 
 
 def test_after_the_burst_an_idle_region_returns_to_its_minimum(spec, platform):
-    wait_until(lambda: running_engine_replicas(platform, "local-us-east") == 1, 300, "us-east back at one replica")
+    wait_until(lambda: running_engine_replicas(platform, "local-us-east") == 1, 360, "us-east back at one replica")
     assert region_view(spec, platform, "local/us-east")["autoscaling"]["target"] == 1
     wait_until(lambda: region_nodes(spec, "local-us-east") == 1, 120, "the idle node released")
     response = httpx.post(f"{platform.router_url}/v1/chat/completions", json=chat(spec, "Say hello."), timeout=120)

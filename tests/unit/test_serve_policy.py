@@ -36,6 +36,8 @@ def policy(**overrides) -> RegionAutoscalingPolicy:
         idle_to_zero_s=60.0,
         cold_start_s=60.0,
         profile="smollm2-135m-cpu",
+        scale_down_after_s=None,
+        burst_window_s=900.0,
         slo_ttft_ms=2000.0,
         slo_itl_ms=200.0,
         decision_interval_s=5.0,
