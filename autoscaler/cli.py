@@ -62,7 +62,7 @@ def run(
                     slo_itl_s=slo_itl_s,
                     min_replicas=min_replicas,
                     max_replicas=max_replicas,
-                    initial_replicas=lineup.initial_replicas(contender, min_replicas),
+                    initial_replicas=lineup.initial_replicas(contender, trace, profile, min_replicas),
                     warmup_s=warmup_s,
                 )
                 start = done

@@ -94,11 +94,19 @@ def contenders(
     raise ValueError(f"unknown policy {name!r}; expected one of {', '.join(POLICIES)}")
 
 
-def initial_replicas(contender: Contender, min_replicas: int) -> int:
-    """Static starts with its count; every autoscaler starts from the same floor."""
+def opening_replicas(trace: Trace, profile: ReplicaProfile, window_s: float = 60.0) -> int:
+    """Replicas the trace's first minute keeps busy with prefill alone: the same,
+    policy-neutral warm start for every autoscaler, so none is judged on a cold fleet
+    meeting fleet-scale load."""
+    opening = trace.prompt_tokens[trace.arrival_s < window_s].sum() / window_s
+    return math.ceil(opening / profile.prefill_tokens_per_s - 1e-9)
+
+
+def initial_replicas(contender: Contender, trace: Trace, profile: ReplicaProfile, min_replicas: int) -> int:
+    """Static starts with its count; every autoscaler from the same opening count."""
     if isinstance(contender.policy, StaticPeak):
         return contender.policy.config.replicas
-    return max(min_replicas, 1)
+    return max(min_replicas, 1, opening_replicas(trace, profile))
 
 
 def best_settings(results: list[SimResult], goal: float) -> dict[str, SimResult]:

@@ -94,7 +94,20 @@ class SimResult:
 
 
 class _Replica:
-    __slots__ = ("slot", "started_at", "ready_at", "stopped_at", "free_at", "starts", "ends", "kv", "busy", "busy_t")
+    __slots__ = (
+        "slot",
+        "started_at",
+        "ready_at",
+        "stopped_at",
+        "free_at",
+        "starts",
+        "ends",
+        "last_end",
+        "batch",
+        "kv",
+        "busy",
+        "busy_t",
+    )
 
     def __init__(self, slot: int, started_at: float, ready_at: float) -> None:
         self.slot = slot
@@ -102,22 +115,29 @@ class _Replica:
         self.ready_at = ready_at
         self.stopped_at = math.inf
         self.free_at = ready_at
+        # For the load signals at `now`: prefill starts not yet reached, ends not yet reached.
         self.starts: deque[float] = deque()
-        self.ends: list[tuple[float, int]] = []
+        self.ends: list[float] = []
+        self.last_end = ready_at
+        # For scheduling: (end, KV tokens) of the requests still running at the latest
+        # prefill start. Starts only move forward, so this is retired up to each new start.
+        self.batch: list[tuple[float, int]] = []
         self.kv = 0
         self.busy = 0.0
         self.busy_t = 0.0
 
     def retire_until(self, now: float) -> None:
         ends = self.ends
-        while ends and ends[0][0] <= now:
-            self.kv -= heapq.heappop(ends)[1]
+        while ends and ends[0] <= now:
+            heapq.heappop(ends)
         starts = self.starts
         while starts and starts[0] <= now:
             starts.popleft()
 
-    def drained_at(self) -> float:
-        return max((end for end, _ in self.ends), default=self.free_at)
+    def schedule_from(self, start: float) -> None:
+        batch = self.batch
+        while batch and batch[0][0] <= start:
+            self.kv -= heapq.heappop(batch)[1]
 
 
 class _Region:
@@ -169,7 +189,7 @@ class _Region:
         self.ready.sort(key=lambda r: r.free_at)
         for replica in self.ready[:count]:
             self.free_at[replica.slot] = math.inf
-            replica.stopped_at = max(now, replica.drained_at())
+            replica.stopped_at = max(now, replica.last_end, replica.free_at)
             self.stopping.append(replica)
         del self.ready[:count]
 
@@ -188,15 +208,17 @@ class _Region:
         profile = self.profile
         slot = int(self.free_at.argmin())
         replica = self.replicas[slot]
-        ends = replica.ends
-        if ends and ends[0][0] <= now:
-            replica.retire_until(now)
-        batch = len(ends)
         start = replica.free_at if replica.free_at > now else now
+        replica.schedule_from(start)
+        batch = replica.batch
         need = prompt + output
-        if replica.kv + need > self.kv_capacity or batch >= self.max_num_seqs:
-            start = max(start, self._room_at(replica, need))
-        prefill = profile.prefill_s(prompt, batch)
+        # Wait until the KV cache holds the request and the batch has a free sequence.
+        while batch and (replica.kv + need > self.kv_capacity or len(batch) >= self.max_num_seqs):
+            end, tokens = heapq.heappop(batch)
+            replica.kv -= tokens
+            start = max(start, end)
+        running = len(batch)
+        prefill = profile.prefill_s(prompt, running)
         first = start + prefill
         if start > replica.busy_t:
             replica.busy = replica.busy * math.exp((replica.busy_t - start) / PREFILL_SHARE_TAU_S) + prefill
@@ -204,28 +226,19 @@ class _Region:
         else:
             replica.busy += prefill
         share = replica.busy / PREFILL_SHARE_TAU_S
-        itl = profile.itl_s(batch + 1, share if share < 1.0 else 1.0)
+        itl = profile.itl_s(running + 1, share if share < 1.0 else 1.0)
         end = first + (output - 1) * itl
         replica.free_at = first
         self.free_at[slot] = first
         replica.starts.append(start)
-        heapq.heappush(ends, (end, need))
+        heapq.heappush(replica.ends, end)
+        heapq.heappush(batch, (end, need))
         replica.kv += need
+        if end > replica.last_end:
+            replica.last_end = end
         self.ttft[index] = first - arrival
         self.itl[index] = itl
         self.first_token[index] = first
-
-    def _room_at(self, replica: _Replica, need: int) -> float:
-        """When enough of the replica's requests have ended for `need` more KV tokens and a batch slot."""
-        profile = self.profile
-        kv = replica.kv
-        batch = len(replica.ends)
-        for end, tokens in sorted(replica.ends):
-            if kv + need <= profile.kv_capacity_tokens and batch < profile.max_num_seqs:
-                return end
-            kv -= tokens
-            batch -= 1
-        return replica.drained_at()
 
     def load(self, now: float) -> tuple[int, int, float]:
         running = waiting = 0
@@ -235,7 +248,7 @@ class _Region:
             queued = len(replica.starts)
             waiting += queued
             running += len(replica.ends) - queued
-            kv += replica.kv / self.profile.kv_capacity_tokens
+            kv += replica.kv / self.kv_capacity
         usage = kv / len(self.ready) if self.ready else 0.0
         return running, waiting + len(self.held), min(usage, 1.0)
 
