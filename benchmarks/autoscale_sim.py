@@ -16,6 +16,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -59,12 +61,36 @@ def goal_verdict(best: dict[str, SimResult]) -> list[str]:
         met_cost = met_slo and saving >= 0.30
         lines.append(
             f"- Cheapest baseline reaching {SLO_GOAL:.0%}: {name} ({cheapest.setting}), "
-            f"{cheapest.gpu_hours:.2f} GPU-hours. Meridian uses {saving:+.1%} fewer GPU-hours "
+            f"{cheapest.gpu_hours:.2f} GPU-hours. Meridian uses {abs(saving):.1%} "
+            f"{'fewer' if saving >= 0 else 'more'} GPU-hours "
             f"(goal: ≥ 30% fewer at ≥ {SLO_GOAL:.0%}) — **{'met' if met_cost else 'NOT met'}**."
         )
     else:
         lines.append(f"- No baseline setting reached {SLO_GOAL:.0%}.")
     return lines
+
+
+def load_profile(trace: traces.Trace, profile: perf.ReplicaProfile, bin_s: float) -> tuple[float, float]:
+    """(mean, request-weighted 99th percentile) of the replicas the trace's prefill work
+    keeps busy per `bin_s` bin, counted after the warm-up."""
+    counted = trace.arrival_s >= WARMUP_S
+    index = ((trace.arrival_s[counted] - WARMUP_S) // bin_s).astype(np.int64)
+    load = np.bincount(index, weights=trace.prompt_tokens[counted]) / bin_s / profile.prefill_tokens_per_s
+    return float(load.mean()), float(np.percentile(load[index], 99))
+
+
+def autoscaler_verdict(best: dict[str, SimResult]) -> str:
+    """Meridian against the autoscaling peers alone (static provisioning left out)."""
+    meridian = best.get("meridian")
+    peers = {n: r for n, r in best.items() if n not in ("meridian", "static") and r.slo_attainment >= SLO_GOAL}
+    if meridian is None or not peers:
+        return "- No autoscaling peer reached 99%."
+    name, cheapest = min(peers.items(), key=lambda item: item[1].gpu_hours)
+    return (
+        f"- Against the autoscaling peers alone: the cheapest reaching {SLO_GOAL:.0%} is {name} "
+        f"({cheapest.setting}, {cheapest.gpu_hours:.2f} GPU-hours); Meridian uses "
+        f"{1.0 - meridian.gpu_hours / cheapest.gpu_hours:.1%} fewer."
+    )
 
 
 def main() -> None:
@@ -101,9 +127,13 @@ def main() -> None:
 
     fleet = traces.superpose(trace, args.fleet_scale)
     began = time.perf_counter()
-    fleet_results = run(
+    meridian_fleet = run(
+        fleet, ["meridian"], profile, SLO_TTFT_S, SLO_ITL_S, MIN_REPLICAS, MAX_REPLICAS, WARMUP_S, show_progress=True
+    )
+    per_run_s = (time.perf_counter() - began) / len(meridian_fleet)
+    peers_fleet = run(
         fleet,
-        ["meridian"],
+        [name for name in lineup.POLICIES if name != "meridian"],
         profile,
         SLO_TTFT_S,
         SLO_ITL_S,
@@ -112,9 +142,10 @@ def main() -> None:
         WARMUP_S,
         show_progress=True,
     )
-    fleet_s = time.perf_counter() - began
-    per_run_s = fleet_s / len(fleet_results)
+    fleet_results = meridian_fleet + peers_fleet
+    fleet_best = lineup.best_settings(fleet_results, SLO_GOAL)
 
+    mean_load, burst_load = load_profile(trace, profile, SLO_TTFT_S)
     lines = [
         "# Autoscaling: Meridian vs Ray Serve, SkyServe, Knative KPA, static",
         "",
@@ -131,13 +162,23 @@ def main() -> None:
         f"KV {profile.kv_capacity_tokens:,} tokens, cold start {profile.cold_start_s:g} s, "
         f"${profile.usd_per_gpu_hour}/GPU-h; sources in autoscaler/perf.py). "
         f"SLO: TTFT ≤ {SLO_TTFT_S:g} s and mean ITL ≤ {SLO_ITL_S * 1000:g} ms per request. "
-        f"Every policy starts from {MIN_REPLICAS} ready replica (static: its count); requests arriving "
+        f"Every autoscaler starts from the same ready replicas, the trace's first-minute prefill work "
+        f"(`lineup.opening_replicas`; static: its count); requests arriving "
         f"in the first {WARMUP_S:g} s and replica time in them are not counted. "
         f"Replicas bounded to [{MIN_REPLICAS}, {MAX_REPLICAS}].",
         "",
         "## Goal",
         "",
         *goal_verdict(best),
+        autoscaler_verdict(best),
+        "",
+        f"Why: the trace's prefill work keeps {mean_load:.2f} replicas busy on average, but 1% of its "
+        f"requests arrive in {SLO_TTFT_S:g}-second windows that need {burst_load:.1f} or more. Those bursts "
+        f"last seconds and a replica takes {profile.cold_start_s:g} s to start, so no policy that cannot "
+        "see them coming can scale for them: the standing capacity has to absorb them. Over one hour "
+        "with no trough, that makes provisioning for the burst, which static does, close to the cheapest "
+        "way to 99%; Meridian's burst sizing (`autoscaler/policy.py`) keeps that standing capacity and "
+        "trims it between bursts, but not by 30%.",
         "",
         "## Every policy and setting",
         "",
@@ -153,13 +194,16 @@ def main() -> None:
         "",
         "## Fleet scale",
         "",
-        f"`--scale {args.fleet_scale}`: {len(fleet):,} requests; each Meridian run "
-        f"({len(fleet_results)} settings) took {per_run_s:.1f} s on average, "
-        f"{fleet_s:.1f} s in all.",
+        f"`--scale {args.fleet_scale}` ({args.fleet_scale} copies of the trace, copy k shifted by k/K of its "
+        f"duration and wrapped, `traces.superpose`): {len(fleet):,} requests. A Meridian run took "
+        f"{per_run_s:.1f} s on this machine (target: under 60 s). The same line-up on it:",
+        "",
+        *goal_verdict(fleet_best),
+        autoscaler_verdict(fleet_best),
         "",
         "| policy | setting | SLO attainment | GPU-hours | cost $ | max replicas | TTFT p95 s | ITL p95 ms |",
         "|---|---|---|---|---|---|---|---|",
-        *[_row(r, {}) for r in fleet_results],
+        *[_row(r, fleet_best) for r in fleet_results],
         "",
     ]
     (RESULTS / "autoscale.md").write_text("\n".join(lines))
