@@ -153,8 +153,15 @@ def test_a_sustained_burst_scales_a_region_from_one_to_two_replicas_without_fail
 
 
 def test_after_the_burst_an_idle_region_returns_to_its_minimum(spec, platform):
-    wait_until(lambda: running_engine_replicas(platform, "local-us-east") == 1, 360, "us-east back at one replica")
-    assert region_view(spec, platform, "local/us-east")["autoscaling"]["target"] == 1
+    # Serve's replica states and the polled status view move a moment apart: wait for both.
+    wait_until(
+        lambda: (
+            running_engine_replicas(platform, "local-us-east") == 1
+            and region_view(spec, platform, "local/us-east")["autoscaling"]["target"] == 1
+        ),
+        360,
+        "us-east back at one replica, targeted at one",
+    )
     wait_until(lambda: region_nodes(spec, "local-us-east") == 1, 120, "the idle node released")
     response = httpx.post(f"{platform.router_url}/v1/chat/completions", json=chat(spec, "Say hello."), timeout=120)
     assert response.status_code == 200
