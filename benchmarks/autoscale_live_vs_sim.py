@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from autoscaler import perf, simulation, traces  # noqa: E402
 from autoscaler.baselines import StaticConfig, StaticPeak  # noqa: E402
-from benchmarks.calibrate_cpu import calibrate, prompt_of  # noqa: E402
+from benchmarks.calibrate_cpu import calibrate, prompt_of, stream  # noqa: E402
 from benchmarks.e2e_vs_vllm import meridian  # noqa: E402
 from meridian.spec import load_spec  # noqa: E402
 
@@ -63,29 +63,8 @@ async def one_request(
     session: aiohttp.ClientSession, url: str, model: str, delay_s: float, prompt_words: int, output: int, seed: int
 ) -> dict:
     await asyncio.sleep(delay_s)
-    body = {
-        "model": model,
-        "prompt": prompt_of(prompt_words, seed),
-        "max_tokens": output,
-        "temperature": 0.0,
-        "ignore_eos": True,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
     sent = time.perf_counter()
-    chunks: list[float] = []
-    usage: dict = {}
-    async with session.post(f"{url}/v1/completions", json=body) as response:
-        response.raise_for_status()
-        async for raw in response.content:
-            line = raw.decode().strip()
-            if not line.startswith("data:") or line == "data: [DONE]":
-                continue
-            event = json.loads(line[5:])
-            if event.get("usage"):
-                usage = event["usage"]
-            if any(choice.get("text") for choice in event.get("choices", [])):
-                chunks.append(time.perf_counter())
+    chunks, usage = await stream(session, url, model, prompt_of(prompt_words, seed), output)
     itl = (chunks[-1] - chunks[0]) / (len(chunks) - 1) if len(chunks) > 1 else 0.0
     return {
         "arrival_s": delay_s,

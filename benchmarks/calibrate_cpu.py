@@ -38,8 +38,8 @@ def prompt_of(words: int, seed: int) -> str:
 
 async def stream(
     session: aiohttp.ClientSession, url: str, model: str, prompt: str, max_tokens: int
-) -> tuple[list[float], int]:
-    """Arrival times of the streamed chunks that carry text, and the prompt's token count."""
+) -> tuple[list[float], dict]:
+    """Arrival times of the streamed chunks that carry text, and the server's token usage."""
     body = {
         "model": model,
         "prompt": prompt,
@@ -50,7 +50,7 @@ async def stream(
         "stream_options": {"include_usage": True},
     }
     times: list[float] = []
-    prompt_tokens = 0
+    usage: dict = {}
     async with session.post(f"{url}/v1/completions", json=body) as response:
         response.raise_for_status()
         async for raw in response.content:
@@ -59,17 +59,18 @@ async def stream(
                 continue
             chunk = json.loads(line[5:])
             if chunk.get("usage"):
-                prompt_tokens = int(chunk["usage"].get("prompt_tokens", 0))
+                usage = chunk["usage"]
             if any(choice.get("text") for choice in chunk.get("choices", [])):
                 times.append(time.perf_counter())
-    return times, prompt_tokens
+    return times, usage
 
 
 async def measure_prefill(session: aiohttp.ClientSession, url: str, model: str, words: int, repeats: int) -> dict:
     rates = []
     for i in range(repeats):
         begin = time.perf_counter()
-        times, tokens = await stream(session, url, model, prompt_of(words, seed=i), 1)
+        times, usage = await stream(session, url, model, prompt_of(words, seed=i), 1)
+        tokens = int(usage.get("prompt_tokens", 0))
         if times and tokens:
             rates.append(tokens / (times[0] - begin))
     return {"prefill_tokens_per_s": statistics.median(rates), "samples": rates}
