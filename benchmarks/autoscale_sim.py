@@ -84,12 +84,13 @@ def autoscaler_verdict(best: dict[str, SimResult]) -> str:
     meridian = best.get("meridian")
     peers = {n: r for n, r in best.items() if n not in ("meridian", "static") and r.slo_attainment >= SLO_GOAL}
     if meridian is None or not peers:
-        return "- No autoscaling peer reached 99%."
+        return f"- No autoscaling peer reached {SLO_GOAL:.0%}."
     name, cheapest = min(peers.items(), key=lambda item: item[1].gpu_hours)
+    saving = 1.0 - meridian.gpu_hours / cheapest.gpu_hours
     return (
         f"- Against the autoscaling peers alone: the cheapest reaching {SLO_GOAL:.0%} is {name} "
-        f"({cheapest.setting}, {cheapest.gpu_hours:.2f} GPU-hours); Meridian uses "
-        f"{1.0 - meridian.gpu_hours / cheapest.gpu_hours:.1%} fewer."
+        f"({cheapest.setting}, {cheapest.gpu_hours:.2f} GPU-hours); Meridian, at "
+        f"{meridian.slo_attainment:.2%}, uses {abs(saving):.1%} {'fewer' if saving >= 0 else 'more'}."
     )
 
 
