@@ -164,3 +164,24 @@ def test_state_is_json_able() -> None:
     _, state = policy().decide(signals([3.0] * 100, 1), {})
     assert json.loads(json.dumps(state)) == state
     assert math.isclose(state["prompt_mean"], PROMPT)
+
+
+def test_bursts_shorter_than_a_cold_start_are_sized_as_a_fluid() -> None:
+    """Two demands with the same mean rate, 2 req/s: one smooth, one arriving as 60
+    requests at once every 30 s. Every window, trend and period the forecast reads sees
+    the same rate; only burst sizing tells them apart. The burst's prompt tokens must
+    prefill within one TTFT-long bin, which takes more replicas than the mean rate."""
+    seconds = 600
+    smooth = [2.0] * seconds
+    bursty = [60.0 if i % 30 == 0 else 0.0 for i in range(1, seconds + 1)]
+    assert sum(smooth) == sum(bursty)
+    knobs = {"season_min_corr": 1.0, "trend_window_s": 10.0}
+    calm, _ = policy(**knobs).decide(signals(smooth, 1), {})
+    burst, _ = policy(**knobs).decide(signals(bursty, 1), {})
+    assert calm.target == needed(2.0)
+    assert "burst" in burst.reason and "burst" not in calm.reason
+    # 60 prompts of 2048 tokens in one 2 s bin (the TTFT target), at one replica's
+    # prefill speed for a 2048-token prompt.
+    replica_tokens_per_s = PROMPT / H100_LLAMA31_8B.prefill_s(PROMPT, 1.0)
+    assert burst.target == math.ceil(60 * PROMPT / 2.0 / replica_tokens_per_s)
+    assert burst.target > calm.target

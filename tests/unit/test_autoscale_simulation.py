@@ -12,7 +12,7 @@ from autoscaler.baselines import StaticConfig, StaticPeak
 from autoscaler.perf import ReplicaProfile
 from autoscaler.policy import MeridianConfig, MeridianPolicy
 from autoscaler.signals import PolicyState, RegionSignals, ScalingDecision
-from autoscaler.simulation import SimConfig, simulate
+from autoscaler.simulation import SimConfig, SimResult, simulate
 from autoscaler.slo_capacity import Workload, replicas_needed
 
 # A replica whose prefill of a 1000-token prompt takes exactly 0.5 s (+ one 1 ms step),
@@ -67,7 +67,9 @@ def test_meridian_settles_on_the_replica_count_its_capacity_model_gives() -> Non
     expected = replicas_needed(PROFILE, Workload(4.0, 1000, 10), 1.5, 0.1, 0.99, 512)
     assert expected >= 3
     policy = MeridianPolicy(MeridianConfig(profile=PROFILE, slo_ttft_s=1.5, slo_itl_s=0.1))
-    result = simulate(trace, policy, config(initial_replicas=expected, warmup_s=300))
+    # Start away from the answer, below it: a policy that never acts stays at 1.
+    result = simulate(trace, policy, config(initial_replicas=1, warmup_s=300))
+    assert result.replicas[0] == 1
     assert result.replicas[-1] == expected
     assert result.max_replicas == expected
     assert result.slo_attainment == 1.0
@@ -132,11 +134,9 @@ def test_loaders_read_both_formats(tmp_path: Path) -> None:
         traces.load(bad, "mooncake")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="goal not met: see benchmarks/results/autoscale.md (Meridian below 99% or not 30% cheaper)",
-)
-def test_goal_on_the_azure_code_trace() -> None:
+@pytest.fixture(scope="module")
+def azure_lineup() -> dict[str, SimResult]:
+    """Every policy's best setting on the Azure code trace, as benchmarks/autoscale_sim.py runs it."""
     if not SHARED_TRACE.is_file():
         pytest.skip("shared data absent")
     from autoscaler.cli import run
@@ -144,9 +144,26 @@ def test_goal_on_the_azure_code_trace() -> None:
 
     trace = traces.load(SHARED_TRACE, "azure")
     results = run(trace, list(lineup.POLICIES), H100_LLAMA31_8B, 2.0, 0.2, 1, 512, 600.0, show_progress=False)
-    best = lineup.best_settings(results, 0.99)
-    meridian = best["meridian"]
+    assert {r.policy for r in results} == set(lineup.POLICIES)
+    return lineup.best_settings(results, 0.99)
+
+
+def test_meridian_holds_todays_level_on_the_azure_code_trace(azure_lineup: dict[str, SimResult]) -> None:
+    """Today's figures (benchmarks/results/autoscale.md): 98.1% attainment, 3.53 GPU-hours.
+    The goal below is not met; this pins the level reached so that a regression fails."""
+    meridian = azure_lineup["meridian"]
+    assert meridian.slo_attainment >= 0.98
+    assert meridian.gpu_hours <= 3.6
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="goal not met: see benchmarks/results/autoscale.md (Meridian below 99% or not 30% cheaper)",
+)
+def test_goal_on_the_azure_code_trace(azure_lineup: dict[str, SimResult]) -> None:
+    meridian = azure_lineup["meridian"]
     assert meridian.slo_attainment >= 0.99
-    peers = [r for name, r in best.items() if name != "meridian" and r.slo_attainment >= 0.99]
+    peers = [r for name, r in azure_lineup.items() if name != "meridian" and r.slo_attainment >= 0.99]
     assert peers
     assert meridian.gpu_hours <= 0.7 * min(r.gpu_hours for r in peers)
