@@ -163,6 +163,22 @@ def goal_results():
     return out
 
 
+# Today's availability per set (benchmarks/results/capacity.md), rounded down: the goal
+# (99.9%) is not met, and these pin the level reached so that a regression fails.
+TODAYS_AVAILABILITY = {
+    "availability/1-node/aws-02-15-2023": 0.995,
+    "preemption/4-node/aws-08-03-2023": 0.995,
+    "availability/16-node/aws-08-27-2023": 0.994,
+}
+# Savings count only at an availability a user would accept.
+REQUIRED_AVAILABILITY = 0.995
+
+
+@pytest.mark.parametrize("name", GOAL_SETS)
+def test_meridian_holds_todays_availability(goal_results, name: str) -> None:
+    assert goal_results[name]["meridian"].availability >= TODAYS_AVAILABILITY[name]
+
+
 @pytest.mark.parametrize("name", GOAL_SETS)
 def test_meridian_beats_spothedge_savings_at_better_availability(goal_results, name: str) -> None:
     meridian, spothedge = goal_results[name]["meridian"], goal_results[name]["spothedge"]
@@ -172,10 +188,16 @@ def test_meridian_beats_spothedge_savings_at_better_availability(goal_results, n
 
 @pytest.mark.parametrize("name", GOAL_SETS[:2])
 def test_meridian_saves_half_against_on_demand(goal_results, name: str) -> None:
-    assert goal_results[name]["meridian"].savings_vs_ondemand >= 0.5
+    meridian = goal_results[name]["meridian"]
+    assert meridian.availability >= REQUIRED_AVAILABILITY
+    assert meridian.savings_vs_ondemand >= 0.5
 
 
-@pytest.mark.xfail(strict=True, reason="Goal not met: 99.9% availability is not reached (see capacity.md)")
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="Goal not met: 99.9% availability is not reached (see capacity.md)",
+)
 @pytest.mark.parametrize("name", GOAL_SETS)
 def test_meridian_reaches_three_nines(goal_results, name: str) -> None:
     assert goal_results[name]["meridian"].availability >= 0.999
