@@ -37,10 +37,11 @@ Profiles
   measurements.
 
 `CPU_SMOLLM2_135M` — SmolLM2-135M-Instruct under vLLM CPU on this project's 2-core
-machines (ARCHITECTURE.md facts; benchmarks/results/e2e_vs_vllm.md): one stream runs at
-~20 tok/s → a 50 ms step at batch 1. `vllm bench serve` with 256-token prompts, 64
-output tokens, concurrency 16 gave 178.8 output tok/s, TTFT p50 1645 ms, TPOT p50
-64.3 ms, in waves of 16 requests of 5.7 s each. A wave's 16·256 = 4096 prompt tokens
+machines (ARCHITECTURE.md facts): one stream runs at ~20 tok/s → a 50 ms step at batch
+1. The bare-vLLM target of `python benchmarks/e2e_vs_vllm.py` on 2026-11-22 (`vllm
+bench serve`, 256-token prompts, 64 output tokens, concurrency 16; its output is kept
+as benchmarks/results/raw/cpu_profile_source.json) gave 178.8 output tok/s, TTFT p50
+1645 ms, TPOT p50 64.3 ms, in waves of 16 requests of 5.7 s each. A wave's 16·256 = 4096 prompt tokens
 prefilled in ≈ the TTFT p50 → ~2,500 prompt tok/s; 64 steps at batch 16 took the rest,
 so step(16) ≈ 64 ms and step(b) ≈ 49 ms + 0.93 ms·b. KV: vLLM CPU's 4 GiB default KV
 space over 30 layers · 3 KV heads · 64 dims · 2 (K,V) · 2 B = 22.5 KiB a token → ~186k
