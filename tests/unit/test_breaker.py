@@ -30,3 +30,16 @@ def test_request_success_resets_the_count_only_while_closed():
     breaker.record_request_success()
     breaker.record_failure(now=0)
     assert not breaker.is_open
+
+
+def test_request_success_leaves_an_open_breaker_open():
+    # Only a health probe past open_s closes an open breaker; an answered request (one
+    # sent there by panic routing, or in flight when it opened) does not, nor resets the count.
+    breaker = CircuitBreaker(failure_threshold=2, open_s=2.0)
+    breaker.record_failure(now=0.0)
+    breaker.record_failure(now=0.1)
+    assert breaker.is_open and breaker.failures == 2
+    breaker.record_request_success()
+    assert breaker.is_open
+    assert breaker.failures == 2
+    assert breaker.opened_at == 0.1

@@ -43,20 +43,45 @@ async def serve_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
 
 
 def test_streams_chunks_as_they_arrive():
-    async def scenario() -> tuple[int, str, bytes]:
-        server, port = await raw_server(lambda r, w: serve_stream(r, w, break_after=None))
+    """The first chunk reaches the caller while the server is still waiting to send the
+    rest: the server sends its last chunks only once the caller has the first one."""
+
+    async def scenario() -> tuple[int, str, bytes, bytes, bool]:
+        first_received = asyncio.Event()
+        released: list[bool] = []
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+            writer.write(chunked([STREAM[0]]))
+            await writer.drain()
+            try:  # an adapter that buffers never hands over the first chunk: give up after a while
+                await asyncio.wait_for(first_received.wait(), 5)
+                released.append(True)
+            except TimeoutError:
+                released.append(False)
+            writer.write(chunked(STREAM[1:]) + b"0\r\n\r\n")
+            await writer.drain()
+            writer.close()
+
+        server, port = await raw_server(serve)
         upstream = AiohttpUpstream()
         try:
-            response = await upstream.post(f"http://127.0.0.1:{port}/v1/chat/completions", b"{}", {}, 5)
-            body = b"".join([chunk async for chunk in response.chunks])
+            async with asyncio.timeout(15):
+                response = await upstream.post(f"http://127.0.0.1:{port}/v1/chat/completions", b"{}", {}, 10)
+                first = await anext(response.chunks)
+                first_received.set()
+                body = first + b"".join([chunk async for chunk in response.chunks])
             await response.close()
-            return response.status, response.headers["content-type"], body
+            return response.status, response.headers["content-type"], first, body, released == [True]
         finally:
             await upstream.aclose()
             server.close()
 
-    status, content_type, body = asyncio.run(scenario())
+    status, content_type, first, body, released_by_first_chunk = asyncio.run(scenario())
     assert (status, content_type) == (200, "text/event-stream")
+    assert first == STREAM[0]
+    assert released_by_first_chunk, "the first chunk arrived only after the server had given up waiting"
     assert body == b"".join(STREAM)
 
 

@@ -1,0 +1,285 @@
+"""The router's failover through the adapter it runs with in production (`AiohttpUpstream`),
+against regions that are real HTTP servers on loopback.
+
+test_router.py drives the router through `HttpxUpstream` on `httpx.MockTransport`. Here
+nothing is faked below the router: `create_app` gets no client, so requests go out
+through aiohttp; the router runs under uvicorn and the client talks HTTP to it; each
+region is an aiohttp.web server on 127.0.0.1 (its own ephemeral port, in a thread with
+its own event loop) that answers `/status` well and misbehaves on inference as told.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+import uvicorn
+import yaml
+from aiohttp import web
+
+from geo_router.app import create_app
+from meridian.spec import parse_spec
+
+from ..conftest import REPO
+from .fake_regions import CHAT, MODEL
+
+# The router waits this long for a region's first byte (router.upstream_timeout_s).
+UPSTREAM_TIMEOUT_S = 0.5
+# Longest a region waits for the test to release it, or hangs: bounds every test when
+# the router misbehaves (a broken adapter then gets a late answer, and the test fails).
+REGION_WAIT_S = 5.0
+CLIENT_TIMEOUT_S = 15.0
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def event(content: str, region: str) -> bytes:
+    return b"data: " + json.dumps({"choices": [{"delta": {"content": content}}], "region": region}).encode() + b"\n\n"
+
+
+@dataclass
+class LoopbackRegion:
+    name: str
+    # ok | gone (404) | error500 | hang (no headers) | hang_body (headers, no body) | break_stream
+    mode: str = "ok"
+    port: int = 0
+    calls: list[str] = field(default_factory=list)
+    # Streams send their first event, then wait for the test to release them.
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    released_by_test: bool | None = None
+
+    @property
+    def slug(self) -> str:
+        return self.name.replace("/", "-")
+
+    async def status(self, _: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "region": self.name,
+                "models": [MODEL],
+                "replicas": {"ready": 1, "starting": 0},
+                "autoscaling": None,
+                "engine": {"running": 0, "waiting": 0, "kv_cache_usage": 0.1},
+            }
+        )
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.calls.append("v1/chat/completions")
+        if self.mode == "gone":  # what Serve's proxy answers for a route prefix it no longer has
+            return web.Response(status=404, text="Path '/x' not found.")
+        if self.mode == "error500":
+            return web.Response(status=500, text="Internal Server Error")
+        if self.mode == "hang":
+            await self._wait()
+        if self.mode == "hang_body":
+            response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+            await response.prepare(request)
+            await self._wait()
+            with contextlib.suppress(ConnectionResetError):  # the router has usually hung up by now
+                await response.write(event("late", self.name))
+                await response.write_eof()
+            return response
+        if not body.get("stream"):
+            return web.json_response({"object": "chat.completion", "region": self.name})
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(event("Par", self.name))
+        await self._wait()
+        if self.mode == "break_stream":
+            assert request.transport is not None
+            request.transport.abort()  # the region dies mid-stream
+            return response
+        await response.write(event("is", self.name))
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    async def _wait(self) -> None:
+        try:
+            await asyncio.wait_for(self.release.wait(), REGION_WAIT_S)
+            self.released_by_test = True
+        except TimeoutError:
+            self.released_by_test = False
+
+
+class LoopbackRegions:
+    """Both regions of configs/local.yaml as aiohttp.web servers on loopback."""
+
+    def __init__(self) -> None:
+        self.regions = {r.slug: r for r in (LoopbackRegion("local/us-east"), LoopbackRegion("local/eu-west"))}
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="loopback-regions", daemon=True)
+        self._runners: list[web.AppRunner] = []
+
+    def __getitem__(self, slug: str) -> LoopbackRegion:
+        return self.regions[slug]
+
+    def start(self) -> None:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+
+    async def _start(self) -> None:
+        for slug, region in self.regions.items():
+            app = web.Application()
+            app.router.add_get(f"/{slug}/status", region.status)
+            app.router.add_post(f"/{slug}/v1/chat/completions", region.chat)
+            runner = web.AppRunner(app, shutdown_timeout=1.0, access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", 0).start()
+            self._runners.append(runner)
+            region.port = runner.addresses[0][1]
+
+    def release(self, slug: str) -> None:
+        self._loop.call_soon_threadsafe(self.regions[slug].release.set)
+
+    def stop(self) -> None:
+        async def cleanup() -> None:
+            for region in self.regions.values():
+                region.release.set()  # no handler outlives the test
+            for runner in self._runners:
+                await runner.cleanup()
+
+        try:
+            asyncio.run_coroutine_threadsafe(cleanup(), self._loop).result(10)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            self._loop.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def regions() -> Iterator[LoopbackRegions]:
+    loopback = LoopbackRegions()
+    loopback.start()
+    try:
+        yield loopback
+    finally:
+        loopback.stop()
+
+
+@pytest.fixture
+def router(regions: LoopbackRegions) -> Iterator[httpx.Client]:
+    """The router for configs/local.yaml, its regions on loopback, under uvicorn."""
+    data = yaml.safe_load((REPO / "configs" / "local.yaml").read_text())
+    for region in data["regions"]:
+        loopback = regions[region["name"].replace("/", "-")]
+        region["endpoint"] = f"http://127.0.0.1:{loopback.port}/{loopback.slug}"
+    data["router"]["upstream_timeout_s"] = UPSTREAM_TIMEOUT_S
+    app = create_app(parse_spec(data))  # no client: requests go through AiohttpUpstream
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", timeout_graceful_shutdown=2)
+    )
+    thread = threading.Thread(target=server.run, name="router", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "router did not start"
+            time.sleep(0.02)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=CLIENT_TIMEOUT_S) as client:
+            healthy = client.get("/healthz").json()["healthy_regions"]
+            assert healthy == ["local/us-east", "local/eu-west"]  # both polled well: any failover is the request's
+            yield client
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def metric_lines(router: httpx.Client) -> list[str]:
+    return router.get("/metrics").text.splitlines()
+
+
+def assert_counted(router: httpx.Client, line: str, within_s: float = 5.0) -> None:
+    """`line` appears in /metrics: a request is counted when its relay has ended, which
+    may be just after the client has read the last byte."""
+    deadline = time.monotonic() + within_s
+    while line not in metric_lines(router):
+        assert time.monotonic() < deadline, f"not in /metrics after {within_s} s: {line}"
+        time.sleep(0.02)
+
+
+def test_a_healthy_region_answers_through_aiohttp(router, regions):
+    response = router.post("/v1/chat/completions", json=CHAT)
+    assert response.status_code == 200
+    assert response.headers["x-meridian-region"] == "local/us-east"
+    assert response.json() == {"object": "chat.completion", "region": "local/us-east"}
+    assert regions["local-eu-west"].calls == []
+
+
+@pytest.mark.parametrize(
+    "mode, kind",
+    [("gone", "status"), ("error500", "status"), ("hang", "connect"), ("hang_body", "connect")],
+)
+def test_failover_before_the_first_byte(router, regions, mode, kind):
+    regions["local-us-east"].mode = mode
+    response = router.post("/v1/chat/completions", json=CHAT)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-meridian-region"] == "local/eu-west"
+    assert response.json() == {"object": "chat.completion", "region": "local/eu-west"}
+    assert regions["local-us-east"].calls == ["v1/chat/completions"]  # tried first, and failed
+    assert regions["local-eu-west"].calls == ["v1/chat/completions"]
+    if mode.startswith("hang"):
+        # Given up on at the router's timeout: the region was still hanging when the answer came.
+        assert regions["local-us-east"].released_by_test is None
+    lines = metric_lines(router)
+    assert f'meridian_router_upstream_errors_total{{kind="{kind}",region="local/us-east"}} 1.0' in lines
+    assert 'meridian_router_routing_decisions_total{reason="failover",region="local/eu-west"} 1.0' in lines
+    assert_counted(router, f'meridian_router_requests_total{{model="{MODEL}",region="local/eu-west",status="200"}} 1.0')
+    us_east = router.get("/regions").json()["regions"][0]
+    assert us_east["name"] == "local/us-east" and us_east["breaker_open"]
+
+
+def test_a_stream_reaches_the_client_while_the_region_is_still_sending_it(router, regions):
+    with router.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["x-meridian-region"] == "local/us-east"
+        chunks = response.iter_raw()
+        first = next(chunks)
+        # The region sends its second event only once this first one is here (or, from
+        # an adapter that buffers, after REGION_WAIT_S: then released_by_test is False).
+        regions.release("local-us-east")
+        body = first + b"".join(chunks)
+    assert first == event("Par", "local/us-east")
+    assert regions["local-us-east"].released_by_test is True
+    assert body == event("Par", "local/us-east") + event("is", "local/us-east") + b"data: [DONE]\n\n"
+
+
+def test_a_stream_that_breaks_after_its_first_byte_ends_with_an_error_event_not_a_retry(router, regions):
+    regions["local-us-east"].mode = "break_stream"
+    with router.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as response:
+        assert response.status_code == 200
+        assert response.headers["x-meridian-region"] == "local/us-east"
+        chunks = response.iter_raw()
+        first = next(chunks)
+        regions.release("local-us-east")  # now the region's connection dies
+        body = first + b"".join(chunks)
+    assert regions["local-us-east"].released_by_test is True
+    events = [e for e in body.split(b"\n\n") if e]
+    assert len(events) == 2, body
+    assert events[0] + b"\n\n" == event("Par", "local/us-east")
+    error = json.loads(events[1].removeprefix(b"data: "))["error"]
+    assert error["code"] == "stream_broken"
+    assert "local/us-east" in error["message"]
+    assert regions["local-eu-west"].calls == []  # never sent twice
+    lines = metric_lines(router)
+    assert 'meridian_router_upstream_errors_total{kind="stream_broken",region="local/us-east"} 1.0' in lines
+    assert_counted(
+        router, f'meridian_router_requests_total{{model="{MODEL}",region="local/us-east",status="stream_broken"}} 1.0'
+    )
