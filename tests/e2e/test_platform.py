@@ -7,9 +7,11 @@ The tests run in file order; the last ones take regions away and stop the platfo
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import httpx
@@ -59,8 +61,15 @@ def test_streaming_chat_completion_answers_paris(client, model):
 
 
 def test_completions_endpoint(client, model):
-    completion = client.completions.create(model=model, prompt="The capital of France is", max_tokens=8, temperature=0)
-    assert completion.choices[0].text.strip()
+    raw = client.completions.with_raw_response.create(
+        model=model, prompt="The capital of France is", max_tokens=8, temperature=0
+    )
+    completion = raw.parse()
+    assert completion.object == "text_completion"
+    assert "Paris" in completion.choices[0].text
+    assert 0 < completion.usage.completion_tokens <= 8
+    assert completion.usage.prompt_tokens > 0
+    assert raw.headers["x-meridian-region"] == "local/us-east"
 
 
 def test_european_client_is_served_from_eu_west(client, model):
@@ -145,10 +154,43 @@ def redeploy_without(spec: PlatformSpec, platform: PlatformState, slugs: set[str
 
 
 def test_no_failed_request_when_a_region_is_deleted_midway(spec, platform, client, model):
-    regions, failures = [], []
-    for i in range(24):
-        if i == 6:
-            redeploy_without(spec, platform, {"local-us-east"})
+    """us-east's app is deleted while streams are running on it: the streams already
+    flowing finish (Serve drains a deleted app's replicas), and every request after
+    goes to eu-west. No request fails."""
+    streaming = 6
+    first_chunks = threading.Barrier(streaming + 1, timeout=120)
+
+    def stream(i: int) -> tuple[str, str]:
+        raw = client.chat.completions.with_raw_response.create(
+            model=model,
+            messages=[{"role": "user", "content": f"Write a long story about the number {i}."}],
+            max_tokens=48,
+            temperature=0,
+            stream=True,
+            extra_body={"ignore_eos": True},
+        )
+        pieces, waited = [], False
+        for chunk in raw.parse():
+            if chunk.choices and chunk.choices[0].delta.content:
+                pieces.append(chunk.choices[0].delta.content)
+                if not waited:
+                    waited = True
+                    first_chunks.wait()
+        return raw.headers["x-meridian-region"], "".join(pieces)
+
+    regions, stream_regions, failures = [], [], []
+    with concurrent.futures.ThreadPoolExecutor(streaming) as pool:
+        in_flight = [pool.submit(stream, i) for i in range(streaming)]
+        first_chunks.wait()  # every stream has its first token: all are mid-answer on us-east
+        redeploy_without(spec, platform, {"local-us-east"})
+        for future in in_flight:
+            try:
+                region, text = future.result(timeout=300)
+                assert text
+                stream_regions.append(region)
+            except (openai.APIError, AssertionError) as error:
+                failures.append(f"in-flight stream: {error!r}")
+    for i in range(12):
         try:
             raw = client.chat.completions.with_raw_response.create(
                 model=model, messages=[{"role": "user", "content": f"Count to {i % 5 + 2}."}], max_tokens=8
@@ -158,7 +200,7 @@ def test_no_failed_request_when_a_region_is_deleted_midway(spec, platform, clien
         except openai.APIError as error:
             failures.append(f"request {i}: {error}")
     assert failures == []
-    assert regions[:6] == ["local/us-east"] * 6
+    assert "local/us-east" in stream_regions  # the deletion did catch streams mid-answer there
     assert regions[-6:] == ["local/eu-west"] * 6  # the deleted region no longer gets traffic
 
 
