@@ -7,6 +7,7 @@ engine, so this says where an end-to-end path's overhead goes.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 
 import psutil
 
@@ -19,6 +20,7 @@ ROLES = [
     ("ProxyActor", "Serve HTTP proxy"),
     ("ServeController", "Serve controller"),
     ("geo_router", "Meridian geo router"),
+    ("capacity.controller", "Meridian capacity loop"),
     ("meridian-vllm serve", "vllm serve API server"),
     ("meridian-vllm bench", "load generator (vllm bench)"),
     ("raylet", "Ray system (raylet, GCS, agents)"),
@@ -39,12 +41,18 @@ def role_of(process: psutil.Process) -> str | None:
     return None
 
 
-def snapshot() -> dict[int, tuple[str, float]]:
+def snapshot(stack_of: Callable[[int], str | None] | None = None) -> dict[int, tuple[str, float]]:
+    """CPU seconds so far of every process with a role. With `stack_of`, a process that
+    belongs to a named stack (e.g. the bare vLLM server's tree) has its role prefixed
+    with "<stack>: ", so two stacks with the same roles stay apart."""
     taken = {}
     for process in psutil.process_iter():
         role = role_of(process)
         if role is None:
             continue
+        stack = stack_of(process.pid) if stack_of else None
+        if stack:
+            role = f"{stack}: {role}"
         try:
             times = process.cpu_times()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
