@@ -8,8 +8,14 @@ step time against batch size, fitted to the `autoscaler.perf.ReplicaProfile` mod
   the server's `usage.prompt_tokens` gives the true count), `max_tokens` 1, streamed;
   prefill tok/s = prompt tokens / time to first token, median of `--repeats`.
 - Decode: for each batch size b, b concurrent streams with a short prompt and
-  `--decode-tokens` output tokens (`ignore_eos`), started together; the step time is the
-  median gap between chunks once all b streams have their first token.
+  `--decode-tokens` output tokens (`ignore_eos`), started together. Servers coalesce a
+  stream's tokens (Ray Serve LLM batches its chunks every 50 ms by default), so one network
+  read can deliver several tokens and the gap between chunks is no step time: most are ~0.
+  Each stream is therefore recorded as reads, (arrival time, output tokens delivered),
+  the tokens counted from the server's per-chunk usage (`continuous_usage_stats`), and a
+  stream's step is (last read − first read) / tokens delivered after the first read
+  (`decode_step_s`), over the window in which all b streams are decoding; the batch's step
+  is the median over its streams (`batch_step_s`).
 
 Prints the measurements and the fitted profile fields as JSON (`--out FILE` also writes it).
 It only talks to the URL it is given, with a bounded number of requests.
@@ -20,10 +26,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import random
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import aiohttp
@@ -36,10 +44,52 @@ def prompt_of(words: int, seed: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(words))
 
 
+Read = tuple[float, int]
+"""One network read of a stream: (arrival time, output tokens it delivered)."""
+
+
+def decode_step_s(reads: Sequence[Read], start: float = -math.inf, end: float = math.inf) -> float | None:
+    """Mean decode step of one stream, from the reads that delivered its tokens.
+
+    A read's tokens arrive together, when the last of them is out, so the time from the
+    first read to the last covers exactly the steps of the tokens delivered after the
+    first read, however the server grouped them. Only reads arriving within [start, end]
+    count; None when fewer than two of them delivered tokens.
+    """
+    inside = [(at, tokens) for at, tokens in reads if tokens > 0 and start <= at <= end]
+    if len(inside) < 2:
+        return None
+    return (inside[-1][0] - inside[0][0]) / sum(tokens for _, tokens in inside[1:])
+
+
+def batch_step_s(streams: Sequence[Sequence[Read]]) -> float | None:
+    """Decode step at the batch of `streams` started together: the median of the streams'
+    steps over the window in which all of them are decoding (from the last stream's first
+    token to the first stream's last token); over whole streams when that window holds
+    fewer than two reads of every stream."""
+    delivering = [[read for read in reads if read[1] > 0] for reads in streams]
+    delivering = [reads for reads in delivering if reads]
+    if not delivering:
+        return None
+    all_started = max(reads[0][0] for reads in delivering)
+    first_done = min(reads[-1][0] for reads in delivering)
+    steps = [step for reads in delivering if (step := decode_step_s(reads, all_started, first_done)) is not None]
+    if not steps:
+        steps = [step for reads in delivering if (step := decode_step_s(reads)) is not None]
+    return statistics.median(steps) if steps else None
+
+
 async def stream(
     session: aiohttp.ClientSession, url: str, model: str, prompt: str, max_tokens: int
-) -> tuple[list[float], dict]:
-    """Arrival times of the streamed chunks that carry text, and the server's token usage."""
+) -> tuple[list[Read], dict]:
+    """The stream's reads that delivered output tokens, and the server's final token usage.
+
+    Tokens per read come from the cumulative `usage.completion_tokens` the server puts on
+    every chunk (`continuous_usage_stats`); a server that does not gets one token per chunk
+    with text. If those do not add up to the final usage's count (a server merging tokens
+    into a chunk without per-chunk usage), the reads collapse to the first (one token) and
+    the last (the rest): the stream's mean step, no longer its window.
+    """
     body = {
         "model": model,
         "prompt": prompt,
@@ -47,42 +97,66 @@ async def stream(
         "temperature": 0.0,
         "stream": True,
         "ignore_eos": True,
-        "stream_options": {"include_usage": True},
+        "stream_options": {"include_usage": True, "continuous_usage_stats": True},
     }
-    times: list[float] = []
+    reads: list[Read] = []
     usage: dict = {}
+    counted = 0  # completion tokens the per-chunk usage has accounted for so far
+    per_chunk_usage = False
+    pending = b""
     async with session.post(f"{url}/v1/completions", json=body) as response:
         response.raise_for_status()
-        async for raw in response.content:
-            line = raw.decode().strip()
-            if not line.startswith("data:") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[5:])
-            if chunk.get("usage"):
-                usage = chunk["usage"]
-            if any(choice.get("text") for choice in chunk.get("choices", [])):
-                times.append(time.perf_counter())
-    return times, usage
+        async for data in response.content.iter_any():
+            at = time.perf_counter()
+            *lines, pending = (pending + data).split(b"\n")
+            tokens = 0
+            for raw in lines:
+                line = raw.decode().strip()
+                if not line.startswith("data:") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[5:])
+                choices = chunk.get("choices") or []
+                if chunk.get("usage"):
+                    usage = chunk["usage"]
+                    if choices:
+                        per_chunk_usage = True
+                        tokens += int(usage.get("completion_tokens", counted)) - counted
+                        counted = int(usage.get("completion_tokens", counted))
+                        continue
+                if not per_chunk_usage and any(choice.get("text") for choice in choices):
+                    tokens += 1
+            if tokens > 0:
+                reads.append((at, tokens))
+    total = int(usage.get("completion_tokens", 0))
+    if total and len(reads) > 1 and sum(tokens for _, tokens in reads) != total:
+        reads = [(reads[0][0], 1), (reads[-1][0], total - 1)]
+    return reads, usage
 
 
 async def measure_prefill(session: aiohttp.ClientSession, url: str, model: str, words: int, repeats: int) -> dict:
     rates = []
     for i in range(repeats):
         begin = time.perf_counter()
-        times, usage = await stream(session, url, model, prompt_of(words, seed=i), 1)
+        reads, usage = await stream(session, url, model, prompt_of(words, seed=i), 1)
         tokens = int(usage.get("prompt_tokens", 0))
-        if times and tokens:
-            rates.append(tokens / (times[0] - begin))
+        if reads and tokens:
+            rates.append(tokens / (reads[0][0] - begin))
     return {"prefill_tokens_per_s": statistics.median(rates), "samples": rates}
 
 
-async def measure_step(session: aiohttp.ClientSession, url: str, model: str, batch: int, tokens: int) -> float:
+async def measure_step(session: aiohttp.ClientSession, url: str, model: str, batch: int, tokens: int) -> dict:
     runs = await asyncio.gather(
         *(stream(session, url, model, prompt_of(16, seed=1000 + i), tokens) for i in range(batch))
     )
-    all_started = max(times[0] for times, _ in runs if times)
-    gaps = [b - a for times, _ in runs for a, b in zip(times, times[1:], strict=False) if a >= all_started]
-    return statistics.median(gaps)
+    streams = [reads for reads, _ in runs]
+    step = batch_step_s(streams)
+    if step is None:
+        raise RuntimeError(f"batch {batch}: no stream delivered two reads of tokens")
+    return {
+        "step_s": step,
+        "reads_per_stream": statistics.median(len(reads) for reads in streams),
+        "tokens_per_stream": statistics.median(sum(tokens for _, tokens in reads) for reads in streams),
+    }
 
 
 def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float]:
@@ -97,16 +171,23 @@ async def calibrate(args: argparse.Namespace) -> dict:
     async with aiohttp.ClientSession(timeout=timeout) as session:
         await stream(session, args.url, args.model, prompt_of(8, seed=0), 2)  # warm-up
         prefill = await measure_prefill(session, args.url, args.model, args.prompt_tokens, args.repeats)
-        steps = {}
+        steps, reads = {}, {}
         for batch in args.batches:
-            steps[batch] = await measure_step(session, args.url, args.model, batch, args.decode_tokens)
-            print(f"batch {batch}: step {steps[batch] * 1000:.1f} ms", file=sys.stderr)
+            measured = await measure_step(session, args.url, args.model, batch, args.decode_tokens)
+            steps[batch] = measured.pop("step_s")
+            reads[batch] = measured
+            print(
+                f"batch {batch}: step {steps[batch] * 1000:.1f} ms "
+                f"({measured['tokens_per_stream']:g} tokens in {measured['reads_per_stream']:g} reads a stream)",
+                file=sys.stderr,
+            )
     base, per_seq = fit_line([float(b) for b in steps], list(steps.values()))
     return {
         "url": args.url,
         "model": args.model,
         "prefill": prefill,
         "decode_step_s_by_batch": steps,
+        "decode_reads_by_batch": reads,
         "profile_fields": {
             "prefill_tokens_per_s": round(prefill["prefill_tokens_per_s"], 1),
             "decode_base_s": round(max(base, 0.0), 5),
