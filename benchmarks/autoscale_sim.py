@@ -1,16 +1,18 @@
 """Meridian's autoscaler against Ray Serve, SkyServe, Knative KPA and static provisioning
 on the Azure LLM code trace, and the simulator's speed at fleet scale.
 
-    .venv/bin/python benchmarks/autoscale_sim.py            # ~1 min on 2 cores
+    .venv/bin/python benchmarks/autoscale_sim.py
 
 Writes benchmarks/results/autoscale.md and benchmarks/results/autoscale.png. Every
-number in the report comes from this run.
+number in the report comes from this run, the machine's description included.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
+import shlex
 import sys
 import time
 from datetime import UTC, datetime
@@ -70,13 +72,73 @@ def goal_verdict(best: dict[str, SimResult]) -> list[str]:
     return lines
 
 
-def load_profile(trace: traces.Trace, profile: perf.ReplicaProfile, bin_s: float) -> tuple[float, float]:
-    """(mean, request-weighted 99th percentile) of the replicas the trace's prefill work
-    keeps busy per `bin_s` bin, counted after the warm-up."""
+def window_loads(trace: traces.Trace, profile: perf.ReplicaProfile, bin_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """Replicas the trace's prefill work keeps busy in each `bin_s` window after the warm-up,
+    and the window of every request counted."""
     counted = trace.arrival_s >= WARMUP_S
     index = ((trace.arrival_s[counted] - WARMUP_S) // bin_s).astype(np.int64)
     load = np.bincount(index, weights=trace.prompt_tokens[counted]) / bin_s / profile.prefill_tokens_per_s
-    return float(load.mean()), float(np.percentile(load[index], 99))
+    return load, index
+
+
+def bursts(over: np.ndarray, index: np.ndarray, bin_s: float) -> dict[str, float]:
+    """Runs of consecutive `over` windows: how many, how long, the gaps between them, and
+    the share of the requests (their windows: `index`) arriving in them."""
+    edges = np.diff(np.concatenate(([0], over.astype(np.int8), [0])))
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    lengths, gaps = (ends - starts) * bin_s, (starts[1:] - ends[:-1]) * bin_s
+    return {
+        "count": len(lengths),
+        "longest_s": float(lengths.max()) if len(lengths) else 0.0,
+        "median_s": float(np.median(lengths)) if len(lengths) else 0.0,
+        "median_gap_s": float(np.median(gaps)) if len(gaps) else float("nan"),
+        "request_share": float(over[index].mean()) if len(index) else 0.0,
+    }
+
+
+def burst_lines(trace: traces.Trace, profile: perf.ReplicaProfile, bin_s: float) -> list[str]:
+    """What the trace's prefill work asks of the replicas, window by window, as measured here."""
+    load, index = window_loads(trace, profile, bin_s)
+    p99 = float(np.percentile(load[index], 99))
+    lines = [
+        f"The trace's prefill work, in {bin_s:g}-second windows (the TTFT SLO) after the warm-up, keeps "
+        f"{load.mean():.2f} replicas busy on average; the window of the 99th-percentile request needs "
+        f"{p99:.1f}, the busiest {load.max():.1f}. A replica takes {profile.cold_start_s:g} s to start.",
+        "",
+    ]
+    for over, name in ((load > 1.0, "more than one replica"), (load >= p99, f"{p99:.1f} replicas or more")):
+        runs = bursts(over, index, bin_s)
+        if not runs["count"]:
+            lines.append(f"- No window needs {name}.")
+            continue
+        versus = "shorter than" if runs["longest_s"] < profile.cold_start_s else "at least as long as"
+        gap = f", median gap between runs {runs['median_gap_s']:g} s" if runs["count"] > 1 else ""
+        lines.append(
+            f"- Windows needing {name}: {runs['count']} run{'s' if runs['count'] != 1 else ''} of consecutive "
+            "windows holding "
+            f"{runs['request_share']:.1%} of the counted requests; median run {runs['median_s']:g} s, longest "
+            f"{runs['longest_s']:g} s ({versus} a cold start){gap}."
+        )
+    return lines
+
+
+def machine_line() -> str:
+    """This machine as read now: CPUs, memory, and how busy it was."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        memory = f", {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.1f} GiB memory"
+    except (ValueError, OSError, AttributeError):
+        memory = ""
+    try:
+        load = f", 1-minute load average {os.getloadavg()[0]:.2f} at the start"
+    except OSError:
+        load = ""
+    return f"{os.cpu_count()} CPUs ({usable} usable by the run){memory}{load}"
+
+
+def _repo_relative(path: str) -> str:
+    """`path` as typed from the repository's root (where the commands are run)."""
+    return os.path.relpath(Path(path).absolute(), REPO)
 
 
 def autoscaler_verdict(best: dict[str, SimResult]) -> str:
@@ -101,6 +163,8 @@ def main() -> None:
     args = parser.parse_args()
     if not args.trace.is_file():
         sys.exit(f"no trace at {args.trace}")
+    command = shlex.join([_repo_relative(sys.executable), _repo_relative(sys.argv[0]), *sys.argv[1:]])
+    run_at, machine = datetime.now(UTC), machine_line()
     profile = perf.H100_LLAMA31_8B
     trace = traces.load(args.trace, "azure")
 
@@ -146,15 +210,14 @@ def main() -> None:
     fleet_results = meridian_fleet + peers_fleet
     fleet_best = lineup.best_settings(fleet_results, SLO_GOAL)
 
-    mean_load, burst_load = load_profile(trace, profile, SLO_TTFT_S)
     lines = [
         "# Autoscaling: Meridian vs Ray Serve, SkyServe, Knative KPA, static",
         "",
-        f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node() or 'this machine'} (2 cores, shared).",
-        "",
-        "    .venv/bin/python benchmarks/autoscale_sim.py",
+        f"    {command}",
         "    # the same table: .venv/bin/meridian simulate autoscale --trace "
-        "../shared/data/traces/azure_llm_2023_code.csv --format azure --plot benchmarks/results/autoscale.png",
+        f"{shlex.quote(_repo_relative(str(args.trace)))} --format azure --plot benchmarks/results/autoscale.png",
+        "",
+        f"Run {run_at:%Y-%m-%d %H:%M} UTC on {platform.node() or 'this machine'}: {machine}.",
         "",
         f"Trace: {args.trace.name}, {len(trace)} requests over {trace.duration_s / 60:.1f} min, "
         f"mean prompt {trace.prompt_tokens.mean():.0f} / output {trace.output_tokens.mean():.1f} tokens. "
@@ -173,13 +236,9 @@ def main() -> None:
         *goal_verdict(best),
         autoscaler_verdict(best),
         "",
-        f"Why: the trace's prefill work keeps {mean_load:.2f} replicas busy on average, but 1% of its "
-        f"requests arrive in {SLO_TTFT_S:g}-second windows that need {burst_load:.1f} or more. Those bursts "
-        f"last seconds and a replica takes {profile.cold_start_s:g} s to start, so no policy that cannot "
-        "see them coming can scale for them: the standing capacity has to absorb them. Over one hour "
-        "with no trough, that makes provisioning for the burst, which static does, close to the cheapest "
-        "way to 99%; Meridian's burst sizing (`autoscaler/policy.py`) keeps that standing capacity and "
-        "trims it between bursts, but not by 30%.",
+        "## The trace's bursts",
+        "",
+        *burst_lines(trace, profile, SLO_TTFT_S),
         "",
         "## Every policy and setting",
         "",
