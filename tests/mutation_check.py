@@ -1,0 +1,316 @@
+"""Mutation check: break one feature at a time and see that the unit suite fails.
+
+Each mutation below removes or bends one behaviour Meridian promises (a policy rule, a
+router guarantee, a provider call). For each, the check copies the repository to a
+scratch folder (never touching the work tree), applies that one edit, runs the whole
+unit suite there and records whether some test failed. A mutation that leaves the suite
+green is a feature no test guards.
+
+    .venv/bin/python tests/mutation_check.py            # all mutations, ~1 min each
+    .venv/bin/python tests/mutation_check.py --only 3 7  # some of them
+    .venv/bin/python tests/mutation_check.py --list
+
+Exit status 1 if any mutation survived, or if a mutation's text is no longer in the code
+(the list must follow the code it breaks). Not collected by pytest: it runs pytest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+SUITE_TIMEOUT_S = 900
+
+
+@dataclass(frozen=True)
+class Mutation:
+    path: str
+    old: str
+    new: str
+    breaks: str
+
+
+MUTATIONS = (
+    # The autoscaler's policy.
+    Mutation(
+        "autoscaler/policy.py",
+        "    counts = bins[:, 0]\n    total = counts.sum()\n",
+        "    return 0.0\n    counts = bins[:, 0]\n    total = counts.sum()\n",
+        "burst sizing removed (_burst_tokens_per_s returns 0)",
+    ),
+    Mutation(
+        "autoscaler/policy.py",
+        "        return ScalingDecision(target, reason), new_state",
+        "        return ScalingDecision(max(signals.ready, config.min_replicas), reason), new_state",
+        "the policy never acts: it keeps the replicas it has",
+    ),
+    Mutation(
+        "autoscaler/policy.py",
+        "            correction = min(correction * config.correction_step, config.correction_max)",
+        "            correction = correction",
+        "no correction after a breach longer than a cold start",
+    ),
+    Mutation(
+        "autoscaler/policy.py",
+        "        target = max(entry[1] for entry in recent)",
+        "        target = desired",
+        "no scale-down hold: drops replicas at once",
+    ),
+    Mutation(
+        "autoscaler/policy.py",
+        "            target = 0\n",
+        "            target = 1\n",
+        "never scales to zero",
+    ),
+    Mutation(
+        "autoscaler/policy.py",
+        "    best_lag = int(lags[pick]) if corr[pick] >= min_corr else 0",
+        "    best_lag = 0",
+        "no seasonal forecast",
+    ),
+    Mutation(
+        "autoscaler/cli.py",
+        "results.append(simulation.simulate(trace, contender.policy, config, contender.setting, report))",
+        "results.append(simulation.simulate(trace, contender.policy, None, contender.setting, report))",
+        "`meridian simulate autoscale` crashes (a TypeError inside the line-up)",
+    ),
+    Mutation(
+        "autoscaler/serve_policy.py",
+        'if floor is None or floor["replicas"] <= decision.target:',
+        "if True:",
+        "the global loop's floors are ignored by the Serve adapter",
+    ),
+    # The router.
+    Mutation(
+        "geo_router/breaker.py",
+        "        if self.opened_at is None:\n            self.failures = 0",
+        "        self.opened_at = None\n        if True:\n            self.failures = 0",
+        "a successful request also closes an open breaker",
+    ),
+    Mutation(
+        "geo_router/breaker.py",
+        "        if self.opened_at is None or now - self.opened_at >= self.open_s:",
+        "        if True:",
+        "a good probe closes the breaker before open_s",
+    ),
+    Mutation(
+        "geo_router/upstream.py",
+        "                async for chunk in response.content.iter_any():\n                    yield chunk",
+        "                yield await response.content.read()",
+        "the aiohttp adapter buffers the whole answer before relaying it",
+    ),
+    Mutation(
+        "geo_router/upstream.py",
+        "            except (TimeoutError, aiohttp.ClientError) as error:\n"
+        '                raise UpstreamError(f"{type(error).__name__}: {error}") from None\n\n'
+        "        async def close",
+        "            except (TimeoutError, aiohttp.ClientError):\n                return\n\n        async def close",
+        "the aiohttp adapter hides a stream that broke mid-answer",
+    ),
+    Mutation(
+        "geo_router/upstream.py",
+        "        return UpstreamResponse(response.status, response.headers, chunks(), close)",
+        "        return UpstreamResponse(200 if response.status >= 500 else response.status, "
+        "response.headers, chunks(), close)",
+        "the aiohttp adapter reports a region's 5xx as 200",
+    ),
+    Mutation(
+        "geo_router/proxy.py",
+        "    return status == 404 or status == 408 or status >= 500",
+        "    return status >= 500",
+        "a region whose route is gone (404) is not failed over",
+    ),
+    Mutation(
+        "geo_router/scoring.py",
+        "        return estimates[name].ttft_ms - (policy.hysteresis_ms if name == previous else 0.0)",
+        "        return estimates[name].ttft_ms",
+        "no hysteresis",
+    ),
+    Mutation(
+        "geo_router/scoring.py",
+        "    if sticky is not None and sticky[0] != best and cost(sticky[0]) <= cost(best) + policy.affinity_margin_ms",
+        "    if False",
+        "no prefix or session affinity",
+    ),
+    Mutation(
+        "geo_router/scoring.py",
+        '    elif nearest in cold:\n        reason = "spill"',
+        '    elif nearest in cold:\n        reason = "load"',
+        "spills are not reported as spills",
+    ),
+    Mutation(
+        "geo_router/scoring.py",
+        "        return sum(self.correction_ms.values()) / len(self.correction_ms)",
+        "        return 0.0",
+        "an unobserved region does not inherit the fleet's RTT correction",
+    ),
+    Mutation(
+        "geo_router/rtt.py",
+        "RTT_MS_PER_KM = 0.01495",
+        "RTT_MS_PER_KM = 0.02",
+        "the RTT prior's slope is not the fitted one",
+    ),
+    Mutation(
+        "geo_router/ratelimit.py",
+        "        return max(0.0, (amount - self.level) / self.rate_per_s)",
+        "        return 0.0",
+        "rate limits never refuse",
+    ),
+    Mutation(
+        "geo_router/auth.py",
+        "            if hmac.compare_digest(presented, key.sha256):",
+        "            if True:",
+        "any API key is accepted",
+    ),
+    # Capacity.
+    Mutation(
+        "capacity/placement.py",
+        "        if zone_until > self._now:",
+        "        if False:",
+        "zones that stocked out or preempted are not backed off",
+    ),
+    Mutation(
+        "capacity/placement.py",
+        "    if limit is not None and used + demand.accelerator_count > limit:",
+        "    if False:",
+        "quotas are not respected",
+    ),
+    Mutation(
+        "capacity/placement.py",
+        "    for index, demand in enumerate(demands):",
+        "    for index, demand in enumerate(demands[:0]):",
+        "placement buys nothing",
+    ),
+    Mutation(
+        "capacity/spothedge.py",
+        "        self.preempted.add(zone)",
+        "        pass",
+        "SpotHedge's placer never moves a zone out",
+    ),
+    Mutation(
+        "capacity/aws.py",
+        '                "MarketType": "spot",',
+        '                "MarketType": "capacity-block",',
+        "AWS spot launches do not ask for the spot market",
+    ),
+    Mutation(
+        "capacity/gcp.py",
+        '                provisioning_model="SPOT",',
+        '                provisioning_model="STANDARD",',
+        "GCP spot launches are on-demand VMs",
+    ),
+    # The region's engine readings, the router's input checks and the spec.
+    Mutation(
+        "geo_router/locate.py",
+        "        value = headers.get(LOCATION_HEADER)\n",
+        "        value = None\n",
+        "X-Client-Location is ignored",
+    ),
+    Mutation(
+        "geo_router/requests.py",
+        "    return cap if isinstance(cap, int) and cap > 0 else DEFAULT_COMPLETION_RESERVE",
+        "    return 1",
+        "tokens-per-minute ignores the completion cap",
+    ),
+    Mutation(
+        "meridian/spec.py",
+        "    lat: float = Field(ge=-90, le=90)",
+        "    lat: float",
+        "a latitude out of range is accepted",
+    ),
+    Mutation(
+        "deployments/engine_stats.py",
+        'WAITING = "vllm:num_requests_waiting"',
+        'WAITING = "vllm:num_requests_swapped"',
+        "the region's waiting requests are read from the wrong gauge",
+    ),
+)
+
+
+def copy_repo(into: Path) -> Path:
+    """The tracked files (and the work tree's uncommitted edits to them) in `into/main`,
+    with the shared data beside it as in the real checkout."""
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    root = into / "main"
+    for name in files:
+        source = REPO / name
+        if source.is_file():
+            target = root / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    if SHARED.is_dir():
+        (into / "shared").symlink_to(SHARED)
+    return root
+
+
+def run_suite(root: Path) -> tuple[bool, str]:
+    """(some test failed, the last line of pytest's summary)."""
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-m", "not e2e", "-p", "no:cacheprovider", "tests"]
+    try:
+        done = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=SUITE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return True, f"suite timed out after {SUITE_TIMEOUT_S} s"
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    return done.returncode != 0, lines[-1] if lines else done.stderr.strip()[-200:]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", type=int, nargs="+", help="mutation numbers (see --list)")
+    parser.add_argument("--list", action="store_true", help="list the mutations and exit")
+    args = parser.parse_args()
+    chosen = [(i, m) for i, m in enumerate(MUTATIONS, 1) if not args.only or i in args.only]
+    if args.list:
+        for i, mutation in chosen:
+            print(f"{i:2}. {mutation.path}: {mutation.breaks}")
+        return 0
+    survived = stale = 0
+    with tempfile.TemporaryDirectory(prefix="meridian-mutation-") as scratch:
+        root = copy_repo(Path(scratch))
+        broken, summary = run_suite(root)
+        if broken:
+            print(f"the unmutated suite fails ({summary}); fix that first")
+            return 1
+        for i, mutation in chosen:
+            path = root / mutation.path
+            original = path.read_text()
+            if original.count(mutation.old) != 1:
+                print(f"{i:2}. STALE   {mutation.path}: the text to break is not there exactly once")
+                stale += 1
+                continue
+            mutated = original.replace(mutation.old, mutation.new)
+            try:
+                compile(mutated, str(path), "exec")
+            except SyntaxError as error:  # a mutation that no longer parses proves nothing
+                print(f"{i:2}. STALE   {mutation.path}: the mutated file does not parse ({error.msg})")
+                stale += 1
+                continue
+            path.write_text(mutated)
+            began = time.monotonic()
+            try:
+                caught, summary = run_suite(root)
+            finally:
+                path.write_text(original)
+            verdict = "caught  " if caught else "SURVIVED"
+            survived += not caught
+            print(f"{i:2}. {verdict} {mutation.breaks} [{time.monotonic() - began:.0f} s: {summary}]", flush=True)
+    print(f"{len(chosen) - survived - stale} of {len(chosen)} caught; {survived} survived; {stale} stale")
+    return 1 if survived or stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
