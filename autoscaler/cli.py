@@ -12,7 +12,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from autoscaler import lineup, perf, simulation, traces
+from autoscaler import lineup, simulation, traces
+from meridian_core import replica_model
 
 SLO_GOAL = 0.99
 DEFAULT_TRACE = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "traces" / "azure_llm_2023_code.csv"
@@ -28,7 +29,7 @@ def _fail(message: str) -> typer.Exit:
 def run(
     trace: traces.Trace,
     policies: list[str],
-    profile: perf.ReplicaProfile,
+    profile: replica_model.ReplicaProfile,
     slo_ttft_s: float,
     slo_itl_s: float,
     min_replicas: int,
@@ -85,8 +86,8 @@ def simulate_autoscale(
         list[str] | None, typer.Option(help=f"repeatable; default all of: {', '.join(lineup.POLICIES)}")
     ] = None,
     profile: Annotated[
-        str, typer.Option(help=f"replica profile: {', '.join(perf.PROFILES)}")
-    ] = perf.H100_LLAMA31_8B.name,
+        str, typer.Option(help=f"replica profile: {', '.join(replica_model.PROFILES)}")
+    ] = replica_model.H100_LLAMA31_8B.name,
     min_replicas: Annotated[int, typer.Option(min=0)] = 1,
     max_replicas: Annotated[int, typer.Option(min=1)] = 512,
     warmup_s: Annotated[float, typer.Option(help="not counted: requests and replica time before this", min=0)] = 600.0,
@@ -99,8 +100,8 @@ def simulate_autoscale(
     unknown = [n for n in names if n not in lineup.POLICIES]
     if unknown:
         raise _fail(f"unknown policy {', '.join(unknown)}; choose from {', '.join(lineup.POLICIES)}")
-    if profile not in perf.PROFILES:
-        raise _fail(f"unknown profile {profile!r}; choose from {', '.join(perf.PROFILES)}")
+    if profile not in replica_model.PROFILES:
+        raise _fail(f"unknown profile {profile!r}; choose from {', '.join(replica_model.PROFILES)}")
     if trace_format not in traces.FORMATS:
         raise _fail(f"unknown --format {trace_format!r}; choose from {', '.join(traces.FORMATS)}")
     if min_replicas > max_replicas:
@@ -115,7 +116,7 @@ def simulate_autoscale(
     results = run(
         loaded,
         names,
-        perf.PROFILES[profile],
+        replica_model.PROFILES[profile],
         slo_ttft_ms / 1000.0,
         slo_itl_ms / 1000.0,
         min_replicas,

@@ -18,11 +18,11 @@ from autoscaler.baselines import (
     StaticConfig,
     StaticPeak,
 )
-from autoscaler.perf import ReplicaProfile
 from autoscaler.policy import MeridianConfig, MeridianPolicy
 from autoscaler.signals import ScalingPolicy
 from autoscaler.simulation import SimResult
 from autoscaler.traces import Trace
+from meridian_core.replica_model import ReplicaProfile
 
 POLICIES = ("meridian", "ray-serve", "skyserve", "knative-kpa", "static")
 

@@ -39,10 +39,10 @@ import math
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from autoscaler.perf import ReplicaProfile
 from autoscaler.signals import DemandSample, PolicyState, RegionSignals, ScalingDecision
 from autoscaler.slo_capacity import Workload, replicas_needed
-from meridian.spec import AutoscalingSpec, SLOSpec
+from meridian_core.replica_model import ReplicaProfile
+from meridian_core.spec import AutoscalingSpec, SLOSpec
 
 
 class MeridianConfig(BaseModel):

@@ -1,12 +1,17 @@
 """What the autoscaler's loops tell each other, in Ray's internal KV: each region's
-latest decision (written by its policy in Serve's controller, read by the region's
-`/status`) and the floor the global loop sets for it (written by the capacity loop,
-read by the region's policy)."""
+latest decision (`ScalingView`, written by its policy in Serve's controller, read by the
+region's `/status` and the capacity loop) and the floor the global loop sets for it
+(`FleetFloor`, written by the capacity loop, read by the region's policy).
+
+Readers get the typed message or None; a malformed one raises `MalformedMessage`, which
+the reader logs, counts and drops.
+"""
 
 from __future__ import annotations
 
-import json
-from typing import Any
+import logging
+
+from meridian_core.contracts import FleetFloor, MalformedMessage, ScalingView, parse
 
 KV_NAMESPACE = "meridian"
 
@@ -15,35 +20,58 @@ def decision_key(app_name: str) -> str:
     return f"autoscale:{app_name}"
 
 
-def publish(app_name: str, view: dict[str, Any]) -> None:
-    from ray.experimental.internal_kv import _internal_kv_put
-
-    _internal_kv_put(decision_key(app_name), json.dumps(view), overwrite=True, namespace=KV_NAMESPACE)
-
-
-def read_published(app_name: str) -> dict[str, Any] | None:
-    from ray.experimental.internal_kv import _internal_kv_get
-
-    raw = _internal_kv_get(decision_key(app_name), namespace=KV_NAMESPACE)
-    return json.loads(raw) if raw else None
-
-
 def floor_key(app_name: str) -> str:
     return f"floor:{app_name}"
 
 
-def publish_floor(app_name: str, floor: dict[str, Any] | None) -> None:
-    """The global loop's floor for a region ({replicas, reason}), or None to lift it."""
+def publish(app_name: str, view: ScalingView) -> None:
+    from ray.experimental.internal_kv import _internal_kv_put
+
+    _internal_kv_put(decision_key(app_name), view.model_dump_json(), overwrite=True, namespace=KV_NAMESPACE)
+
+
+def read_published(app_name: str) -> ScalingView | None:
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    raw = _internal_kv_get(decision_key(app_name), namespace=KV_NAMESPACE)
+    return parse(ScalingView, raw) if raw else None
+
+
+def publish_floor(app_name: str, floor: FleetFloor | None) -> None:
+    """The global loop's floor for a region, or None to lift it."""
     from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_put
 
     if floor is None:
         _internal_kv_del(floor_key(app_name), namespace=KV_NAMESPACE)
     else:
-        _internal_kv_put(floor_key(app_name), json.dumps(floor), overwrite=True, namespace=KV_NAMESPACE)
+        _internal_kv_put(floor_key(app_name), floor.model_dump_json(), overwrite=True, namespace=KV_NAMESPACE)
 
 
-def read_floor(app_name: str) -> dict[str, Any] | None:
+def read_floor(app_name: str) -> FleetFloor | None:
     from ray.experimental.internal_kv import _internal_kv_get
 
     raw = _internal_kv_get(floor_key(app_name), namespace=KV_NAMESPACE)
-    return json.loads(raw) if raw else None
+    return parse(FleetFloor, raw) if raw else None
+
+
+_malformed_counter = None
+
+
+def drop_malformed(error: MalformedMessage, reader: str, log: logging.Logger) -> None:
+    """Log and count a message that failed its contract; the caller then drops it.
+    Counted in Ray's metrics (`meridian_malformed_messages_total{contract, reader}`),
+    which Ray exports from whichever Ray process read it."""
+    global _malformed_counter
+    log.warning("%s dropped a %s", reader, error)
+    try:
+        if _malformed_counter is None:
+            from ray.util.metrics import Counter
+
+            _malformed_counter = Counter(
+                "meridian_malformed_messages",
+                description="Messages dropped because they broke their contract (meridian_core/contracts.py).",
+                tag_keys=("contract", "reader"),
+            )
+        _malformed_counter.inc(1, tags={"contract": error.contract, "reader": reader})
+    except Exception as failure:  # the count is best effort; the drop is not
+        log.warning("could not count a malformed message: %s", failure)

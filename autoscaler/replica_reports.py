@@ -4,7 +4,7 @@ Each LLMServer replica reports cumulative counters (deployments/region_server.py
 Differencing them per replica between two decisions gives the interval's arrivals and
 tokens whatever Serve's sampling; a replica that appears starts from zero, one that
 disappears stops counting. Plain code: the Ray Serve adapter feeds it what the
-controller hands over, tests feed it dictionaries.
+controller hands over, tests feed it reports they build.
 """
 
 from __future__ import annotations
@@ -14,9 +14,7 @@ from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 
 from autoscaler.signals import DemandSample, RegionSignals
-
-ReplicaReport = Mapping[str, float]
-COUNTERS = ("arrived_total", "prompt_tokens_total", "output_tokens_total")
+from meridian_core.contracts import ReplicaReport
 
 
 @dataclass(frozen=True)
@@ -58,10 +56,13 @@ class ReplicaReportTracker:
         self, now_s: float, reports: Mapping[Hashable, ReplicaReport], counts: ReplicaCounts, cold_start_s: float
     ) -> RegionSignals:
         """The region's signals at `now_s`, adding one demand sample since the last call."""
-        current = {replica: tuple(report.get(name, 0.0) for name in COUNTERS) for replica, report in reports.items()}
-        deltas = [0.0] * len(COUNTERS)
+        current = {
+            replica: (report.arrived_total, report.prompt_tokens_total, report.output_tokens_total)
+            for replica, report in reports.items()
+        }
+        deltas = [0.0, 0.0, 0.0]
         for replica, values in current.items():
-            before = self._previous.get(replica, (0.0,) * len(COUNTERS))
+            before = self._previous.get(replica, (0.0, 0.0, 0.0))
             for i, (now_value, before_value) in enumerate(zip(values, before, strict=True)):
                 # A counter that went down belongs to a restarted replica: count afresh.
                 deltas[i] += now_value - before_value if now_value >= before_value else now_value
@@ -78,11 +79,11 @@ class ReplicaReportTracker:
             ready=counts.ready,
             starting=counts.starting,
             stopping=counts.stopping,
-            running=round(sum(r.get("running", 0.0) for r in reports.values())),
-            waiting=round(sum(r.get("waiting", 0.0) for r in reports.values())),
-            kv_usage=_mean([r.get("kv_cache_usage", 0.0) for r in reports.values()]),
-            ttft_ms=_worst_ms(reports, "ttft_p95_s"),
-            itl_ms=_worst_ms(reports, "itl_p95_s"),
+            running=round(sum(r.running for r in reports.values())),
+            waiting=round(sum(r.waiting for r in reports.values())),
+            kv_usage=_mean([r.kv_cache_usage for r in reports.values()]),
+            ttft_ms=_worst_ms([r.ttft_p95_s for r in reports.values()]),
+            itl_ms=_worst_ms([r.itl_p95_s for r in reports.values()]),
             cold_start_s=cold_start_s,
         )
 
@@ -91,7 +92,7 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
-def _worst_ms(reports: Mapping[Hashable, ReplicaReport], name: str) -> float | None:
+def _worst_ms(percentiles_s: list[float]) -> float | None:
     """The slowest replica's percentile: an SLO is missed wherever it is missed."""
-    observed = [r[name] for r in reports.values() if r.get(name, -1.0) >= 0]
+    observed = [p for p in percentiles_s if p >= 0]
     return max(observed) * 1000.0 if observed else None

@@ -16,25 +16,33 @@ import logging
 from collections.abc import Hashable, Mapping
 from typing import Any
 
-from autoscaler.perf import PROFILES
 from autoscaler.policy import MeridianConfig, MeridianPolicy
-from autoscaler.published import publish, read_floor
+from autoscaler.published import drop_malformed, publish, read_floor
 from autoscaler.replica_reports import ColdStartClock, ReplicaCounts, ReplicaReportTracker
 from autoscaler.signals import ScalingDecision
-from meridian.spec import AutoscalingSpec, SLOSpec
+from meridian_core.contracts import MalformedMessage, ReplicaReport, ScalingView, parse
+from meridian_core.replica_model import PROFILES
+from meridian_core.spec import AutoscalingSpec, SLOSpec
 
 log = logging.getLogger(__name__)
 # Decisions whose arrivals count as "recent" for where the fleet keeps replicas warm.
 RECENT_SAMPLES = 60
 
 
-def latest_reports(raw_metrics: Mapping[str, Mapping[Hashable, list]] | None) -> dict[Hashable, dict[str, float]]:
-    """Per replica, the newest value of every metric it reported."""
-    reports: dict[Hashable, dict[str, float]] = {}
+def latest_reports(raw_metrics: Mapping[str, Mapping[Hashable, list]] | None) -> dict[Hashable, ReplicaReport]:
+    """Per replica, the newest value of every metric it reported, as its `ReplicaReport`;
+    a replica whose report breaks the contract is left out (logged and counted)."""
+    newest: dict[Hashable, dict[str, float]] = {}
     for name, per_replica in (raw_metrics or {}).items():
         for replica, series in per_replica.items():
             if series:
-                reports.setdefault(replica, {})[name] = max(series, key=lambda point: point.timestamp).value
+                newest.setdefault(replica, {})[name] = max(series, key=lambda point: point.timestamp).value
+    reports: dict[Hashable, ReplicaReport] = {}
+    for replica, values in newest.items():
+        try:
+            reports[replica] = parse(ReplicaReport, values)
+        except MalformedMessage as error:
+            drop_malformed(error, "autoscaler", log)
     return reports
 
 
@@ -100,22 +108,20 @@ class RegionAutoscalingPolicy:
         if decision != self._decision:
             log.info("autoscale %s: %d -> %d (%s)", ctx.app_name, ready, decision.target, decision.reason)
         self._decision = decision
+        view = ScalingView(
+            target=decision.target,
+            reason=decision.reason[:500],
+            ready=counts.ready,
+            starting=counts.starting,
+            cold_start_s=round(self._cold_start.last_s, 1),
+            cold_start_measured=self._cold_start.measured,
+            min_replicas=self._min_replicas,
+            max_replicas=self._max_replicas,
+            recent_requests=sum(sample.requests for sample in signals.demand[-RECENT_SAMPLES:]),
+            at=float(now),
+        )
         try:
-            publish(
-                ctx.app_name,
-                {
-                    "target": decision.target,
-                    "reason": decision.reason,
-                    "ready": counts.ready,
-                    "starting": counts.starting,
-                    "cold_start_s": round(self._cold_start.last_s, 1),
-                    "cold_start_measured": self._cold_start.measured,
-                    "min_replicas": self._min_replicas,
-                    "max_replicas": self._max_replicas,
-                    "recent_requests": sum(sample.requests for sample in signals.demand[-RECENT_SAMPLES:]),
-                    "at": now,
-                },
-            )
+            publish(ctx.app_name, view)
         except Exception as error:  # the decision stands even if nobody can read it
             log.warning("could not publish the autoscaling decision: %s", error)
         return decision.target, {**ctx.policy_state, "meridian": state}
@@ -124,9 +130,12 @@ class RegionAutoscalingPolicy:
         """The global loop's floor wins over a lower target (autoscaler/fleet.py)."""
         try:
             floor = read_floor(app_name)
+        except MalformedMessage as error:
+            drop_malformed(error, "autoscaler", log)
+            return decision
         except Exception as error:  # GCS away: the region's own decision stands
             log.warning("could not read the fleet floor: %s", error)
             return decision
-        if floor is None or floor["replicas"] <= decision.target:
+        if floor is None or floor.replicas <= decision.target:
             return decision
-        return ScalingDecision(min(int(floor["replicas"]), self._max_replicas), floor["reason"])
+        return ScalingDecision(min(floor.replicas, self._max_replicas), floor.reason)

@@ -4,7 +4,7 @@ Every `policy.interval_s` (default: every tick) the simulator builds the same
 `RegionSignals` the live adapter builds and calls the policy's `decide`; it then starts
 replicas (serving nothing for the profile's cold start, but paid for), cancels starting
 ones or drains ready ones. Between decisions requests are served with the performance
-model of `autoscaler.perf`:
+model of `meridian_core.replica_model`:
 
 - **Assignment**: an arriving request goes to the ready replica with the least
   remaining prefill work (least-loaded; with FCFS prefill on every replica this is
@@ -34,9 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from autoscaler.perf import ReplicaProfile
 from autoscaler.signals import DemandSample, PolicyState, RegionSignals, ScalingPolicy
 from autoscaler.traces import Trace
+from meridian_core.replica_model import ReplicaProfile
 
 # Seconds over which a replica's prefill busy time is averaged for its decode slowdown.
 PREFILL_SHARE_TAU_S = 10.0

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from autoscaler.perf import ReplicaProfile
+from meridian_core.replica_model import ReplicaProfile
 
 # KV cache fraction planned for; the rest absorbs long requests.
 KV_PLANNING_FRACTION = 0.9

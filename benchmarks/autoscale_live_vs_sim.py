@@ -41,11 +41,12 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from autoscaler import perf, simulation, traces  # noqa: E402
+from autoscaler import simulation, traces  # noqa: E402
 from autoscaler.baselines import StaticConfig, StaticPeak  # noqa: E402
 from benchmarks.calibrate_cpu import calibrate, decode_step_s, prompt_of, stream  # noqa: E402
 from benchmarks.e2e_vs_vllm import meridian  # noqa: E402
-from meridian.spec import load_spec  # noqa: E402
+from meridian_core import replica_model  # noqa: E402
+from meridian_core.spec import load_spec  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SPEC = REPO / "configs" / "bench.yaml"
@@ -139,7 +140,7 @@ def machine() -> dict:
 
 
 def simulate_load(
-    live: list[dict], profile: perf.ReplicaProfile, slo_ttft_s: float, slo_itl_s: float
+    live: list[dict], profile: replica_model.ReplicaProfile, slo_ttft_s: float, slo_itl_s: float
 ) -> dict[str, float]:
     """The simulator's p95s and attainment on the requests the live run served."""
     served = traces.from_arrays(
@@ -261,7 +262,7 @@ def main() -> int:
             decode_tokens=32, timeout_s=600.0,
         )  # fmt: skip
         calibration = asyncio.run(calibrate(calibration_args))
-        profile = perf.CPU_SMOLLM2_135M.model_copy(update=calibration["profile_fields"])
+        profile = replica_model.CPU_SMOLLM2_135M.model_copy(update=calibration["profile_fields"])
         raw["calibration"], raw["profile"] = calibration, profile.model_dump()
         for number, load in enumerate(args.loads):
             offered = stretched(requests, profile.prefill_tokens_per_s, load)

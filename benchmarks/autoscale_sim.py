@@ -23,10 +23,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from autoscaler import lineup, perf, traces  # noqa: E402
+from autoscaler import lineup, traces  # noqa: E402
 from autoscaler.cli import SLO_GOAL, run  # noqa: E402
 from autoscaler.plot import plot_results  # noqa: E402
 from autoscaler.simulation import SimResult  # noqa: E402
+from meridian_core import replica_model  # noqa: E402
 
 TRACE = REPO.parent / "shared" / "data" / "traces" / "azure_llm_2023_code.csv"
 RESULTS = REPO / "benchmarks" / "results"
@@ -72,7 +73,9 @@ def goal_verdict(best: dict[str, SimResult]) -> list[str]:
     return lines
 
 
-def window_loads(trace: traces.Trace, profile: perf.ReplicaProfile, bin_s: float) -> tuple[np.ndarray, np.ndarray]:
+def window_loads(
+    trace: traces.Trace, profile: replica_model.ReplicaProfile, bin_s: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Replicas the trace's prefill work keeps busy in each `bin_s` window after the warm-up,
     and the window of every request counted."""
     counted = trace.arrival_s >= WARMUP_S
@@ -96,7 +99,7 @@ def bursts(over: np.ndarray, index: np.ndarray, bin_s: float) -> dict[str, float
     }
 
 
-def burst_lines(trace: traces.Trace, profile: perf.ReplicaProfile, bin_s: float) -> list[str]:
+def burst_lines(trace: traces.Trace, profile: replica_model.ReplicaProfile, bin_s: float) -> list[str]:
     """What the trace's prefill work asks of the replicas, window by window, as measured here."""
     load, index = window_loads(trace, profile, bin_s)
     p99 = float(np.percentile(load[index], 99))
@@ -165,7 +168,7 @@ def main() -> None:
         sys.exit(f"no trace at {args.trace}")
     command = shlex.join([_repo_relative(sys.executable), _repo_relative(sys.argv[0]), *sys.argv[1:]])
     run_at, machine = datetime.now(UTC), machine_line()
-    profile = perf.H100_LLAMA31_8B
+    profile = replica_model.H100_LLAMA31_8B
     trace = traces.load(args.trace, "azure")
 
     began = time.perf_counter()
@@ -224,7 +227,7 @@ def main() -> None:
         f"Replica: {profile.name} ({profile.accelerator}, prefill {profile.prefill_tokens_per_s:,.0f} tok/s, "
         f"step {profile.decode_base_s * 1000:g} ms + {profile.decode_per_seq_s * 1000:g} ms/seq, "
         f"KV {profile.kv_capacity_tokens:,} tokens, cold start {profile.cold_start_s:g} s, "
-        f"${profile.usd_per_gpu_hour}/GPU-h; sources in autoscaler/perf.py). "
+        f"${profile.usd_per_gpu_hour}/GPU-h; sources in meridian_core/replica_model.py). "
         f"SLO: TTFT ≤ {SLO_TTFT_S:g} s and mean ITL ≤ {SLO_ITL_S * 1000:g} ms per request. "
         f"Every autoscaler starts from the same ready replicas, the trace's first-minute prefill work "
         f"(`lineup.opening_replicas`; static: its count); requests arriving "

@@ -1,5 +1,5 @@
 """Measure a replica profile on a running vLLM OpenAI server: prefill tokens/s and decode
-step time against batch size, fitted to the `autoscaler.perf.ReplicaProfile` model
+step time against batch size, fitted to the `meridian_core.replica_model.ReplicaProfile` model
 (step = base + per_seq · batch).
 
     .venv/bin/python benchmarks/calibrate_cpu.py --url http://127.0.0.1:8000 --model smollm2-135m-instruct

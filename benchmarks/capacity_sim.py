@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from capacity.catalog import default_catalog
-from capacity.config import CapacitySpec
 from capacity.simulation import POLICIES, SimConfig, SimResult, compare
 from capacity.spot_traces import TraceSet, load_sets
 from capacity.trace_prices import DEFAULT_SPOT_FRACTION, zone_prices
+from meridian_core.capacity_spec import CapacitySpec
 
 SPOT = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "spot"
 OUT = Path(__file__).resolve().parent / "results" / "capacity.md"

@@ -57,9 +57,10 @@ from benchmarks.servers import (  # noqa: E402
     served,
     spread,
 )
-from meridian import launcher, models, processes  # noqa: E402
-from meridian.platform_state import PlatformState  # noqa: E402
-from meridian.spec import load_spec  # noqa: E402
+from meridian import launcher  # noqa: E402
+from meridian_core.spec import load_spec  # noqa: E402
+from meridian_host import models, processes  # noqa: E402
+from meridian_host.platform_state import PlatformState  # noqa: E402
 
 BIN = Path(sys.executable).parent
 VLLM = str(BIN / "meridian-vllm")

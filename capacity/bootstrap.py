@@ -2,7 +2,7 @@
 
 AWS passes it as EC2 user data, GCP as the `startup-script` metadata item; both run it
 as root on first boot. The node advertises the same Ray resource and label that the
-local launcher gives region nodes (meridian/ray_nodes.py), so the region's Serve
+local launcher gives region nodes (meridian_host/ray_nodes.py), so the region's Serve
 replicas, which require `region:<slug>`, land on it.
 """
 
@@ -13,8 +13,8 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from meridian.ray_nodes import REGION_LABEL, REGION_RESOURCE_CAPACITY
-from meridian.spec import region_resource
+from meridian_core.spec import region_resource
+from meridian_host.ray_nodes import REGION_LABEL, REGION_RESOURCE_CAPACITY
 
 CLOUD_LABEL = "meridian.io/cloud"
 ZONE_LABEL = "meridian.io/zone"

@@ -12,11 +12,11 @@ from rich.progress import Progress
 from rich.table import Table
 
 from capacity.catalog import Offering, default_catalog
-from capacity.config import CapacitySpec
 from capacity.model import Market
 from capacity.simulation import POLICIES, SimConfig, SimResult, compare
 from capacity.spot_traces import TraceError, TraceSet, load_sets
 from capacity.trace_prices import PricingError, ZonePrices, zone_prices
+from meridian_core.capacity_spec import CapacitySpec
 
 DEFAULT_SPOT_TRACES = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "spot"
 

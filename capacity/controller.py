@@ -1,8 +1,8 @@
 """The live capacity loop: nodes for the replicas the autoscaler wants, and the
 autoscaler's global loop.
 
-Every few seconds it reads each region's replica target (the autoscaler's published
-decision, via the router's region view; a fixed region's `replicas`), turns it into
+Every few seconds it reads each region's replica target (the autoscaler's decision,
+from Ray's KV where the region's policy publishes it; a fixed region's `replicas`), turns it into
 node demand, asks the placement policy (capacity/placement.py, the simulator's code)
 what to buy and release, and carries that out through the provider, writing every
 event and the held nodes to the ledger that `meridian capacity report` reads. Demand
@@ -24,16 +24,16 @@ import time
 from collections.abc import Callable
 
 from autoscaler.fleet import Floor, RegionView, fleet_floors
-from autoscaler.published import publish_floor
+from autoscaler.published import drop_malformed, publish_floor, read_published
 from capacity.catalog import Catalog
 from capacity.ledger import Ledger, Snapshot
 from capacity.local import LocalProvider, NodeBusy, local_catalog
 from capacity.model import CapacityError, Node
 from capacity.placement import Decision, Demand, plan
-from geo_router.geo import LatLon, haversine_km
-from meridian import launcher
-from meridian.platform_state import PlatformState
-from meridian.spec import PlatformSpec, RegionSpec, load_spec
+from meridian_core.contracts import FleetFloor, MalformedMessage, ScalingView
+from meridian_core.geo import LatLon, haversine_km
+from meridian_core.spec import PlatformSpec, RegionSpec, load_spec
+from meridian_host.platform_state import PlatformState
 
 log = logging.getLogger("meridian.capacity")
 INTERVAL_S = 5.0
@@ -52,36 +52,40 @@ def replicas_per_node(spec: PlatformSpec, region: RegionSpec) -> int:
 
 def node_demand(spec: PlatformSpec, targets: dict[str, int]) -> list[Demand]:
     """Nodes each region needs for its target: the replicas that fit on one node, and
-    never fewer than one, which keeps the region's ingress."""
+    never fewer than one, which keeps the region's ingress. A target is never taken past
+    the spec's `max_replicas`, whatever was published."""
     demands = []
     for region in spec.regions:
-        replicas = targets.get(region.name, region.replicas)
+        bound = region.autoscaling.max_replicas if region.autoscaling else region.replicas
+        replicas = min(targets.get(region.name, region.replicas), bound)
         nodes = max(1, math.ceil(replicas / replicas_per_node(spec, region)))
         demands.append(Demand("local", region.slug, nodes, "cpu", 1))
     return demands
 
 
-def published_scaling(state: PlatformState) -> dict[str, dict]:
-    """Each autoscaled region's published decision, as the router last polled it."""
+def published_scaling(spec: PlatformSpec) -> dict[str, ScalingView]:
+    """Each autoscaled region's latest published decision, read from Ray's KV; a
+    malformed one is logged, counted and left out, so that region keeps its fixed count."""
     views = {}
-    for name, view in launcher.router_regions(state).items():
-        scaling = (view.get("status") or {}).get("autoscaling")
-        if scaling:
-            views[name] = scaling
+    for region in spec.regions:
+        if region.autoscaling is None:
+            continue
+        try:
+            view = read_published(region.slug)
+        except MalformedMessage as error:
+            drop_malformed(error, "capacity loop", log)
+            continue
+        if view is not None:
+            views[region.name] = view
     return views
 
 
-def floors_for(spec: PlatformSpec, scaling: dict[str, dict], decision: Decision) -> dict[str, Floor]:
+def floors_for(spec: PlatformSpec, scaling: dict[str, ScalingView], decision: Decision) -> dict[str, Floor]:
     """The global loop: floors for autoscaled regions from what placement could not place
     and from the fleet's warm minimum; fallbacks are the other regions, nearest first."""
     autoscaled = [r for r in spec.regions if r.autoscaling is not None and r.name in scaling]
     views = [
-        RegionView(
-            r.name,
-            int(scaling[r.name]["target"]),
-            r.autoscaling.max_replicas,
-            scaling[r.name].get("recent_requests", 0),
-        )
+        RegionView(r.name, scaling[r.name].target, r.autoscaling.max_replicas, scaling[r.name].recent_requests)
         for r in autoscaled
     ]
     by_slug = {r.slug: r for r in spec.regions}
@@ -108,7 +112,7 @@ class CapacityLoop:
         provider: LocalProvider,
         ledger: Ledger,
         catalog: Catalog,
-        scaling: Callable[[], dict[str, dict]],
+        scaling: Callable[[], dict[str, ScalingView]],
         publish_floors: Callable[[dict[str, Floor]], None],
         clock: Callable[[], float] = time.time,
     ):
@@ -125,7 +129,7 @@ class CapacityLoop:
         nodes = self.provider.nodes()
         self.ledger.record_events(self.provider.events())
         scaling = self.scaling()
-        demands = node_demand(self.spec, {name: int(view["target"]) for name, view in scaling.items()})
+        demands = node_demand(self.spec, {name: view.target for name, view in scaling.items()})
         recent = self.ledger.events(since_s=now - self.spec.capacity.event_memory_s)
         # The local cloud has no spot market, so no spot spare to stand in for either.
         local_capacity = self.spec.capacity.model_copy(update={"spot_enabled": False})
@@ -179,14 +183,16 @@ def main(argv: list[str]) -> None:
     def publish_floors(floors: dict[str, Floor]) -> None:
         for region in autoscaled:
             floor = floors.get(region.name)
-            publish_floor(region.slug, None if floor is None else {"replicas": floor.replicas, "reason": floor.reason})
+            publish_floor(
+                region.slug, None if floor is None else FleetFloor(replicas=floor.replicas, reason=floor.reason)
+            )
 
     loop = CapacityLoop(
         spec,
         LocalProvider(spec, state),
         Ledger(state.directory),
         local_catalog(spec),
-        scaling=lambda: published_scaling(state),
+        scaling=lambda: published_scaling(spec),
         publish_floors=publish_floors,
     )
     while True:

@@ -15,9 +15,10 @@ import time
 
 from capacity.catalog import Catalog, Offering, Price
 from capacity.model import Accelerator, CapacityError, CapacityEvent, EventKind, Market, Node, NodeState, Placement
-from meridian import processes
-from meridian.platform_state import PlatformState
-from meridian.ray_nodes import (
+from meridian_core.spec import PlatformSpec, RegionSpec, region_resource
+from meridian_host import processes
+from meridian_host.platform_state import PlatformState
+from meridian_host.ray_nodes import (
     BIN,
     NODE_LABEL,
     REGION_LABEL,
@@ -26,7 +27,6 @@ from meridian.ray_nodes import (
     nodes_running_actors,
     start_ray_node,
 )
-from meridian.spec import PlatformSpec, RegionSpec, region_resource
 
 JOIN_TIMEOUT_S = 120.0
 # Local nodes cost nothing extra here; the catalog says so rather than leaving them unpriced.

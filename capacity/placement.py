@@ -43,8 +43,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from capacity.catalog import Catalog, Offering
-from capacity.config import CapacitySpec
 from capacity.model import CapacityEvent, EventKind, Market, Node, NodeState, Placement
+from meridian_core.capacity_spec import CapacitySpec
 
 ZONE_EVENTS = (EventKind.STOCKOUT, EventKind.PREEMPTED, EventKind.PREEMPTION_NOTICE)
 PREEMPTIONS = (EventKind.PREEMPTED, EventKind.PREEMPTION_NOTICE)

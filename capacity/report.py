@@ -9,9 +9,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from capacity.catalog import Catalog
-from capacity.config import CapacitySpec
 from capacity.ledger import Snapshot
 from capacity.model import CapacityEvent, EventKind, Market, NodeState
+from meridian_core.capacity_spec import CapacitySpec
 
 WINDOW_S = 3600.0
 PREEMPTIONS = (EventKind.PREEMPTED, EventKind.PREEMPTION_NOTICE)

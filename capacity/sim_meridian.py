@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections import Counter
 
 from capacity.catalog import Catalog, Offering, Price, SpotQuote
-from capacity.config import CapacitySpec, FallbackTarget
 from capacity.model import Accelerator, CapacityEvent, Node, NodeState, Placement
 from capacity.placement import Demand, plan
 from capacity.sim_types import Launch, SimActions, SimView, Terminate
+from meridian_core.capacity_spec import CapacitySpec, FallbackTarget
 
 
 class MeridianPolicy:

@@ -29,13 +29,13 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from capacity.baselines import AllOnDemand, NaiveSpot, RoundRobin
-from capacity.config import CapacitySpec
 from capacity.model import CapacityEvent, EventKind, Market, Placement
 from capacity.sim_meridian import MeridianPolicy
 from capacity.sim_types import SimNode, SimPolicy, SimView, SimZone
 from capacity.spot_traces import TraceSet
 from capacity.spothedge import SpotHedge
 from capacity.trace_prices import ZonePrices
+from meridian_core.capacity_spec import CapacitySpec
 
 POLICIES = ("on_demand", "naive_spot", "round_robin", "spothedge", "meridian")
 

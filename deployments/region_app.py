@@ -19,8 +19,8 @@ from ray.serve.llm.ingress import make_fastapi_ingress
 
 from deployments.region_ingress import STATUS_ENDPOINTS, RegionIngress
 from deployments.region_server import RegionLLMServer
-from meridian import models
-from meridian.spec import ModelSource, PackagedModelSource, region_resource
+from meridian_core.spec import ModelSource, PackagedModelSource, region_resource
+from meridian_host import models
 
 # Each replica takes one unit of its region's resource and the ingress this sliver,
 # so both land only on that region's nodes.

@@ -8,18 +8,21 @@ from typing import Any
 from ray.serve.llm.deployment import LLMServer
 
 from deployments.engine_stats import EngineCounters, bucket_quantile, read_engine_counters, read_engine_stats
+from meridian_core.contracts import NOT_OBSERVED, EngineLoad, ReplicaReport
 
 # The SLO percentile the replicas report (SLOSpec's ttft_p95_ms / itl_p95_ms).
 SLO_QUANTILE = 0.95
-# Stands for "nothing observed in this interval": Serve's custom metrics are floats.
-NOT_OBSERVED = -1.0
 
 
 class RegionLLMServer(LLMServer):
     _last_counters: EngineCounters | None = None
 
     async def engine_stats(self) -> dict[str, Any]:
-        return read_engine_stats()
+        """This replica's engine load, for the region's /status (an `EngineLoad`)."""
+        load = read_engine_stats()
+        return EngineLoad(
+            running=load["running"], waiting=load["waiting"], kv_cache_usage=min(1.0, load["kv_cache_usage"])
+        ).model_dump()
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
         """Serve calls this every `metrics_interval_s`. Counters are cumulative for
@@ -31,14 +34,15 @@ class RegionLLMServer(LLMServer):
         self._last_counters = counters
         ttft = bucket_quantile(SLO_QUANTILE, counters.ttft, before.ttft if before else {})
         itl = bucket_quantile(SLO_QUANTILE, counters.itl, before.itl if before else {})
-        return {
-            "running": float(load["running"]),
-            "waiting": float(load["waiting"]),
-            "kv_cache_usage": float(load["kv_cache_usage"]),
+        report = ReplicaReport(
+            running=float(load["running"]),
+            waiting=float(load["waiting"]),
+            kv_cache_usage=min(1.0, float(load["kv_cache_usage"])),
             # Every request that arrived has finished or is still in the engine.
-            "arrived_total": counters.finished + load["running"] + load["waiting"],
-            "prompt_tokens_total": counters.prompt_tokens,
-            "output_tokens_total": counters.generation_tokens,
-            "ttft_p95_s": NOT_OBSERVED if ttft is None else ttft,
-            "itl_p95_s": NOT_OBSERVED if itl is None else itl,
-        }
+            arrived_total=float(counters.finished + load["running"] + load["waiting"]),
+            prompt_tokens_total=float(counters.prompt_tokens),
+            output_tokens_total=float(counters.generation_tokens),
+            ttft_p95_s=NOT_OBSERVED if ttft is None else float(ttft),
+            itl_p95_s=NOT_OBSERVED if itl is None else float(itl),
+        )
+        return report.model_dump()

@@ -9,7 +9,7 @@ import sys
 import uvicorn
 
 from geo_router.app import create_app
-from meridian.spec import SpecError, load_spec
+from meridian_core.spec import SpecError, load_spec
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,7 +24,6 @@ from geo_router import openapi
 from geo_router.auth import ApiKey, KeyRing, key_digest_from
 from geo_router.breaker import CircuitBreaker
 from geo_router.errors import error_response
-from geo_router.geo import LatLon
 from geo_router.locate import ClientLocator, open_geoip
 from geo_router.metrics import RouterMetrics
 from geo_router.middleware import EnvelopeMiddleware, request_id_of
@@ -42,7 +41,8 @@ from geo_router.requests import (
 from geo_router.scoring import RequestFacts, RoutingMemory, RttCorrector, choose, scoring_from
 from geo_router.tracing import tracer_provider
 from geo_router.upstream import AiohttpUpstream, HttpxUpstream, Upstream
-from meridian.spec import PlatformSpec
+from meridian_core.geo import LatLon
+from meridian_core.spec import PlatformSpec
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,7 @@ def create_app(
         client,
         timeout_s=settings.health_timeout_s,
         interval_s=settings.health_poll_interval_s,
+        on_malformed=lambda error: metrics.malformed.labels(contract=error.contract).inc(),
     )
     proxy = Proxy(upstream, metrics, settings.upstream_timeout_s)
     perf, policy = scoring_from(settings.scoring.model_dump())

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from geo_router.geo import LatLon, parse_lat_lon
 from geo_router.requests import InvalidRequest
+from meridian_core.geo import LatLon, parse_lat_lon
 
 LOCATION_HEADER = "x-client-location"
 CDN_HEADER_PAIRS = (

@@ -42,6 +42,12 @@ class RouterMetrics:
             ["region", "kind"],
             registry=self.registry,
         )
+        self.malformed = Counter(
+            "meridian_router_malformed_messages",
+            "Messages from regions dropped because they broke their contract (meridian_core/contracts.py).",
+            ["contract"],
+            registry=self.registry,
+        )
         self.region_healthy = Gauge(
             "meridian_router_region_healthy",
             "1 if the router currently sends traffic to the region.",

@@ -13,14 +13,16 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
 from geo_router.breaker import CircuitBreaker
-from geo_router.geo import LatLon
 from geo_router.scoring import RegionLoad
+from meridian_core.contracts import MAX_MESSAGE_BYTES, MalformedMessage, RegionStatus, parse
+from meridian_core.geo import LatLon
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +35,7 @@ class Region:
     breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
     ready_replicas: int = 0
     models: frozenset[str] = frozenset()
-    last_status: dict[str, Any] = field(default_factory=dict)
+    last_status: RegionStatus | None = None
     running: int = 0
     waiting: int = 0
     kv_cache_usage: float = 0.0
@@ -95,18 +97,16 @@ class Region:
             return
         self.mark_down("status poll timed out")
 
-    def apply_status(self, status: dict[str, Any]) -> None:
-        replicas = status.get("replicas", {})
-        self.ready_replicas = int(replicas.get("ready", 0))
-        self.models = frozenset(status.get("models", []))
-        engine = status.get("engine", {})
-        self.running = int(engine.get("running", 0))
-        self.waiting = int(engine.get("waiting", 0))
-        self.kv_cache_usage = float(engine.get("kv_cache_usage", 0.0))
-        scaling = status.get("autoscaling")
-        self.autoscaled = bool(scaling)
-        self.cold_start_s = float(scaling.get("cold_start_s", 0.0)) if scaling else 0.0
-        self.starting_replicas = int(replicas.get("starting", 0))
+    def apply_status(self, status: RegionStatus) -> None:
+        self.ready_replicas = status.replicas.ready
+        self.models = frozenset(status.models)
+        self.running = status.engine.running
+        self.waiting = status.engine.waiting
+        self.kv_cache_usage = status.engine.kv_cache_usage
+        scaling = status.autoscaling
+        self.autoscaled = scaling is not None
+        self.cold_start_s = scaling.cold_start_s if scaling else 0.0
+        self.starting_replicas = status.replicas.starting
         if self.ready_replicas > 0 or self.starting_replicas == 0:
             self.cold_since = None
         elif self.cold_since is None:
@@ -126,18 +126,26 @@ class Region:
             "starting_replicas": self.starting_replicas,
             "models": sorted(self.models),
             "in_flight": self.in_flight,
-            "status": self.last_status,
+            "status": self.last_status.model_dump(mode="json") if self.last_status else {},
             "last_error": self.last_error,
             "last_poll_age_s": round(time.monotonic() - self.last_poll_at, 3) if self.last_poll_at else None,
         }
 
 
 class RegionTable:
-    def __init__(self, regions: list[Region], client: httpx.AsyncClient, timeout_s: float, interval_s: float):
+    def __init__(
+        self,
+        regions: list[Region],
+        client: httpx.AsyncClient,
+        timeout_s: float,
+        interval_s: float,
+        on_malformed: Callable[[MalformedMessage], None] = lambda _: None,
+    ):
         self.regions = {r.name: r for r in regions}
         self._client = client
         self._timeout_s = timeout_s
         self._interval_s = interval_s
+        self._on_malformed = on_malformed
 
     def servable(self, model: str) -> tuple[list[Region], bool]:
         """Regions to route `model` to, and whether this is panic routing: when every
@@ -162,17 +170,30 @@ class RegionTable:
             # A total deadline: httpx's own timeouts are per read, and a region that
             # trickles bytes must not hold the poll (or its breaker) open.
             async with asyncio.timeout(self._timeout_s):
-                response = await self._client.get(f"{region.endpoint}/status")
+                status_code, body = await self._get_status(region)
         except (httpx.TimeoutException, TimeoutError):
             region.poll_timed_out(window_s=self._interval_s + self._timeout_s)
             return
         except httpx.HTTPError as error:
             region.mark_down(f"status poll failed: {type(error).__name__}")
             return
-        if response.status_code != 200:
-            region.mark_down(f"status poll answered HTTP {response.status_code}")
+        if status_code != 200:
+            region.mark_down(f"status poll answered HTTP {status_code}")
             return
         try:
-            region.apply_status(response.json())
-        except (ValueError, TypeError, AttributeError) as error:
-            region.mark_down(f"status poll returned an unreadable body: {error}")
+            status = parse(RegionStatus, body)
+        except MalformedMessage as error:
+            self._on_malformed(error)
+            region.mark_down(f"status poll: {error}")
+            return
+        region.apply_status(status)
+
+    async def _get_status(self, region: Region) -> tuple[int, bytes]:
+        """The status code and at most one byte over the contract's cap of the body."""
+        async with self._client.stream("GET", f"{region.endpoint}/status") as response:
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > MAX_MESSAGE_BYTES:
+                    break
+            return response.status_code, bytes(body)

@@ -15,8 +15,8 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from geo_router.geo import LatLon, haversine_km
-from geo_router.rtt import prior_rtt_ms
+from meridian_core.geo import LatLon, haversine_km
+from meridian_core.rtt import prior_rtt_ms
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ The model, kept small on purpose:
   first two prefix blocks, so requests of one conversation share a client. (Not the
   first block alone: in the Mooncake trace every request starts with the same block, a
   shared system prompt.)
-- **Network**: client→region RTT is the distance prior of `geo_router.rtt`.
+- **Network**: client→region RTT is the distance prior of `meridian_core.rtt`.
 - **Replicas**: `batch_slots` requests run at once each; a request waits for a free
   slot, then prefills its uncached tokens at `prefill_ms_per_token` and decodes at
   `decode_ms_per_token`, holding its slot throughout. Each replica keeps an LRU cache
@@ -32,9 +32,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from geo_router.geo import LatLon, haversine_km
-from geo_router.rtt import prior_rtt_ms
 from geo_router.scoring import PerfModel, RegionLoad, RequestFacts, RoutingMemory, ScoringPolicy, choose
+from meridian_core.geo import LatLon, haversine_km
+from meridian_core.rtt import prior_rtt_ms
 
 BLOCK_TOKENS = 512
 

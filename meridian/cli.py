@@ -19,11 +19,12 @@ from capacity.cli import capacity_app, simulate_capacity
 from capacity.ledger import Ledger
 from capacity.local import local_catalog
 from capacity.report import report_rows
-from meridian import demo, launcher, models
-from meridian.platform_state import PlatformState, platform_dir
+from meridian import demo, launcher
 from meridian.serve_config import serve_config
-from meridian.spec import SpecError, load_spec
 from meridian.status import collect_status
+from meridian_core.spec import SpecError, load_spec
+from meridian_host import models
+from meridian_host.platform_state import PlatformState, platform_dir
 
 DEFAULT_SPEC = Path("configs/local.yaml")
 
@@ -235,8 +236,8 @@ def simulate_routing(
 ) -> None:
     """Compare nearest, least-load, prefix-aware-in-region and Meridian's scorer on a trace."""
     from geo_router import simulation
-    from geo_router.geo import LatLon
     from geo_router.scoring import scoring_from
+    from meridian_core.geo import LatLon
 
     platform = _load(regions)
     if not trace.is_file():

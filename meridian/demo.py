@@ -7,7 +7,7 @@ import sys
 
 import openai
 
-from meridian.spec import load_spec
+from meridian_core.spec import load_spec
 
 QUESTION = "What is the capital of France?"
 SYSTEM = "You are a helpful assistant. Answer in one short sentence."

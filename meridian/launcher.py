@@ -21,11 +21,11 @@ import httpx
 import yaml
 
 from capacity.local import LocalProvider, placement_for
-from meridian import models, processes
-from meridian.platform_state import PlatformState
-from meridian.ray_nodes import BIN, start_ray_node
 from meridian.serve_config import serve_config
-from meridian.spec import PlatformSpec, load_spec
+from meridian_core.spec import PlatformSpec, load_spec
+from meridian_host import models, processes
+from meridian_host.platform_state import PlatformState
+from meridian_host.ray_nodes import BIN, start_ray_node
 
 # Processes beside the engines (Serve controller/proxy, ingress, router) need CPU
 # too; Ray only schedules by logical CPUs, so the head advertises one.

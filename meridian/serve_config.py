@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from meridian.spec import PlatformSpec
+from meridian_core.spec import PlatformSpec
 
 REGION_APP_IMPORT_PATH = "deployments.region_app:build_region_app"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from meridian import launcher
-from meridian.platform_state import PlatformState
-from meridian.spec import PlatformSpec
+from meridian_core.spec import PlatformSpec
+from meridian_host.platform_state import PlatformState
 
 # Replica states are reported for the engine deployments; the ingress is plumbing.
 INGRESS_DEPLOYMENT = "RegionIngress"

@@ -153,7 +153,7 @@ MUTATIONS = (
         "an unobserved region does not inherit the fleet's RTT correction",
     ),
     Mutation(
-        "geo_router/rtt.py",
+        "meridian_core/rtt.py",
         "RTT_MS_PER_KM = 0.01495",
         "RTT_MS_PER_KM = 0.02",
         "the RTT prior's slope is not the fitted one",
@@ -221,7 +221,7 @@ MUTATIONS = (
         "tokens-per-minute ignores the completion cap",
     ),
     Mutation(
-        "meridian/spec.py",
+        "meridian_core/spec.py",
         "    lat: float = Field(ge=-90, le=90)",
         "    lat: float",
         "a latitude out of range is accepted",

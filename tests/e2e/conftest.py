@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from meridian import launcher
-from meridian.platform_state import PlatformState
-from meridian.spec import PlatformSpec, load_spec
+from meridian_core.spec import PlatformSpec, load_spec
+from meridian_host.platform_state import PlatformState
 
 SPEC_PATH = Path(__file__).with_name("e2e.yaml")
 

@@ -20,9 +20,9 @@ import httpx
 import pytest
 
 from meridian import launcher
-from meridian.platform_state import PlatformState
-from meridian.spec import PlatformSpec, load_spec
 from meridian.status import collect_status
+from meridian_core.spec import PlatformSpec, load_spec
+from meridian_host.platform_state import PlatformState
 
 from .conftest import running_platform
 

@@ -19,10 +19,11 @@ import openai
 import pytest
 import yaml
 
-from meridian import launcher, processes, ray_nodes
-from meridian.platform_state import PlatformState
+from meridian import launcher
 from meridian.serve_config import serve_config
-from meridian.spec import PlatformSpec
+from meridian_core.spec import PlatformSpec
+from meridian_host import processes, ray_nodes
+from meridian_host.platform_state import PlatformState
 
 from .conftest import SPEC_PATH
 

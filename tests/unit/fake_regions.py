@@ -12,7 +12,8 @@ import httpx
 from starlette.testclient import TestClient
 
 from geo_router.app import create_app
-from meridian.spec import PlatformSpec
+from meridian_core.contracts import ScalingView
+from meridian_core.spec import PlatformSpec
 
 MODEL = "smollm2-135m-instruct"
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "What is the capital of France?"}]}
@@ -25,9 +26,28 @@ class FakeRegion:
     waiting: int = 0
     mode: str = "ok"  # ok | refuse | hang | gone | error500 | break_stream | bad_request
     # The region's published scaling decision; None for a fixed replica count.
-    autoscaling: dict | None = None
+    autoscaling: ScalingView | None = None
+    # Sent as the /status body instead of a well-formed one.
+    status_body: bytes | None = None
     calls: list[str] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
+
+
+
+def scaled_to_zero(cold_start_s: float = 60.0) -> ScalingView:
+    """An autoscaled region's published decision while it idles at zero."""
+    return ScalingView(
+        target=0,
+        reason="idle",
+        ready=0,
+        starting=0,
+        cold_start_s=cold_start_s,
+        cold_start_measured=False,
+        min_replicas=0,
+        max_replicas=2,
+        recent_requests=0,
+        at=0.0,
+    )
 
 
 async def chunks(*parts: bytes) -> AsyncIterator[bytes]:
@@ -64,6 +84,8 @@ class FakeRegions:
             await asyncio.sleep(60)
         if region.mode == "gone":
             return streamed(404, text="Path '/x' not found.")
+        if rest == "status" and region.status_body is not None:
+            return httpx.Response(200, headers={"content-type": "application/json"}, content=region.status_body)
         if rest == "status":
             return httpx.Response(
                 200,
@@ -72,9 +94,9 @@ class FakeRegions:
                     "models": [MODEL],
                     "replicas": {
                         "ready": region.ready,
-                        "starting": max(0, region.autoscaling["target"] - region.ready) if region.autoscaling else 0,
+                        "starting": max(0, region.autoscaling.target - region.ready) if region.autoscaling else 0,
                     },
-                    "autoscaling": region.autoscaling,
+                    "autoscaling": region.autoscaling.model_dump() if region.autoscaling else None,
                     "engine": {"running": min(region.waiting, 16), "waiting": region.waiting, "kv_cache_usage": 0.1},
                 },
             )

@@ -6,11 +6,11 @@ import math
 
 import pytest
 
-from autoscaler.perf import H100_LLAMA31_8B
 from autoscaler.policy import MeridianConfig, MeridianPolicy
 from autoscaler.signals import DemandSample, RegionSignals
 from autoscaler.slo_capacity import Workload, replicas_needed
-from meridian.spec import AutoscalingSpec, SLOSpec
+from meridian_core.replica_model import H100_LLAMA31_8B
+from meridian_core.spec import AutoscalingSpec, SLOSpec
 
 PROMPT = 2048
 OUTPUT = 32

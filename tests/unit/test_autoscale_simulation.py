@@ -9,11 +9,11 @@ import pytest
 
 from autoscaler import lineup, traces
 from autoscaler.baselines import StaticConfig, StaticPeak
-from autoscaler.perf import ReplicaProfile
 from autoscaler.policy import MeridianConfig, MeridianPolicy
 from autoscaler.signals import PolicyState, RegionSignals, ScalingDecision
 from autoscaler.simulation import SimConfig, SimResult, simulate
 from autoscaler.slo_capacity import Workload, replicas_needed
+from meridian_core.replica_model import ReplicaProfile
 
 # A replica whose prefill of a 1000-token prompt takes exactly 0.5 s (+ one 1 ms step),
 # decoding at 1 ms a step, with room for everything.
@@ -140,7 +140,7 @@ def azure_lineup() -> dict[str, SimResult]:
     if not SHARED_TRACE.is_file():
         pytest.skip("shared data absent")
     from autoscaler.cli import run
-    from autoscaler.perf import H100_LLAMA31_8B
+    from meridian_core.replica_model import H100_LLAMA31_8B
 
     trace = traces.load(SHARED_TRACE, "azure")
     results = run(trace, list(lineup.POLICIES), H100_LLAMA31_8B, 2.0, 0.2, 1, 512, 600.0, show_progress=False)

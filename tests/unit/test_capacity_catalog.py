@@ -6,8 +6,8 @@ import pytest
 from pydantic import ValidationError
 
 from capacity.catalog import PACKAGED_DIR, CatalogError, SpotQuote, default_catalog, load_catalog
-from capacity.config import CapacitySpec
 from capacity.model import Market, Placement
+from meridian_core.capacity_spec import CapacitySpec
 
 SHARED_CATALOG = Path(__file__).resolve().parents[3] / "shared" / "data" / "catalog"
 

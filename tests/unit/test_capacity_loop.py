@@ -8,22 +8,40 @@ from pathlib import Path
 
 import pytest
 
-from capacity.config import CapacitySpec, Quota
 from capacity.controller import CapacityLoop, node_demand
 from capacity.ledger import Ledger, Snapshot
 from capacity.local import NodeBusy, local_catalog, placement_for
 from capacity.model import CapacityError, CapacityEvent, EventKind, Market, Node, NodeState, Placement
 from capacity.report import report_rows
-from meridian.spec import PlatformSpec, parse_spec
+from meridian_core.capacity_spec import CapacitySpec, Quota
+from meridian_core.contracts import ScalingView
+from meridian_core.spec import PlatformSpec, parse_spec
 
+SCALED = {"min_replicas": 0, "max_replicas": 4}
 SPEC = {
     "models": [{"id": "m"}],
     "regions": [
-        {"name": "local/us-east", "location": {"lat": 39.0, "lon": -77.5}},
-        {"name": "local/eu-west", "location": {"lat": 53.3, "lon": -6.3}},
+        {"name": "local/us-east", "location": {"lat": 39.0, "lon": -77.5}, "autoscaling": SCALED},
+        {"name": "local/eu-west", "location": {"lat": 53.3, "lon": -6.3}, "autoscaling": SCALED},
     ],
     "ray": {"cpus_per_region_node": 5},  # two replicas a node: engine + Serve actor each, one CPU spare
 }
+
+
+def view(target: int, recent_requests: int = 0) -> ScalingView:
+    """A region policy's published decision, as the capacity loop reads it."""
+    return ScalingView(
+        target=target,
+        reason="test",
+        ready=0,
+        starting=0,
+        cold_start_s=90.0,
+        cold_start_measured=False,
+        min_replicas=0,
+        max_replicas=4,
+        recent_requests=recent_requests,
+        at=0.0,
+    )
 
 
 class ProviderDouble:
@@ -71,7 +89,7 @@ def loop_for(spec: PlatformSpec, provider: ProviderDouble, tmp_path: Path, targe
         provider,
         Ledger(tmp_path),
         local_catalog(spec),
-        scaling=lambda: {name: {"target": target} for name, target in targets.items()},
+        scaling=lambda: {name: view(target) for name, target in targets.items()},
         publish_floors=lambda floors: None,
         clock=lambda: 100.0,
     )
@@ -80,6 +98,11 @@ def loop_for(spec: PlatformSpec, provider: ProviderDouble, tmp_path: Path, targe
 def test_node_demand_fits_replicas_to_nodes_and_keeps_one_for_the_ingress(spec):
     demand = {d.region: d.replicas for d in node_demand(spec, {"local/us-east": 3, "local/eu-west": 0})}
     assert demand == {"local-us-east": 2, "local-eu-west": 1}  # two replicas a node; never no node
+
+
+def test_a_published_target_is_never_taken_past_max_replicas(spec):
+    demand = {d.region: d.replicas for d in node_demand(spec, {"local/us-east": 500, "local/eu-west": 1})}
+    assert demand == {"local-us-east": 2, "local-eu-west": 1}  # 4 replicas at most: two nodes, not 250
 
 
 def test_the_loop_buys_what_demand_needs_and_records_it(spec, tmp_path):
@@ -139,16 +162,12 @@ def test_demand_placement_cannot_place_becomes_a_floor_in_the_nearest_other_regi
     from capacity.controller import floors_for
     from capacity.placement import Decision, Shortfall
 
-    scaled = {
-        **SPEC,
-        "regions": [{**r, "autoscaling": {"min_replicas": 0, "max_replicas": 4}} for r in SPEC["regions"]],
-    }
-    spec = parse_spec({**scaled, "fleet": {"min_warm_replicas": 1}})
-    scaling = {"local/us-east": {"target": 4, "recent_requests": 90}, "local/eu-west": {"target": 0}}
+    spec = parse_spec({**SPEC, "fleet": {"min_warm_replicas": 1}})
+    scaling = {"local/us-east": view(4, recent_requests=90), "local/eu-west": view(0)}
     short = Decision(shortfalls=(Shortfall(("local", "local-us-east"), 1, "no port block"),))
     floors = floors_for(spec, scaling, short)
     assert floors["local/eu-west"].replicas == 2  # one node of two replicas moved over
     assert "local/us-east" in floors["local/eu-west"].reason
     assert floors_for(spec, scaling, Decision()) == {}  # us-east's 4 already keep the fleet warm
-    idle = {"local/us-east": {"target": 0, "recent_requests": 1}, "local/eu-west": {"target": 0, "recent_requests": 7}}
+    idle = {"local/us-east": view(0, recent_requests=1), "local/eu-west": view(0, recent_requests=7)}
     assert floors_for(spec, idle, Decision())["local/eu-west"].replicas == 1

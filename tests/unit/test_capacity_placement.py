@@ -5,9 +5,9 @@ from collections import Counter
 import pytest
 
 from capacity.catalog import Catalog, Offering, Price
-from capacity.config import CapacitySpec, FallbackTarget, Quota
 from capacity.model import Accelerator, CapacityEvent, EventKind, Market, Node, NodeState, Placement
 from capacity.placement import Decision, Demand, plan
+from meridian_core.capacity_spec import CapacitySpec, FallbackTarget, Quota
 
 V100 = Accelerator("V100", 1, 16)
 HOME = ("aws", "us-east-1")

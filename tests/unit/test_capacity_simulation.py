@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 
 from capacity.catalog import default_catalog
-from capacity.config import CapacitySpec
 from capacity.model import CapacityEvent, EventKind, Market, Placement
 from capacity.sim_types import SimNode, SimView, SimZone
 from capacity.simulation import SimConfig, compare
 from capacity.spot_traces import UNLIMITED, TraceError, load_sets, parse_zone
 from capacity.spothedge import SpotHedge
 from capacity.trace_prices import DEFAULT_SPOT_FRACTION, TRACE_KINDS, zone_prices
+from meridian_core.capacity_spec import CapacitySpec
 
 SPOT = Path(__file__).resolve().parents[3] / "shared" / "data" / "spot" / "skypilot-spot-traces"
 

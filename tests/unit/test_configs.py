@@ -2,7 +2,7 @@ import yaml
 from ray.serve.schema import ServeDeploySchema
 
 from meridian.serve_config import REGION_APP_IMPORT_PATH, serve_config
-from meridian.spec import load_spec
+from meridian_core.spec import load_spec
 
 
 def test_serve_config_matches_ray_schema(repo):

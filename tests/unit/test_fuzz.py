@@ -12,7 +12,7 @@ from schemathesis.generation.modes import GenerationMode
 from starlette.testclient import TestClient
 
 from geo_router.app import create_app
-from meridian.spec import load_spec
+from meridian_core.spec import load_spec
 
 from ..conftest import REPO
 from .fake_regions import CHAT, FakeRegions

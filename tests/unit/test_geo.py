@@ -1,6 +1,6 @@
 import pytest
 
-from geo_router.geo import LatLon, haversine_km, parse_lat_lon
+from meridian_core.geo import LatLon, haversine_km, parse_lat_lon
 
 ASHBURN = LatLon(39.04, -77.49)
 DUBLIN = LatLon(53.35, -6.26)

@@ -1,8 +1,8 @@
 import pytest
 
-from geo_router.geo import LatLon
 from geo_router.locate import ClientLocator, client_ip, open_geoip
 from geo_router.requests import InvalidRequest
+from meridian_core.geo import LatLon
 
 from ..conftest import REPO
 

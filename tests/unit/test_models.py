@@ -2,8 +2,8 @@ import subprocess
 
 import pytest
 
-from meridian import models
-from meridian.spec import HuggingFaceModelSource, PackagedModelSource, PathModelSource
+from meridian_core.spec import HuggingFaceModelSource, PackagedModelSource, PathModelSource
+from meridian_host import models
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@ import sys
 import time
 import uuid
 
-from meridian import processes
+from meridian_host import processes
 
 # A parent that forks a grandchild in a new session of its own: killing the parent's
 # process group does not reach it, only the environment marker finds it.

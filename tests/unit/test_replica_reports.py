@@ -3,17 +3,18 @@
 import pytest
 
 from autoscaler.replica_reports import ColdStartClock, ReplicaCounts, ReplicaReportTracker
+from meridian_core.contracts import ReplicaReport
 
 COUNTS = ReplicaCounts(ready=2, starting=0, stopping=0)
 
 
-def report(arrived: float, prompt: float = 0.0, **extra: float) -> dict[str, float]:
-    return {"arrived_total": arrived, "prompt_tokens_total": prompt, "output_tokens_total": 0.0, **extra}
+def report(arrived: float, prompt: float = 0.0, **extra: float) -> ReplicaReport:
+    return ReplicaReport(arrived_total=arrived, prompt_tokens_total=prompt, output_tokens_total=0.0, **extra)
 
 
 def test_demand_is_the_sum_of_per_replica_increases():
     tracker = ReplicaReportTracker(history_s=60)
-    first = tracker.signals(100.0, {"a": report(10, 1000), "b": report(4, 400)}, COUNTS, 90.0)
+    first = tracker.signals(100.0, {"a": report(10.0, 1000.0), "b": report(4.0, 400.0)}, COUNTS, 90.0)
     assert first.demand == ()  # nothing to difference against yet
     second = tracker.signals(105.0, {"a": report(13, 1300), "b": report(5, 500)}, COUNTS, 90.0)
     (sample,) = second.demand
@@ -33,8 +34,8 @@ def test_history_is_bounded_and_load_is_summed():
         signals = tracker.signals(
             float(t),
             {
-                "a": report(t, running=3, waiting=1, kv_cache_usage=0.2, ttft_p95_s=0.4, itl_p95_s=-1.0),
-                "b": report(t, running=2, waiting=0, kv_cache_usage=0.4, ttft_p95_s=0.9, itl_p95_s=-1.0),
+                "a": report(t, running=3.0, waiting=1.0, kv_cache_usage=0.2, ttft_p95_s=0.4, itl_p95_s=-1.0),
+                "b": report(t, running=2.0, waiting=0.0, kv_cache_usage=0.4, ttft_p95_s=0.9, itl_p95_s=-1.0),
             },
             COUNTS,
             90.0,

@@ -11,9 +11,10 @@ import pytest
 import yaml
 from starlette.testclient import TestClient
 
-from meridian.spec import load_spec, parse_spec
+from meridian_core.contracts import EngineLoad, RegionStatus, ReplicaCounts
+from meridian_core.spec import load_spec, parse_spec
 
-from .fake_regions import CHAT, MODEL, FakeRegions, running_router
+from .fake_regions import CHAT, MODEL, FakeRegions, running_router, scaled_to_zero
 
 PARIS = "48.85,2.35"
 
@@ -150,7 +151,7 @@ def test_no_healthy_region_is_503_with_retry_after(router, fakes):
 
 def test_a_region_scaled_to_zero_spills_its_clients_to_a_warm_region(router, fakes):
     fakes["local-eu-west"].ready = 0
-    fakes["local-eu-west"].autoscaling = {"target": 0, "reason": "idle", "cold_start_s": 60.0, "min_replicas": 0}
+    fakes["local-eu-west"].autoscaling = scaled_to_zero()
     repoll(router)
     response = router.post("/v1/chat/completions", json=CHAT, headers={"X-Client-Location": PARIS})
     assert response.status_code == 200 and response.headers["x-meridian-region"] == "local/us-east"
@@ -164,7 +165,7 @@ def test_a_region_scaled_to_zero_spills_its_clients_to_a_warm_region(router, fak
 def test_with_every_region_scaled_to_zero_a_request_is_held_not_refused(router, fakes):
     for region in fakes.regions.values():
         region.ready = 0
-        region.autoscaling = {"target": 0, "reason": "idle", "cold_start_s": 60.0, "min_replicas": 0}
+        region.autoscaling = scaled_to_zero()
     repoll(router)
     response = router.post("/v1/chat/completions", json=CHAT, headers={"X-Client-Location": PARIS})
     # The fake answers at once; a real region queues the request while its replica starts.
@@ -207,6 +208,31 @@ def test_a_region_that_goes_away_is_dropped_within_two_seconds(router, fakes, mo
         assert time.monotonic() - went_away < 2.0, "breaker still closed after 2 s"
         time.sleep(0.05)
     assert router.get("/regions").json()["regions"][0]["breaker_open"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"region": "r", "models": ["m"], "replicas": {"ready": 1}, "engine": {"running": Infinity}}',
+        b'{"region": "r", "models": ["m"], "replicas": {"ready": 1e999}, "engine": {}}',
+        b"[" * 50_000 + b"]" * 50_000,
+    ],
+    ids=["infinity", "overflow", "deep"],
+)
+def test_a_malformed_status_marks_that_region_down_and_the_poll_goes_on(repo, fakes, body):
+    data = yaml.safe_load((repo / "configs" / "local.yaml").read_text())
+    data["router"]["breaker_open_s"] = 0.0
+    with running_router(parse_spec(data), fakes) as router:
+        fakes["local-us-east"].status_body = body
+        repoll(router)
+        east, west = router.get("/regions").json()["regions"]
+        assert not east["healthy"] and "malformed RegionStatus" in east["last_error"]
+        assert west["healthy"]
+        assert router.post("/v1/chat/completions", json=CHAT).headers["x-meridian-region"] == "local/eu-west"
+        assert 'meridian_router_malformed_messages_total{contract="RegionStatus"}' in router.get("/metrics").text
+        fakes["local-us-east"].status_body = None
+        repoll(router)  # the same poll, still alive, reads the good answer
+        assert router.get("/regions").json()["regions"][0]["healthy"]
 
 
 def test_unknown_path_and_method_are_openai_shaped(router):
@@ -312,15 +338,16 @@ def test_every_breaker_open_means_panic_routing_not_a_blanket_503(router, fakes)
 
 
 def test_a_slow_poll_does_not_drop_a_region_that_is_answering():
-    from geo_router.geo import LatLon
     from geo_router.regions import Region
+    from meridian_core.geo import LatLon
 
+    answering = RegionStatus(region="r", models=[MODEL], replicas=ReplicaCounts(ready=1), engine=EngineLoad())
     region = Region("r", LatLon(0, 0), "http://r")
-    region.apply_status({"models": [MODEL], "replicas": {"ready": 1}})
+    region.apply_status(answering)
     region.mark_answered()
     region.poll_timed_out(window_s=1.5)
     assert region.healthy and "answering" in region.last_error
     idle = Region("s", LatLon(0, 0), "http://s")
-    idle.apply_status({"models": [MODEL], "replicas": {"ready": 1}})
+    idle.apply_status(answering)
     idle.poll_timed_out(window_s=1.5)
     assert not idle.healthy

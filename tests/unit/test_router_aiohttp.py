@@ -26,7 +26,7 @@ import yaml
 from aiohttp import web
 
 from geo_router.app import create_app
-from meridian.spec import parse_spec
+from meridian_core.spec import parse_spec
 
 from ..conftest import REPO
 from .fake_regions import CHAT, MODEL

@@ -11,7 +11,7 @@ import yaml
 
 from geo_router.auth import digest
 from geo_router.ratelimit import KeyLimits, TokenBucket
-from meridian.spec import SpecError, parse_spec
+from meridian_core.spec import SpecError, parse_spec
 
 from .fake_regions import CHAT, FakeRegions, running_router
 

@@ -2,8 +2,8 @@ import csv
 
 import pytest
 
-from geo_router.geo import LatLon, haversine_km
-from geo_router.rtt import fit_line, prior_rtt_ms
+from meridian_core.geo import LatLon, haversine_km
+from meridian_core.rtt import fit_line, prior_rtt_ms
 
 from ..conftest import REPO
 

@@ -1,6 +1,5 @@
 import pytest
 
-from geo_router.geo import LatLon
 from geo_router.scoring import (
     PerfModel,
     PrefixIndex,
@@ -12,6 +11,7 @@ from geo_router.scoring import (
     choose,
     estimate,
 )
+from meridian_core.geo import LatLon
 
 ASHBURN, DUBLIN, PARIS, BOSTON = LatLon(39.04, -77.49), LatLon(53.35, -6.26), LatLon(48.85, 2.35), LatLon(42.36, -71.06)
 PERF = PerfModel(prefill_ms_per_token=0.5, batch_slots=16, typical_prompt_tokens=512)

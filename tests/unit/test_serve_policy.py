@@ -10,14 +10,15 @@ import pytest
 
 from autoscaler import serve_policy
 from autoscaler.serve_policy import RegionAutoscalingPolicy, latest_reports
+from meridian_core.contracts import FleetFloor, ReplicaReport
 
 Point = namedtuple("Point", "timestamp value")
 
 
 @pytest.fixture
-def floors(monkeypatch) -> dict[str, dict]:
+def floors(monkeypatch) -> dict[str, FleetFloor]:
     """The fleet floors the adapter reads, by app name (none unless a test sets one)."""
-    table: dict[str, dict] = {}
+    table: dict[str, FleetFloor] = {}
     monkeypatch.setattr(serve_policy, "read_floor", table.get)
     return table
 
@@ -25,7 +26,7 @@ def floors(monkeypatch) -> dict[str, dict]:
 @pytest.fixture
 def published(monkeypatch, floors) -> list[dict]:
     views: list[dict] = []
-    monkeypatch.setattr(serve_policy, "publish", lambda app, view: views.append({"app": app, **view}))
+    monkeypatch.setattr(serve_policy, "publish", lambda app, view: views.append({"app": app, **view.model_dump()}))
     return views
 
 
@@ -75,8 +76,19 @@ def load(arrived: float, prompt: float, output: float, waiting: float = 0.0) -> 
 
 def test_latest_reports_take_each_replicas_newest_point():
     raw = {"running": {"r1": [Point(2.0, 5.0), Point(1.0, 9.0)]}, "waiting": {"r1": [], "r2": [Point(1.0, 3.0)]}}
-    assert latest_reports(raw) == {"r1": {"running": 5.0}, "r2": {"waiting": 3.0}}
+    assert latest_reports(raw) == {"r1": ReplicaReport(running=5.0), "r2": ReplicaReport(waiting=3.0)}
     assert latest_reports(None) == {}
+
+
+def test_a_replica_report_that_breaks_its_contract_is_dropped_not_fatal(published):
+    raw = {
+        "running": {"r1": [Point(1.0, 5.0)], "r2": [Point(1.0, float("inf"))]},
+        "bogus_metric": {"r3": [Point(1.0, 1.0)]},
+    }
+    assert latest_reports(raw) == {"r1": ReplicaReport(running=5.0)}
+    scaler = policy()
+    target, _ = scaler(context(100.0, 1, 1, {"r1": load(0, 0, 0), "r2": {**load(0, 0, 0), "waiting": float("nan")}}))
+    assert target == 1 and published[-1]["ready"] == 1  # the decision is made on what could be read
 
 
 def test_heavy_demand_scales_up_and_the_decision_is_published(published):
@@ -102,9 +114,9 @@ def test_between_decisions_the_current_target_stands(published):
 def test_a_fleet_floor_raises_an_idle_regions_target_up_to_its_maximum(published, floors):
     scaler = policy(min_replicas=0, max_replicas=2)
     _, state = scaler(context(100.0, 0, 0, {}))
-    floors["local-us-east"] = {"replicas": 3, "reason": "serves gcp/europe-west1: out of capacity there"}
+    floors["local-us-east"] = FleetFloor(replicas=3, reason="serves gcp/europe-west1: out of capacity there")
     target, state = scaler(context(106.0, 0, 0, {}, state))
-    assert target == 2 and published[-1]["reason"] == floors["local-us-east"]["reason"]
+    assert target == 2 and published[-1]["reason"] == floors["local-us-east"].reason
     del floors["local-us-east"]
     # Without the floor the policy's own answer stands: no demand, but not idle for
     # idle_to_zero_s yet, so one replica.

@@ -3,7 +3,6 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from geo_router.geo import LatLon
 from geo_router.scoring import PerfModel, ScoringPolicy
 from geo_router.simulation import (
     ReplicaModel,
@@ -17,6 +16,7 @@ from geo_router.simulation import (
     simulate,
 )
 from meridian.cli import app
+from meridian_core.geo import LatLon
 
 from ..conftest import REPO
 

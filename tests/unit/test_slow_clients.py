@@ -11,7 +11,7 @@ import httpx
 import uvicorn
 
 from geo_router.app import create_app
-from meridian.spec import load_spec
+from meridian_core.spec import load_spec
 
 from ..conftest import REPO
 from .fake_regions import CHAT, FakeRegions

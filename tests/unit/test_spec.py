@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from meridian.spec import PackagedModelSource, PathModelSource, SpecError, load_spec, parse_spec
+from meridian_core.spec import PackagedModelSource, PathModelSource, SpecError, load_spec, parse_spec
 
 
 def local_spec_data(repo: Path) -> dict:

@@ -13,7 +13,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from starlette.testclient import TestClient
 
 from geo_router.app import create_app
-from meridian.spec import load_spec
+from meridian_core.spec import load_spec
 
 from .fake_regions import CHAT, FakeRegions
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from platformdirs import user_cache_dir
 
-from meridian.spec import HuggingFaceModelSource, ModelSource, PackagedModelSource, PathModelSource
+from meridian_core.spec import HuggingFaceModelSource, ModelSource, PackagedModelSource, PathModelSource
 
 # Written last into a converted model directory: its presence means the directory is whole.
 COMPLETE_MARKER = ".meridian-complete"

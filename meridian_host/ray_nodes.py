@@ -9,9 +9,9 @@ from pathlib import Path
 
 import httpx
 
-from meridian import processes
-from meridian.platform_state import PlatformState
-from meridian.spec import PORTS_PER_NODE, PlatformSpec
+from meridian_core.spec import PORTS_PER_NODE, PlatformSpec
+from meridian_host import processes
+from meridian_host.platform_state import PlatformState
 
 BIN = Path(sys.executable).parent
 REGION_LABEL = "meridian.io/region"

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from capacity.config import CapacitySpec
+from meridian_core.capacity_spec import CapacitySpec
 
 # Linux hands out ports from 32768 up to outgoing connections and to processes that
 # bind port 0; ports Ray must be able to bind are chosen below that.
@@ -89,7 +89,7 @@ class AutoscalingSpec(StrictModel):
     idle_to_zero_s: float = Field(default=300.0, gt=0)
     # Used until a replica start has been measured.
     cold_start_s: float = Field(default=90.0, gt=0)
-    # The replica performance profile the policy plans capacity with (autoscaler/perf.py).
+    # The replica performance profile the policy plans capacity with (meridian_core/replica_model.py).
     profile: str = "smollm2-135m-cpu"
     # How long replicas are kept after demand falls; unset: one measured cold start.
     scale_down_after_s: float | None = Field(default=None, ge=0)
@@ -99,7 +99,7 @@ class AutoscalingSpec(StrictModel):
     @field_validator("profile")
     @classmethod
     def _known_profile(cls, value: str) -> str:
-        from autoscaler.perf import PROFILES
+        from meridian_core.replica_model import PROFILES
 
         if value not in PROFILES:
             raise ValueError(f"unknown profile {value!r}; known: {sorted(PROFILES)}")
