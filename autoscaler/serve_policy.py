@@ -50,43 +50,29 @@ class RegionAutoscalingPolicy:
     def __init__(
         self,
         *,
-        min_replicas: int,
-        max_replicas: int,
-        idle_to_zero_s: float,
-        cold_start_s: float,
-        profile: str,
-        scale_down_after_s: float | None,
-        burst_window_s: float,
-        slo_ttft_ms: float,
-        slo_itl_ms: float,
+        autoscaling: dict[str, Any],
+        slo: dict[str, Any],
         decision_interval_s: float = 5.0,
         history_s: float = 1800.0,
     ):
+        # The spec's sections as the Serve config carries them, read back as the same types.
+        scaling = AutoscalingSpec.model_validate(autoscaling)
+        slo_spec = SLOSpec.model_validate(slo)
         self.decision_interval_s = decision_interval_s
-        scaling = AutoscalingSpec(
-            min_replicas=min_replicas,
-            max_replicas=max_replicas,
-            idle_to_zero_s=idle_to_zero_s,
-            cold_start_s=cold_start_s,
-            profile=profile,
-            scale_down_after_s=scale_down_after_s,
-            burst_window_s=burst_window_s,
-        )
-        slo = SLOSpec(ttft_p95_ms=slo_ttft_ms, itl_p95_ms=slo_itl_ms)
-        self._min_replicas = min_replicas
-        self._max_replicas = max_replicas
+        self._min_replicas = scaling.min_replicas
+        self._max_replicas = scaling.max_replicas
         self._policy = MeridianPolicy(
             MeridianConfig.from_specs(
                 scaling,
-                slo,
-                PROFILES[profile],
+                slo_spec,
+                PROFILES[scaling.profile],
                 interval_s=decision_interval_s,
-                scale_down_window_s=scale_down_after_s,
-                burst_window_s=burst_window_s,
+                scale_down_window_s=scaling.scale_down_after_s,
+                burst_window_s=scaling.burst_window_s,
             )
         )
         self._tracker = ReplicaReportTracker(history_s)
-        self._cold_start = ColdStartClock(cold_start_s)
+        self._cold_start = ColdStartClock(scaling.cold_start_s)
         self._last_decision_s: float | None = None
         self._decision = ScalingDecision(0, "starting")
 

@@ -19,7 +19,7 @@ from ray.serve.llm.ingress import make_fastapi_ingress
 
 from deployments.region_ingress import STATUS_ENDPOINTS, RegionIngress
 from deployments.region_server import RegionLLMServer
-from meridian_core.spec import ModelSource, PackagedModelSource, region_resource
+from meridian_core.spec import ModelSpec, RegionSpec, SLOSpec, region_resource
 from meridian_host import models
 
 # Each replica takes one unit of its region's resource and the ingress this sliver,
@@ -28,53 +28,23 @@ INGRESS_REGION_SHARE = 0.01
 SCALING_POLICY = "autoscaler.serve_policy:RegionAutoscalingPolicy"
 
 
-class RegionModelArgs(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    id: str
-    source: ModelSource = Field(default_factory=PackagedModelSource)
-    max_model_len: int = Field(default=2048, ge=128)
-    kv_cache_gib: int = Field(default=2, ge=1, description="vLLM CPU KV cache per replica")
-
-
-class RegionAutoscalingArgs(BaseModel):
-    """Bounds, cold start and SLO the region's autoscaling policy works to."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    min_replicas: int = Field(ge=0)
-    max_replicas: int = Field(ge=1)
-    idle_to_zero_s: float = Field(gt=0)
-    cold_start_s: float = Field(gt=0)
-    profile: str = Field(min_length=1)
-    scale_down_after_s: float | None = Field(default=None, ge=0)
-    burst_window_s: float = Field(default=900.0, gt=0)
-    slo_ttft_ms: float = Field(gt=0)
-    slo_itl_ms: float = Field(gt=0)
-    decision_interval_s: float = Field(default=5.0, gt=0)
-
-
 class RegionAppArgs(BaseModel):
-    """The `args` of one region's application in a `serve deploy` config."""
+    """The `args` of one region's application in a `serve deploy` config: the spec's own
+    sections for that region, as `meridian serve-config` dumps them."""
 
     model_config = ConfigDict(extra="forbid")
 
-    region: str = Field(description="`<cloud>/<region>`, reported by /status")
-    slug: str = Field(pattern=r"^[a-z][a-z0-9-]*$", description="names the Ray resource region:<slug>")
-    models: list[RegionModelArgs] = Field(min_length=1)
-    replicas: int = Field(default=1, ge=1)
-    cpus_per_replica: int = Field(default=1, ge=1)
-    engine_cpus: str | None = None
+    region: RegionSpec
+    models: list[ModelSpec] = Field(min_length=1)
+    slo: SLOSpec = SLOSpec()
     max_ongoing_requests: int = Field(default=64, ge=1)
-    # Without it the region runs `replicas` replicas, fixed.
-    autoscaling: RegionAutoscalingArgs | None = None
 
 
 def deployment_config_for(args: RegionAppArgs) -> dict[str, Any]:
     config: dict[str, Any] = {"max_ongoing_requests": args.max_ongoing_requests}
-    scaling = args.autoscaling
+    scaling = args.region.autoscaling
     if scaling is None:
-        config["num_replicas"] = args.replicas
+        config["num_replicas"] = args.region.replicas
         return config
     config["autoscaling_config"] = {
         "min_replicas": scaling.min_replicas,
@@ -89,17 +59,20 @@ def deployment_config_for(args: RegionAppArgs) -> dict[str, Any]:
         "look_back_period_s": 10.0,
         "policy": {
             "policy_function": SCALING_POLICY,
-            "policy_kwargs": scaling.model_dump(),
+            # The spec's sections as they are; the policy validates them as the same types.
+            "policy_kwargs": {"autoscaling": scaling.model_dump(mode="json"), "slo": args.slo.model_dump(mode="json")},
         },
     }
     return config
 
 
-def llm_config_for(args: RegionAppArgs, model: RegionModelArgs, model_path: str) -> LLMConfig:
+def llm_config_for(args: RegionAppArgs, model: ModelSpec, model_path: str) -> LLMConfig:
     return LLMConfig(
         model_loading_config={"model_id": model.id, "model_source": model_path},
         accelerator_config={"kind": "cpu"},
-        placement_group_config={"bundles": [{"CPU": args.cpus_per_replica, region_resource(args.slug): 1}]},
+        placement_group_config={
+            "bundles": [{"CPU": args.region.cpus_per_replica, region_resource(args.region.slug): 1}]
+        },
         deployment_config=deployment_config_for(args),
         engine_kwargs={"max_model_len": model.max_model_len, "disable_log_stats": False},
         # vLLM's own Prometheus logger (not Ray's wrapper) then records into the
@@ -110,7 +83,7 @@ def llm_config_for(args: RegionAppArgs, model: RegionModelArgs, model_path: str)
                 # Setting the KV cache size also stops vLLM CPU from reserving a
                 # fraction of the whole NUMA node's memory per engine.
                 "VLLM_CPU_KVCACHE_SPACE": str(model.kv_cache_gib),
-                "VLLM_CPU_OMP_THREADS_BIND": args.engine_cpus or "nobind",
+                "VLLM_CPU_OMP_THREADS_BIND": args.region.engine_cpus or "nobind",
                 "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
             }
         },
@@ -133,9 +106,9 @@ def build_region_app(args: dict[str, Any]) -> Application:
     ingress_options["num_replicas"] = 1
     ingress_options["ray_actor_options"] = {
         "num_cpus": 0,
-        "resources": {region_resource(parsed.slug): INGRESS_REGION_SHARE},
+        "resources": {region_resource(parsed.region.slug): INGRESS_REGION_SHARE},
     }
     ingress_cls = make_fastapi_ingress(RegionIngress, endpoint_map=STATUS_ENDPOINTS)
     return serve.deployment(ingress_cls, **ingress_options).bind(
-        llm_deployments=servers, model_cards=model_cards, region=parsed.region
+        llm_deployments=servers, model_cards=model_cards, region=parsed.region.name
     )

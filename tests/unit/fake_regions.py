@@ -33,7 +33,6 @@ class FakeRegion:
     headers: list[dict[str, str]] = field(default_factory=list)
 
 
-
 def scaled_to_zero(cold_start_s: float = 60.0) -> ScalingView:
     """An autoscaled region's published decision while it idles at zero."""
     return ScalingView(

@@ -24,5 +24,5 @@ def test_region_app_args_accept_the_generated_args(repo):
 
     for app in serve_config(load_spec(repo / "configs" / "local.yaml"))["applications"]:
         args = RegionAppArgs.model_validate(app["args"])
-        assert args.slug == app["name"]
+        assert args.region.slug == app["name"]
         assert args.models[0].id == "smollm2-135m-instruct"

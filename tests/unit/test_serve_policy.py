@@ -10,7 +10,9 @@ import pytest
 
 from autoscaler import serve_policy
 from autoscaler.serve_policy import RegionAutoscalingPolicy, latest_reports
+from meridian.serve_config import serve_config
 from meridian_core.contracts import FleetFloor, ReplicaReport
+from meridian_core.spec import AutoscalingSpec, parse_spec
 
 Point = namedtuple("Point", "timestamp value")
 
@@ -31,19 +33,26 @@ def published(monkeypatch, floors) -> list[dict]:
 
 
 def policy(**overrides) -> RegionAutoscalingPolicy:
-    settings = dict(
-        min_replicas=1,
-        max_replicas=4,
-        idle_to_zero_s=60.0,
-        cold_start_s=60.0,
-        profile="smollm2-135m-cpu",
-        scale_down_after_s=None,
-        burst_window_s=900.0,
-        slo_ttft_ms=2000.0,
-        slo_itl_ms=200.0,
-        decision_interval_s=5.0,
+    """The adapter built as Serve builds it: from the policy_kwargs the Serve config carries."""
+    scaling = AutoscalingSpec(
+        **{"min_replicas": 1, "max_replicas": 4, "idle_to_zero_s": 60.0, "cold_start_s": 60.0, **overrides}
     )
-    return RegionAutoscalingPolicy(**{**settings, **overrides})
+    (app,) = [a for a in serve_config(parse_spec(spec_with(scaling)))["applications"]]
+    kwargs = app["args"]
+    # What deployments/region_app.py puts in the deployment's autoscaling_config.
+    from deployments.region_app import RegionAppArgs, deployment_config_for
+
+    config = deployment_config_for(RegionAppArgs.model_validate(kwargs))
+    return RegionAutoscalingPolicy(**config["autoscaling_config"]["policy"]["policy_kwargs"])
+
+
+def spec_with(scaling: AutoscalingSpec) -> dict:
+    return {
+        "models": [{"id": "m"}],
+        "regions": [
+            {"name": "local/us-east", "location": {"lat": 39.0, "lon": -77.5}, "autoscaling": scaling.model_dump()}
+        ],
+    }
 
 
 def context(now: float, ready: int, target: int, reports: dict[str, dict[str, float]], state: dict | None = None):
