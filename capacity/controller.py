@@ -27,8 +27,8 @@ from autoscaler.fleet import Floor, RegionView, fleet_floors
 from autoscaler.published import drop_malformed, publish_floor, read_published
 from capacity.catalog import Catalog
 from capacity.ledger import Ledger, Snapshot
-from capacity.local import LocalProvider, NodeBusy, local_catalog
-from capacity.model import CapacityError, Node
+from capacity.local import LocalProvider, local_catalog
+from capacity.model import CapacityError, Node, NodeBusy, Provider
 from capacity.placement import Decision, Demand, plan
 from meridian_core.contracts import FleetFloor, MalformedMessage, ScalingView
 from meridian_core.geo import LatLon, haversine_km
@@ -59,7 +59,7 @@ def node_demand(spec: PlatformSpec, targets: dict[str, int]) -> list[Demand]:
         bound = region.autoscaling.max_replicas if region.autoscaling else region.replicas
         replicas = min(targets.get(region.name, region.replicas), bound)
         nodes = max(1, math.ceil(replicas / replicas_per_node(spec, region)))
-        demands.append(Demand("local", region.slug, nodes, "cpu", 1))
+        demands.append(Demand(region.cloud, region.slug, nodes, region.accelerator, 1))
     return demands
 
 
@@ -109,7 +109,7 @@ class CapacityLoop:
     def __init__(
         self,
         spec: PlatformSpec,
-        provider: LocalProvider,
+        provider: Provider,
         ledger: Ledger,
         catalog: Catalog,
         scaling: Callable[[], dict[str, ScalingView]],
@@ -131,9 +131,10 @@ class CapacityLoop:
         scaling = self.scaling()
         demands = node_demand(self.spec, {name: view.target for name, view in scaling.items()})
         recent = self.ledger.events(since_s=now - self.spec.capacity.event_memory_s)
-        # The local cloud has no spot market, so no spot spare to stand in for either.
-        local_capacity = self.spec.capacity.model_copy(update={"spot_enabled": False})
-        decision = plan(demands, nodes, self.catalog, local_capacity, recent, now)
+        capacity = self.spec.capacity
+        if self.provider.cloud == "local":  # no spot market, so no spot spare to stand in for either
+            capacity = capacity.model_copy(update={"spot_enabled": False})
+        decision = plan(demands, nodes, self.catalog, capacity, recent, now)
         for acquisition in decision.acquisitions:
             log.info("acquire %s: %s", acquisition.placement, acquisition.reason)
             try:
@@ -146,9 +147,7 @@ class CapacityLoop:
             self._release(release.node_id, nodes, released, release.reason)
         self.ledger.record_events(self.provider.events())
         self.publish_floors(floors_for(self.spec, scaling, decision))
-        self.ledger.record_snapshot(
-            Snapshot(now, tuple(self.provider.nodes()), {("local", d.region): d.replicas for d in demands})
-        )
+        self.ledger.record_snapshot(Snapshot(now, tuple(self.provider.nodes()), {d.home: d.replicas for d in demands}))
         return decision
 
     def _release(self, node_id: str, nodes: list[Node], released: set[str], reason: str) -> None:

@@ -14,7 +14,17 @@ import subprocess
 import time
 
 from capacity.catalog import Catalog, Offering, Price
-from capacity.model import Accelerator, CapacityError, CapacityEvent, EventKind, Market, Node, NodeState, Placement
+from capacity.model import (
+    Accelerator,
+    CapacityError,
+    CapacityEvent,
+    EventKind,
+    Market,
+    Node,
+    NodeBusy,
+    NodeState,
+    Placement,
+)
 from meridian_core.spec import PlatformSpec, RegionSpec, region_resource
 from meridian_host import processes
 from meridian_host.platform_state import PlatformState
@@ -59,10 +69,6 @@ def local_catalog(spec: PlatformSpec) -> Catalog:
         )
         for region in spec.regions
     )
-
-
-class NodeBusy(RuntimeError):
-    """Ray refused to drain the node: something (a replica, the ingress) still runs there."""
 
 
 class LocalProvider:

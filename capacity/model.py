@@ -78,6 +78,11 @@ class CapacityError(Exception):
         self.event = event
 
 
+class NodeBusy(RuntimeError):
+    """A release the provider refused because the node still runs work (Ray would not
+    drain it): the node stays, and the caller may release another of the same kind."""
+
+
 class Provider(Protocol):
     cloud: str
 
@@ -86,7 +91,8 @@ class Provider(Protocol):
         ...
 
     def release(self, node_id: str) -> None:
-        """Terminate a node this provider owns; unknown or foreign ids raise KeyError."""
+        """Terminate a node this provider owns; unknown or foreign ids raise KeyError,
+        a node that still runs work raises NodeBusy."""
         ...
 
     def nodes(self) -> list[Node]:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from capacity.catalog import Catalog, Offering, Price
+from capacity.catalog import Catalog, Offering
 from capacity.model import Accelerator, Market, Placement
 from capacity.spot_traces import TraceSet
 
@@ -108,21 +108,3 @@ def _on_demand(kind: TraceKind | None, listed: Offering | None, given: float | N
         return listed.on_demand.usd_per_h, f"catalog ({listed.on_demand.source})"
     assert kind is not None
     return kind.on_demand_usd_per_h, kind.source
-
-
-def trace_catalog(traces: TraceSet, prices: ZonePrices, step: int) -> Catalog:
-    """The catalog the live policy would hold at `step`: one offering per trace zone."""
-    return Catalog(
-        Offering(
-            cloud=zone.cloud,
-            region=zone.region,
-            zone=zone.zone,
-            instance_type=prices.instance_type,
-            accelerator=prices.accelerator,
-            vcpus=0.0,
-            memory_gib=0.0,
-            on_demand=Price(float(prices.on_demand[i]), None, "trace set"),
-            spot=Price(float(prices.spot[i, step]), None, "trace set"),
-        )
-        for i, zone in enumerate(traces.zones)
-    )

@@ -258,10 +258,6 @@ def down(name: str) -> int:
     return leftovers
 
 
-def down_spec(spec_path: Path) -> int:
-    return down(load_spec(spec_path).name)
-
-
 def wait_for(check: Callable[[], bool], timeout_s: float, what: str, log_path: Path) -> None:
     deadline = time.monotonic() + timeout_s
     while not check():

@@ -39,8 +39,6 @@ class CapacitySpec(BaseModel):
     # Treat the fallback regions as equal to the home region when spreading (a service that
     # does not care where its replicas run, such as one global endpoint); off: home first.
     spread_regions: bool = False
-    spot_provisioning_delay_s: float = Field(default=120.0, ge=0)
-    on_demand_provisioning_delay_s: float = Field(default=120.0, ge=0)
     # A zone that stocked out (or preempted us) is skipped for this long, doubled for
     # every further stockout inside `event_memory_s`, up to `stockout_backoff_max_s`.
     stockout_backoff_s: float = Field(default=300.0, gt=0)

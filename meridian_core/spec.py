@@ -125,6 +125,9 @@ class RegionSpec(StrictModel):
     endpoint: str | None = Field(default=None, pattern=r"^https?://")
     # Without it the region runs `replicas` replicas, fixed.
     autoscaling: AutoscalingSpec | None = None
+    # The accelerator each node of the region carries, as the price catalog names it
+    # ("cpu" for CPU-only nodes; "H100", "A100", "L4", ...): what the capacity loop buys.
+    accelerator: str = Field(default="cpu", min_length=1, max_length=32)
 
     @field_validator("name")
     @classmethod

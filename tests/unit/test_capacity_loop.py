@@ -10,8 +10,8 @@ import pytest
 
 from capacity.controller import CapacityLoop, node_demand
 from capacity.ledger import Ledger, Snapshot
-from capacity.local import NodeBusy, local_catalog, placement_for
-from capacity.model import CapacityError, CapacityEvent, EventKind, Market, Node, NodeState, Placement
+from capacity.local import local_catalog, placement_for
+from capacity.model import CapacityError, CapacityEvent, EventKind, Market, Node, NodeBusy, NodeState, Placement
 from capacity.report import report_rows
 from meridian_core.capacity_spec import CapacitySpec, Quota
 from meridian_core.contracts import ScalingView
