@@ -84,7 +84,7 @@ MUTATIONS = (
     ),
     Mutation(
         "autoscaler/serve_policy.py",
-        'if floor is None or floor["replicas"] <= decision.target:',
+        "if floor is None or floor.replicas <= decision.target:",
         "if True:",
         "the global loop's floors are ignored by the Serve adapter",
     ),
@@ -170,7 +170,26 @@ MUTATIONS = (
         "            if True:",
         "any API key is accepted",
     ),
+    # The contracts between processes.
+    Mutation(
+        "meridian_core/contracts.py",
+        "allow_inf_nan=False",
+        "allow_inf_nan=True",
+        "a message with Infinity or NaN in it is accepted",
+    ),
+    Mutation(
+        "meridian_core/contracts.py",
+        "            if len(raw) > MAX_MESSAGE_BYTES:",
+        "            if False:",
+        "a message over the size cap is parsed anyway",
+    ),
     # Capacity.
+    Mutation(
+        "capacity/controller.py",
+        "        replicas = min(targets.get(region.name, region.replicas), bound)",
+        "        replicas = targets.get(region.name, region.replicas)",
+        "a published target past max_replicas buys nodes for it",
+    ),
     Mutation(
         "capacity/placement.py",
         "        if zone_until > self._now:",
