@@ -173,9 +173,9 @@ MUTATIONS = (
     # The contracts between processes.
     Mutation(
         "meridian_core/contracts.py",
-        "allow_inf_nan=False",
-        "allow_inf_nan=True",
-        "a message with Infinity or NaN in it is accepted",
+        "Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]",
+        "Count = int",
+        "replica counts and targets in messages are unbounded",
     ),
     Mutation(
         "meridian_core/contracts.py",
