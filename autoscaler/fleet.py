@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from meridian_core.contracts import MAX_REASON, FleetFloor
+
 
 @dataclass(frozen=True)
 class RegionView:
@@ -29,28 +31,22 @@ class RegionView:
     recent_requests: int  # arrivals over the recent window, for where to keep warm replicas
 
 
-@dataclass(frozen=True)
-class Floor:
-    replicas: int
-    reason: str
-
-
 def fleet_floors(
     regions: Sequence[RegionView],
     shortfalls: Mapping[str, int],
     fallback_order: Mapping[str, Sequence[str]],
     min_warm_replicas: int,
-) -> dict[str, Floor]:
+) -> dict[str, FleetFloor]:
     """Floors per region name; regions without one are absent."""
     by_name = {r.name: r for r in regions}
-    floors: dict[str, Floor] = {}
+    floors: dict[str, FleetFloor] = {}
 
     def planned(name: str) -> int:
         floor = floors.get(name)
         return max(by_name[name].target, floor.replicas if floor else 0)
 
     def raise_floor(name: str, replicas: int, reason: str) -> None:
-        floors[name] = Floor(replicas, reason)
+        floors[name] = FleetFloor(replicas=replicas, reason=reason[:MAX_REASON])
 
     for short_region, missing in sorted(shortfalls.items()):
         for candidate in fallback_order.get(short_region, ()):

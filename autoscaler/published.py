@@ -9,6 +9,7 @@ the reader logs, counts and drops.
 
 from __future__ import annotations
 
+import functools
 import logging
 
 from meridian_core.contracts import FleetFloor, MalformedMessage, ScalingView, parse
@@ -54,24 +55,23 @@ def read_floor(app_name: str) -> FleetFloor | None:
     return parse(FleetFloor, raw) if raw else None
 
 
-_malformed_counter = None
+@functools.cache
+def _malformed_counter():  # type: ignore[no-untyped-def]
+    from ray.util.metrics import Counter
+
+    return Counter(
+        "meridian_malformed_messages",
+        description="Messages dropped because they broke their contract (meridian_core/contracts.py).",
+        tag_keys=("contract", "reader"),
+    )
 
 
 def drop_malformed(error: MalformedMessage, reader: str, log: logging.Logger) -> None:
     """Log and count a message that failed its contract; the caller then drops it.
     Counted in Ray's metrics (`meridian_malformed_messages_total{contract, reader}`),
     which Ray exports from whichever Ray process read it."""
-    global _malformed_counter
     log.warning("%s dropped a %s", reader, error)
     try:
-        if _malformed_counter is None:
-            from ray.util.metrics import Counter
-
-            _malformed_counter = Counter(
-                "meridian_malformed_messages",
-                description="Messages dropped because they broke their contract (meridian_core/contracts.py).",
-                tag_keys=("contract", "reader"),
-            )
-        _malformed_counter.inc(1, tags={"contract": error.contract, "reader": reader})
+        _malformed_counter().inc(1, tags={"contract": error.contract, "reader": reader})
     except Exception as failure:  # the count is best effort; the drop is not
         log.warning("could not count a malformed message: %s", failure)

@@ -20,7 +20,7 @@ from autoscaler.policy import MeridianConfig, MeridianPolicy
 from autoscaler.published import drop_malformed, publish, read_floor
 from autoscaler.replica_reports import ColdStartClock, ReplicaCounts, ReplicaReportTracker
 from autoscaler.signals import ScalingDecision
-from meridian_core.contracts import MalformedMessage, ReplicaReport, ScalingView, parse
+from meridian_core.contracts import MAX_REASON, MalformedMessage, ReplicaReport, ScalingView, parse
 from meridian_core.replica_model import PROFILES
 from meridian_core.spec import AutoscalingSpec, SLOSpec
 
@@ -96,7 +96,7 @@ class RegionAutoscalingPolicy:
         self._decision = decision
         view = ScalingView(
             target=decision.target,
-            reason=decision.reason[:500],
+            reason=decision.reason[:MAX_REASON],
             ready=counts.ready,
             starting=counts.starting,
             cold_start_s=round(self._cold_start.last_s, 1),

@@ -23,7 +23,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from autoscaler.fleet import Floor, RegionView, fleet_floors
+from autoscaler.fleet import RegionView, fleet_floors
 from autoscaler.published import drop_malformed, publish_floor, read_published
 from capacity.catalog import Catalog
 from capacity.ledger import Ledger, Snapshot
@@ -80,7 +80,7 @@ def published_scaling(spec: PlatformSpec) -> dict[str, ScalingView]:
     return views
 
 
-def floors_for(spec: PlatformSpec, scaling: dict[str, ScalingView], decision: Decision) -> dict[str, Floor]:
+def floors_for(spec: PlatformSpec, scaling: dict[str, ScalingView], decision: Decision) -> dict[str, FleetFloor]:
     """The global loop: floors for autoscaled regions from what placement could not place
     and from the fleet's warm minimum; fallbacks are the other regions, nearest first."""
     autoscaled = [r for r in spec.regions if r.autoscaling is not None and r.name in scaling]
@@ -113,7 +113,7 @@ class CapacityLoop:
         ledger: Ledger,
         catalog: Catalog,
         scaling: Callable[[], dict[str, ScalingView]],
-        publish_floors: Callable[[dict[str, Floor]], None],
+        publish_floors: Callable[[dict[str, FleetFloor]], None],
         clock: Callable[[], float] = time.time,
     ):
         self.spec = spec
@@ -179,12 +179,9 @@ def main(argv: list[str]) -> None:
     ray.init(address=state.gcs_address, logging_level=logging.WARNING, log_to_driver=False)
     autoscaled = [r for r in spec.regions if r.autoscaling is not None]
 
-    def publish_floors(floors: dict[str, Floor]) -> None:
+    def publish_floors(floors: dict[str, FleetFloor]) -> None:
         for region in autoscaled:
-            floor = floors.get(region.name)
-            publish_floor(
-                region.slug, None if floor is None else FleetFloor(replicas=floor.replicas, reason=floor.reason)
-            )
+            publish_floor(region.slug, floors.get(region.name))
 
     loop = CapacityLoop(
         spec,

@@ -19,30 +19,34 @@ class RegionLLMServer(LLMServer):
 
     async def engine_stats(self) -> dict[str, Any]:
         """This replica's engine load, for the region's /status (an `EngineLoad`)."""
-        load = read_engine_stats()
-        return EngineLoad(
-            running=load["running"], waiting=load["waiting"], kv_cache_usage=min(1.0, load["kv_cache_usage"])
-        ).model_dump()
+        return _engine_load().model_dump()
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
         """Serve calls this every `metrics_interval_s`. Counters are cumulative for
         this replica, so the controller can difference them whatever its sampling;
         latency percentiles cover the requests since the previous call."""
-        load = read_engine_stats()
+        load = _engine_load()
         counters = read_engine_counters()
         before = self._last_counters
         self._last_counters = counters
         ttft = bucket_quantile(SLO_QUANTILE, counters.ttft, before.ttft if before else {})
         itl = bucket_quantile(SLO_QUANTILE, counters.itl, before.itl if before else {})
         report = ReplicaReport(
-            running=float(load["running"]),
-            waiting=float(load["waiting"]),
-            kv_cache_usage=min(1.0, float(load["kv_cache_usage"])),
+            running=float(load.running),
+            waiting=float(load.waiting),
+            kv_cache_usage=load.kv_cache_usage,
             # Every request that arrived has finished or is still in the engine.
-            arrived_total=float(counters.finished + load["running"] + load["waiting"]),
+            arrived_total=float(counters.finished + load.running + load.waiting),
             prompt_tokens_total=float(counters.prompt_tokens),
             output_tokens_total=float(counters.generation_tokens),
             ttft_p95_s=NOT_OBSERVED if ttft is None else float(ttft),
             itl_p95_s=NOT_OBSERVED if itl is None else float(itl),
         )
         return report.model_dump()
+
+
+def _engine_load() -> EngineLoad:
+    """The engine's gauges as the contract holds them; KV use is summed over the
+    replica's engines, so it is capped at full."""
+    load = read_engine_stats()
+    return EngineLoad(running=load["running"], waiting=load["waiting"], kv_cache_usage=min(1.0, load["kv_cache_usage"]))
