@@ -41,16 +41,16 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from autoscaler import simulation, traces  # noqa: E402
-from autoscaler.baselines import StaticConfig, StaticPeak  # noqa: E402
+from autoscaler.sim import demand_replay, traces  # noqa: E402
+from autoscaler.sim.peer_autoscalers import StaticConfig, StaticPeak  # noqa: E402
 from benchmarks.calibrate_cpu import calibrate, decode_step_s, prompt_of, stream  # noqa: E402
 from benchmarks.e2e_vs_vllm import meridian  # noqa: E402
 from meridian_core import replica_model  # noqa: E402
+from meridian_core.shared_data import AZURE_CODE_TRACE  # noqa: E402
 from meridian_core.spec import load_spec  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SPEC = REPO / "configs" / "bench.yaml"
-TRACE = REPO.parent / "shared" / "data" / "traces" / "azure_llm_2023_code.csv"
 RESULTS = REPO / "benchmarks" / "results"
 SEED_STRIDE = 100_000  # prompt seeds a replay may use; more than any --requests
 
@@ -148,10 +148,10 @@ def simulate_load(
         np.array([r["prompt_tokens"] for r in live]),
         np.array([r["output_tokens"] for r in live]),
     )
-    config = simulation.SimConfig(
+    config = demand_replay.DemandReplayConfig(
         profile=profile, slo_ttft_s=slo_ttft_s, slo_itl_s=slo_itl_s, initial_replicas=1, tick_s=0.1, warmup_s=0.0
     )
-    simulated = simulation.simulate(served, StaticPeak(StaticConfig(replicas=1)), config, setting="1 replica")
+    simulated = demand_replay.simulate(served, StaticPeak(StaticConfig(replicas=1)), config, setting="1 replica")
     # The simulator keeps per-request latencies in its region; its summary gives p95 and attainment.
     return {
         "ttft_p95_s": simulated.ttft_p95_s,
@@ -226,7 +226,7 @@ def report(raw: dict, args: argparse.Namespace, slo_ttft_s: float, slo_itl_s: fl
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trace", type=Path, default=TRACE)
+    parser.add_argument("--trace", type=Path, default=AZURE_CODE_TRACE)
     parser.add_argument("--requests", type=int, default=150, help="requests replayed at each load")
     parser.add_argument("--max-prompt", type=int, default=512, help="prompt tokens are clipped to this")
     parser.add_argument("--max-output", type=int, default=32, help="output tokens are clipped to this")

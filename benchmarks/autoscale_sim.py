@@ -23,13 +23,13 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from autoscaler import lineup, traces  # noqa: E402
-from autoscaler.cli import SLO_GOAL, run  # noqa: E402
-from autoscaler.plot import plot_results  # noqa: E402
-from autoscaler.simulation import SimResult  # noqa: E402
+from autoscaler.sim import lineup, traces  # noqa: E402
+from autoscaler.sim.cli import SLO_GOAL, run  # noqa: E402
+from autoscaler.sim.demand_replay import DemandReplayResult  # noqa: E402
+from autoscaler.sim.plot import plot_results  # noqa: E402
 from meridian_core import replica_model  # noqa: E402
+from meridian_core.shared_data import AZURE_CODE_TRACE  # noqa: E402
 
-TRACE = REPO.parent / "shared" / "data" / "traces" / "azure_llm_2023_code.csv"
 RESULTS = REPO / "benchmarks" / "results"
 SLO_TTFT_S = 2.0
 SLO_ITL_S = 0.2
@@ -38,7 +38,7 @@ MIN_REPLICAS = 1
 MAX_REPLICAS = 512
 
 
-def _row(result: SimResult, best: dict[str, SimResult]) -> str:
+def _row(result: DemandReplayResult, best: dict[str, DemandReplayResult]) -> str:
     mark = " **★**" if best.get(result.policy) is result else ""
     return (
         f"| {result.policy} | {result.setting}{mark} | {result.slo_attainment:.2%} | {result.gpu_hours:.2f} |"
@@ -46,7 +46,7 @@ def _row(result: SimResult, best: dict[str, SimResult]) -> str:
     )
 
 
-def goal_verdict(best: dict[str, SimResult]) -> list[str]:
+def goal_verdict(best: dict[str, DemandReplayResult]) -> list[str]:
     meridian = best.get("meridian")
     peers = {n: r for n, r in best.items() if n != "meridian" and r.slo_attainment >= SLO_GOAL}
     lines = []
@@ -144,7 +144,7 @@ def _repo_relative(path: str) -> str:
     return os.path.relpath(Path(path).absolute(), REPO)
 
 
-def autoscaler_verdict(best: dict[str, SimResult]) -> str:
+def autoscaler_verdict(best: dict[str, DemandReplayResult]) -> str:
     """Meridian against the autoscaling peers alone (static provisioning left out)."""
     meridian = best.get("meridian")
     peers = {n: r for n, r in best.items() if n not in ("meridian", "static") and r.slo_attainment >= SLO_GOAL}
@@ -161,7 +161,7 @@ def autoscaler_verdict(best: dict[str, SimResult]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trace", type=Path, default=TRACE)
+    parser.add_argument("--trace", type=Path, default=AZURE_CODE_TRACE)
     parser.add_argument("--fleet-scale", type=int, default=100, help="copies for the fleet-scale timing run")
     args = parser.parse_args()
     if not args.trace.is_file():

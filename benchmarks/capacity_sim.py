@@ -3,7 +3,7 @@
     .venv/bin/python -m benchmarks.capacity_sim [--target 4] [--out benchmarks/results/capacity.md]
 
 The same code as `meridian simulate capacity --spot-traces <set folder> --target 4 --json`
-(capacity.simulation.compare with the default SimConfig and CapacitySpec), run over each
+(capacity.sim.spot_replay.compare with the default SpotReplayConfig and CapacitySpec), run over each
 set, plus Meridian with larger spot spares on the largest set to show the cost of more
 availability. Fixed target for every set; nothing is tuned per set.
 """
@@ -17,17 +17,17 @@ from pathlib import Path
 import numpy as np
 
 from capacity.catalog import default_catalog
-from capacity.simulation import POLICIES, SimConfig, SimResult, compare
-from capacity.spot_traces import TraceSet, load_sets
-from capacity.trace_prices import DEFAULT_SPOT_FRACTION, zone_prices
+from capacity.sim.spot_replay import POLICIES, SpotReplayConfig, SpotReplayResult, compare
+from capacity.sim.spot_traces import TraceSet, load_sets
+from capacity.sim.trace_prices import DEFAULT_SPOT_FRACTION, zone_prices
 from meridian_core.capacity_spec import CapacitySpec
+from meridian_core.shared_data import SPOT_TRACES_DIR
 
-SPOT = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "spot"
 OUT = Path(__file__).resolve().parent / "results" / "capacity.md"
 SPARE_SWEEP_SET = "aws-02-15-2023/v100_1"
 
 
-def goal(results: dict[str, SimResult]) -> tuple[bool, bool, bool]:
+def goal(results: dict[str, SpotReplayResult]) -> tuple[bool, bool, bool]:
     meridian, spothedge = results["meridian"], results["spothedge"]
     beats = meridian.savings_vs_ondemand > spothedge.savings_vs_ondemand and (
         meridian.availability >= spothedge.availability
@@ -48,7 +48,7 @@ def verdict(checks: dict[str, tuple[bool, bool, bool]]) -> list[str]:
     return [*parts, ""]
 
 
-def table(rows: list[SimResult]) -> list[str]:
+def table(rows: list[SpotReplayResult]) -> list[str]:
     lines = [
         "| policy | availability | cost USD | savings vs on-demand | preemptions | stockouts "
         "| spot node-h | on-demand node-h |",
@@ -77,9 +77,9 @@ def main() -> None:
     parser.add_argument("--target", type=int, default=4)
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
-    if not SPOT.is_dir():
-        raise SystemExit(f"no spot traces at {SPOT}")
-    config = SimConfig(target=args.target)
+    if not SPOT_TRACES_DIR.is_dir():
+        raise SystemExit(f"no spot traces at {SPOT_TRACES_DIR}")
+    config = SpotReplayConfig(target=args.target)
     catalog = default_catalog()
     started = time.perf_counter()
     sections: list[str] = []
@@ -91,7 +91,7 @@ def main() -> None:
     sweep: list[str] = []
     checks: dict[str, tuple[bool, bool, bool]] = {}
     multi_zone_steps = 0
-    for traces in sorted(load_sets([SPOT]), key=lambda t: t.name):
+    for traces in sorted(load_sets([SPOT_TRACES_DIR]), key=lambda t: t.name):
         prices = zone_prices(traces, catalog)
         t0 = time.perf_counter()
         rows = compare(traces, prices, config, CapacitySpec(), POLICIES)
@@ -105,7 +105,7 @@ def main() -> None:
             f"| {s.savings_vs_ondemand:.1%} | {'yes' if three_nines else 'no'} | {'yes' if half else 'no'} "
             f"| {'yes' if beats else 'no'} |"
         )
-        folder = traces.zones[0].path.parent.relative_to(SPOT)
+        folder = traces.zones[0].path.parent.relative_to(SPOT_TRACES_DIR)
         sections += [
             f"### {traces.name}",
             "",
@@ -137,9 +137,9 @@ def main() -> None:
             f"All {len(summary) - 2} sets of `shared/data/spot/skypilot-spot-traces` (the 1-node 2022 folder",
             "holds four instance kinds in two zones, so it is four sets), target "
             f"{args.target} replicas for every set, {total:.0f} s in all on this machine.",
-            "The simulator and its model are in `capacity/simulation.py`; policies in `capacity/baselines.py`,",
-            "`capacity/spothedge.py` and `capacity/placement.py` (Meridian, the live placement code, through",
-            "`capacity/sim_meridian.py`).",
+            "The simulator and its model are in `capacity/sim/spot_replay.py`; policies in",
+            "`capacity/sim/peer_placements.py`, `capacity/sim/spothedge.py` and `capacity/policy/placement.py`",
+            "(Meridian, the live placement code, through `capacity/sim/sim_meridian.py`).",
             "",
             "## Model",
             "",
@@ -159,7 +159,7 @@ def main() -> None:
             "## Prices",
             "",
             "The catalog extract has no V100, K80, r5 or c3 rows, so trace kinds map to the instance types the",
-            "traces were collected on (`capacity/trace_prices.py`): v100_1 = p3.2xlarge 3.06 USD/h, v100_8 =",
+            "traces were collected on (`capacity/sim/trace_prices.py`): v100_1 = p3.2xlarge 3.06 USD/h, v100_8 =",
             "p3.16xlarge 24.48, k80_1 = p2.xlarge 0.90, k80_8 = p2.8xlarge 7.20, intel_64 = r5.16xlarge 4.032",
             "(AWS on-demand list prices), c3-88 = c3-highcpu-88 3.79 (computed from GCP's C3 us-central1 list",
             "rates). Spot: the trace's `prices` where the file has them (aws-04-19 and three aws-04-22 zones);",
@@ -177,7 +177,7 @@ def main() -> None:
             "  active set, back on a ready replica, reset below two active) with target + 1 spot",
             "  (`overprovision_num=1`) and on-demand = min(target, target + 1 − ready spot)",
             "  (spothedge_ae `spot_failover_no_safety.py`, the paper's main experiment).",
-            "- `meridian`: `capacity.placement.plan` with the default spec: target + 1 spot spread over the",
+            "- `meridian`: `capacity.policy.placement.plan` with the default spec: target + 1 spot spread over the",
             "  usable zones (fewest of ours, then fewest recent preemptions, then cheapest); zones that stocked",
             "  out or preempted us backed off 300 s, doubling per repeat within an hour, up to an hour;",
             "  on-demand only for spot that could not be placed, while booting spot counts as placed, and a",

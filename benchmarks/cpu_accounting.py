@@ -20,7 +20,7 @@ ROLES = [
     ("ProxyActor", "Serve HTTP proxy"),
     ("ServeController", "Serve controller"),
     ("geo_router", "Meridian geo router"),
-    ("capacity.controller", "Meridian capacity loop"),
+    ("capacity.live.capacity_loop", "Meridian capacity loop"),
     ("meridian-vllm serve", "vllm serve API server"),
     ("meridian-vllm bench", "load generator (vllm bench)"),
     ("raylet", "Ray system (raylet, GCS, agents)"),

@@ -21,7 +21,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 RESULTS = REPO / "benchmarks" / "results"
-TRACE = REPO.parent / "shared" / "data" / "traces" / "mooncake_conversation.jsonl"
+sys.path.insert(0, str(REPO))
+
+from meridian_core.shared_data import MOONCAKE_TRACE  # noqa: E402
 
 
 def simulate(trace: Path, regions: Path, cache_blocks: int) -> list[dict]:
@@ -44,8 +46,8 @@ def render(command: str, trace: Path, regions: Path, runs: dict[int, list[dict]]
         "",
         f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {seconds:.0f} s. Trace `{trace.name}`, regions and "
         f"`router.scoring` from `{regions.relative_to(REPO) if regions.is_relative_to(REPO) else regions}`. "
-        "The simulator is deterministic; its model is described in `geo_router/simulation.py`. The Meridian "
-        "policy is the live router's scorer (`geo_router/scoring.py`).",
+        "The simulator is deterministic; its model is described in `geo_router/sim/routing_replay.py`. The Meridian "
+        "policy is the live router's scorer (`geo_router/policy/scoring.py`).",
         "",
         "| cache blocks / replica | policy | TTFT mean ms | TTFT p99 ms | cache hit rate | spill rate | mean RTT ms |",
         "|---|---|---|---|---|---|---|",
@@ -75,7 +77,7 @@ def render(command: str, trace: Path, regions: Path, runs: dict[int, list[dict]]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trace", type=Path, default=TRACE)
+    parser.add_argument("--trace", type=Path, default=MOONCAKE_TRACE)
     parser.add_argument("--regions", type=Path, default=REPO / "configs" / "sim-global.yaml")
     parser.add_argument("--cache-blocks", type=int, nargs="+", default=[500, 2000, 8000])
     parser.add_argument("--out", type=Path, default=RESULTS / "routing_simulation.md")

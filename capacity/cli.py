@@ -13,12 +13,11 @@ from rich.table import Table
 
 from capacity.catalog import Offering, default_catalog
 from capacity.model import Market
-from capacity.simulation import POLICIES, SimConfig, SimResult, compare
-from capacity.spot_traces import TraceError, TraceSet, load_sets
-from capacity.trace_prices import PricingError, ZonePrices, zone_prices
+from capacity.sim.spot_replay import POLICIES, SpotReplayConfig, SpotReplayResult, compare
+from capacity.sim.spot_traces import TraceError, TraceSet, load_sets
+from capacity.sim.trace_prices import PricingError, ZonePrices, zone_prices
 from meridian_core.capacity_spec import CapacitySpec
-
-DEFAULT_SPOT_TRACES = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "spot"
+from meridian_core.shared_data import SPOT_TRACES_DIR
 
 capacity_app = typer.Typer(help="Cloud capacity: catalog, placement.", no_args_is_help=True)
 console = Console()
@@ -120,7 +119,7 @@ def simulate_capacity(
     as_json: Annotated[bool, typer.Option("--json", help="print machine-readable JSON")] = False,
 ) -> None:
     """Replay spot availability traces under capacity policies: availability, cost, preemptions."""
-    paths = [*(spot_traces or []), *(more_traces or [])] or [DEFAULT_SPOT_TRACES]
+    paths = [*(spot_traces or []), *(more_traces or [])] or [SPOT_TRACES_DIR]
     names = policy or list(POLICIES)
     unknown = [p for p in names if p not in POLICIES]
     if unknown:
@@ -135,7 +134,7 @@ def simulate_capacity(
     except (TraceError, PricingError) as error:
         errors.print(f"[red]{error}[/red]")
         raise typer.Exit(2) from None
-    config = SimConfig(target, spot_delay_s, on_demand_delay_s, drain_s, overprovision)
+    config = SpotReplayConfig(target, spot_delay_s, on_demand_delay_s, drain_s, overprovision)
     report = []
     runs = len(priced) * len(dict.fromkeys(["on_demand", *names]))
     with Progress(console=errors, transient=True, disable=as_json) as progress:
@@ -166,7 +165,9 @@ def simulate_capacity(
         console.print(table)
 
 
-def _set_report(traces: TraceSet, prices: ZonePrices, target: int, results: list[SimResult]) -> dict[str, object]:
+def _set_report(
+    traces: TraceSet, prices: ZonePrices, target: int, results: list[SpotReplayResult]
+) -> dict[str, object]:
     return {
         "set": traces.name,
         "gap_s": traces.gap_s,

@@ -25,7 +25,7 @@ from meridian_host import models
 # Each replica takes one unit of its region's resource and the ingress this sliver,
 # so both land only on that region's nodes.
 INGRESS_REGION_SHARE = 0.01
-SCALING_POLICY = "autoscaler.serve_policy:RegionAutoscalingPolicy"
+SCALING_POLICY = "autoscaler.live.serve_policy:RegionAutoscalingPolicy"
 
 
 class RegionAppArgs(BaseModel):

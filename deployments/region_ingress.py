@@ -12,7 +12,7 @@ from ray.llm._internal.serve.utils.broadcast import broadcast
 from ray.serve.handle import DeploymentHandle
 from ray.serve.llm.ingress import OpenAiIngress
 
-from autoscaler.published import drop_malformed, read_published
+from autoscaler.live.published import drop_malformed, read_published
 from meridian_core.contracts import EngineLoad, MalformedMessage, RegionStatus, ReplicaCounts, ScalingView, parse
 
 log = logging.getLogger(__name__)

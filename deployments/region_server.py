@@ -1,5 +1,5 @@
 """The LLMServer replica of a region, with its engine's load readable by the ingress
-and reported to Ray Serve's autoscaler (autoscaler/serve_policy.py reads it there)."""
+and reported to Ray Serve's autoscaler (autoscaler/live/serve_policy.py reads it there)."""
 
 from __future__ import annotations
 

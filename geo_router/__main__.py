@@ -8,7 +8,7 @@ import sys
 
 import uvicorn
 
-from geo_router.app import create_app
+from geo_router.live.app import create_app
 from meridian_core.spec import SpecError, load_spec
 
 

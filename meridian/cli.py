@@ -13,15 +13,16 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from autoscaler.cli import simulate_autoscale
+from autoscaler.sim.cli import simulate_autoscale
 from capacity.catalog import Catalog, default_catalog
 from capacity.cli import capacity_app, simulate_capacity
-from capacity.ledger import Ledger
-from capacity.local import local_catalog
-from capacity.report import report_rows
+from capacity.live.ledger import Ledger
+from capacity.live.local import local_catalog
+from capacity.live.report import report_rows
 from meridian import demo, launcher
 from meridian.serve_config import serve_config
 from meridian.status import collect_status
+from meridian_core.shared_data import MOONCAKE_TRACE
 from meridian_core.spec import SpecError, load_spec
 from meridian_host import models
 from meridian_host.platform_state import PlatformState, platform_dir
@@ -36,9 +37,6 @@ app.add_typer(simulate_app, name="simulate")
 simulate_app.command("autoscale")(simulate_autoscale)
 simulate_app.command("capacity")(simulate_capacity)
 app.add_typer(capacity_app, name="capacity")
-DEFAULT_TRACE = (
-    Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "traces" / "mooncake_conversation.jsonl"
-)
 console = Console()
 errors = Console(stderr=True)
 
@@ -226,7 +224,7 @@ def models_pull(spec: SpecArg = DEFAULT_SPEC) -> None:
 
 @simulate_app.command("routing")
 def simulate_routing(
-    trace: Annotated[Path, typer.Option(help="Mooncake-format JSONL trace")] = DEFAULT_TRACE,
+    trace: Annotated[Path, typer.Option(help="Mooncake-format JSONL trace")] = MOONCAKE_TRACE,
     regions: Annotated[Path, typer.Option(help="spec whose regions and router.scoring are simulated")] = Path(
         "configs/sim-global.yaml"
     ),
@@ -235,8 +233,8 @@ def simulate_routing(
     as_json: Annotated[bool, typer.Option("--json", help="print machine-readable JSON")] = False,
 ) -> None:
     """Compare nearest, least-load, prefix-aware-in-region and Meridian's scorer on a trace."""
-    from geo_router import simulation
-    from geo_router.scoring import scoring_from
+    from geo_router.policy.scoring import scoring_from
+    from geo_router.sim import routing_replay
     from meridian_core.geo import LatLon
 
     platform = _load(regions)
@@ -244,18 +242,18 @@ def simulate_routing(
         errors.print(f"[red]no trace at {trace}[/red] (pass --trace PATH)")
         raise typer.Exit(2)
     scoring = platform.router.scoring
-    model = simulation.ReplicaModel(
+    model = routing_replay.ReplicaModel(
         prefill_ms_per_token=scoring.prefill_ms_per_token,
         decode_ms_per_token=scoring.decode_ms_per_token,
         batch_slots=scoring.batch_slots,
         cache_blocks=cache_blocks,
     )
     sim_regions = [
-        simulation.SimRegion(r.name, LatLon(r.location.lat, r.location.lon), r.replicas) for r in platform.regions
+        routing_replay.SimRegion(r.name, LatLon(r.location.lat, r.location.lon), r.replicas) for r in platform.regions
     ]
     with console.status(f"replaying {trace.name}"):
-        requests = simulation.load_mooncake(trace, limit)
-        results = simulation.compare_policies(
+        requests = routing_replay.load_mooncake(trace, limit)
+        results = routing_replay.compare_policies(
             requests,
             sim_regions,
             model,

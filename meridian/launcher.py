@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import yaml
 
-from capacity.local import LocalProvider, placement_for
+from capacity.live.local import LocalProvider, placement_for
 from meridian.serve_config import serve_config
 from meridian_core.spec import PlatformSpec, load_spec
 from meridian_host import models, processes
@@ -178,7 +178,7 @@ def start_capacity_loop(state: PlatformState, on_step: ProgressCallback) -> None
     """The loop that adds and removes region nodes as replica targets change."""
     on_step("starting the capacity loop")
     state.capacity_pid = processes.spawn(
-        [sys.executable, "-m", "capacity.controller", state.spec_path],
+        [sys.executable, "-m", "capacity.live.capacity_loop", state.spec_path],
         state.logs_dir / "capacity.log",
         state.platform_id,
     )

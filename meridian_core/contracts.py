@@ -9,11 +9,11 @@ stops a loop.
 
 - `RegionStatus`: a region's `GET /status` (deployments/region_ingress.py → the router).
 - `ScalingView`: a region policy's latest decision, published in Ray's KV
-  (autoscaler/serve_policy.py → the region's /status and the capacity loop).
+  (autoscaler/live/serve_policy.py → the region's /status and the capacity loop).
 - `ReplicaReport`: what each LLM replica reports to Serve's autoscaler
-  (deployments/region_server.py → autoscaler/serve_policy.py).
+  (deployments/region_server.py → autoscaler/live/serve_policy.py).
 - `FleetFloor`: the global loop's replica floor for a region, in Ray's KV
-  (capacity/controller.py → autoscaler/serve_policy.py).
+  (capacity/live/capacity_loop.py → autoscaler/live/serve_policy.py).
 """
 
 from __future__ import annotations

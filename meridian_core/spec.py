@@ -93,7 +93,7 @@ class AutoscalingSpec(StrictModel):
     profile: str = "smollm2-135m-cpu"
     # How long replicas are kept after demand falls; unset: one measured cold start.
     scale_down_after_s: float | None = Field(default=None, ge=0)
-    # Replicas stay sized for the bursts seen this far back (autoscaler/policy.py).
+    # Replicas stay sized for the bursts seen this far back (autoscaler/policy/slo_policy.py).
     burst_window_s: float = Field(default=900.0, gt=0)
 
     @field_validator("profile")
@@ -201,7 +201,7 @@ class AuthSpec(StrictModel):
 
 
 class ScoringSpec(StrictModel):
-    """The router's TTFT model (geo_router/scoring.py) and its stickiness."""
+    """The router's TTFT model (geo_router/policy/scoring.py) and its stickiness."""
 
     affinity_margin_ms: float = Field(default=50.0, ge=0)
     hysteresis_ms: float = Field(default=20.0, ge=0)
@@ -241,7 +241,7 @@ class SLOSpec(StrictModel):
 
 
 class FleetSpec(StrictModel):
-    """Across regions (autoscaler/fleet.py)."""
+    """Across regions (autoscaler/policy/fleet_floors.py)."""
 
     # Ready replicas kept somewhere even when every region's own policy would idle to
     # zero; they go to the regions with the most recent demand.
@@ -258,7 +258,7 @@ class RaySpec(StrictModel):
     # Ray node i (the head is 0) owns ports [from + i*1000, from + (i+1)*1000): its
     # components' ports (raylet, object manager, agents, metrics) and its workers'.
     node_ports_from: int = Field(default=20000, ge=1024, le=EPHEMERAL_PORTS_FROM)
-    # Port blocks for region nodes added beyond the first per region (capacity/local.py).
+    # Port blocks for region nodes added beyond the first per region (capacity/live/local.py).
     spare_nodes: int = Field(default=2, ge=0, le=16)
 
 

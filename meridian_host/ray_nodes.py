@@ -1,6 +1,6 @@
 """Ray nodes as local processes: `ray start --block` in a session of its own, with a
 fixed block of ports per node. The launcher starts the head this way and the local
-capacity provider (capacity/local.py) the region nodes."""
+capacity provider (capacity/live/local.py) the region nodes."""
 
 from __future__ import annotations
 

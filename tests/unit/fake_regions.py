@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import httpx
 from starlette.testclient import TestClient
 
-from geo_router.app import create_app
+from geo_router.live.app import create_app
 from meridian_core.contracts import ScalingView
 from meridian_core.spec import PlatformSpec
 

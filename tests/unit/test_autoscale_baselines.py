@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from autoscaler.baselines import (
+from autoscaler.policy.signals import DemandSample, PolicyState, RegionSignals, ScalingPolicy
+from autoscaler.sim.peer_autoscalers import (
     KnativeConfig,
     KnativeKPA,
     RayServeConfig,
@@ -14,7 +15,6 @@ from autoscaler.baselines import (
     StaticConfig,
     StaticPeak,
 )
-from autoscaler.signals import DemandSample, PolicyState, RegionSignals, ScalingPolicy
 
 
 def signals(now: float, ready: int, ongoing: int = 0, rps: float = 0.0) -> RegionSignals:

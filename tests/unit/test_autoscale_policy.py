@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from autoscaler.policy import MeridianConfig, MeridianPolicy
-from autoscaler.signals import DemandSample, RegionSignals
-from autoscaler.slo_capacity import Workload, replicas_needed
+from autoscaler.policy.signals import DemandSample, RegionSignals
+from autoscaler.policy.slo_capacity import Workload, replicas_needed
+from autoscaler.policy.slo_policy import SloPolicy, SloPolicyConfig
 from meridian_core.replica_model import H100_LLAMA31_8B
 from meridian_core.spec import AutoscalingSpec, SLOSpec
 
@@ -44,12 +44,12 @@ def needed(rate: float) -> int:
     return replicas_needed(H100_LLAMA31_8B, Workload(rate, PROMPT, OUTPUT), 2.0, 0.2, 0.99, 512)
 
 
-def policy(**knobs: object) -> MeridianPolicy:
-    return MeridianPolicy(MeridianConfig(profile=H100_LLAMA31_8B, **knobs))
+def policy(**knobs: object) -> SloPolicy:
+    return SloPolicy(SloPolicyConfig(profile=H100_LLAMA31_8B, **knobs))
 
 
 def test_config_is_built_from_the_specs() -> None:
-    config = MeridianConfig.from_specs(
+    config = SloPolicyConfig.from_specs(
         AutoscalingSpec(min_replicas=0, max_replicas=8, idle_to_zero_s=120, cold_start_s=60),
         SLOSpec(ttft_p95_ms=1500, itl_p95_ms=100),
         H100_LLAMA31_8B,
@@ -60,7 +60,7 @@ def test_config_is_built_from_the_specs() -> None:
 
 def test_bad_knob_names_the_field() -> None:
     with pytest.raises(ValueError, match="attainment"):
-        MeridianConfig(profile=H100_LLAMA31_8B, attainment=1.5)
+        SloPolicyConfig(profile=H100_LLAMA31_8B, attainment=1.5)
 
 
 def test_scales_up_ahead_of_rising_token_demand_before_any_breach() -> None:

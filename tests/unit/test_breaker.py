@@ -1,4 +1,4 @@
-from geo_router.breaker import CircuitBreaker
+from geo_router.live.breaker import CircuitBreaker
 
 
 def test_opens_after_threshold_and_closes_after_a_probe_past_open_s():

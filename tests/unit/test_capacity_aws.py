@@ -22,8 +22,8 @@ from moto.core import DEFAULT_ACCOUNT_ID
 from moto.ec2.models import ec2_backends
 from moto.ec2.models.instances import StateReason
 
-from capacity.aws import MANAGED_TAG, PLATFORM_TAG, AwsProvider
-from capacity.bootstrap import RayJoin, ray_join_script
+from capacity.live.aws import MANAGED_TAG, PLATFORM_TAG, AwsProvider
+from capacity.live.bootstrap import RayJoin, ray_join_script
 from capacity.model import CapacityError, EventKind, Market, NodeState, Placement
 from tests.unit.fault_proxy import AWS_REGION, Answer, FaultProxy, ec2_error, moto_behind_proxy
 

@@ -14,8 +14,8 @@ import pytest
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import compute_v1
 
-from capacity.bootstrap import RayJoin, ray_join_script
-from capacity.gcp import MANAGED_LABEL, PLATFORM_LABEL, GcpOperationError, GcpProvider
+from capacity.live.bootstrap import RayJoin, ray_join_script
+from capacity.live.gcp import MANAGED_LABEL, PLATFORM_LABEL, GcpOperationError, GcpProvider
 from capacity.model import CapacityError, EventKind, Market, NodeState, Placement
 from tests.unit.fake_compute_api import FakeComputeApi, Refusal
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from capacity.controller import CapacityLoop, node_demand
-from capacity.ledger import Ledger, Snapshot
-from capacity.local import local_catalog, placement_for
+from capacity.live.capacity_loop import CapacityLoop, node_demand
+from capacity.live.ledger import Ledger, Snapshot
+from capacity.live.local import local_catalog, placement_for
+from capacity.live.report import report_rows
 from capacity.model import CapacityError, CapacityEvent, EventKind, Market, Node, NodeBusy, NodeState, Placement
-from capacity.report import report_rows
 from meridian_core.capacity_spec import CapacitySpec, Quota
 from meridian_core.contracts import ScalingView
 from meridian_core.spec import PlatformSpec, parse_spec
@@ -159,15 +159,15 @@ def test_report_rows_sum_nodes_prices_events_and_quota(spec):
 
 
 def test_demand_placement_cannot_place_becomes_a_floor_in_the_nearest_other_region():
-    from capacity.controller import floors_for
-    from capacity.placement import Decision, Shortfall
+    from capacity.live.capacity_loop import floors_for
+    from capacity.policy.placement import PlacementDecision, Shortfall
 
     spec = parse_spec({**SPEC, "fleet": {"min_warm_replicas": 1}})
     scaling = {"local/us-east": view(4, recent_requests=90), "local/eu-west": view(0)}
-    short = Decision(shortfalls=(Shortfall(("local", "local-us-east"), 1, "no port block"),))
+    short = PlacementDecision(shortfalls=(Shortfall(("local", "local-us-east"), 1, "no port block"),))
     floors = floors_for(spec, scaling, short)
     assert floors["local/eu-west"].replicas == 2  # one node of two replicas moved over
     assert "local/us-east" in floors["local/eu-west"].reason
-    assert floors_for(spec, scaling, Decision()) == {}  # us-east's 4 already keep the fleet warm
+    assert floors_for(spec, scaling, PlacementDecision()) == {}  # us-east's 4 already keep the fleet warm
     idle = {"local/us-east": view(0, recent_requests=1), "local/eu-west": view(0, recent_requests=7)}
-    assert floors_for(spec, idle, Decision())["local/eu-west"].replicas == 1
+    assert floors_for(spec, idle, PlacementDecision())["local/eu-west"].replicas == 1

@@ -6,7 +6,7 @@ import pytest
 
 from capacity.catalog import Catalog, Offering, Price
 from capacity.model import Accelerator, CapacityEvent, EventKind, Market, Node, NodeState, Placement
-from capacity.placement import Decision, Demand, plan
+from capacity.policy.placement import Demand, PlacementDecision, plan
 from meridian_core.capacity_spec import CapacitySpec, FallbackTarget, Quota
 
 V100 = Accelerator("V100", 1, 16)
@@ -32,7 +32,7 @@ def node(node_id: str, zone: str, market: Market = Market.SPOT, state: NodeState
     return Node(node_id, Placement("aws", region, zone, "p3.2xlarge", market), state, launched_at_s=float(len(node_id)))
 
 
-def zones_of(decision: Decision, market: Market) -> Counter[str]:
+def zones_of(decision: PlacementDecision, market: Market) -> Counter[str]:
     return Counter(a.placement.zone for a in decision.acquisitions if a.placement.market is market)
 
 

@@ -19,9 +19,9 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import compute_v1
 
 from capacity.catalog import default_catalog
+from capacity.live.prices import GcpMachineShape, aws_spot_quotes, fetch_billing_skus, gcp_spot_quotes
+from capacity.live.quotas import AWS_GPU_QUOTAS, QuotaLimit, aws_quotas, gcp_quotas
 from capacity.model import Market
-from capacity.prices import GcpMachineShape, aws_spot_quotes, fetch_billing_skus, gcp_spot_quotes
-from capacity.quotas import AWS_GPU_QUOTAS, QuotaLimit, aws_quotas, gcp_quotas
 from tests.unit.fake_compute_api import FakeComputeApi
 from tests.unit.fault_proxy import AWS_REGION, Answer, FaultProxy, moto_behind_proxy
 

@@ -8,11 +8,11 @@ import pytest
 
 from capacity.catalog import default_catalog
 from capacity.model import CapacityEvent, EventKind, Market, Placement
-from capacity.sim_types import SimNode, SimView, SimZone
-from capacity.simulation import SimConfig, compare
-from capacity.spot_traces import UNLIMITED, TraceError, load_sets, parse_zone
-from capacity.spothedge import SpotHedge
-from capacity.trace_prices import DEFAULT_SPOT_FRACTION, TRACE_KINDS, zone_prices
+from capacity.sim.sim_types import SimNode, SimView, SimZone
+from capacity.sim.spot_replay import SpotReplayConfig, compare
+from capacity.sim.spot_traces import UNLIMITED, TraceError, load_sets, parse_zone
+from capacity.sim.spothedge import SpotHedge
+from capacity.sim.trace_prices import DEFAULT_SPOT_FRACTION, TRACE_KINDS, zone_prices
 from meridian_core.capacity_spec import CapacitySpec
 
 SPOT = Path(__file__).resolve().parents[3] / "shared" / "data" / "spot" / "skypilot-spot-traces"
@@ -31,7 +31,10 @@ def write(folder: Path, zone: str, data: list[int], gap: float = 300, prices: li
 def run(folder: Path, target: int, policies: list[str], **config):
     (traces,) = load_sets([folder])
     prices = zone_prices(traces, default_catalog())
-    return {r.policy: r for r in compare(traces, prices, SimConfig(target=target, **config), CapacitySpec(), policies)}
+    return {
+        r.policy: r
+        for r in compare(traces, prices, SpotReplayConfig(target=target, **config), CapacitySpec(), policies)
+    }
 
 
 def test_all_on_demand_is_always_available_and_saves_nothing(tmp_path: Path) -> None:
@@ -158,7 +161,7 @@ def goal_results():
     for name in GOAL_SETS:
         (traces,) = load_sets([SPOT / name])
         prices = zone_prices(traces, default_catalog())
-        results = compare(traces, prices, SimConfig(target=4), CapacitySpec(), ["spothedge", "meridian"])
+        results = compare(traces, prices, SpotReplayConfig(target=4), CapacitySpec(), ["spothedge", "meridian"])
         out[name] = {r.policy: r for r in results}
     return out
 

@@ -1,7 +1,7 @@
 """The global loop's floors: demand a region cannot get capacity for moves to its
 fallbacks, and the fleet keeps its warm minimum where demand was."""
 
-from autoscaler.fleet import RegionView, fleet_floors
+from autoscaler.policy.fleet_floors import RegionView, fleet_floors
 
 EAST, WEST, ASIA = "aws/us-east-1", "gcp/europe-west1", "gcp/asia-east1"
 

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis.generation.modes import GenerationMode
 from starlette.testclient import TestClient
 
-from geo_router.app import create_app
+from geo_router.live.app import create_app
 from meridian_core.spec import load_spec
 
 from ..conftest import REPO

@@ -1,7 +1,7 @@
 import pytest
 
-from geo_router.locate import ClientLocator, client_ip, open_geoip
-from geo_router.requests import InvalidRequest
+from geo_router.live.locate import ClientLocator, client_ip, open_geoip
+from geo_router.live.requests import InvalidRequest
 from meridian_core.geo import LatLon
 
 from ..conftest import REPO

@@ -2,7 +2,7 @@
 
 import pytest
 
-from autoscaler.replica_reports import ColdStartClock, ReplicaCounts, ReplicaReportTracker
+from autoscaler.live.replica_reports import ColdStartClock, ReplicaCounts, ReplicaReportTracker
 from meridian_core.contracts import ReplicaReport
 
 COUNTS = ReplicaCounts(ready=2, starting=0, stopping=0)

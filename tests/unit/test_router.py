@@ -282,7 +282,7 @@ def test_client_gone_before_the_first_chunk_releases_the_region(repo, fakes):
     """The relay's clean-up must run even when Starlette never starts its body."""
     import asyncio
 
-    from geo_router.app import create_app
+    from geo_router.live.app import create_app
 
     client = httpx.AsyncClient(transport=httpx.MockTransport(fakes.handle))
     app = create_app(load_spec(repo / "configs" / "local.yaml"), client=client)
@@ -338,7 +338,7 @@ def test_every_breaker_open_means_panic_routing_not_a_blanket_503(router, fakes)
 
 
 def test_a_slow_poll_does_not_drop_a_region_that_is_answering():
-    from geo_router.regions import Region
+    from geo_router.live.regions import Region
     from meridian_core.geo import LatLon
 
     answering = RegionStatus(region="r", models=[MODEL], replicas=ReplicaCounts(ready=1), engine=EngineLoad())

@@ -25,7 +25,7 @@ import uvicorn
 import yaml
 from aiohttp import web
 
-from geo_router.app import create_app
+from geo_router.live.app import create_app
 from meridian_core.spec import parse_spec
 
 from ..conftest import REPO

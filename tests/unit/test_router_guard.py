@@ -9,8 +9,8 @@ import math
 import pytest
 import yaml
 
-from geo_router.auth import digest
-from geo_router.ratelimit import KeyLimits, TokenBucket
+from geo_router.live.auth import digest
+from geo_router.live.ratelimit import KeyLimits, TokenBucket
 from meridian_core.spec import SpecError, parse_spec
 
 from .fake_regions import CHAT, FakeRegions, running_router

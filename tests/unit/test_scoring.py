@@ -1,6 +1,6 @@
 import pytest
 
-from geo_router.scoring import (
+from geo_router.policy.scoring import (
     PerfModel,
     PrefixIndex,
     RegionLoad,
@@ -128,7 +128,7 @@ def test_rtt_corrector_learns_the_residual():
 
 
 def test_prefix_blocks_share_leading_blocks_only():
-    from geo_router.prompt import BLOCK_CHARS, prefix_blocks
+    from geo_router.live.prompt import BLOCK_CHARS, prefix_blocks
 
     system = "s" * (2 * BLOCK_CHARS)
     a = prefix_blocks(system + "question one " * 50)

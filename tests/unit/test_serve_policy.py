@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from autoscaler import serve_policy
-from autoscaler.serve_policy import RegionAutoscalingPolicy, latest_reports
+from autoscaler.live import serve_policy
+from autoscaler.live.serve_policy import RegionAutoscalingPolicy, latest_reports
 from meridian.serve_config import serve_config
 from meridian_core.contracts import FleetFloor, ReplicaReport
 from meridian_core.spec import AutoscalingSpec, parse_spec

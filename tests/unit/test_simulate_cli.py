@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from autoscaler import lineup
-from capacity.simulation import POLICIES as CAPACITY_POLICIES
+from autoscaler.sim import lineup
+from capacity.sim.spot_replay import POLICIES as CAPACITY_POLICIES
 from meridian.cli import app
 
 REPO = Path(__file__).resolve().parents[2]

@@ -3,8 +3,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from geo_router.scoring import PerfModel, ScoringPolicy
-from geo_router.simulation import (
+from geo_router.policy.scoring import PerfModel, ScoringPolicy
+from geo_router.sim.routing_replay import (
     ReplicaModel,
     SimRegion,
     TraceRequest,

@@ -10,7 +10,7 @@ import time
 import httpx
 import uvicorn
 
-from geo_router.app import create_app
+from geo_router.live.app import create_app
 from meridian_core.spec import load_spec
 
 from ..conftest import REPO

@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 from starlette.testclient import TestClient
 
-from geo_router.app import create_app
+from geo_router.live.app import create_app
 from meridian_core.spec import load_spec
 
 from .fake_regions import CHAT, FakeRegions

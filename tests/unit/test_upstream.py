@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from geo_router.upstream import AiohttpUpstream, UpstreamError
+from geo_router.live.upstream import AiohttpUpstream, UpstreamError
 
 STREAM = [b'data: {"n": %d}\n\n' % i for i in range(5)] + [b"data: [DONE]\n\n"]
 

@@ -1,0 +1,127 @@
+"""Meridian's scaling policy as a Ray Serve custom autoscaling policy.
+
+Serve's controller instantiates `RegionAutoscalingPolicy(**policy_kwargs)` once per
+deployment and calls it on every control-loop tick with an `AutoscalingContext`.
+Every `decision_interval_s` this adapter turns the replicas' reports into
+`RegionSignals`, asks the pure policy (autoscaler/policy/slo_policy.py, the same code the
+simulator runs) for a target, and publishes the target and its reason in Ray's
+internal KV, where the region's `/status` reads it for the router and `meridian
+status`. Serve's own delays are set to zero in the deployment's config (see
+deployments/region_app.py), so hysteresis is the policy's alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Hashable, Mapping
+from typing import Any
+
+from autoscaler.live.published import drop_malformed, publish, read_floor
+from autoscaler.live.replica_reports import ColdStartClock, ReplicaCounts, ReplicaReportTracker
+from autoscaler.policy.signals import ScalingDecision
+from autoscaler.policy.slo_policy import SloPolicy, SloPolicyConfig
+from meridian_core.contracts import MAX_REASON, MalformedMessage, ReplicaReport, ScalingView, parse
+from meridian_core.replica_model import PROFILES
+from meridian_core.spec import AutoscalingSpec, SLOSpec
+
+log = logging.getLogger(__name__)
+# Decisions whose arrivals count as "recent" for where the fleet keeps replicas warm.
+RECENT_SAMPLES = 60
+
+
+def latest_reports(raw_metrics: Mapping[str, Mapping[Hashable, list]] | None) -> dict[Hashable, ReplicaReport]:
+    """Per replica, the newest value of every metric it reported, as its `ReplicaReport`;
+    a replica whose report breaks the contract is left out (logged and counted)."""
+    newest: dict[Hashable, dict[str, float]] = {}
+    for name, per_replica in (raw_metrics or {}).items():
+        for replica, series in per_replica.items():
+            if series:
+                newest.setdefault(replica, {})[name] = max(series, key=lambda point: point.timestamp).value
+    reports: dict[Hashable, ReplicaReport] = {}
+    for replica, values in newest.items():
+        try:
+            reports[replica] = parse(ReplicaReport, values)
+        except MalformedMessage as error:
+            drop_malformed(error, "autoscaler", log)
+    return reports
+
+
+class RegionAutoscalingPolicy:
+    def __init__(
+        self,
+        *,
+        autoscaling: dict[str, Any],
+        slo: dict[str, Any],
+        decision_interval_s: float = 5.0,
+        history_s: float = 1800.0,
+    ):
+        # The spec's sections as the Serve config carries them, read back as the same types.
+        scaling = AutoscalingSpec.model_validate(autoscaling)
+        slo_spec = SLOSpec.model_validate(slo)
+        self.decision_interval_s = decision_interval_s
+        self._min_replicas = scaling.min_replicas
+        self._max_replicas = scaling.max_replicas
+        self._policy = SloPolicy(
+            SloPolicyConfig.from_specs(
+                scaling,
+                slo_spec,
+                PROFILES[scaling.profile],
+                interval_s=decision_interval_s,
+                scale_down_window_s=scaling.scale_down_after_s,
+                burst_window_s=scaling.burst_window_s,
+            )
+        )
+        self._tracker = ReplicaReportTracker(history_s)
+        self._cold_start = ColdStartClock(scaling.cold_start_s)
+        self._last_decision_s: float | None = None
+        self._decision = ScalingDecision(0, "starting")
+
+    def __call__(self, ctx: Any) -> tuple[int, dict[str, Any]]:
+        now = ctx.current_time
+        ready = ctx.current_num_replicas
+        self._cold_start.observe(now, ready, ctx.target_num_replicas)
+        if self._last_decision_s is not None and now - self._last_decision_s < self.decision_interval_s:
+            return ctx.target_num_replicas, ctx.policy_state
+        self._last_decision_s = now
+        counts = ReplicaCounts(
+            ready=ready,
+            starting=max(0, ctx.target_num_replicas - ready),
+            stopping=max(0, ready - ctx.target_num_replicas),
+        )
+        signals = self._tracker.signals(now, latest_reports(ctx.raw_metrics), counts, self._cold_start.last_s)
+        decision, state = self._policy.decide(signals, dict(ctx.policy_state.get("meridian", {})))
+        decision = self._with_floor(ctx.app_name, decision)
+        if decision != self._decision:
+            log.info("autoscale %s: %d -> %d (%s)", ctx.app_name, ready, decision.target, decision.reason)
+        self._decision = decision
+        view = ScalingView(
+            target=decision.target,
+            reason=decision.reason[:MAX_REASON],
+            ready=counts.ready,
+            starting=counts.starting,
+            cold_start_s=round(self._cold_start.last_s, 1),
+            cold_start_measured=self._cold_start.measured,
+            min_replicas=self._min_replicas,
+            max_replicas=self._max_replicas,
+            recent_requests=sum(sample.requests for sample in signals.demand[-RECENT_SAMPLES:]),
+            at=float(now),
+        )
+        try:
+            publish(ctx.app_name, view)
+        except Exception as error:  # the decision stands even if nobody can read it
+            log.warning("could not publish the autoscaling decision: %s", error)
+        return decision.target, {**ctx.policy_state, "meridian": state}
+
+    def _with_floor(self, app_name: str, decision: ScalingDecision) -> ScalingDecision:
+        """The global loop's floor wins over a lower target (autoscaler/policy/fleet_floors.py)."""
+        try:
+            floor = read_floor(app_name)
+        except MalformedMessage as error:
+            drop_malformed(error, "autoscaler", log)
+            return decision
+        except Exception as error:  # GCS away: the region's own decision stands
+            log.warning("could not read the fleet floor: %s", error)
+            return decision
+        if floor is None or floor.replicas <= decision.target:
+            return decision
+        return ScalingDecision(min(floor.replicas, self._max_replicas), floor.reason)

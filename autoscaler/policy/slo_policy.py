@@ -1,0 +1,265 @@
+"""Meridian's SLO-aware scaling policy for one (model, region). Pure: signals and the
+previous state in, a replica target with its reason and the next state out.
+
+Each decision:
+
+1. **Demand** — request rate and mean prompt/output tokens from the recent arrivals,
+   binned into `bin_s` bins.
+2. **Forecast over the next cold start** — replicas asked for now are ready one cold
+   start later, so the plan covers the horizon `cold_start_s + interval_s` with the
+   largest of: the short- and long-window rates; a linear trend over `trend_window_s`
+   extrapolated to the end of the horizon (rising only); and, when the history has a
+   clear period (autocorrelation ≥ `season_min_corr`), the rates one period ago over
+   the same horizon, so a periodic burst is met by replicas started a cold start
+   before it.
+3. **Capacity** — the fewest replicas whose planned TTFT and ITL meet the SLO at the
+   `attainment` quantile (`autoscaler.policy.slo_capacity`: Erlang-C queueing of prefill,
+   decode batch by Little's law, KV cache), multiplied by a correction that grows while
+   the observed p95 TTFT or ITL has broken the SLO for longer than a cold start (a
+   shorter breach is a burst that is over before new replicas are ready) and decays
+   back to 1 when it holds.
+   Requests the router holds with no replica ready force at least one replica.
+   Bursts are sized separately, as a fluid: bin the last `burst_window_s` of arrivals
+   at the TTFT target's length; the prompt tokens of the bin that `attainment` of the
+   requests arrived in (a request-weighted quantile) must prefill within one bin.
+   Traffic is far burstier than Poisson at the scale of a TTFT, the SLO counts
+   requests, and a burst is over before any cold start, so standing capacity follows
+   the bursts that recent requests actually arrived in.
+4. **Scale-down with hysteresis** — scale-up is immediate; the target is the largest
+   desired count over the last `scale_down_window_s` (default: one cold start — an
+   idle replica is kept as long as restarting it would cost, the ski-rental break-even),
+   and the simulator/adapter drains the replicas it stops.
+5. **Scale to zero** — with `min_replicas` 0, after `idle_to_zero_s` without arrivals.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from autoscaler.policy.signals import DemandSample, PolicyState, RegionSignals, ScalingDecision
+from autoscaler.policy.slo_capacity import Workload, replicas_needed
+from meridian_core.replica_model import ReplicaProfile
+from meridian_core.spec import AutoscalingSpec, SLOSpec
+
+
+class SloPolicyConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    profile: ReplicaProfile
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=512, ge=1)
+    idle_to_zero_s: float = Field(default=300.0, gt=0)
+    slo_ttft_s: float = Field(default=2.0, gt=0)
+    slo_itl_s: float = Field(default=0.2, gt=0)
+    # Fraction of requests the capacity plan keeps within both targets.
+    attainment: float = Field(default=0.99, gt=0.5, lt=1)
+    interval_s: float = Field(default=5.0, gt=0)
+    bin_s: float = Field(default=10.0, gt=0)
+    short_window_s: float = Field(default=30.0, gt=0)
+    long_window_s: float = Field(default=120.0, gt=0)
+    trend_window_s: float = Field(default=300.0, gt=0)
+    # Bursts: the rate of the bins that `attainment` of recent requests arrived in.
+    burst_window_s: float = Field(default=900.0, gt=0)
+    # None: one cold start.
+    scale_down_window_s: float | None = Field(default=None, ge=0)
+    season_min_corr: float = Field(default=0.6, gt=0, le=1)
+    season_min_period_s: float = Field(default=60.0, gt=0)
+    correction_step: float = Field(default=1.25, gt=1)
+    correction_max: float = Field(default=3.0, ge=1)
+    correction_decay: float = Field(default=0.97, gt=0, lt=1)
+
+    @classmethod
+    def from_specs(
+        cls, autoscaling: AutoscalingSpec, slo: SLOSpec, profile: ReplicaProfile, **knobs: object
+    ) -> SloPolicyConfig:
+        return cls(
+            profile=profile,
+            min_replicas=autoscaling.min_replicas,
+            max_replicas=autoscaling.max_replicas,
+            idle_to_zero_s=autoscaling.idle_to_zero_s,
+            slo_ttft_s=slo.ttft_p95_ms / 1000.0,
+            slo_itl_s=slo.itl_p95_ms / 1000.0,
+            **knobs,
+        )
+
+
+def _bins(demand: tuple[DemandSample, ...], now: float, bin_s: float) -> np.ndarray:
+    """Arrivals per bin, oldest first, ending at `now`: rows (requests, prompt, output)."""
+    if not demand:
+        return np.zeros((0, 3))
+    n = len(demand)
+    starts = np.fromiter((s.start_s for s in demand), np.float64, n)
+    values = np.empty((n, 3))
+    values[:, 0] = np.fromiter((s.requests for s in demand), np.float64, n)
+    values[:, 1] = np.fromiter((s.prompt_tokens for s in demand), np.float64, n)
+    values[:, 2] = np.fromiter((s.output_tokens for s in demand), np.float64, n)
+    count = max(int(math.ceil((now - starts[0]) / bin_s - 1e-9)), 1)
+    index = count - 1 - ((now - starts - 1e-9) // bin_s).astype(np.int64)
+    keep = index >= 0
+    out = np.zeros((count, 3))
+    np.add.at(out, index[keep], values[keep])
+    return out
+
+
+def _season_forecast(rates: np.ndarray, horizon_bins: int, min_lag: int, min_corr: float) -> tuple[float, int]:
+    """Peak rate over the horizon one period ago, and the period in bins (0 when none is clear)."""
+    n = len(rates)
+    if n < 2 * min_lag + horizon_bins:
+        return 0.0, 0
+    centred = rates - rates.mean()
+    power = float(centred @ centred)
+    if power <= 0:
+        return 0.0, 0
+    lags = np.arange(min_lag, n // 2 + 1)
+    if not len(lags):
+        return 0.0, 0
+    full = np.correlate(centred, centred, mode="full")[n - 1 :]
+    corr = full[lags] / power * n / (n - lags)
+    pick = int(np.argmax(corr))
+    best_lag = int(lags[pick]) if corr[pick] >= min_corr else 0
+    if not best_lag:
+        return 0.0, 0
+    start = n - best_lag
+    window = rates[start : start + horizon_bins + 1]
+    return float(window.max()) if len(window) else 0.0, best_lag
+
+
+def _burst_tokens_per_s(bins: np.ndarray, bin_s: float, attainment: float) -> float:
+    """The prompt-token rate of the bin that `attainment` of the requests in `bins`
+    arrived in or below (a request-weighted quantile): traffic is burstier than Poisson
+    at the scale of a TTFT, the SLO counts requests, and a burst outruns any cold start,
+    so standing capacity follows the bursts most requests actually arrive in."""
+    counts = bins[:, 0]
+    total = counts.sum()
+    if total <= 0:
+        return 0.0
+    order = np.argsort(bins[:, 1], kind="stable")
+    cumulative = np.cumsum(counts[order]) / total
+    index = min(int(np.searchsorted(cumulative, attainment)), len(order) - 1)
+    return float(bins[order[index], 1]) / bin_s
+
+
+class SloPolicy:
+    name = "meridian"
+
+    def __init__(self, config: SloPolicyConfig) -> None:
+        self.config = config
+        self.interval_s = config.interval_s
+
+    def decide(self, signals: RegionSignals, state: PolicyState) -> tuple[ScalingDecision, PolicyState]:
+        config = self.config
+        now = signals.now_s
+        bins = _bins(signals.demand, now, config.bin_s)
+        rates = bins[:, 0] / config.bin_s
+
+        last_arrival = state.get("last_arrival", now)
+        for sample in reversed(signals.demand):
+            if sample.requests:
+                last_arrival = max(last_arrival, sample.start_s + sample.duration_s)
+                break
+
+        def window_rate(seconds: float) -> float:
+            n = max(int(round(seconds / config.bin_s)), 1)
+            return float(bins[-n:, 0].sum()) / (min(n, len(bins)) * config.bin_s) if len(bins) else 0.0
+
+        short = window_rate(config.short_window_s)
+        long = window_rate(config.long_window_s)
+        horizon = signals.cold_start_s + config.interval_s
+        horizon_bins = max(int(math.ceil(horizon / config.bin_s)), 1)
+
+        trend = 0.0
+        trend_n = min(int(round(config.trend_window_s / config.bin_s)), len(rates))
+        if trend_n >= 3:
+            y = rates[-trend_n:]
+            x = np.arange(trend_n, dtype=np.float64)
+            slope, intercept = np.polyfit(x, y, 1)
+            if slope > 0:
+                trend = float(intercept + slope * (trend_n - 1 + horizon_bins))
+
+        season, period = _season_forecast(
+            rates, horizon_bins, max(int(config.season_min_period_s / config.bin_s), 2), config.season_min_corr
+        )
+        candidates = {"short": short, "long": long, "trend": trend, "season": season}
+        source = max(candidates, key=lambda key: candidates[key])
+        forecast = candidates[source]
+
+        sized = bins[-max(int(round(config.long_window_s / config.bin_s)), 1) :]
+        if sized[:, 0].sum() == 0:
+            sized = bins
+        requests = float(sized[:, 0].sum())
+        prompt_mean = float(sized[:, 1].sum()) / requests if requests else state.get("prompt_mean", 0.0)
+        output_mean = float(sized[:, 2].sum()) / requests if requests else state.get("output_mean", 0.0)
+
+        needed = replicas_needed(
+            config.profile,
+            Workload(forecast, max(prompt_mean, 1.0), max(output_mean, 1.0)),
+            config.slo_ttft_s,
+            config.slo_itl_s,
+            config.attainment,
+            config.max_replicas,
+        )
+
+        # Bursts, as a fluid: the prompt tokens of a TTFT-long burst must prefill within it.
+        durations = [sample.duration_s for sample in signals.demand[-16:]]
+        burst_bin_s = max(config.slo_ttft_s, max(durations, default=0.0))
+        recent_demand = tuple(d for d in signals.demand if d.start_s >= now - config.burst_window_s)
+        burst_rate = _burst_tokens_per_s(_bins(recent_demand, now, burst_bin_s), burst_bin_s, config.attainment)
+        replica_tokens_per_s = max(prompt_mean, 1.0) / config.profile.prefill_s(max(prompt_mean, 1.0), 1.0)
+        burst_needed = min(math.ceil(burst_rate / replica_tokens_per_s - 1e-9), config.max_replicas)
+        if burst_needed > needed:
+            needed = burst_needed
+            source = "burst"
+            forecast = burst_rate / max(prompt_mean, 1.0)
+
+        # A breach shorter than a cold start is over before new replicas could help (a
+        # burst); one that outlasts it means the capacity model is off, so correct it.
+        correction = float(state.get("correction", 1.0))
+        breached = (signals.ttft_ms is not None and signals.ttft_ms > config.slo_ttft_s * 1000.0) or (
+            signals.itl_ms is not None and signals.itl_ms > config.slo_itl_s * 1000.0
+        )
+        breach_since = state.get("breach_since") if breached else None
+        if breached and breach_since is None:
+            breach_since = now
+        if breach_since is not None and now - breach_since >= signals.cold_start_s:
+            correction = min(correction * config.correction_step, config.correction_max)
+        elif not breached:
+            correction = max(1.0, correction * config.correction_decay)
+        desired = math.ceil(needed * correction - 1e-9)
+        if signals.waiting > 0 and signals.ready == 0:
+            desired = max(desired, 1)
+        reason = (
+            f"{source} forecast {forecast:.2f} req/s × {prompt_mean:.0f}+{output_mean:.0f} tok"
+            f" over {horizon:.0f} s → {needed}"
+        )
+        if correction > 1.0:
+            reason += f" × {correction:.2f} (observed SLO breach)"
+        if period:
+            reason += f"; period {period * config.bin_s:.0f} s"
+
+        hold_s = signals.cold_start_s if config.scale_down_window_s is None else config.scale_down_window_s
+        recent = [entry for entry in state.get("recent", []) if entry[0] > now - hold_s]
+        recent.append([now, desired])
+        target = max(entry[1] for entry in recent)
+        if target > desired:
+            reason += f"; holding {target} for the {hold_s:.0f} s scale-down window"
+
+        if config.min_replicas == 0 and now - last_arrival >= config.idle_to_zero_s and signals.waiting == 0:
+            target = 0
+            reason = f"idle {now - last_arrival:.0f} s ≥ {config.idle_to_zero_s:.0f} s: scale to zero"
+        elif config.min_replicas == 0 and target == 0 and now - last_arrival < config.idle_to_zero_s:
+            target = 1
+            reason += f"; kept at 1 until {config.idle_to_zero_s:.0f} s idle"
+        target = min(max(target, config.min_replicas), config.max_replicas)
+
+        new_state: PolicyState = {
+            "last_arrival": last_arrival,
+            "recent": recent,
+            "correction": correction,
+            "breach_since": breach_since,
+            "prompt_mean": prompt_mean,
+            "output_mean": output_mean,
+        }
+        return ScalingDecision(target, reason), new_state

@@ -1,0 +1,255 @@
+"""Replay spot availability traces under capacity policies: availability, cost, preemptions.
+
+The model (every policy gets the same one):
+
+- **Time** advances in the trace's steps (`gap_s`); policies act at each step boundary.
+- **Capacity.** A zone's trace value is the number of spot nodes obtainable there at that
+  step (`UNLIMITED` for "available" in a 0/1 set). When it drops below the spot nodes we
+  hold in the zone, the newest are preempted at that boundary (no notice). A spot launch
+  into a zone already at its value fails at once: a stockout the policy sees, and it may
+  try elsewhere in the same step (up to `max_rounds` calls a step). On-demand launches
+  always succeed.
+- **Provisioning.** A node serves `spot_delay_s` / `on_demand_delay_s` after its launch.
+- **Release.** A running node a policy releases stops serving at once and is billed for
+  `drain_s` more (the time to finish its requests); a provisioning node is billed to the
+  release time.
+- **Cost** accrues from launch to end for every node at its zone's price; spot prices may
+  change per step (trace `prices`).
+- **Availability** is the fraction of time from `max(spot_delay_s, on_demand_delay_s)`
+  to the end of the trace (the first bring-up excluded, as in SpotHedge's `score_plan`)
+  with at least `target` nodes serving.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from capacity.model import CapacityEvent, EventKind, Market, Placement
+from capacity.sim.peer_placements import AllOnDemand, NaiveSpot, RoundRobin
+from capacity.sim.sim_meridian import MeridianPolicy
+from capacity.sim.sim_types import SimNode, SimPolicy, SimView, SimZone
+from capacity.sim.spot_traces import TraceSet
+from capacity.sim.spothedge import SpotHedge
+from capacity.sim.trace_prices import ZonePrices
+from meridian_core.capacity_spec import CapacitySpec
+
+POLICIES = ("on_demand", "naive_spot", "round_robin", "spothedge", "meridian")
+
+
+@dataclass(frozen=True)
+class SpotReplayConfig:
+    target: int
+    spot_delay_s: float = 120.0
+    on_demand_delay_s: float = 120.0
+    drain_s: float = 30.0
+    spothedge_overprovision: int = 1
+    max_rounds: int | None = None  # policy calls per step; default: one per zone, plus one
+
+
+@dataclass(frozen=True)
+class SpotReplayResult:
+    policy: str
+    availability: float
+    cost_usd: float
+    savings_vs_ondemand: float
+    preemptions: int
+    stockouts: int
+    spot_node_hours: float
+    on_demand_node_hours: float
+
+    def as_dict(self) -> dict[str, float | int | str]:
+        return asdict(self)
+
+
+def make_policy(name: str, prices: ZonePrices, config: SpotReplayConfig, spec: CapacitySpec) -> SimPolicy:
+    if name == "on_demand":
+        return AllOnDemand()
+    if name == "naive_spot":
+        return NaiveSpot()
+    if name == "round_robin":
+        return RoundRobin()
+    if name == "spothedge":
+        return SpotHedge(config.spothedge_overprovision)
+    if name == "meridian":
+        return MeridianPolicy(prices.instance_type, prices.accelerator, spec)
+    raise ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}")
+
+
+class _Bill:
+    """Integral of each zone's price over time, for O(1) node costs with per-step spot prices."""
+
+    def __init__(self, prices: ZonePrices, gap_s: float) -> None:
+        self.gap = gap_s
+        self.spot = prices.spot
+        self.on_demand = prices.on_demand
+        steps = prices.spot.shape[1]
+        self.cumulative = np.zeros((prices.spot.shape[0], steps + 1))
+        self.cumulative[:, 1:] = np.cumsum(prices.spot * gap_s, axis=1)
+        self.end = steps * gap_s
+
+    def _integral(self, zone: int, t: float) -> float:
+        t = min(max(t, 0.0), self.end)
+        step = min(int(t // self.gap), self.spot.shape[1] - 1)
+        return float(self.cumulative[zone, step] + self.spot[zone, step] * (t - step * self.gap))
+
+    def cost(self, node: SimNode, until_s: float) -> float:
+        until_s = min(until_s, self.end)
+        if node.market is Market.ON_DEMAND:
+            return float(self.on_demand[node.zone]) * max(0.0, until_s - node.launched_s) / 3600
+        return (self._integral(node.zone, until_s) - self._integral(node.zone, node.launched_s)) / 3600
+
+
+def simulate(traces: TraceSet, prices: ZonePrices, policy: SimPolicy, config: SpotReplayConfig) -> SpotReplayResult:
+    """Replay one policy over the whole set; `savings_vs_ondemand` is left NaN (see `compare`)."""
+    gap = traces.gap_s
+    zones = tuple(SimZone(z.cloud, z.region, z.zone) for z in traces.zones)
+    capacity = np.stack([z.capacity for z in traces.zones], axis=1).tolist()  # [step][zone]
+    spot_prices = prices.spot.T.tolist()
+    on_demand = tuple(float(p) for p in prices.on_demand)
+    bill = _Bill(prices, gap)
+    rounds = config.max_rounds or len(zones) + 1
+    warmup = max(config.spot_delay_s, config.on_demand_delay_s)
+    end = traces.steps * gap
+
+    held: dict[str, SimNode] = {}
+    pending_events: list[CapacityEvent] = []
+    cost = spot_hours = od_hours = available = 0.0
+    preemptions = stockouts = 0
+    next_id = 0
+
+    def finish(node: SimNode, until_s: float) -> None:
+        nonlocal cost, spot_hours, od_hours
+        until_s = min(until_s, end)
+        cost += bill.cost(node, until_s)
+        hours = max(0.0, until_s - node.launched_s) / 3600
+        if node.market is Market.SPOT:
+            spot_hours += hours
+        else:
+            od_hours += hours
+
+    def placement(zone: int, market: Market) -> Placement:
+        z = zones[zone]
+        return Placement(z.cloud, z.region, z.zone, prices.instance_type, market)
+
+    for step in range(traces.steps):
+        now = step * gap
+        cap = capacity[step]
+        spot_in = [0] * len(zones)
+        for node in held.values():
+            if node.market is Market.SPOT:
+                spot_in[node.zone] += 1
+        for zone, count in enumerate(spot_in):
+            if count > cap[zone]:
+                victims = sorted(
+                    (n for n in held.values() if n.market is Market.SPOT and n.zone == zone),
+                    key=lambda n: -n.launched_s,
+                )[: count - cap[zone]]
+                for node in victims:
+                    del held[node.id]
+                    finish(node, now)
+                    pending_events.append(
+                        CapacityEvent(EventKind.PREEMPTED, placement(zone, Market.SPOT), now, node.id)
+                    )
+                preemptions += len(victims)
+                spot_in[zone] = cap[zone]
+
+        for _ in range(rounds):
+            view = SimView(
+                now,
+                config.target,
+                zones,
+                on_demand,
+                tuple(spot_prices[step]),
+                tuple(held.values()),
+                tuple(pending_events),
+            )
+            pending_events = []
+            actions = policy.step(view)
+            for termination in actions.terminations:
+                node = held.pop(termination.node_id)
+                serving = node.ready_s <= now
+                finish(node, now + (config.drain_s if termination.drain and serving else 0.0))
+                if node.market is Market.SPOT:
+                    spot_in[node.zone] -= 1
+            refused = False
+            for launch in actions.launches:
+                if launch.market is Market.SPOT:
+                    if spot_in[launch.zone] >= cap[launch.zone]:
+                        refused = True
+                        stockouts += 1
+                        pending_events.append(
+                            CapacityEvent(EventKind.STOCKOUT, placement(launch.zone, Market.SPOT), now)
+                        )
+                        continue
+                    spot_in[launch.zone] += 1
+                    delay = config.spot_delay_s
+                else:
+                    delay = config.on_demand_delay_s
+                node_id = f"n{next_id}"
+                next_id += 1
+                held[node_id] = SimNode(node_id, launch.zone, launch.market, now, now + delay)
+            if not refused:
+                break
+
+        lo = max(now, warmup)
+        hi = now + gap
+        if hi > lo:
+            available += _covered(held.values(), config.target, lo, hi)
+
+    for node in held.values():
+        finish(node, end)
+    measured = end - warmup
+    availability = available / measured if measured > 0 else 1.0
+    return SpotReplayResult(policy.name, availability, cost, math.nan, preemptions, stockouts, spot_hours, od_hours)
+
+
+def _covered(nodes: object, target: int, lo: float, hi: float) -> float:
+    """Seconds of [lo, hi) with at least `target` nodes serving (nodes only become ready inside a step)."""
+    if target <= 0:
+        return hi - lo
+    ready = sorted(n.ready_s for n in nodes)  # type: ignore[attr-defined]
+    if len(ready) < target:
+        return 0.0
+    return max(0.0, hi - max(lo, ready[target - 1]))
+
+
+def compare(
+    traces: TraceSet,
+    prices: ZonePrices,
+    config: SpotReplayConfig,
+    spec: CapacitySpec,
+    policies: Sequence[str] = POLICIES,
+    on_done: Callable[[SpotReplayResult], None] | None = None,
+) -> list[SpotReplayResult]:
+    """Run each policy; savings are against the all-on-demand policy, which is always run."""
+    unknown = [p for p in policies if p not in POLICIES]
+    if unknown:
+        raise ValueError(f"unknown policy {unknown[0]!r}; choose from {', '.join(POLICIES)}")
+    names = list(dict.fromkeys(["on_demand", *policies]))
+    raw: dict[str, SpotReplayResult] = {}
+    for name in names:
+        raw[name] = simulate(traces, prices, make_policy(name, prices, config, spec), config)
+        if on_done is not None:
+            on_done(raw[name])
+    baseline = raw["on_demand"].cost_usd
+    results = []
+    for name in dict.fromkeys(policies):
+        r = raw[name]
+        savings = 1.0 - r.cost_usd / baseline if baseline > 0 else 0.0
+        results.append(
+            SpotReplayResult(
+                r.policy,
+                r.availability,
+                r.cost_usd,
+                savings,
+                r.preemptions,
+                r.stockouts,
+                r.spot_node_hours,
+                r.on_demand_node_hours,
+            )
+        )
+    return results

@@ -1,0 +1,292 @@
+"""The geo router: one OpenAI-compatible endpoint in front of every region."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from opentelemetry import trace
+from opentelemetry.sdk.trace import SpanProcessor
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from geo_router.live import openapi
+from geo_router.live.auth import ApiKey, KeyRing, key_digest_from
+from geo_router.live.breaker import CircuitBreaker
+from geo_router.live.errors import error_response
+from geo_router.live.locate import ClientLocator, open_geoip
+from geo_router.live.metrics import RouterMetrics
+from geo_router.live.middleware import EnvelopeMiddleware, request_id_of
+from geo_router.live.prompt import BLOCK_CHARS, CHARS_PER_TOKEN, prefix_blocks, prompt_text
+from geo_router.live.proxy import Proxy
+from geo_router.live.ratelimit import KeyLimits, TokenBucket
+from geo_router.live.regions import Region, RegionTable
+from geo_router.live.requests import (
+    InferenceRequest,
+    InvalidRequest,
+    completion_cap,
+    parse_inference_request,
+    read_capped_body,
+)
+from geo_router.live.tracing import tracer_provider
+from geo_router.live.upstream import AiohttpUpstream, HttpxUpstream, Upstream
+from geo_router.policy.scoring import RequestFacts, RoutingMemory, RttCorrector, choose, scoring_from
+from meridian_core.geo import LatLon
+from meridian_core.spec import PlatformSpec
+
+log = logging.getLogger(__name__)
+
+
+def create_app(
+    spec: PlatformSpec, *, client: httpx.AsyncClient | None = None, span_processor: SpanProcessor | None = None
+) -> FastAPI:
+    """Build the router for `spec`; `client` replaces the HTTP client it reaches regions
+    with, `span_processor` where its OpenTelemetry spans go (tests)."""
+    settings = spec.router
+    metrics = RouterMetrics()
+    known_models = {m.id for m in spec.models}
+    locate = settings.locate
+    locator = ClientLocator(
+        locate.order,
+        LatLon(settings.default_location.lat, settings.default_location.lon),
+        geoip=open_geoip(locate.geoip_database) if locate.geoip_database else None,
+        trusted_proxy_hops=locate.trusted_proxy_hops,
+    )
+    # Requests go through aiohttp (fast); health polls through httpx (rare). A client
+    # passed in (tests: httpx.MockTransport fakes) carries both, and stays the caller's.
+    owns_client = client is None
+    upstream: Upstream = AiohttpUpstream() if client is None else HttpxUpstream(client)
+    client = client or httpx.AsyncClient()
+    table = RegionTable(
+        [
+            Region(
+                r.name,
+                LatLon(r.location.lat, r.location.lon),
+                spec.region_endpoint(r),
+                CircuitBreaker(settings.breaker_failure_threshold, settings.breaker_open_s),
+            )
+            for r in spec.regions
+        ],
+        client,
+        timeout_s=settings.health_timeout_s,
+        interval_s=settings.health_poll_interval_s,
+        on_malformed=lambda error: metrics.malformed.labels(contract=error.contract).inc(),
+    )
+    proxy = Proxy(upstream, metrics, settings.upstream_timeout_s)
+    perf, policy = scoring_from(settings.scoring.model_dump())
+    memory = RoutingMemory()
+    corrector = RttCorrector()
+    tracer = tracer_provider(span_processor).get_tracer("geo_router")
+    trace_context = TraceContextTextMapPropagator()
+    keyring = KeyRing(
+        [
+            ApiKey(k.name, key_digest_from(k.sha256, k.key_env), k.requests_per_minute, k.tokens_per_minute)
+            for k in settings.auth.keys
+        ]
+    )
+    limits = {
+        key.name: KeyLimits(
+            TokenBucket(key.requests_per_minute) if key.requests_per_minute else None,
+            TokenBucket(key.tokens_per_minute) if key.tokens_per_minute else None,
+        )
+        for key in keyring.keys
+    }
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await table.poll_once()  # serve from the first request on, not after one interval
+        poller = asyncio.create_task(table.poll_forever(settings.health_poll_interval_s))
+        try:
+            yield
+        finally:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
+            if owns_client:  # a client passed in belongs to the caller
+                await client.aclose()
+                await upstream.aclose()
+
+    app = FastAPI(title="Meridian geo router", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.regions = table
+    app.state.metrics = metrics
+    app.add_middleware(EnvelopeMiddleware)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(400, str(exc.errors()))
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected router error")
+        return error_response(500, f"internal router error ({type(exc).__name__}); see the router log")
+
+    def request_facts(parsed: InferenceRequest, location: LatLon, request: Request) -> RequestFacts:
+        text = prompt_text(parsed.fields)
+        user = parsed.fields.get("user")
+        session = request.headers.get("x-session-id") or (user if isinstance(user, str) and user else None)
+        return RequestFacts(
+            client=location,
+            prompt_tokens=max(1, len(text) // CHARS_PER_TOKEN),
+            prefix_blocks=prefix_blocks(text),
+            tokens_per_block=BLOCK_CHARS // CHARS_PER_TOKEN,
+            session=session,
+            cell=(round(location.lat), round(location.lon), parsed.model),
+        )
+
+    def authenticate(request: Request) -> ApiKey | Response | None:
+        """The caller's key, None when the router is open, or the 401 to answer with."""
+        if not keyring.enabled:
+            return None
+        key = keyring.identify(request.headers.get("authorization"))
+        if key is None:
+            return error_response(
+                401,
+                "missing or invalid API key; send it as 'Authorization: Bearer <key>'",
+                code="invalid_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        request.scope["state"]["key"] = key.name
+        return key
+
+    async def route(request: Request, path: str) -> Response:
+        """Serve one inference request inside a server span that lasts until its last byte."""
+        span = tracer.start_span(
+            f"POST /v1/{path}",
+            context=trace_context.extract(request.headers),
+            kind=SpanKind.SERVER,
+            attributes={"http.request.method": "POST", "url.path": f"/v1/{path}"},
+        )
+        span.set_attribute("meridian.request_id", request_id_of(request.scope))
+        streaming = False
+        try:
+            response = await dispatch(request, path, span)
+            streaming = isinstance(response, StreamingResponse)
+            if not streaming:
+                end_span(span, response.status_code)
+            return response
+        finally:
+            if not streaming and span.is_recording():
+                span.end()
+
+    def end_span(span: Span, status: int | str) -> None:
+        span.set_attribute("http.response.status_code", int(status) if str(status).isdigit() else 502)
+        if not str(status).startswith("2"):
+            span.set_status(Status(StatusCode.ERROR, str(status)))
+        span.end()
+
+    async def dispatch(request: Request, path: str, span: Span) -> Response:
+        started = time.perf_counter()
+        key = authenticate(request)
+        if isinstance(key, Response):
+            return key
+        try:
+            body = await read_capped_body(
+                request.stream(), request.headers.get("content-length"), settings.max_body_bytes
+            )
+            parsed = parse_inference_request(path, body)
+            location = locator.locate(request.headers, request.client.host if request.client else None).location
+        except InvalidRequest as error:
+            return error_response(error.status, error.message, param=error.param)
+        request.scope["state"]["model"] = parsed.model
+        if parsed.model not in known_models:  # before any quota is charged
+            metrics.requests.labels("none", "unknown", "404").inc()
+            return error_response(
+                404,
+                f"The model `{parsed.model}` does not exist. Available: {sorted(known_models)}",
+                param="model",
+                code="model_not_found",
+            )
+        facts = request_facts(parsed, location, request)
+        if key is not None:
+            wait_s = limits[key.name].admit(facts.prompt_tokens + completion_cap(parsed.fields), time.monotonic())
+            if wait_s > 0:
+                metrics.requests.labels("none", parsed.model, "429").inc()
+                retry = "3600" if math.isinf(wait_s) else str(math.ceil(wait_s))
+                return error_response(
+                    429,
+                    f"rate limit of key '{key.name}' reached; retry in {retry} s",
+                    code="rate_limit_exceeded",
+                    headers={"Retry-After": retry},
+                )
+        candidates, panic = table.servable(parsed.model)
+        decision = choose([r.load(corrector.correction_for(r.name)) for r in candidates], facts, memory, perf, policy)
+        if decision is None:
+            metrics.requests.labels("none", parsed.model, "503").inc()
+            return error_response(
+                503,
+                f"no healthy region serves `{parsed.model}` right now",
+                code="no_healthy_region",
+                headers={"Retry-After": str(settings.retry_after_s)},
+            )
+        predicted_ms = {e.region: e.ttft_ms for e in decision.estimates}
+        reason = "panic" if panic else decision.reason
+
+        def learn(region: Region, ttfb_s: float) -> None:
+            memory.remember(region.name, facts)
+            if parsed.stream:  # only a stream's first byte is its first token
+                corrector.observe(region.name, predicted_ms[region.name], ttfb_s * 1000)
+
+        span.set_attributes({"meridian.model": parsed.model, "meridian.reason": reason})
+        headers = {**request.headers, "x-request-id": request_id_of(request.scope)}
+        trace_context.inject(headers, context=trace.set_span_in_context(span))  # W3C traceparent to the region
+        ranked = [table.regions[name] for name in decision.ranked]
+
+        def done(region: Region, outcome: str) -> None:
+            span.set_attribute("meridian.region", region.name)
+            end_span(span, outcome)
+
+        return await proxy.forward(path, parsed, headers, ranked, started, reason, learn, done)
+
+    @app.post("/v1/chat/completions", openapi_extra=openapi.CHAT_COMPLETIONS)
+    async def chat_completions(request: Request) -> Response:
+        return await route(request, "chat/completions")
+
+    @app.post("/v1/completions", openapi_extra=openapi.COMPLETIONS)
+    async def completions(request: Request) -> Response:
+        return await route(request, "completions")
+
+    @app.get("/v1/models", response_model=None)
+    async def models(request: Request) -> dict | Response:
+        key = authenticate(request)
+        if isinstance(key, Response):
+            return key
+        serving = {m for r in table.regions.values() if r.healthy for m in r.models}
+        return {
+            "object": "list",
+            "data": [
+                {"id": m.id, "object": "model", "created": 0, "owned_by": "meridian", "ready": m.id in serving}
+                for m in spec.models
+            ],
+        }
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        # The router's own liveness: it answers even when no region is healthy.
+        healthy = [r.name for r in table.regions.values() if r.healthy]
+        return {"status": "ok" if healthy else "degraded", "healthy_regions": healthy}
+
+    @app.get("/regions")
+    async def regions() -> dict:
+        return {"regions": [r.describe() for r in table.regions.values()]}
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        for region in table.regions.values():
+            metrics.region_healthy.labels(region.name).set(1 if region.healthy else 0)
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

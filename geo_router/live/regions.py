@@ -1,0 +1,199 @@
+"""The router's live view of every region, refreshed by polling each region's /status.
+
+A region is healthy while its circuit breaker is closed and its last poll reported a
+ready replica, or an autoscaler that is starting one (or will, for the first request
+to a region scaled to zero). Failed polls and failed requests open the breaker (at once, with the
+default threshold of 1), so traffic moves before the next poll; a good poll closes it
+again once it has been open for `open_s`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from geo_router.live.breaker import CircuitBreaker
+from geo_router.policy.scoring import RegionLoad
+from meridian_core.contracts import MAX_MESSAGE_BYTES, MalformedMessage, RegionStatus, parse
+from meridian_core.geo import LatLon
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Region:
+    name: str
+    location: LatLon
+    endpoint: str  # base URL of the region's Serve app; OpenAI API under /v1
+    breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
+    ready_replicas: int = 0
+    models: frozenset[str] = frozenset()
+    last_status: RegionStatus | None = None
+    running: int = 0
+    waiting: int = 0
+    kv_cache_usage: float = 0.0
+    last_error: str | None = None
+    last_poll_at: float = 0.0
+    last_answered_at: float = -math.inf
+    in_flight: int = 0
+    # Set when the region has an autoscaler: then a region with no ready replica is
+    # starting one, or is scaled to zero and starts one for the first request.
+    autoscaled: bool = False
+    starting_replicas: int = 0
+    cold_start_s: float = 0.0
+    cold_since: float | None = None
+
+    @property
+    def healthy(self) -> bool:
+        return not self.breaker.is_open and (self.ready_replicas > 0 or self.autoscaled)
+
+    def cold_start_remaining_ms(self, now: float) -> float:
+        """How long a request sent now waits for a replica to be ready."""
+        if self.ready_replicas > 0:
+            return 0.0
+        if self.cold_since is None:  # scaled to zero: the request itself starts one
+            return self.cold_start_s * 1000
+        # A start running late is still some way off, not done.
+        return max(0.1 * self.cold_start_s, self.cold_start_s - (now - self.cold_since)) * 1000
+
+    def can_serve(self, model: str) -> bool:
+        return self.healthy and model in self.models
+
+    def load(self, rtt_correction_ms: float = 0.0) -> RegionLoad:
+        return RegionLoad(
+            self.name,
+            self.location,
+            self.ready_replicas,
+            running=self.running,
+            waiting=self.waiting,
+            in_flight=self.in_flight,
+            kv_cache_usage=self.kv_cache_usage,
+            rtt_correction_ms=rtt_correction_ms,
+            cold_start_ms=self.cold_start_remaining_ms(time.monotonic()),
+        )
+
+    def mark_down(self, reason: str) -> None:
+        if not self.breaker.is_open:
+            log.warning("region %s failed: %s", self.name, reason)
+        self.breaker.record_failure(time.monotonic())
+        self.last_error = reason
+
+    def mark_answered(self) -> None:
+        self.last_answered_at = time.monotonic()
+        self.breaker.record_request_success()
+
+    def poll_timed_out(self, window_s: float) -> None:
+        """A slow poll is no evidence against a region that has just answered requests:
+        under load the lag is often the router's own busy event loop."""
+        if time.monotonic() - self.last_answered_at < window_s:
+            self.last_error = "status poll timed out while the region was answering requests"
+            return
+        self.mark_down("status poll timed out")
+
+    def apply_status(self, status: RegionStatus) -> None:
+        self.ready_replicas = status.replicas.ready
+        self.models = frozenset(status.models)
+        self.running = status.engine.running
+        self.waiting = status.engine.waiting
+        self.kv_cache_usage = status.engine.kv_cache_usage
+        scaling = status.autoscaling
+        self.autoscaled = scaling is not None
+        self.cold_start_s = scaling.cold_start_s if scaling else 0.0
+        self.starting_replicas = status.replicas.starting
+        if self.ready_replicas > 0 or self.starting_replicas == 0:
+            self.cold_since = None
+        elif self.cold_since is None:
+            self.cold_since = time.monotonic()
+        self.last_status = status
+        self.last_error = None
+        self.breaker.record_probe_success(time.monotonic())
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "endpoint": self.endpoint,
+            "location": {"lat": self.location.lat, "lon": self.location.lon},
+            "healthy": self.healthy,
+            "breaker_open": self.breaker.is_open,
+            "ready_replicas": self.ready_replicas,
+            "starting_replicas": self.starting_replicas,
+            "models": sorted(self.models),
+            "in_flight": self.in_flight,
+            "status": self.last_status.model_dump(mode="json") if self.last_status else {},
+            "last_error": self.last_error,
+            "last_poll_age_s": round(time.monotonic() - self.last_poll_at, 3) if self.last_poll_at else None,
+        }
+
+
+class RegionTable:
+    def __init__(
+        self,
+        regions: list[Region],
+        client: httpx.AsyncClient,
+        timeout_s: float,
+        interval_s: float,
+        on_malformed: Callable[[MalformedMessage], None] = lambda _: None,
+    ):
+        self.regions = {r.name: r for r in regions}
+        self._client = client
+        self._timeout_s = timeout_s
+        self._interval_s = interval_s
+        self._on_malformed = on_malformed
+
+    def servable(self, model: str) -> tuple[list[Region], bool]:
+        """Regions to route `model` to, and whether this is panic routing: when every
+        breaker is open, the regions whose last status had ready replicas are tried
+        anyway (a breaker may be wrong; a blanket 503 surely is)."""
+        healthy = [r for r in self.regions.values() if r.can_serve(model)]
+        if healthy:
+            return healthy, False
+        return [r for r in self.regions.values() if (r.ready_replicas > 0 or r.autoscaled) and model in r.models], True
+
+    async def poll_once(self) -> None:
+        await asyncio.gather(*(self._poll(region) for region in self.regions.values()))
+
+    async def poll_forever(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            await self.poll_once()
+
+    async def _poll(self, region: Region) -> None:
+        region.last_poll_at = time.monotonic()
+        try:
+            # A total deadline: httpx's own timeouts are per read, and a region that
+            # trickles bytes must not hold the poll (or its breaker) open.
+            async with asyncio.timeout(self._timeout_s):
+                status_code, body = await self._get_status(region)
+        except (httpx.TimeoutException, TimeoutError):
+            region.poll_timed_out(window_s=self._interval_s + self._timeout_s)
+            return
+        except httpx.HTTPError as error:
+            region.mark_down(f"status poll failed: {type(error).__name__}")
+            return
+        if status_code != 200:
+            region.mark_down(f"status poll answered HTTP {status_code}")
+            return
+        try:
+            status = parse(RegionStatus, body)
+        except MalformedMessage as error:
+            self._on_malformed(error)
+            region.mark_down(f"status poll: {error}")
+            return
+        region.apply_status(status)
+
+    async def _get_status(self, region: Region) -> tuple[int, bytes]:
+        """The status code and at most one byte over the contract's cap of the body."""
+        async with self._client.stream("GET", f"{region.endpoint}/status") as response:
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > MAX_MESSAGE_BYTES:
+                    break
+            return response.status_code, bytes(body)
