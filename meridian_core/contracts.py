@@ -90,7 +90,11 @@ class ReplicaCounts(Contract):
 
 
 class ScalingView(Contract):
+    # What the region runs: its policy's own target, raised to the global loop's floor.
     target: Count
+    # The policy's target before the floor: what the global loop plans floors from, so a
+    # floor it set never feeds back into the next one.
+    own_target: Count
     reason: Reason
     ready: Count
     starting: Count

@@ -191,6 +191,24 @@ MUTATIONS = (
         "a published target past max_replicas buys nodes for it",
     ),
     Mutation(
+        "capacity/live/capacity_loop.py",
+        "            if acquisition.is_fallback:",
+        "            if False:",
+        "a node is bought in another region for demand whose replicas cannot run there",
+    ),
+    Mutation(
+        "capacity/live/capacity_loop.py",
+        "scaling[r.name].own_target, r.autoscaling",
+        "scaling[r.name].target, r.autoscaling",
+        "floors are planned from floored targets, so a persistent shortfall ratchets them up",
+    ),
+    Mutation(
+        "autoscaler/policy/fleet_floors.py",
+        "        if moved > 0:\n            raise_floor(spill.region",
+        "        if False:\n            raise_floor(spill.region",
+        "a region placement fell back to gets no floor",
+    ),
+    Mutation(
         "capacity/policy/placement.py",
         "        if zone_until > self._now:",
         "        if False:",

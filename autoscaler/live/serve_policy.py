@@ -89,13 +89,14 @@ class RegionAutoscalingPolicy:
             stopping=max(0, ready - ctx.target_num_replicas),
         )
         signals = self._tracker.signals(now, latest_reports(ctx.raw_metrics), counts, self._cold_start.last_s)
-        decision, state = self._policy.decide(signals, dict(ctx.policy_state.get("meridian", {})))
-        decision = self._with_floor(ctx.app_name, decision)
+        own, state = self._policy.decide(signals, dict(ctx.policy_state.get("meridian", {})))
+        decision = self._with_floor(ctx.app_name, own)
         if decision != self._decision:
             log.info("autoscale %s: %d -> %d (%s)", ctx.app_name, ready, decision.target, decision.reason)
         self._decision = decision
         view = ScalingView(
             target=decision.target,
+            own_target=own.target,
             reason=decision.reason[:MAX_REASON],
             ready=counts.ready,
             starting=counts.starting,

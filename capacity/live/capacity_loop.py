@@ -5,9 +5,14 @@ Every few seconds it reads each region's replica target (the autoscaler's decisi
 from Ray's KV where the region's policy publishes it; a fixed region's `replicas`), turns it into
 node demand, asks the placement policy (capacity/policy/placement.py, the simulator's code)
 what to buy and release, and carries that out through the provider, writing every
-event and the held nodes to the ledger that `meridian capacity report` reads. Demand
-placement could not place, and the spec's fleet-wide warm minimum, become replica
-floors for other regions (autoscaler/policy/fleet_floors.py), published for their policies.
+event and the held nodes to the ledger that `meridian capacity report` reads.
+
+A region's replicas run only on its own nodes, so a node bought in another region
+cannot carry them. Demand that placement falls back to another region with is not
+bought there: it becomes a replica floor for that region, whose own policy then sizes
+it and whose own placement buys its nodes. That, demand placement could place nowhere,
+and the spec's fleet-wide warm minimum are the global loop
+(autoscaler/policy/fleet_floors.py), published for the regions' policies.
 
 Run beside a local platform as `python -m capacity.live.capacity_loop SPEC`; the launcher
 starts it. Releases go through Ray's drain, which refuses a node still running
@@ -24,7 +29,7 @@ import time
 from collections.abc import Callable
 
 from autoscaler.live.published import drop_malformed, publish_floor, read_published
-from autoscaler.policy.fleet_floors import RegionView, fleet_floors
+from autoscaler.policy.fleet_floors import RegionView, Spill, fleet_floors
 from capacity.catalog import Catalog
 from capacity.live.ledger import Ledger, Snapshot
 from capacity.live.local import LocalProvider, local_catalog
@@ -83,18 +88,25 @@ def published_scaling(spec: PlatformSpec) -> dict[str, ScalingView]:
 def floors_for(
     spec: PlatformSpec, scaling: dict[str, ScalingView], decision: PlacementDecision
 ) -> dict[str, FleetFloor]:
-    """The global loop: floors for autoscaled regions from what placement could not place
-    and from the fleet's warm minimum; fallbacks are the other regions, nearest first."""
+    """The global loop: floors for autoscaled regions from what placement moved to another
+    region or could not place, and from the fleet's warm minimum. Demand placement could
+    place nowhere goes to the other regions, nearest first."""
     autoscaled = [r for r in spec.regions if r.autoscaling is not None and r.name in scaling]
     views = [
-        RegionView(r.name, scaling[r.name].target, r.autoscaling.max_replicas, scaling[r.name].recent_requests)
+        RegionView(r.name, scaling[r.name].own_target, r.autoscaling.max_replicas, scaling[r.name].recent_requests)
         for r in autoscaled
     ]
-    by_slug = {r.slug: r for r in spec.regions}
+    by_home = {(r.cloud, r.slug): r for r in spec.regions}
     shortfalls: dict[str, int] = {}
     for shortfall in decision.shortfalls:
-        region = by_slug[shortfall.demand[1]]
+        region = by_home[shortfall.demand]
         shortfalls[region.name] = shortfalls.get(region.name, 0) + shortfall.nodes * replicas_per_node(spec, region)
+    spills = []
+    for fallback in decision.fallbacks:
+        origin = by_home[fallback.demand]
+        # Outside every Meridian region no replica could serve the traffic: the whole move is unplaced.
+        target = by_home.get(fallback.to, origin)
+        spills.append(Spill(origin.name, target.name, fallback.nodes * replicas_per_node(spec, target)))
 
     def nearest_first(region: RegionSpec) -> list[str]:
         here = LatLon(region.location.lat, region.location.lon)
@@ -104,7 +116,7 @@ def floors_for(
         ]
 
     order = {r.name: nearest_first(r) for r in spec.regions}
-    return fleet_floors(views, shortfalls, order, spec.fleet.min_warm_replicas)
+    return fleet_floors(views, shortfalls, order, spec.fleet.min_warm_replicas, spills)
 
 
 class CapacityLoop:
@@ -138,6 +150,8 @@ class CapacityLoop:
             capacity = capacity.model_copy(update={"spot_enabled": False})
         decision = plan(demands, nodes, self.catalog, capacity, recent, now)
         for acquisition in decision.acquisitions:
+            if acquisition.is_fallback:
+                continue  # its region's floor buys it there (floors_for)
             log.info("acquire %s: %s", acquisition.placement, acquisition.reason)
             try:
                 self.provider.acquire(acquisition.placement)

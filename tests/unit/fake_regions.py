@@ -37,6 +37,7 @@ def scaled_to_zero(cold_start_s: float = 60.0) -> ScalingView:
     """An autoscaled region's published decision while it idles at zero."""
     return ScalingView(
         target=0,
+        own_target=0,
         reason="idle",
         ready=0,
         starting=0,

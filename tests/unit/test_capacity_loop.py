@@ -28,10 +28,11 @@ SPEC = {
 }
 
 
-def view(target: int, recent_requests: int = 0) -> ScalingView:
+def view(target: int, recent_requests: int = 0, own_target: int | None = None) -> ScalingView:
     """A region policy's published decision, as the capacity loop reads it."""
     return ScalingView(
         target=target,
+        own_target=target if own_target is None else own_target,
         reason="test",
         ready=0,
         starting=0,
@@ -171,3 +172,32 @@ def test_demand_placement_cannot_place_becomes_a_floor_in_the_nearest_other_regi
     assert floors_for(spec, scaling, PlacementDecision()) == {}  # us-east's 4 already keep the fleet warm
     idle = {"local/us-east": view(0, recent_requests=1), "local/eu-west": view(0, recent_requests=7)}
     assert floors_for(spec, idle, PlacementDecision())["local/eu-west"].replicas == 1
+
+
+def test_demand_placement_moves_to_another_region_is_a_floor_there_not_a_node_bought_for_it(tmp_path):
+    fallback = {"quotas": [{"cloud": "local", "region": "local-us-east", "accelerator": "cpu", "limit": 1}]}
+    fallback["fallback"] = [{"cloud": "local", "region": "local-eu-west"}]
+    spec = parse_spec({**SPEC, "capacity": fallback})
+    published: list[dict] = []
+    own = {"local/us-east": 4, "local/eu-west": 1}
+    views = {name: view(target) for name, target in own.items()}
+    loop = CapacityLoop(
+        spec,
+        provider := ProviderDouble(spec),
+        Ledger(tmp_path),
+        local_catalog(spec),
+        scaling=lambda: views,
+        publish_floors=published.append,
+        clock=lambda: 100.0,
+    )
+    decision = loop.tick()
+    assert [(f.demand[1], f.to[1], f.nodes) for f in decision.fallbacks] == [("local-us-east", "local-eu-west", 1)]
+    # Only each region's own demand is bought: us-east's quota of one node, eu-west's one node.
+    assert sorted(n.placement.region for n in provider.nodes()) == ["local-eu-west", "local-us-east"]
+    floor = published[-1]["local/eu-west"]
+    assert floor.replicas == 3 and "local/us-east" in floor.reason  # its own 1 plus the moved node's 2
+    # The region runs its floor now; the next floor is planned from its own target, so it does not grow.
+    views["local/eu-west"] = view(3, own_target=1)
+    loop.tick()
+    assert published[-1]["local/eu-west"].replicas == 3
+    assert sorted(n.placement.region for n in provider.nodes()).count("local-eu-west") == 2  # bought as its own

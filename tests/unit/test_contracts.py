@@ -21,6 +21,7 @@ from meridian_core.contracts import (
 
 VIEW = ScalingView(
     target=3,
+    own_target=3,
     reason="short forecast 2.00 req/s",
     ready=2,
     starting=1,

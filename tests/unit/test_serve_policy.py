@@ -126,6 +126,7 @@ def test_a_fleet_floor_raises_an_idle_regions_target_up_to_its_maximum(published
     floors["local-us-east"] = FleetFloor(replicas=3, reason="serves gcp/europe-west1: out of capacity there")
     target, state = scaler(context(106.0, 0, 0, {}, state))
     assert target == 2 and published[-1]["reason"] == floors["local-us-east"].reason
+    assert published[-1]["own_target"] == 1  # what the global loop plans the next floor from
     del floors["local-us-east"]
     # Without the floor the policy's own answer stands: no demand, but not idle for
     # idle_to_zero_s yet, so one replica.
