@@ -8,6 +8,7 @@ process `up` started and sweeps up anything they spawned.
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ import yaml
 
 from capacity.live.local import LocalProvider, placement_for
 from meridian.serve_config import serve_config
+from meridian_core.contracts import MalformedMessage, RouterRegion, RouterRegions, parse
 from meridian_core.spec import PlatformSpec, load_spec
 from meridian_host import models, processes
 from meridian_host.platform_state import PlatformState
@@ -29,6 +31,7 @@ from meridian_host.ray_nodes import BIN, start_ray_node
 
 # Processes beside the engines (Serve controller/proxy, ingress, router) need CPU
 # too; Ray only schedules by logical CPUs, so the head advertises one.
+log = logging.getLogger("meridian.launcher")
 HEAD_CPUS = 1
 
 
@@ -209,20 +212,20 @@ def region_progress(spec: PlatformSpec, state: PlatformState) -> list[RegionProg
     for region in spec.regions:
         app = apps.get(region.slug, {})
         app_status = app.get("status", "NOT_STARTED")
-        view = routed.get(region.name, {})
+        view = routed.get(region.name)
         if app_status == "DEPLOY_FAILED":
             progress.append(RegionProgress(region.name, "failed", app.get("message", "")[-2000:]))
-        elif view.get("healthy") and view.get("ready_replicas", 0) >= _replicas_to_wait_for(view):
-            progress.append(RegionProgress(region.name, "ready", f"{view.get('ready_replicas')} replica(s) ready"))
+        elif view is not None and view.healthy and view.ready_replicas >= _replicas_to_wait_for(view):
+            progress.append(RegionProgress(region.name, "ready", f"{view.ready_replicas} replica(s) ready"))
         else:
             progress.append(RegionProgress(region.name, "deploying", app_status.lower().replace("_", " ")))
     return progress
 
 
-def _replicas_to_wait_for(view: dict[str, Any]) -> int:
+def _replicas_to_wait_for(view: RouterRegion) -> int:
     """A region is up with one ready replica, or none if it may scale to zero."""
-    scaling = (view.get("status") or {}).get("autoscaling") or {}
-    return 0 if scaling.get("min_replicas") == 0 else 1
+    scaling = view.status.autoscaling if view.status else None
+    return 0 if scaling is not None and scaling.min_replicas == 0 else 1
 
 
 def serve_applications(state: PlatformState) -> dict[str, Any]:
@@ -234,12 +237,16 @@ def serve_applications(state: PlatformState) -> dict[str, Any]:
         return {}
 
 
-def router_regions(state: PlatformState) -> dict[str, dict[str, Any]]:
+def router_regions(state: PlatformState) -> dict[str, RouterRegion]:
+    """The router's view of each region by name; empty when the router cannot say."""
     try:
         response = httpx.get(f"{state.router_url}/regions", timeout=2)
         response.raise_for_status()
-        return {r["name"]: r for r in response.json()["regions"]}
-    except (httpx.HTTPError, ValueError, KeyError):
+        return {r.name: r for r in parse(RouterRegions, response.content).regions}
+    except httpx.HTTPError:
+        return {}
+    except MalformedMessage as error:
+        log.warning("%s", error)
         return {}
 
 

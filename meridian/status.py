@@ -25,19 +25,20 @@ def collect_status(spec: PlatformSpec, state: PlatformState | None) -> dict[str,
                 continue
             for replica in deployment.get("replicas") or []:
                 replica_states[replica["state"]] = replica_states.get(replica["state"], 0) + 1
-        view = routed.get(region.name, {})
+        view = routed.get(region.name)
+        status = view.status if view else None
         regions.append(
             {
                 "name": region.name,
-                "healthy": bool(view.get("healthy")),
-                "last_error": view.get("last_error"),
+                "healthy": bool(view and view.healthy),
+                "last_error": view.last_error if view else None,
                 "app_status": app.get("status", "NOT_RUNNING"),
                 "replica_states": replica_states,
-                "ready_replicas": view.get("ready_replicas", 0),
-                "engine": (view.get("status") or {}).get("engine", {}),
+                "ready_replicas": view.ready_replicas if view else 0,
+                "engine": status.engine.model_dump() if status else {},
                 # The autoscaler's last target and why; None for a fixed replica count.
-                "autoscaling": (view.get("status") or {}).get("autoscaling"),
-                "in_flight": view.get("in_flight", 0),
+                "autoscaling": status.autoscaling.model_dump() if status and status.autoscaling else None,
+                "in_flight": view.in_flight if view else 0,
             }
         )
     return {

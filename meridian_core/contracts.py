@@ -14,6 +14,8 @@ stops a loop.
   (deployments/region_server.py → autoscaler/live/serve_policy.py).
 - `FleetFloor`: the global loop's replica floor for a region, in Ray's KV
   (capacity/live/capacity_loop.py → autoscaler/live/serve_policy.py).
+- `RouterRegions`: the router's view of every region, its `GET /regions`
+  (geo_router/live/app.py → `meridian status` and `meridian up`'s progress).
 """
 
 from __future__ import annotations
@@ -139,3 +141,23 @@ class ReplicaReport(Contract):
 class FleetFloor(Contract):
     replicas: Count
     reason: Reason
+
+
+class RouterRegion(Contract):
+    """One region as the router sees it: health, breaker, load and its last /status."""
+
+    name: Name
+    healthy: bool
+    breaker_open: bool
+    ready_replicas: Count
+    starting_replicas: Count
+    models: list[Name] = Field(max_length=MAX_MODELS)
+    in_flight: Count
+    # None until the region has answered a poll.
+    status: RegionStatus | None = None
+    last_error: Reason | None = None
+    last_poll_age_s: Seconds | None = None
+
+
+class RouterRegions(Contract):
+    regions: list[RouterRegion] = Field(max_length=MAX_REPLICAS)

@@ -41,6 +41,7 @@ from geo_router.live.requests import (
 from geo_router.live.tracing import tracer_provider
 from geo_router.live.upstream import AiohttpUpstream, HttpxUpstream, Upstream
 from geo_router.policy.scoring import RequestFacts, RoutingMemory, RttCorrector, choose, scoring_from
+from meridian_core.contracts import RouterRegions
 from meridian_core.geo import LatLon
 from meridian_core.spec import PlatformSpec
 
@@ -281,7 +282,7 @@ def create_app(
 
     @app.get("/regions")
     async def regions() -> dict:
-        return {"regions": [r.describe() for r in table.regions.values()]}
+        return RouterRegions(regions=[r.describe() for r in table.regions.values()]).model_dump(mode="json")
 
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:

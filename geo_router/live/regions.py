@@ -15,13 +15,19 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import httpx
 
 from geo_router.live.breaker import CircuitBreaker
 from geo_router.policy.scoring import RegionLoad
-from meridian_core.contracts import MAX_MESSAGE_BYTES, MalformedMessage, RegionStatus, parse
+from meridian_core.contracts import (
+    MAX_MESSAGE_BYTES,
+    MAX_REASON,
+    MalformedMessage,
+    RegionStatus,
+    RouterRegion,
+    parse,
+)
 from meridian_core.geo import LatLon
 
 log = logging.getLogger(__name__)
@@ -115,21 +121,20 @@ class Region:
         self.last_error = None
         self.breaker.record_probe_success(time.monotonic())
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "endpoint": self.endpoint,
-            "location": {"lat": self.location.lat, "lon": self.location.lon},
-            "healthy": self.healthy,
-            "breaker_open": self.breaker.is_open,
-            "ready_replicas": self.ready_replicas,
-            "starting_replicas": self.starting_replicas,
-            "models": sorted(self.models),
-            "in_flight": self.in_flight,
-            "status": self.last_status.model_dump(mode="json") if self.last_status else {},
-            "last_error": self.last_error,
-            "last_poll_age_s": round(time.monotonic() - self.last_poll_at, 3) if self.last_poll_at else None,
-        }
+    def describe(self) -> RouterRegion:
+        """What `GET /regions` says of this region; its endpoint stays inside the router."""
+        return RouterRegion(
+            name=self.name,
+            healthy=self.healthy,
+            breaker_open=self.breaker.is_open,
+            ready_replicas=self.ready_replicas,
+            starting_replicas=self.starting_replicas,
+            models=sorted(self.models),
+            in_flight=self.in_flight,
+            status=self.last_status,
+            last_error=self.last_error[:MAX_REASON] if self.last_error else None,
+            last_poll_age_s=round(time.monotonic() - self.last_poll_at, 3) if self.last_poll_at else None,
+        )
 
 
 class RegionTable:

@@ -15,6 +15,8 @@ from meridian_core.contracts import (
     RegionStatus,
     ReplicaCounts,
     ReplicaReport,
+    RouterRegion,
+    RouterRegions,
     ScalingView,
     parse,
 )
@@ -32,16 +34,29 @@ VIEW = ScalingView(
     recent_requests=120,
     at=1_700_000_000.5,
 )
+STATUS = RegionStatus(
+    region="local/us-east",
+    models=["smollm2-135m-instruct"],
+    replicas=ReplicaCounts(ready=2, starting=1),
+    autoscaling=VIEW,
+    engine=EngineLoad(running=5, waiting=2, kv_cache_usage=0.4),
+    per_replica=[EngineLoad(running=3, waiting=1, kv_cache_usage=0.4), EngineLoad(running=2, waiting=1)],
+)
+ROUTED = RouterRegion(
+    name="local/us-east",
+    healthy=True,
+    breaker_open=False,
+    ready_replicas=2,
+    starting_replicas=1,
+    models=["smollm2-135m-instruct"],
+    in_flight=4,
+    status=STATUS,
+    last_poll_age_s=0.2,
+)
 MESSAGES = [
     VIEW,
-    RegionStatus(
-        region="local/us-east",
-        models=["smollm2-135m-instruct"],
-        replicas=ReplicaCounts(ready=2, starting=1),
-        autoscaling=VIEW,
-        engine=EngineLoad(running=5, waiting=2, kv_cache_usage=0.4),
-        per_replica=[EngineLoad(running=3, waiting=1, kv_cache_usage=0.4), EngineLoad(running=2, waiting=1)],
-    ),
+    STATUS,
+    RouterRegions(regions=[ROUTED, RouterRegion(**{**ROUTED.model_dump(), "status": None, "healthy": False})]),
     ReplicaReport(running=3.0, waiting=1.0, kv_cache_usage=0.2, arrived_total=1e6, ttft_p95_s=0.4),
     FleetFloor(replicas=2, reason="serves gcp/europe-west4: out of capacity there"),
 ]
@@ -66,6 +81,8 @@ GARBAGE = [
     (ReplicaReport, {"running": float("inf")}, "running"),
     (ReplicaReport, {"ttft_p95_s": float("nan")}, "ttft_p95_s"),
     (FleetFloor, {"replicas": 2.5, "reason": "x"}, "replicas"),
+    (RouterRegions, {"regions": [{**ROUTED.model_dump(), "in_flight": -3}]}, "regions.0.in_flight"),
+    (RouterRegions, {"regions": [{**ROUTED.model_dump(), "endpoint": "http://10.0.0.1"}]}, "endpoint"),
 ]
 
 

@@ -76,6 +76,7 @@ def test_failover_before_first_byte(router, fakes, mode):
     assert response.headers["x-meridian-region"] == "local/eu-west"
     regions = router.get("/regions").json()["regions"]
     assert [r["healthy"] for r in regions] == [False, True]
+    assert all("endpoint" not in r for r in regions)  # region addresses stay inside the router
     metrics = router.get("/metrics").text
     assert 'meridian_router_routing_decisions_total{reason="failover",region="local/eu-west"} 1.0' in metrics
     assert "meridian_router_upstream_errors_total{kind=" in metrics
