@@ -29,13 +29,12 @@ from autoscaler.sim.demand_replay import DemandReplayResult  # noqa: E402
 from autoscaler.sim.plot import plot_results  # noqa: E402
 from meridian_core import replica_model  # noqa: E402
 from meridian_core.shared_data import AZURE_CODE_TRACE  # noqa: E402
+from meridian_core.spec import AutoscalingSpec, SLOSpec  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
-SLO_TTFT_S = 2.0
-SLO_ITL_S = 0.2
+SLO = SLOSpec(ttft_p95_ms=2000, itl_p95_ms=200)
 WARMUP_S = 600.0
-MIN_REPLICAS = 1
-MAX_REPLICAS = 512
+AUTOSCALING = AutoscalingSpec(min_replicas=1, max_replicas=512)
 
 
 def _row(result: DemandReplayResult, best: dict[str, DemandReplayResult]) -> str:
@@ -169,6 +168,7 @@ def main() -> None:
     command = shlex.join([_repo_relative(sys.executable), _repo_relative(sys.argv[0]), *sys.argv[1:]])
     run_at, machine = datetime.now(UTC), machine_line()
     profile = replica_model.H100_LLAMA31_8B
+    slo_ttft_s = SLO.ttft_p95_ms / 1000.0
     trace = traces.load(args.trace, "azure")
 
     began = time.perf_counter()
@@ -176,10 +176,8 @@ def main() -> None:
         trace,
         list(lineup.POLICIES),
         profile,
-        SLO_TTFT_S,
-        SLO_ITL_S,
-        MIN_REPLICAS,
-        MAX_REPLICAS,
+        AUTOSCALING,
+        SLO,
         WARMUP_S,
         show_progress=True,
     )
@@ -190,23 +188,19 @@ def main() -> None:
     plot_results(
         [best[n] for n in lineup.POLICIES if n in best],
         png,
-        f"{args.trace.name}, {profile.name}, SLO TTFT {SLO_TTFT_S:g} s / ITL {SLO_ITL_S * 1000:g} ms; best settings",
+        f"{args.trace.name}, {profile.name}, SLO TTFT {slo_ttft_s:g} s / ITL {SLO.itl_p95_ms:g} ms; best settings",
     )
 
     fleet = traces.superpose(trace, args.fleet_scale)
     began = time.perf_counter()
-    meridian_fleet = run(
-        fleet, ["meridian"], profile, SLO_TTFT_S, SLO_ITL_S, MIN_REPLICAS, MAX_REPLICAS, WARMUP_S, show_progress=True
-    )
+    meridian_fleet = run(fleet, ["meridian"], profile, AUTOSCALING, SLO, WARMUP_S, show_progress=True)
     per_run_s = (time.perf_counter() - began) / len(meridian_fleet)
     peers_fleet = run(
         fleet,
         [name for name in lineup.POLICIES if name != "meridian"],
         profile,
-        SLO_TTFT_S,
-        SLO_ITL_S,
-        MIN_REPLICAS,
-        MAX_REPLICAS,
+        AUTOSCALING,
+        SLO,
         WARMUP_S,
         show_progress=True,
     )
@@ -228,11 +222,11 @@ def main() -> None:
         f"step {profile.decode_base_s * 1000:g} ms + {profile.decode_per_seq_s * 1000:g} ms/seq, "
         f"KV {profile.kv_capacity_tokens:,} tokens, cold start {profile.cold_start_s:g} s, "
         f"${profile.usd_per_gpu_hour}/GPU-h; sources in meridian_core/replica_model.py). "
-        f"SLO: TTFT ≤ {SLO_TTFT_S:g} s and mean ITL ≤ {SLO_ITL_S * 1000:g} ms per request. "
+        f"SLO: TTFT ≤ {slo_ttft_s:g} s and mean ITL ≤ {SLO.itl_p95_ms:g} ms per request. "
         f"Every autoscaler starts from the same ready replicas, the trace's first-minute prefill work "
         f"(`lineup.opening_replicas`; static: its count); requests arriving "
         f"in the first {WARMUP_S:g} s and replica time in them are not counted. "
-        f"Replicas bounded to [{MIN_REPLICAS}, {MAX_REPLICAS}].",
+        f"Replicas bounded to [{AUTOSCALING.min_replicas}, {AUTOSCALING.max_replicas}].",
         "",
         "## Goal",
         "",
@@ -241,7 +235,7 @@ def main() -> None:
         "",
         "## The trace's bursts",
         "",
-        *burst_lines(trace, profile, SLO_TTFT_S),
+        *burst_lines(trace, profile, slo_ttft_s),
         "",
         "## Every policy and setting",
         "",

@@ -1,10 +1,13 @@
 """Replay the Mooncake conversation trace under every routing policy at several cache
 sizes; write benchmarks/results/routing_simulation.md from that one run.
 
-    .venv/bin/python benchmarks/routing_sim.py [--trace PATH] [--regions SPEC] [--cache-blocks 500 2000 8000]
+    .venv/bin/python benchmarks/routing_sim.py [--trace PATH] [--regions SPEC] [--profile NAME]
+        [--cache-blocks 500 2000 8000]
 
-Each cache size is what `meridian simulate routing --cache-blocks N --json` prints; every
-figure in the report is computed here from those results.
+Each cache size is what `meridian simulate routing --profile NAME --cache-blocks N --json`
+prints; every figure in the report is computed here from those results. The replicas serve
+by the profile named explicitly (the simulator's truth, which Meridian's policy also
+estimates with): by default `llama-3.1-8b-h100`, since the Mooncake trace was served on GPUs.
 """
 
 from __future__ import annotations
@@ -23,13 +26,14 @@ BIN = Path(sys.executable).parent
 RESULTS = REPO / "benchmarks" / "results"
 sys.path.insert(0, str(REPO))
 
+from meridian_core.replica_model import H100_LLAMA31_8B, PROFILES  # noqa: E402
 from meridian_core.shared_data import MOONCAKE_TRACE  # noqa: E402
 
 
-def simulate(trace: Path, regions: Path, cache_blocks: int) -> list[dict]:
+def simulate(trace: Path, regions: Path, profile: str, cache_blocks: int) -> list[dict]:
     command = [
         str(BIN / "meridian"), "simulate", "routing", "--trace", str(trace), "--regions", str(regions),
-        "--cache-blocks", str(cache_blocks), "--json",
+        "--profile", profile, "--cache-blocks", str(cache_blocks), "--json",
     ]  # fmt: skip
     return json.loads(subprocess.run(command, capture_output=True, text=True, check=True, cwd=REPO).stdout)
 
@@ -38,7 +42,8 @@ def best(rows: list[dict], key: str) -> str:
     return min(rows, key=lambda row: row[key])["policy"]
 
 
-def render(command: str, trace: Path, regions: Path, runs: dict[int, list[dict]], seconds: float) -> str:
+def render(command: str, trace: Path, regions: Path, profile: str, runs: dict[int, list[dict]], seconds: float) -> str:
+    replica = PROFILES[profile]
     lines = [
         "# Routing policies on a request trace (simulated)",
         "",
@@ -46,6 +51,11 @@ def render(command: str, trace: Path, regions: Path, runs: dict[int, list[dict]]
         "",
         f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {seconds:.0f} s. Trace `{trace.name}`, regions and "
         f"`router.scoring` from `{regions.relative_to(REPO) if regions.is_relative_to(REPO) else regions}`. "
+        f"Every replica serves by the `{profile}` profile (`meridian_core/replica_model.py`: "
+        f"{replica.accelerator}, prefill {replica.prefill_tokens_per_s:,.0f} tok/s first come first served, decode "
+        f"step {replica.decode_base_s * 1000:g} ms + {replica.decode_per_seq_s * 1000:g} ms/seq, "
+        f"{replica.max_num_seqs} sequences, KV {replica.kv_capacity_tokens:,} tokens): the simulator's truth, and "
+        "what Meridian's policy estimates with. "
         "The simulator is deterministic; its model is described in `geo_router/sim/routing_replay.py`. The Meridian "
         "policy is the live router's scorer (`geo_router/policy/scoring.py`).",
         "",
@@ -79,6 +89,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trace", type=Path, default=MOONCAKE_TRACE)
     parser.add_argument("--regions", type=Path, default=REPO / "configs" / "sim-global.yaml")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default=H100_LLAMA31_8B.name)
     parser.add_argument("--cache-blocks", type=int, nargs="+", default=[500, 2000, 8000])
     parser.add_argument("--out", type=Path, default=RESULTS / "routing_simulation.md")
     args = parser.parse_args()
@@ -88,9 +99,10 @@ def main() -> None:
     runs = {}
     for blocks in args.cache_blocks:
         print(f"cache {blocks} blocks ...", flush=True)
-        runs[blocks] = simulate(args.trace, args.regions.resolve(), blocks)
+        runs[blocks] = simulate(args.trace, args.regions.resolve(), args.profile, blocks)
     command = shlex.join(["python", "benchmarks/routing_sim.py", *sys.argv[1:]])
-    args.out.write_text(render(command, args.trace, args.regions.resolve(), runs, time.monotonic() - began))
+    report = render(command, args.trace, args.regions.resolve(), args.profile, runs, time.monotonic() - began)
+    args.out.write_text(report)
     print(f"wrote {args.out}")
 
 

@@ -60,7 +60,11 @@ def deployment_config_for(args: RegionAppArgs) -> dict[str, Any]:
         "policy": {
             "policy_function": SCALING_POLICY,
             # The spec's sections as they are; the policy validates them as the same types.
-            "policy_kwargs": {"autoscaling": scaling.model_dump(mode="json"), "slo": args.slo.model_dump(mode="json")},
+            "policy_kwargs": {
+                "autoscaling": scaling.model_dump(mode="json"),
+                "slo": args.slo.model_dump(mode="json"),
+                "profile": args.region.profile,
+            },
         },
     }
     return config

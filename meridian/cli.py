@@ -22,6 +22,7 @@ from capacity.live.report import report_rows
 from meridian import demo, launcher
 from meridian.serve_config import serve_config
 from meridian.status import collect_status
+from meridian_core.replica_model import PROFILES
 from meridian_core.shared_data import MOONCAKE_TRACE
 from meridian_core.spec import SpecError, load_spec
 from meridian_host import models
@@ -225,44 +226,45 @@ def models_pull(spec: SpecArg = DEFAULT_SPEC) -> None:
 @simulate_app.command("routing")
 def simulate_routing(
     trace: Annotated[Path, typer.Option(help="Mooncake-format JSONL trace")] = MOONCAKE_TRACE,
-    regions: Annotated[Path, typer.Option(help="spec whose regions and router.scoring are simulated")] = Path(
-        "configs/sim-global.yaml"
-    ),
+    regions: Annotated[
+        Path, typer.Option(help="spec whose regions (with their profiles) and router.scoring are simulated")
+    ] = Path("configs/sim-global.yaml"),
+    profile: Annotated[
+        str | None,
+        typer.Option(
+            help=f"replica profile every region's replicas serve by ({', '.join(PROFILES)}); "
+            "default: each region's own `profile` in the spec"
+        ),
+    ] = None,
     limit: Annotated[int | None, typer.Option(help="replay only the first N requests")] = None,
     cache_blocks: Annotated[int, typer.Option(help="prefix blocks each replica caches")] = 2000,
     as_json: Annotated[bool, typer.Option("--json", help="print machine-readable JSON")] = False,
 ) -> None:
     """Compare nearest, least-load, prefix-aware-in-region and Meridian's scorer on a trace."""
-    from geo_router.policy.scoring import scoring_from
     from geo_router.sim import routing_replay
     from meridian_core.geo import LatLon
 
     platform = _load(regions)
+    if profile is not None and profile not in PROFILES:
+        errors.print(f"[red]unknown profile {profile!r}[/red]; choose from {', '.join(PROFILES)}")
+        raise typer.Exit(2)
     if not trace.is_file():
         errors.print(f"[red]no trace at {trace}[/red] (pass --trace PATH)")
         raise typer.Exit(2)
-    scoring = platform.router.scoring
-    model = routing_replay.ReplicaModel(
-        prefill_ms_per_token=scoring.prefill_ms_per_token,
-        decode_ms_per_token=scoring.decode_ms_per_token,
-        batch_slots=scoring.batch_slots,
-        cache_blocks=cache_blocks,
-    )
     sim_regions = [
-        routing_replay.SimRegion(r.name, LatLon(r.location.lat, r.location.lon), r.replicas) for r in platform.regions
+        routing_replay.SimRegion(
+            r.name, LatLon(r.location.lat, r.location.lon), r.replicas, PROFILES[profile or r.profile]
+        )
+        for r in platform.regions
     ]
     with console.status(f"replaying {trace.name}"):
         requests = routing_replay.load_mooncake(trace, limit)
-        results = routing_replay.compare_policies(
-            requests,
-            sim_regions,
-            model,
-            *scoring_from(scoring.model_dump()),
-        )
+        results = routing_replay.compare_policies(requests, sim_regions, cache_blocks, platform.router.scoring)
     if as_json:
         typer.echo(json.dumps([r.as_dict() for r in results], indent=2))
         return
-    table = Table(title=f"{len(requests)} requests of {trace.name} over {len(sim_regions)} regions")
+    served_by = ", ".join(sorted({r.profile.name for r in sim_regions}))
+    table = Table(title=f"{len(requests)} requests of {trace.name} over {len(sim_regions)} regions of {served_by}")
     for column in ("policy", "TTFT mean ms", "TTFT p99 ms", "cache hit rate", "spill rate", "mean RTT ms"):
         table.add_column(column)
     for result in results:

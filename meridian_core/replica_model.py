@@ -1,5 +1,6 @@
-"""How fast one replica serves: the performance model shared by Meridian's policy (its
-SLO capacity) and the simulator (request service).
+"""How fast one replica serves: the one performance model, shared by the router (its TTFT
+estimate), the autoscaler (its SLO capacity) and the simulators (request service). Each
+region of a spec names its profile (`regions[].profile`, one of `PROFILES`).
 
 A replica runs vLLM-style continuous batching. Each engine step decodes one token for
 every running sequence and prefills up to `max_batched_tokens` prompt tokens (chunked

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from meridian_core.capacity_spec import CapacitySpec
+from meridian_core.replica_model import PROFILES
 
 # Linux hands out ports from 32768 up to outgoing connections and to processes that
 # bind port 0; ports Ray must be able to bind are chosen below that.
@@ -83,27 +84,17 @@ class ModelSpec(StrictModel):
 class AutoscalingSpec(StrictModel):
     """Replica bounds for one region; autoscaler/ picks the target between them."""
 
-    min_replicas: int = Field(default=1, ge=0, le=64)
-    max_replicas: int = Field(default=1, ge=1, le=64)
+    # Up to 512: the simulators size one region's fleet of GPU replicas to that many.
+    min_replicas: int = Field(default=1, ge=0, le=512)
+    max_replicas: int = Field(default=1, ge=1, le=512)
     # With min_replicas 0, a region with no arrivals for this long scales to zero.
     idle_to_zero_s: float = Field(default=300.0, gt=0)
     # Used until a replica start has been measured.
     cold_start_s: float = Field(default=90.0, gt=0)
-    # The replica performance profile the policy plans capacity with (meridian_core/replica_model.py).
-    profile: str = "smollm2-135m-cpu"
     # How long replicas are kept after demand falls; unset: one measured cold start.
     scale_down_after_s: float | None = Field(default=None, ge=0)
     # Replicas stay sized for the bursts seen this far back (autoscaler/policy/slo_policy.py).
     burst_window_s: float = Field(default=900.0, gt=0)
-
-    @field_validator("profile")
-    @classmethod
-    def _known_profile(cls, value: str) -> str:
-        from meridian_core.replica_model import PROFILES
-
-        if value not in PROFILES:
-            raise ValueError(f"unknown profile {value!r}; known: {sorted(PROFILES)}")
-        return value
 
     @model_validator(mode="after")
     def _bounds(self) -> AutoscalingSpec:
@@ -128,12 +119,23 @@ class RegionSpec(StrictModel):
     # The accelerator each node of the region carries, as the price catalog names it
     # ("cpu" for CPU-only nodes; "H100", "A100", "L4", ...): what the capacity loop buys.
     accelerator: str = Field(default="cpu", min_length=1, max_length=32)
+    # How fast one of the region's replicas serves, a name in meridian_core/replica_model.py's
+    # PROFILES: what the router estimates TTFT with, the autoscaler plans capacity with and
+    # the simulators serve by.
+    profile: str = "smollm2-135m-cpu"
 
     @field_validator("name")
     @classmethod
     def _name_shape(cls, value: str) -> str:
         if not REGION_NAME.match(value):
             raise ValueError("must look like '<cloud>/<region>' in lower case, e.g. 'local/us-east'")
+        return value
+
+    @field_validator("profile")
+    @classmethod
+    def _known_profile(cls, value: str) -> str:
+        if value not in PROFILES:
+            raise ValueError(f"unknown replica profile {value!r}; known: {', '.join(sorted(PROFILES))}")
         return value
 
     @property
@@ -201,15 +203,16 @@ class AuthSpec(StrictModel):
 
 
 class ScoringSpec(StrictModel):
-    """The router's TTFT model (geo_router/policy/scoring.py) and its stickiness."""
+    """How the router chooses among regions (geo_router/policy/scoring.py): its stickiness and
+    its workload assumptions. Replica speed is each region's `profile`."""
 
+    # Keep a prefix or a session where it is unless elsewhere is faster by more than this.
     affinity_margin_ms: float = Field(default=50.0, ge=0)
+    # The region a client area used last must be beaten by this much to be left.
     hysteresis_ms: float = Field(default=20.0, ge=0)
-    # Replica speed; the router corrects its estimates online from observed answers.
-    prefill_ms_per_token: float = Field(default=0.5, gt=0)
-    batch_slots: int = Field(default=16, ge=1)
+    # A typical request queued ahead of a new one: the prompt tokens it prefills and the
+    # output tokens it decodes (it then holds a sequence slot and its KV cache).
     typical_prompt_tokens: int = Field(default=512, ge=1)
-    decode_ms_per_token: float = Field(default=50.0, gt=0)
     typical_output_tokens: int = Field(default=256, ge=1)
     # Longest a request waits for a cold region's replica to start while a warm region
     # could take it; with every region cold it waits for the soonest start.

@@ -49,7 +49,7 @@ MUTATIONS = (
     Mutation(
         "autoscaler/policy/slo_policy.py",
         "        return ScalingDecision(target, reason), new_state",
-        "        return ScalingDecision(max(signals.ready, config.min_replicas), reason), new_state",
+        "        return ScalingDecision(max(signals.ready, scaling.min_replicas), reason), new_state",
         "the policy never acts: it keeps the replicas it has",
     ),
     Mutation(
@@ -130,13 +130,14 @@ MUTATIONS = (
     ),
     Mutation(
         "geo_router/policy/scoring.py",
-        "        return estimates[name].ttft_ms - (policy.hysteresis_ms if name == previous else 0.0)",
+        "        return estimates[name].ttft_ms - (scoring.hysteresis_ms if name == previous else 0.0)",
         "        return estimates[name].ttft_ms",
         "no hysteresis",
     ),
     Mutation(
         "geo_router/policy/scoring.py",
-        "    if sticky is not None and sticky[0] != best and cost(sticky[0]) <= cost(best) + policy.affinity_margin_ms",
+        "    if sticky is not None and sticky[0] != best and cost(sticky[0]) <= cost(best) "
+        "+ scoring.affinity_margin_ms",
         "    if False",
         "no prefix or session affinity",
     ),
@@ -151,6 +152,30 @@ MUTATIONS = (
         "        return sum(self.correction_ms.values()) / len(self.correction_ms)",
         "        return 0.0",
         "an unobserved region does not inherit the fleet's RTT correction",
+    ),
+    Mutation(
+        "geo_router/policy/scoring.py",
+        "            profiles[r.name],\n",
+        "            profiles[regions[0].name],\n",
+        "every region's TTFT is estimated with one region's replica profile",
+    ),
+    Mutation(
+        "geo_router/policy/scoring.py",
+        "    queue = 1000.0 * max(prefill_ahead_s, slot_wait_s)",
+        "    queue = 1000.0 * prefill_ahead_s",
+        "the estimate ignores waiting for a sequence slot",
+    ),
+    Mutation(
+        "geo_router/sim/routing_replay.py",
+        " or self.kv_tokens + kv_needed > profile.kv_capacity_tokens",
+        "",
+        "the routing simulator's replicas never run out of KV cache",
+    ),
+    Mutation(
+        "meridian/cli.py",
+        "PROFILES[profile or r.profile]",
+        "PROFILES[r.profile]",
+        "`meridian simulate routing --profile` is ignored",
     ),
     Mutation(
         "meridian_core/rtt.py",
@@ -262,6 +287,12 @@ MUTATIONS = (
         "    lat: float = Field(ge=-90, le=90)",
         "    lat: float",
         "a latitude out of range is accepted",
+    ),
+    Mutation(
+        "meridian_core/spec.py",
+        "        if value not in PROFILES:",
+        "        if False:",
+        "a region naming an unknown replica profile is accepted",
     ),
     Mutation(
         "deployments/engine_stats.py",

@@ -52,23 +52,22 @@ class RegionAutoscalingPolicy:
         *,
         autoscaling: dict[str, Any],
         slo: dict[str, Any],
+        profile: str,
         decision_interval_s: float = 5.0,
         history_s: float = 1800.0,
     ):
-        # The spec's sections as the Serve config carries them, read back as the same types.
+        # The spec's sections as the Serve config carries them, read back as the same types;
+        # `profile` is the region's, by name.
         scaling = AutoscalingSpec.model_validate(autoscaling)
-        slo_spec = SLOSpec.model_validate(slo)
         self.decision_interval_s = decision_interval_s
         self._min_replicas = scaling.min_replicas
         self._max_replicas = scaling.max_replicas
         self._policy = SloPolicy(
-            SloPolicyConfig.from_specs(
-                scaling,
-                slo_spec,
-                PROFILES[scaling.profile],
+            SloPolicyConfig(
+                autoscaling=scaling,
+                slo=SLOSpec.model_validate(slo),
+                profile=PROFILES[profile],
                 interval_s=decision_interval_s,
-                scale_down_window_s=scaling.scale_down_after_s,
-                burst_window_s=scaling.burst_window_s,
             )
         )
         self._tracker = ReplicaReportTracker(history_s)

@@ -26,7 +26,7 @@ Each decision:
    requests, and a burst is over before any cold start, so standing capacity follows
    the bursts that recent requests actually arrived in.
 4. **Scale-down with hysteresis** — scale-up is immediate; the target is the largest
-   desired count over the last `scale_down_window_s` (default: one cold start — an
+   desired count over the last `scale_down_after_s` (unset: one cold start — an
    idle replica is kept as long as restarting it would cost, the ski-rental break-even),
    and the simulator/adapter drains the replicas it stops.
 5. **Scale to zero** — with `min_replicas` 0, after `idle_to_zero_s` without arrivals.
@@ -46,14 +46,13 @@ from meridian_core.spec import AutoscalingSpec, SLOSpec
 
 
 class SloPolicyConfig(BaseModel):
+    """The spec's own sections for one region, and the policy's internal tuning."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    autoscaling: AutoscalingSpec
+    slo: SLOSpec
     profile: ReplicaProfile
-    min_replicas: int = Field(default=1, ge=0)
-    max_replicas: int = Field(default=512, ge=1)
-    idle_to_zero_s: float = Field(default=300.0, gt=0)
-    slo_ttft_s: float = Field(default=2.0, gt=0)
-    slo_itl_s: float = Field(default=0.2, gt=0)
     # Fraction of requests the capacity plan keeps within both targets.
     attainment: float = Field(default=0.99, gt=0.5, lt=1)
     interval_s: float = Field(default=5.0, gt=0)
@@ -61,29 +60,11 @@ class SloPolicyConfig(BaseModel):
     short_window_s: float = Field(default=30.0, gt=0)
     long_window_s: float = Field(default=120.0, gt=0)
     trend_window_s: float = Field(default=300.0, gt=0)
-    # Bursts: the rate of the bins that `attainment` of recent requests arrived in.
-    burst_window_s: float = Field(default=900.0, gt=0)
-    # None: one cold start.
-    scale_down_window_s: float | None = Field(default=None, ge=0)
     season_min_corr: float = Field(default=0.6, gt=0, le=1)
     season_min_period_s: float = Field(default=60.0, gt=0)
     correction_step: float = Field(default=1.25, gt=1)
     correction_max: float = Field(default=3.0, ge=1)
     correction_decay: float = Field(default=0.97, gt=0, lt=1)
-
-    @classmethod
-    def from_specs(
-        cls, autoscaling: AutoscalingSpec, slo: SLOSpec, profile: ReplicaProfile, **knobs: object
-    ) -> SloPolicyConfig:
-        return cls(
-            profile=profile,
-            min_replicas=autoscaling.min_replicas,
-            max_replicas=autoscaling.max_replicas,
-            idle_to_zero_s=autoscaling.idle_to_zero_s,
-            slo_ttft_s=slo.ttft_p95_ms / 1000.0,
-            slo_itl_s=slo.itl_p95_ms / 1000.0,
-            **knobs,
-        )
 
 
 def _bins(demand: tuple[DemandSample, ...], now: float, bin_s: float) -> np.ndarray:
@@ -151,6 +132,8 @@ class SloPolicy:
 
     def decide(self, signals: RegionSignals, state: PolicyState) -> tuple[ScalingDecision, PolicyState]:
         config = self.config
+        scaling = config.autoscaling
+        slo_ttft_s, slo_itl_s = config.slo.ttft_p95_ms / 1000.0, config.slo.itl_p95_ms / 1000.0
         now = signals.now_s
         bins = _bins(signals.demand, now, config.bin_s)
         rates = bins[:, 0] / config.bin_s
@@ -196,19 +179,19 @@ class SloPolicy:
         needed = replicas_needed(
             config.profile,
             Workload(forecast, max(prompt_mean, 1.0), max(output_mean, 1.0)),
-            config.slo_ttft_s,
-            config.slo_itl_s,
+            slo_ttft_s,
+            slo_itl_s,
             config.attainment,
-            config.max_replicas,
+            scaling.max_replicas,
         )
 
         # Bursts, as a fluid: the prompt tokens of a TTFT-long burst must prefill within it.
         durations = [sample.duration_s for sample in signals.demand[-16:]]
-        burst_bin_s = max(config.slo_ttft_s, max(durations, default=0.0))
-        recent_demand = tuple(d for d in signals.demand if d.start_s >= now - config.burst_window_s)
+        burst_bin_s = max(slo_ttft_s, max(durations, default=0.0))
+        recent_demand = tuple(d for d in signals.demand if d.start_s >= now - scaling.burst_window_s)
         burst_rate = _burst_tokens_per_s(_bins(recent_demand, now, burst_bin_s), burst_bin_s, config.attainment)
         replica_tokens_per_s = max(prompt_mean, 1.0) / config.profile.prefill_s(max(prompt_mean, 1.0), 1.0)
-        burst_needed = min(math.ceil(burst_rate / replica_tokens_per_s - 1e-9), config.max_replicas)
+        burst_needed = min(math.ceil(burst_rate / replica_tokens_per_s - 1e-9), scaling.max_replicas)
         if burst_needed > needed:
             needed = burst_needed
             source = "burst"
@@ -217,8 +200,8 @@ class SloPolicy:
         # A breach shorter than a cold start is over before new replicas could help (a
         # burst); one that outlasts it means the capacity model is off, so correct it.
         correction = float(state.get("correction", 1.0))
-        breached = (signals.ttft_ms is not None and signals.ttft_ms > config.slo_ttft_s * 1000.0) or (
-            signals.itl_ms is not None and signals.itl_ms > config.slo_itl_s * 1000.0
+        breached = (signals.ttft_ms is not None and signals.ttft_ms > config.slo.ttft_p95_ms) or (
+            signals.itl_ms is not None and signals.itl_ms > config.slo.itl_p95_ms
         )
         breach_since = state.get("breach_since") if breached else None
         if breached and breach_since is None:
@@ -239,20 +222,20 @@ class SloPolicy:
         if period:
             reason += f"; period {period * config.bin_s:.0f} s"
 
-        hold_s = signals.cold_start_s if config.scale_down_window_s is None else config.scale_down_window_s
+        hold_s = signals.cold_start_s if scaling.scale_down_after_s is None else scaling.scale_down_after_s
         recent = [entry for entry in state.get("recent", []) if entry[0] > now - hold_s]
         recent.append([now, desired])
         target = max(entry[1] for entry in recent)
         if target > desired:
             reason += f"; holding {target} for the {hold_s:.0f} s scale-down window"
 
-        if config.min_replicas == 0 and now - last_arrival >= config.idle_to_zero_s and signals.waiting == 0:
+        if scaling.min_replicas == 0 and now - last_arrival >= scaling.idle_to_zero_s and signals.waiting == 0:
             target = 0
-            reason = f"idle {now - last_arrival:.0f} s ≥ {config.idle_to_zero_s:.0f} s: scale to zero"
-        elif config.min_replicas == 0 and target == 0 and now - last_arrival < config.idle_to_zero_s:
+            reason = f"idle {now - last_arrival:.0f} s ≥ {scaling.idle_to_zero_s:.0f} s: scale to zero"
+        elif scaling.min_replicas == 0 and target == 0 and now - last_arrival < scaling.idle_to_zero_s:
             target = 1
-            reason += f"; kept at 1 until {config.idle_to_zero_s:.0f} s idle"
-        target = min(max(target, config.min_replicas), config.max_replicas)
+            reason += f"; kept at 1 until {scaling.idle_to_zero_s:.0f} s idle"
+        target = min(max(target, scaling.min_replicas), scaling.max_replicas)
 
         new_state: PolicyState = {
             "last_arrival": last_arrival,

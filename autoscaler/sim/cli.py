@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -15,6 +16,7 @@ from rich.table import Table
 from autoscaler.sim import demand_replay, lineup, traces
 from meridian_core import replica_model
 from meridian_core.shared_data import AZURE_CODE_TRACE
+from meridian_core.spec import AutoscalingSpec, SLOSpec, format_validation_error
 
 SLO_GOAL = 0.99
 console = Console()
@@ -30,18 +32,14 @@ def run(
     trace: traces.Trace,
     policies: list[str],
     profile: replica_model.ReplicaProfile,
-    slo_ttft_s: float,
-    slo_itl_s: float,
-    min_replicas: int,
-    max_replicas: int,
+    autoscaling: AutoscalingSpec,
+    slo: SLOSpec,
     warmup_s: float,
     show_progress: bool,
 ) -> list[demand_replay.DemandReplayResult]:
-    """Every setting of every named policy over `trace`."""
-    lineups = [
-        (name, lineup.contenders(name, trace, profile, slo_ttft_s, slo_itl_s, min_replicas, max_replicas))
-        for name in policies
-    ]
+    """Every setting of every named policy over `trace`, for one region with the spec's
+    `autoscaling` and `slo`, its replicas serving by `profile`."""
+    lineups = [(name, lineup.contenders(name, trace, profile, autoscaling, slo)) for name in policies]
     total = sum(len(c) for _, c in lineups)
     results: list[demand_replay.DemandReplayResult] = []
     with Progress(
@@ -59,11 +57,11 @@ def run(
                 bar.update(task, description=f"{name} {contender.setting}")
                 config = demand_replay.DemandReplayConfig(
                     profile=profile,
-                    slo_ttft_s=slo_ttft_s,
-                    slo_itl_s=slo_itl_s,
-                    min_replicas=min_replicas,
-                    max_replicas=max_replicas,
-                    initial_replicas=lineup.initial_replicas(contender, trace, profile, min_replicas),
+                    slo_ttft_s=slo.ttft_p95_ms / 1000.0,
+                    slo_itl_s=slo.itl_p95_ms / 1000.0,
+                    min_replicas=autoscaling.min_replicas,
+                    max_replicas=autoscaling.max_replicas,
+                    initial_replicas=lineup.initial_replicas(contender, trace, profile, autoscaling.min_replicas),
                     warmup_s=warmup_s,
                 )
                 start = done
@@ -106,6 +104,11 @@ def simulate_autoscale(
         raise _fail(f"unknown --format {trace_format!r}; choose from {', '.join(traces.FORMATS)}")
     if min_replicas > max_replicas:
         raise _fail(f"--min-replicas ({min_replicas}) exceeds --max-replicas ({max_replicas})")
+    try:
+        autoscaling = AutoscalingSpec(min_replicas=min_replicas, max_replicas=max_replicas)
+        slo = SLOSpec(ttft_p95_ms=slo_ttft_ms, itl_p95_ms=slo_itl_ms)
+    except ValidationError as error:
+        raise _fail(f"outside what a spec allows:\n{format_validation_error(error)}") from None
     if not trace.is_file():
         raise _fail(f"no trace at {trace} (pass --trace PATH)")
     try:
@@ -113,17 +116,7 @@ def simulate_autoscale(
     except traces.TraceError as error:
         raise _fail(str(error)) from None
     began = time.perf_counter()
-    results = run(
-        loaded,
-        names,
-        replica_model.PROFILES[profile],
-        slo_ttft_ms / 1000.0,
-        slo_itl_ms / 1000.0,
-        min_replicas,
-        max_replicas,
-        warmup_s,
-        show_progress=not as_json,
-    )
+    results = run(loaded, names, replica_model.PROFILES[profile], autoscaling, slo, warmup_s, show_progress=not as_json)
     elapsed = time.perf_counter() - began
     best = lineup.best_settings(results, SLO_GOAL)
     if plot is not None:

@@ -23,6 +23,7 @@ from autoscaler.sim.peer_autoscalers import (
 )
 from autoscaler.sim.traces import Trace
 from meridian_core.replica_model import ReplicaProfile
+from meridian_core.spec import AutoscalingSpec, SLOSpec
 
 POLICIES = ("meridian", "ray-serve", "skyserve", "knative-kpa", "static")
 
@@ -50,21 +51,15 @@ def peak_replicas(trace: Trace, profile: ReplicaProfile, bin_s: float = 10.0) ->
 
 
 def contenders(
-    name: str,
-    trace: Trace,
-    profile: ReplicaProfile,
-    slo_ttft_s: float,
-    slo_itl_s: float,
-    min_replicas: int,
-    max_replicas: int,
+    name: str, trace: Trace, profile: ReplicaProfile, autoscaling: AutoscalingSpec, slo: SLOSpec
 ) -> list[Contender]:
-    bounds = {"min_replicas": min_replicas, "max_replicas": max_replicas}
+    """Every setting of policy `name` for one region with the spec's `autoscaling` and `slo`;
+    the peers get the same replica bounds."""
+    bounds = {"min_replicas": autoscaling.min_replicas, "max_replicas": autoscaling.max_replicas}
     if name == "meridian":
         return [
             Contender(
-                SloPolicy(
-                    SloPolicyConfig(profile=profile, slo_ttft_s=slo_ttft_s, slo_itl_s=slo_itl_s, attainment=a, **bounds)
-                ),
+                SloPolicy(SloPolicyConfig(autoscaling=autoscaling, slo=slo, profile=profile, attainment=a)),
                 f"attainment={a:g}",
             )
             for a in MERIDIAN_ATTAINMENT

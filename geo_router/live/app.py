@@ -40,9 +40,10 @@ from geo_router.live.requests import (
 )
 from geo_router.live.tracing import tracer_provider
 from geo_router.live.upstream import AiohttpUpstream, HttpxUpstream, Upstream
-from geo_router.policy.scoring import RequestFacts, RoutingMemory, RttCorrector, choose, scoring_from
+from geo_router.policy.scoring import RequestFacts, RoutingMemory, RttCorrector, choose
 from meridian_core.contracts import RouterRegions
 from meridian_core.geo import LatLon
+from meridian_core.replica_model import PROFILES
 from meridian_core.spec import PlatformSpec
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ def create_app(
         on_malformed=lambda error: metrics.malformed.labels(contract=error.contract).inc(),
     )
     proxy = Proxy(upstream, metrics, settings.upstream_timeout_s)
-    perf, policy = scoring_from(settings.scoring.model_dump())
+    profiles = {r.name: PROFILES[r.profile] for r in spec.regions}
     memory = RoutingMemory()
     corrector = RttCorrector()
     tracer = tracer_provider(span_processor).get_tracer("geo_router")
@@ -224,7 +225,9 @@ def create_app(
                     headers={"Retry-After": retry},
                 )
         candidates, panic = table.servable(parsed.model)
-        decision = choose([r.load(corrector.correction_for(r.name)) for r in candidates], facts, memory, perf, policy)
+        decision = choose(
+            [r.load(corrector.correction_for(r.name)) for r in candidates], facts, memory, profiles, settings.scoring
+        )
         if decision is None:
             metrics.requests.labels("none", parsed.model, "503").inc()
             return error_response(

@@ -5,39 +5,38 @@
 per region, and a choice among them that keeps shared prefixes and sessions where
 they already are and does not flap. Pure: plain data in, a decision out; the live
 router and the simulator call the same functions.
+
+Replica speed is the region's `ReplicaProfile` (meridian_core/replica_model.py, the one
+model of it). The region's load is taken as spread evenly over its n ready replicas: r
+running and w waiting requests each. A replica batches continuously and prefills first
+come, first served, so a new request starts once both
+
+- the prefill ahead of it is done: each waiting request prefills a typical prompt while
+  r sequences decode, w · prefill_s(typical prompt, r); and
+- a sequence slot is free: a replica runs at most S sequences, `max_num_seqs` or as many
+  typical requests (prompt + output tokens) as its KV cache holds, if fewer. With all S
+  taken one finishes about every typical output · decode_step_s(S) / S, so the
+  r + w + 1 − S requests beyond them wait that long each.
+
+The queueing delay is the longer of the two: whichever stage is the bottleneck paces the
+queue, and the other keeps up. The request's own uncached prompt then prefills in
+prefill_s(uncached, r), stretched when the KV cache is nearly full (preemption and
+recomputation). A region with no ready replica adds the time until one is ready.
+"Typical" is the workload the spec's `router.scoring` assumes; what the estimate gets
+wrong, engine speed and network path alike, `RttCorrector` learns from observed answers.
 """
 
 from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Hashable, Sequence
-from dataclasses import dataclass, fields
-from typing import Any
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
 
 from meridian_core.geo import LatLon, haversine_km
+from meridian_core.replica_model import ReplicaProfile
 from meridian_core.rtt import prior_rtt_ms
-
-
-@dataclass(frozen=True)
-class PerfModel:
-    """How fast one replica is: what turns queue lengths and prompt sizes into time."""
-
-    prefill_ms_per_token: float = 0.5
-    # Requests one replica runs at once before more wait (vLLM's running batch).
-    batch_slots: int = 16
-    # A typical request, for how long the requests ahead of this one hold their slots.
-    typical_prompt_tokens: int = 512
-    decode_ms_per_token: float = 50.0
-    typical_output_tokens: int = 256
-
-    @property
-    def slot_hold_ms(self) -> float:
-        """How long a typical request holds a batch slot: its prefill, then its decode."""
-        return (
-            self.typical_prompt_tokens * self.prefill_ms_per_token
-            + self.typical_output_tokens * self.decode_ms_per_token
-        )
+from meridian_core.spec import ScoringSpec
 
 
 @dataclass(frozen=True)
@@ -91,23 +90,28 @@ class RouteDecision:
     estimates: tuple[Estimate, ...]
 
 
-def estimate(region: RegionLoad, request: RequestFacts, cached_tokens: int, perf: PerfModel) -> Estimate:
+def estimate(
+    region: RegionLoad, request: RequestFacts, cached_tokens: int, profile: ReplicaProfile, scoring: ScoringSpec
+) -> Estimate:
     rtt = max(0.0, prior_rtt_ms(haversine_km(request.client, region.location)) + region.rtt_correction_ms)
     replicas = max(1, region.ready_replicas)
     # Polled counts lag by a poll interval; the router's own count is current. Whichever
-    # says more is outstanding is nearer the truth.
+    # says more is outstanding is nearer the truth; what is not running waits.
     outstanding = max(region.running + region.waiting, region.in_flight)
-    ahead = max(0.0, (outstanding - replicas * perf.batch_slots) / replicas)
-    # With every slot busy, one frees about every slot_hold / batch_slots.
-    queue = ahead * perf.slot_hold_ms / perf.batch_slots
+    running = region.running / replicas
+    waiting = max(0, outstanding - region.running) / replicas
+    prefill_ahead_s = waiting * profile.prefill_s(scoring.typical_prompt_tokens, running)
+    typical_tokens = scoring.typical_prompt_tokens + scoring.typical_output_tokens
+    slots = max(1, min(profile.max_num_seqs, profile.kv_capacity_tokens // typical_tokens))
+    beyond_slots = max(0.0, running + waiting + 1 - slots)
+    slot_wait_s = beyond_slots * scoring.typical_output_tokens * profile.decode_step_s(slots) / slots
+    queue = 1000.0 * max(prefill_ahead_s, slot_wait_s)
     if region.cold:
         queue += region.cold_start_ms
-    # Decode tokens of the running batch take little of a chunked-prefill step's token
-    # budget, so a busy replica prefills about as fast as an idle one; a nearly full KV
-    # cache, though, means preemption and recomputation.
+    # A nearly full KV cache means preemption and recomputation.
     pressure = 1.0 / max(0.05, 1.0 - region.kv_cache_usage) if region.kv_cache_usage > 0.9 else 1.0
     uncached = max(0, request.prompt_tokens - cached_tokens)
-    prefill = uncached * perf.prefill_ms_per_token * pressure
+    prefill = 1000.0 * profile.prefill_s(uncached, running) * pressure
     return Estimate(region.name, rtt, queue, prefill, min(cached_tokens, request.prompt_tokens))
 
 
@@ -156,17 +160,6 @@ class PrefixIndex:
             self._regions_of_block.put(block, (regions or frozenset()) | {region})
 
 
-@dataclass(frozen=True)
-class ScoringPolicy:
-    # Keep a prefix or a session where it is unless elsewhere is faster by more than this.
-    affinity_margin_ms: float = 50.0
-    # The region a client area used last must be beaten by this much to be left.
-    hysteresis_ms: float = 20.0
-    # A request waits at most this long for a cold region's replica to start, unless
-    # no warm region could take it (then it waits for the soonest, never a 503).
-    max_hold_ms: float = 30_000.0
-
-
 class RoutingMemory:
     """What the scorer remembers between requests: prefixes, sessions, last choices."""
 
@@ -187,10 +180,11 @@ def choose(
     regions: Sequence[RegionLoad],
     request: RequestFacts,
     memory: RoutingMemory,
-    perf: PerfModel = PerfModel(),
-    policy: ScoringPolicy = ScoringPolicy(),
+    profiles: Mapping[str, ReplicaProfile],
+    scoring: ScoringSpec,
 ) -> RouteDecision | None:
     """Rank the regions (all able to serve) for `request`; None if there are none.
+    `profiles` holds each region's replica profile by region name.
 
     A cold region (no ready replica yet) is held for when the estimate says waiting for
     its start is sooner than going elsewhere ("hold"); when the nearest region is cold
@@ -200,25 +194,29 @@ def choose(
         return None
     nearest = min(regions, key=lambda r: (haversine_km(request.client, r.location), r.name)).name
     # Cold regions slower to start than a request may wait go last, unless all are.
-    too_cold = {r.name for r in regions if r.cold and r.cold_start_ms > policy.max_hold_ms}
+    too_cold = {r.name for r in regions if r.cold and r.cold_start_ms > scoring.max_hold_ms}
     if len(too_cold) == len(regions):
         too_cold = set()
     estimates = {
         r.name: estimate(
-            r, request, memory.prefixes.cached_blocks(r.name, request.prefix_blocks) * request.tokens_per_block, perf
+            r,
+            request,
+            memory.prefixes.cached_blocks(r.name, request.prefix_blocks) * request.tokens_per_block,
+            profiles[r.name],
+            scoring,
         )
         for r in regions
     }
     previous = memory.last_choice.get(request.cell) if request.cell is not None else None
 
     def cost(name: str) -> float:
-        return estimates[name].ttft_ms - (policy.hysteresis_ms if name == previous else 0.0)
+        return estimates[name].ttft_ms - (scoring.hysteresis_ms if name == previous else 0.0)
 
     order = sorted((name for name in estimates if name not in too_cold), key=lambda name: (cost(name), name))
     best = order[0]
     reason = "nearest" if best == nearest else "load"
     sticky = _sticky_region(request, memory, {n: e for n, e in estimates.items() if n not in too_cold})
-    if sticky is not None and sticky[0] != best and cost(sticky[0]) <= cost(best) + policy.affinity_margin_ms:
+    if sticky is not None and sticky[0] != best and cost(sticky[0]) <= cost(best) + scoring.affinity_margin_ms:
         best, reason = sticky
         order.remove(best)
         order.insert(0, best)
@@ -278,10 +276,3 @@ class RttCorrector:
         previous = self.correction_ms.get(region)
         value = residual if previous is None else previous + self.alpha * (residual - previous)
         self.correction_ms[region] = max(-self.limit_ms, min(self.limit_ms, value))
-
-
-def scoring_from(settings: dict[str, Any]) -> tuple[PerfModel, ScoringPolicy]:
-    """The perf model and policy named by a spec's `router.scoring` section (as a dict)."""
-    perf = PerfModel(**{f.name: settings[f.name] for f in fields(PerfModel) if f.name in settings})
-    policy = ScoringPolicy(**{f.name: settings[f.name] for f in fields(ScoringPolicy) if f.name in settings})
-    return perf, policy

@@ -10,15 +10,20 @@ The model, kept small on purpose:
   first block alone: in the Mooncake trace every request starts with the same block, a
   shared system prompt.)
 - **Network**: client→region RTT is the distance prior of `meridian_core.rtt`.
-- **Replicas**: `batch_slots` requests run at once each; a request waits for a free
-  slot, then prefills its uncached tokens at `prefill_ms_per_token` and decodes at
-  `decode_ms_per_token`, holding its slot throughout. Each replica keeps an LRU cache
-  of `cache_blocks` prefix blocks; a request's leading blocks found there are not
-  prefilled again.
+- **Replicas** serve by their region's `ReplicaProfile` (meridian_core/replica_model.py),
+  given explicitly: the simulator's truth, never the router's settings. A replica
+  prefills first come, first served, one request at a time; a request also waits until
+  the replica runs fewer than `max_num_seqs` sequences and its KV cache holds the
+  request's prompt + output tokens (sequences running then finish first). Its uncached
+  prompt takes `prefill_s(uncached, running)`, its output tokens one decode step each at
+  the batch it joins (`decode_step_s`); it holds its sequence slot and KV cache until its
+  last token. Each replica keeps an LRU cache of `cache_blocks` prefix blocks; a
+  request's leading blocks found there are not prefilled again.
 
-TTFT = RTT + wait for a slot + prefill. Policies see what a live router sees (each
-replica's running and waiting requests at the arrival instant, their own memory of
-where prefixes went), never the replicas' caches.
+TTFT = RTT + wait for the prefill ahead, a slot and KV room + prefill. Policies see what
+a live router sees (each replica's running and waiting requests at the arrival instant,
+their own memory of where prefixes went), never the replicas' caches. Meridian's policy
+estimates with the same profiles the replicas serve by: the router's belief is the one model.
 """
 
 from __future__ import annotations
@@ -32,9 +37,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from geo_router.policy.scoring import PerfModel, RegionLoad, RequestFacts, RoutingMemory, ScoringPolicy, choose
+from geo_router.policy.scoring import RegionLoad, RequestFacts, RoutingMemory, choose
 from meridian_core.geo import LatLon, haversine_km
+from meridian_core.replica_model import ReplicaProfile
 from meridian_core.rtt import prior_rtt_ms
+from meridian_core.spec import ScoringSpec
 
 BLOCK_TOKENS = 512
 
@@ -73,14 +80,7 @@ class SimRegion:
     name: str
     location: LatLon
     replicas: int
-
-
-@dataclass(frozen=True)
-class ReplicaModel:
-    prefill_ms_per_token: float = 0.05
-    decode_ms_per_token: float = 20.0
-    batch_slots: int = 16
-    cache_blocks: int = 2_000
+    profile: ReplicaProfile
 
 
 def load_mooncake(path: Path, limit: int | None = None) -> list[TraceRequest]:
@@ -113,7 +113,12 @@ def client_of(request: TraceRequest) -> LatLon:
 class Replica:
     region: str
     index: int
-    slots: list[float]  # when each batch slot is next free (ms), a heap
+    profile: ReplicaProfile
+    prefill_free_ms: float = 0.0  # when the replica's prefill is next free
+    # (end ms, KV tokens) of the sequences running at the latest prefill start, a heap.
+    # Starts only move forward, so it is retired up to each new start.
+    batch: list[tuple[float, int]] = field(default_factory=list)
+    kv_tokens: int = 0  # held by `batch`
     starts: list[float] = field(default_factory=list)  # start times of requests not yet started (heap)
     ends: list[float] = field(default_factory=list)  # end times of started requests (heap)
     cache: OrderedDict[int, None] = field(default_factory=OrderedDict)
@@ -135,20 +140,32 @@ class Replica:
             held += 1
         return held
 
-    def serve(self, request: TraceRequest, arrive_ms: float, model: ReplicaModel) -> tuple[float, int]:
+    def serve(self, request: TraceRequest, arrive_ms: float, cache_blocks: int) -> tuple[float, int]:
         """Run `request` arriving at `arrive_ms`; return (ms until its first token, cached blocks)."""
+        profile = self.profile
         cached = self.cached_blocks(request.blocks)
-        start = max(arrive_ms, heapq.heappop(self.slots))
+        start = max(arrive_ms, self.prefill_free_ms)
+        batch = self.batch
+        while batch and batch[0][0] <= start:
+            self.kv_tokens -= heapq.heappop(batch)[1]
+        kv_needed = request.input_tokens + request.output_tokens
+        while batch and (len(batch) >= profile.max_num_seqs or self.kv_tokens + kv_needed > profile.kv_capacity_tokens):
+            end, tokens = heapq.heappop(batch)
+            self.kv_tokens -= tokens
+            start = max(start, end)
+        decoding = len(batch)
         uncached = max(0, request.input_tokens - cached * BLOCK_TOKENS)
-        first_token = start + uncached * model.prefill_ms_per_token
-        end = first_token + request.output_tokens * model.decode_ms_per_token
-        heapq.heappush(self.slots, end)
+        first_token = start + 1000.0 * profile.prefill_s(uncached, decoding)
+        end = first_token + 1000.0 * max(request.output_tokens - 1, 0) * profile.decode_step_s(decoding + 1)
+        self.prefill_free_ms = first_token
+        heapq.heappush(batch, (end, kv_needed))
+        self.kv_tokens += kv_needed
         heapq.heappush(self.starts, start)
         heapq.heappush(self.ends, end)
         for block in request.blocks:
             self.cache[block] = None
             self.cache.move_to_end(block)
-        while len(self.cache) > model.cache_blocks:
+        while len(self.cache) > cache_blocks:
             self.cache.popitem(last=False)
         return first_token - arrive_ms, cached
 
@@ -156,14 +173,10 @@ class Replica:
 @dataclass
 class World:
     regions: list[SimRegion]
-    model: ReplicaModel
     replicas: dict[str, list[Replica]] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.replicas = {
-            r.name: [Replica(r.name, i, [0.0] * self.model.batch_slots) for i in range(r.replicas)]
-            for r in self.regions
-        }
+        self.replicas = {r.name: [Replica(r.name, i, r.profile) for i in range(r.replicas)] for r in self.regions}
 
     def nearest(self, client: LatLon) -> SimRegion:
         return min(self.regions, key=lambda r: (haversine_km(client, r.location), r.name))
@@ -226,8 +239,9 @@ def prefix_within_region_policy() -> Policy:
     )
 
 
-def meridian_policy(perf: PerfModel, policy: ScoringPolicy) -> Policy:
-    """The live router's scorer picks the region; the prefix-aware scorer the replica."""
+def meridian_policy(scoring: ScoringSpec) -> Policy:
+    """The live router's scorer picks the region, estimating with the profiles the regions'
+    replicas serve by; the prefix-aware scorer picks the replica."""
     memory = RoutingMemory()
     replica_memory: dict = {}
 
@@ -240,7 +254,11 @@ def meridian_policy(perf: PerfModel, policy: ScoringPolicy) -> Policy:
             cell=(round(client.lat), round(client.lon)),
         )
         decision = choose(
-            [world.region_load(r, request.arrival_ms) for r in world.regions], facts, memory, perf, policy
+            [world.region_load(r, request.arrival_ms) for r in world.regions],
+            facts,
+            memory,
+            {r.name: r.profile for r in world.regions},
+            scoring,
         )
         region = decision.ranked[0]
         memory.remember(region, facts)
@@ -277,9 +295,9 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 def simulate(
-    name: str, policy: Policy, trace: Sequence[TraceRequest], regions: list[SimRegion], model: ReplicaModel
+    name: str, policy: Policy, trace: Sequence[TraceRequest], regions: list[SimRegion], cache_blocks: int
 ) -> PolicyResult:
-    world = World(regions, model)
+    world = World(regions)
     ttfts, rtts = [], []
     hit_blocks = total_blocks = spilled = 0
     for request in trace:
@@ -288,7 +306,7 @@ def simulate(
         region = next(r for r in regions if r.name == replica.region)
         rtt = prior_rtt_ms(haversine_km(client, region.location))
         # The request reaches the region half a round trip after it was sent.
-        wait_and_prefill, cached = replica.serve(request, request.arrival_ms + rtt / 2, model)
+        wait_and_prefill, cached = replica.serve(request, request.arrival_ms + rtt / 2, cache_blocks)
         ttfts.append(rtt + wait_and_prefill)
         rtts.append(rtt)
         hit_blocks += cached
@@ -306,12 +324,13 @@ def simulate(
 
 
 def compare_policies(
-    trace: Sequence[TraceRequest], regions: list[SimRegion], model: ReplicaModel, perf: PerfModel, policy: ScoringPolicy
+    trace: Sequence[TraceRequest], regions: list[SimRegion], cache_blocks: int, scoring: ScoringSpec
 ) -> list[PolicyResult]:
+    """Every policy over `trace`; the regions' replicas serve by their own profiles."""
     policies: list[tuple[str, Policy]] = [
         ("nearest", nearest_policy()),
         ("least-load", least_load_policy()),
         ("prefix-aware-in-region", prefix_within_region_policy()),
-        ("meridian", meridian_policy(perf, policy)),
+        ("meridian", meridian_policy(scoring)),
     ]
-    return [simulate(name, make, trace, regions, model) for name, make in policies]
+    return [simulate(name, make, trace, regions, cache_blocks) for name, make in policies]

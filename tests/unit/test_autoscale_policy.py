@@ -44,23 +44,44 @@ def needed(rate: float) -> int:
     return replicas_needed(H100_LLAMA31_8B, Workload(rate, PROMPT, OUTPUT), 2.0, 0.2, 0.99, 512)
 
 
-def policy(**knobs: object) -> SloPolicy:
-    return SloPolicy(SloPolicyConfig(profile=H100_LLAMA31_8B, **knobs))
-
-
-def test_config_is_built_from_the_specs() -> None:
-    config = SloPolicyConfig.from_specs(
-        AutoscalingSpec(min_replicas=0, max_replicas=8, idle_to_zero_s=120, cold_start_s=60),
-        SLOSpec(ttft_p95_ms=1500, itl_p95_ms=100),
-        H100_LLAMA31_8B,
+def policy(**settings: object) -> SloPolicy:
+    """The policy with a region's autoscaling settings (bounds [1, 512] unless given) and
+    its own tuning knobs, both named as keywords; the SLO is the spec's default."""
+    scaling = {"min_replicas": 1, "max_replicas": 512}
+    scaling.update({k: v for k, v in settings.items() if k in AutoscalingSpec.model_fields})
+    knobs = {k: v for k, v in settings.items() if k not in AutoscalingSpec.model_fields}
+    return SloPolicy(
+        SloPolicyConfig(autoscaling=AutoscalingSpec(**scaling), slo=SLOSpec(), profile=H100_LLAMA31_8B, **knobs)
     )
-    assert (config.min_replicas, config.max_replicas, config.idle_to_zero_s) == (0, 8, 120)
-    assert (config.slo_ttft_s, config.slo_itl_s) == (1.5, 0.1)
+
+
+def test_config_carries_the_specs_own_sections() -> None:
+    scaling = AutoscalingSpec(min_replicas=0, max_replicas=8, idle_to_zero_s=120, cold_start_s=60)
+    slo = SLOSpec(ttft_p95_ms=1500, itl_p95_ms=100)
+    config = SloPolicyConfig(autoscaling=scaling, slo=slo, profile=H100_LLAMA31_8B)
+    assert config.autoscaling is scaling and config.slo is slo
+    # A setting of the spec is not declared again beside it.
+    assert not set(SloPolicyConfig.model_fields) & (set(AutoscalingSpec.model_fields) | set(SLOSpec.model_fields))
+    with pytest.raises(ValueError, match="max_replicas"):
+        SloPolicyConfig(autoscaling=scaling, slo=slo, profile=H100_LLAMA31_8B, max_replicas=8)
+
+
+def test_the_slo_of_the_spec_is_the_target() -> None:
+    """The same demand under a 2 s and a 0.5 s TTFT target: the tighter needs more replicas."""
+    rates = [20.0] * 300
+    loose = SloPolicyConfig(
+        autoscaling=AutoscalingSpec(max_replicas=512), slo=SLOSpec(ttft_p95_ms=2000), profile=H100_LLAMA31_8B
+    )
+    tight = loose.model_copy(update={"slo": SLOSpec(ttft_p95_ms=500)})
+    relaxed, _ = SloPolicy(loose).decide(signals(rates, 1), {})
+    strict, _ = SloPolicy(tight).decide(signals(rates, 1), {})
+    assert relaxed.target == needed(20.0)
+    assert strict.target > relaxed.target
 
 
 def test_bad_knob_names_the_field() -> None:
     with pytest.raises(ValueError, match="attainment"):
-        SloPolicyConfig(profile=H100_LLAMA31_8B, attainment=1.5)
+        SloPolicyConfig(autoscaling=AutoscalingSpec(), slo=SLOSpec(), profile=H100_LLAMA31_8B, attainment=1.5)
 
 
 def test_scales_up_ahead_of_rising_token_demand_before_any_breach() -> None:

@@ -14,6 +14,7 @@ from autoscaler.sim import lineup, traces
 from autoscaler.sim.demand_replay import DemandReplayConfig, DemandReplayResult, simulate
 from autoscaler.sim.peer_autoscalers import StaticConfig, StaticPeak
 from meridian_core.replica_model import ReplicaProfile
+from meridian_core.spec import AutoscalingSpec, SLOSpec
 
 # A replica whose prefill of a 1000-token prompt takes exactly 0.5 s (+ one 1 ms step),
 # decoding at 1 ms a step, with room for everything.
@@ -66,7 +67,13 @@ def test_meridian_settles_on_the_replica_count_its_capacity_model_gives() -> Non
     trace = constant_trace(rate=4.0, seconds=900)
     expected = replicas_needed(PROFILE, Workload(4.0, 1000, 10), 1.5, 0.1, 0.99, 512)
     assert expected >= 3
-    policy = SloPolicy(SloPolicyConfig(profile=PROFILE, slo_ttft_s=1.5, slo_itl_s=0.1))
+    policy = SloPolicy(
+        SloPolicyConfig(
+            autoscaling=AutoscalingSpec(min_replicas=1, max_replicas=512),
+            slo=SLOSpec(ttft_p95_ms=1500, itl_p95_ms=100),
+            profile=PROFILE,
+        )
+    )
     # Start away from the answer, below it: a policy that never acts stays at 1.
     result = simulate(trace, policy, config(initial_replicas=1, warmup_s=300))
     assert result.replicas[0] == 1
@@ -143,7 +150,15 @@ def azure_lineup() -> dict[str, DemandReplayResult]:
     from meridian_core.replica_model import H100_LLAMA31_8B
 
     trace = traces.load(SHARED_TRACE, "azure")
-    results = run(trace, list(lineup.POLICIES), H100_LLAMA31_8B, 2.0, 0.2, 1, 512, 600.0, show_progress=False)
+    results = run(
+        trace,
+        list(lineup.POLICIES),
+        H100_LLAMA31_8B,
+        AutoscalingSpec(min_replicas=1, max_replicas=512),
+        SLOSpec(ttft_p95_ms=2000, itl_p95_ms=200),
+        600.0,
+        show_progress=False,
+    )
     assert {r.policy for r in results} == set(lineup.POLICIES)
     return lineup.best_settings(results, 0.99)
 

@@ -1,20 +1,23 @@
 import pytest
 
 from geo_router.policy.scoring import (
-    PerfModel,
     PrefixIndex,
     RegionLoad,
     RequestFacts,
     RoutingMemory,
     RttCorrector,
-    ScoringPolicy,
     choose,
     estimate,
 )
 from meridian_core.geo import LatLon
+from meridian_core.replica_model import CPU_SMOLLM2_135M, H100_LLAMA31_8B
+from meridian_core.spec import ScoringSpec
 
 ASHBURN, DUBLIN, PARIS, BOSTON = LatLon(39.04, -77.49), LatLon(53.35, -6.26), LatLon(48.85, 2.35), LatLon(42.36, -71.06)
-PERF = PerfModel(prefill_ms_per_token=0.5, batch_slots=16, typical_prompt_tokens=512)
+# Both regions run the CPU replica: 2,500 prompt tokens/s, a ~50 ms decode step.
+PROFILE = CPU_SMOLLM2_135M
+PROFILES = {"us-east": PROFILE, "eu-west": PROFILE}
+SCORING = ScoringSpec()
 
 
 def regions(east: dict | None = None, west: dict | None = None) -> list[RegionLoad]:
@@ -29,75 +32,117 @@ def facts(client=PARIS, prompt=200, blocks=(), session=None, cell=None) -> Reque
 
 
 def test_idle_regions_nearest_wins():
-    decision = choose(regions(), facts(), RoutingMemory(), PERF)
+    decision = choose(regions(), facts(), RoutingMemory(), PROFILES, SCORING)
     assert decision.ranked == ("eu-west", "us-east") and decision.reason == "nearest"
-    assert choose(regions(), facts(client=BOSTON), RoutingMemory(), PERF).ranked[0] == "us-east"
+    assert choose(regions(), facts(client=BOSTON), RoutingMemory(), PROFILES, SCORING).ranked[0] == "us-east"
 
 
 def test_a_queue_sends_traffic_across_the_ocean():
-    decision = choose(regions(west={"running": 16, "waiting": 40}), facts(), RoutingMemory(), PERF)
+    decision = choose(regions(west={"running": 16, "waiting": 40}), facts(), RoutingMemory(), PROFILES, SCORING)
     assert decision.ranked[0] == "us-east" and decision.reason == "load"
     east, west = sorted(decision.estimates, key=lambda e: e.region)
     assert west.queue_ms > east.rtt_ms - west.rtt_ms  # the queue costs more than the ocean
 
 
 def test_router_in_flight_counts_before_the_next_poll():
-    quiet = estimate(regions()[1], facts(), 0, PERF)
-    busy = estimate(regions(west={"in_flight": 64})[1], facts(), 0, PERF)
+    quiet = estimate(regions()[1], facts(), 0, PROFILE, SCORING)
+    busy = estimate(regions(west={"in_flight": 64})[1], facts(), 0, PROFILE, SCORING)
     assert busy.queue_ms > quiet.queue_ms and busy.ttft_ms > quiet.ttft_ms
+
+
+def test_each_waiting_request_ahead_prefills_a_typical_prompt():
+    one_replica = estimate(regions(west={"running": 4, "waiting": 6})[1], facts(), 0, PROFILE, SCORING)
+    assert one_replica.queue_ms == pytest.approx(6 * 1000 * PROFILE.prefill_s(SCORING.typical_prompt_tokens, 4))
+    # Two replicas share the same load: half the waiting ahead of each, a lighter batch.
+    two = estimate(regions(west={"ready_replicas": 2, "running": 4, "waiting": 6})[1], facts(), 0, PROFILE, SCORING)
+    assert two.queue_ms == pytest.approx(3 * 1000 * PROFILE.prefill_s(SCORING.typical_prompt_tokens, 2))
+    # The request's own prompt prefills while the running batch decodes.
+    assert one_replica.prefill_ms == pytest.approx(1000 * PROFILE.prefill_s(200, 4))
+
+
+def test_with_every_sequence_slot_taken_a_request_waits_for_one_to_finish():
+    scoring = ScoringSpec(typical_prompt_tokens=100, typical_output_tokens=200)
+    slots = PROFILE.max_num_seqs  # the KV cache holds more typical requests than this
+    assert PROFILE.kv_capacity_tokens // 300 > slots
+    free = estimate(regions(west={"running": slots - 1})[1], facts(), 0, PROFILE, scoring)
+    assert free.queue_ms == 0.0
+    # Full, nothing waiting: one sequence must finish, about every 200 decode steps / 256 sequences.
+    full = estimate(regions(west={"running": slots})[1], facts(), 0, PROFILE, scoring)
+    assert full.queue_ms == pytest.approx(1000 * 200 * PROFILE.decode_step_s(slots) / slots)
+    # Long typical requests fill the KV cache before the sequence slots run out.
+    long = ScoringSpec(typical_prompt_tokens=9_000, typical_output_tokens=300)
+    kv_slots = PROFILE.kv_capacity_tokens // 9_300
+    assert kv_slots < slots
+    assert estimate(regions(west={"running": kv_slots})[1], facts(), 0, PROFILE, long).queue_ms > 0
+
+
+def test_each_region_is_estimated_with_its_own_profile():
+    # The same queue drains ~8x faster on an H100 than on a 2-core CPU replica: a busy
+    # H100 region an ocean away beats the nearest, equally busy CPU one.
+    busy = {"running": 8, "waiting": 8}
+    profiles = {"us-east": H100_LLAMA31_8B, "eu-west": CPU_SMOLLM2_135M}
+    decision = choose(regions(east=busy, west=busy), facts(), RoutingMemory(), profiles, SCORING)
+    assert decision.ranked[0] == "us-east" and decision.reason == "load"
+    assert choose(regions(east=busy, west=busy), facts(), RoutingMemory(), PROFILES, SCORING).ranked[0] == "eu-west"
 
 
 def test_cached_prefix_shortens_prefill_and_full_kv_cache_stretches_it():
     region = regions()[0]
     assert (
-        estimate(region, facts(prompt=1000), 640, PERF).prefill_ms
-        < estimate(region, facts(prompt=1000), 0, PERF).prefill_ms
+        estimate(region, facts(prompt=1000), 640, PROFILE, SCORING).prefill_ms
+        < estimate(region, facts(prompt=1000), 0, PROFILE, SCORING).prefill_ms
     )
     full = regions(east={"kv_cache_usage": 0.98})[0]
-    assert estimate(full, facts(), 0, PERF).prefill_ms > estimate(region, facts(), 0, PERF).prefill_ms
+    assert (
+        estimate(full, facts(), 0, PROFILE, SCORING).prefill_ms
+        > estimate(region, facts(), 0, PROFILE, SCORING).prefill_ms
+    )
 
 
 def test_prefix_affinity_holds_within_margin_only():
     memory = RoutingMemory()
     blocks = ("b1",)
     memory.prefixes.record("us-east", blocks)
-    # From Paris eu-west is ~80 ms nearer; us-east's cached 64 tokens save only ~32 ms.
-    decision = choose(regions(), facts(prompt=256, blocks=blocks), memory, PERF, ScoringPolicy(affinity_margin_ms=150))
+    # From Paris eu-west is ~80 ms nearer; us-east's cached 64 tokens save only ~26 ms.
+    decision = choose(
+        regions(), facts(prompt=256, blocks=blocks), memory, PROFILES, ScoringSpec(affinity_margin_ms=150)
+    )
     assert decision.ranked[0] == "us-east" and decision.reason == "affinity"
-    strict = choose(regions(), facts(prompt=256, blocks=blocks), memory, PERF, ScoringPolicy(affinity_margin_ms=0))
+    strict = choose(regions(), facts(prompt=256, blocks=blocks), memory, PROFILES, ScoringSpec(affinity_margin_ms=0))
     assert strict.ranked[0] == "eu-west"
 
 
 def test_session_sticks_within_margin():
     memory = RoutingMemory()
     memory.remember("us-east", facts(session="conversation-7"))
-    decision = choose(regions(), facts(session="conversation-7"), memory, PERF, ScoringPolicy(affinity_margin_ms=150))
+    decision = choose(regions(), facts(session="conversation-7"), memory, PROFILES, ScoringSpec(affinity_margin_ms=150))
     assert decision.ranked[0] == "us-east" and decision.reason == "session"
     # A session pinned to a region that is now drowning moves.
     drowning = regions(east={"running": 16, "waiting": 200})
-    assert choose(drowning, facts(session="conversation-7"), memory, PERF).ranked[0] == "eu-west"
+    assert choose(drowning, facts(session="conversation-7"), memory, PROFILES, SCORING).ranked[0] == "eu-west"
 
 
 def test_hysteresis_keeps_a_near_tie_where_it_was():
     memory = RoutingMemory()
     cell = (45, -40)  # mid-Atlantic: both regions about equally far
     middle = LatLon(46.0, -41.5)
-    first = choose(regions(), facts(client=middle, cell=cell), memory, PERF)
+    first = choose(regions(), facts(client=middle, cell=cell), memory, PROFILES, SCORING)
     memory.remember(first.ranked[0], facts(client=middle, cell=cell))
     other = first.ranked[1]
     # The first choice gets 25 ms slower: less than the hysteresis, so no flap.
     nudged = regions(**{("east" if first.ranked[0] == "us-east" else "west"): {"rtt_correction_ms": 25.0}})
     assert (
-        choose(nudged, facts(client=middle, cell=cell), memory, PERF, ScoringPolicy(hysteresis_ms=50)).ranked[0]
+        choose(nudged, facts(client=middle, cell=cell), memory, PROFILES, ScoringSpec(hysteresis_ms=50)).ranked[0]
         != other
     )
     assert (
-        choose(nudged, facts(client=middle, cell=cell), memory, PERF, ScoringPolicy(hysteresis_ms=0)).ranked[0] == other
+        choose(nudged, facts(client=middle, cell=cell), memory, PROFILES, ScoringSpec(hysteresis_ms=0)).ranked[0]
+        == other
     )
 
 
 def test_no_regions_no_decision():
-    assert choose([], facts(), RoutingMemory(), PERF) is None
+    assert choose([], facts(), RoutingMemory(), PROFILES, SCORING) is None
 
 
 def test_prefix_index_matches_leading_blocks_only():
@@ -148,34 +193,37 @@ def test_an_unobserved_region_inherits_the_fleet_correction():
         RegionLoad("us-east", ASHBURN, 1, rtt_correction_ms=corrector.correction_for("us-east")),
         RegionLoad("eu-west", DUBLIN, 1, rtt_correction_ms=corrector.correction_for("eu-west")),
     ]
-    assert choose(load, facts(client=BOSTON), memory, PERF).ranked[0] == "us-east"  # still the nearer one
+    assert choose(load, facts(client=BOSTON), memory, PROFILES, SCORING).ranked[0] == "us-east"  # still the nearer one
 
 
 def test_a_cold_nearest_region_spills_to_a_warm_one():
     cold = {"ready_replicas": 0, "cold_start_ms": 60_000.0}
-    decision = choose(regions(west=cold), facts(), RoutingMemory(), PERF)
+    decision = choose(regions(west=cold), facts(), RoutingMemory(), PROFILES, SCORING)
     assert decision.ranked == ("us-east", "eu-west") and decision.reason == "spill"
 
 
 def test_a_region_about_to_be_ready_is_held_for_when_that_is_sooner():
     # eu-west's replica is 30 ms from ready; crossing the Atlantic costs more than that.
     nearly = {"ready_replicas": 0, "cold_start_ms": 30.0}
-    decision = choose(regions(west=nearly), facts(), RoutingMemory(), PERF)
+    decision = choose(regions(west=nearly), facts(), RoutingMemory(), PROFILES, SCORING)
     assert decision.ranked[0] == "eu-west" and decision.reason == "hold"
     # The same start with the warm region queued deep: still hold, by a wider margin.
-    assert choose(regions(east={"waiting": 200}, west=nearly), facts(), RoutingMemory(), PERF).reason == "hold"
+    assert (
+        choose(regions(east={"waiting": 200}, west=nearly), facts(), RoutingMemory(), PROFILES, SCORING).reason
+        == "hold"
+    )
 
 
 def test_no_hold_longer_than_the_limit_while_a_warm_region_exists():
     cold = {"ready_replicas": 0, "cold_start_ms": 40_000.0}
     swamped = {"running": 16, "waiting": 2_000}  # slower than the cold start, by the estimate
-    policy = ScoringPolicy(max_hold_ms=30_000.0)
-    decision = choose(regions(east=swamped, west=cold), facts(), RoutingMemory(), PERF, policy)
+    policy = ScoringSpec(max_hold_ms=30_000.0)
+    decision = choose(regions(east=swamped, west=cold), facts(), RoutingMemory(), PROFILES, policy)
     assert decision.ranked == ("us-east", "eu-west") and decision.reason == "spill"
 
 
 def test_every_region_cold_means_wait_for_the_soonest_never_nothing():
     east = {"ready_replicas": 0, "cold_start_ms": 90_000.0}
     west = {"ready_replicas": 0, "cold_start_ms": 120_000.0}
-    decision = choose(regions(east=east, west=west), facts(), RoutingMemory(), PERF, ScoringPolicy(max_hold_ms=1_000))
+    decision = choose(regions(east=east, west=west), facts(), RoutingMemory(), PROFILES, ScoringSpec(max_hold_ms=1_000))
     assert decision.ranked == ("us-east", "eu-west") and decision.reason == "hold"

@@ -32,12 +32,12 @@ def published(monkeypatch, floors) -> list[dict]:
     return views
 
 
-def policy(**overrides) -> RegionAutoscalingPolicy:
+def policy(profile: str = "smollm2-135m-cpu", **overrides) -> RegionAutoscalingPolicy:
     """The adapter built as Serve builds it: from the policy_kwargs the Serve config carries."""
     scaling = AutoscalingSpec(
         **{"min_replicas": 1, "max_replicas": 4, "idle_to_zero_s": 60.0, "cold_start_s": 60.0, **overrides}
     )
-    (app,) = [a for a in serve_config(parse_spec(spec_with(scaling)))["applications"]]
+    (app,) = [a for a in serve_config(parse_spec(spec_with(scaling, profile)))["applications"]]
     kwargs = app["args"]
     # What deployments/region_app.py puts in the deployment's autoscaling_config.
     from deployments.region_app import RegionAppArgs, deployment_config_for
@@ -46,11 +46,16 @@ def policy(**overrides) -> RegionAutoscalingPolicy:
     return RegionAutoscalingPolicy(**config["autoscaling_config"]["policy"]["policy_kwargs"])
 
 
-def spec_with(scaling: AutoscalingSpec) -> dict:
+def spec_with(scaling: AutoscalingSpec, profile: str) -> dict:
     return {
         "models": [{"id": "m"}],
         "regions": [
-            {"name": "local/us-east", "location": {"lat": 39.0, "lon": -77.5}, "autoscaling": scaling.model_dump()}
+            {
+                "name": "local/us-east",
+                "location": {"lat": 39.0, "lon": -77.5},
+                "autoscaling": scaling.model_dump(),
+                "profile": profile,
+            }
         ],
     }
 
@@ -110,6 +115,15 @@ def test_heavy_demand_scales_up_and_the_decision_is_published(published):
     assert published[-1]["target"] == 4 and published[-1]["app"] == "local-us-east"
     assert published[-1]["reason"] and published[-1]["starting"] == 0
     assert "meridian" in state  # the pure policy's state rides in Serve's policy_state
+
+
+def test_the_region_s_profile_plans_its_replicas(published):
+    # The same 12,000 prompt tok/s that swamps CPU replicas is well within one H100's 20,000.
+    for profile, expected in (("smollm2-135m-cpu", 4), ("llama-3.1-8b-h100", 1)):
+        scaler = policy(profile)
+        _, state = scaler(context(100.0, 1, 1, {"r1": load(0, 0, 0)}))
+        target, _ = scaler(context(105.0, 1, 1, {"r1": load(60, 60_000, 1_000)}, state))
+        assert target == expected, profile
 
 
 def test_between_decisions_the_current_target_stands(published):

@@ -30,6 +30,7 @@ def test_default_spec_loads(repo):
         (lambda d: d["models"][0].update(source={"kind": "path"}), "models.0.source.path.path", "Field required"),
         (lambda d: d.update(regions=[]), "regions", "at least 1 item"),
         (lambda d: d["slo"].update(ttft_p95_ms=-1), "slo.ttft_p95_ms", "greater than 0"),
+        (lambda d: d["regions"][1].update(profile="h100"), "regions.1.profile", "unknown replica profile 'h100'"),
     ],
 )
 def test_bad_field_is_named(repo, mutate, path, words):
@@ -40,6 +41,23 @@ def test_bad_field_is_named(repo, mutate, path, words):
     message = str(error.value)
     assert f"{path}:" in message
     assert words in message
+
+
+def test_a_region_declares_its_replica_profile(repo):
+    data = local_spec_data(repo)
+    assert {r.profile for r in parse_spec(data).regions} == {"smollm2-135m-cpu"}  # the default
+    data["regions"][0]["profile"] = "llama-3.1-8b-h100"
+    assert parse_spec(data).regions[0].profile == "llama-3.1-8b-h100"
+    data["regions"][0]["profile"] = "llama-3.1-8b-a100"
+    with pytest.raises(SpecError) as error:
+        parse_spec(data, origin="local.yaml")
+    assert "regions.0.profile:" in str(error.value)
+    assert "llama-3.1-8b-a100" in str(error.value) and "llama-3.1-8b-h100" in str(error.value)  # the known ones
+    # The profile is the region's, not its autoscaler's.
+    data["regions"][0]["profile"] = "llama-3.1-8b-h100"
+    data["regions"][0]["autoscaling"] = {"max_replicas": 2, "profile": "llama-3.1-8b-h100"}
+    with pytest.raises(SpecError, match=r"regions\.0\.autoscaling\.profile: Extra inputs are not permitted"):
+        parse_spec(data)
 
 
 def test_duplicate_regions_rejected(repo):
