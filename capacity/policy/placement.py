@@ -41,6 +41,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from capacity.catalog import Catalog, Offering
 from capacity.model import CapacityEvent, EventKind, Market, Node, NodeState, Placement
@@ -117,6 +118,20 @@ class _Ledger:
 
     quota_used: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     zone_count: Counter[tuple[str, str, str, Market]] = field(default_factory=Counter)
+
+
+class PlacementPolicy(Protocol):
+    """Anything called like `plan`: `plan` itself, and the peers the spot simulator compares it with."""
+
+    def __call__(
+        self,
+        demands: Sequence[Demand],
+        nodes: Sequence[Node],
+        catalog: Catalog,
+        spec: CapacitySpec,
+        events: Iterable[CapacityEvent],
+        now_s: float,
+    ) -> PlacementDecision: ...
 
 
 def plan(

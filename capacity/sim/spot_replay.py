@@ -18,24 +18,33 @@ The model (every policy gets the same one):
 - **Availability** is the fraction of time from `max(spot_delay_s, on_demand_delay_s)`
   to the end of the trace (the first bring-up excluded, as in SpotHedge's `score_plan`)
   with at least `target` nodes serving.
+
+Every policy is called like `plan` (a `PlacementPolicy`; Meridian's is `plan` itself), and
+the simulator alone translates the trace into plan's arguments: one `Demand` of `target`
+replicas, homed in the set's region with the most zones (ties: cheapest on-demand, then
+name), and, when the spec names no fallback, the set's other regions as fallbacks, spread
+over; the nodes held, as `Node`s, PENDING until ready; a `Catalog` of the set's zones whose
+spot prices are refreshed per step by `SpotQuote`s; and the stockouts and preemptions of
+the last `spec.event_memory_s`. The decision's releases are applied, then its acquisitions.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from capacity.model import CapacityEvent, EventKind, Market, Placement
-from capacity.sim.peer_placements import AllOnDemand, NaiveSpot, RoundRobin
-from capacity.sim.sim_meridian import MeridianPolicy
-from capacity.sim.sim_types import SimNode, SimPolicy, SimView, SimZone
+from capacity.catalog import Catalog, Offering, Price, SpotQuote
+from capacity.model import CapacityEvent, EventKind, Market, Node, NodeState, Placement
+from capacity.policy.placement import Demand, PlacementPolicy, plan
+from capacity.sim.peer_placements import NaiveSpot, RoundRobin, all_on_demand
 from capacity.sim.spot_traces import TraceSet
 from capacity.sim.spothedge import SpotHedge
 from capacity.sim.trace_prices import ZonePrices
-from meridian_core.capacity_spec import CapacitySpec
+from meridian_core.capacity_spec import CapacitySpec, FallbackTarget
 
 POLICIES = ("on_demand", "naive_spot", "round_robin", "spothedge", "meridian")
 
@@ -65,9 +74,9 @@ class SpotReplayResult:
         return asdict(self)
 
 
-def make_policy(name: str, prices: ZonePrices, config: SpotReplayConfig, spec: CapacitySpec) -> SimPolicy:
+def make_policy(name: str, config: SpotReplayConfig) -> PlacementPolicy:
     if name == "on_demand":
-        return AllOnDemand()
+        return all_on_demand
     if name == "naive_spot":
         return NaiveSpot()
     if name == "round_robin":
@@ -75,8 +84,27 @@ def make_policy(name: str, prices: ZonePrices, config: SpotReplayConfig, spec: C
     if name == "spothedge":
         return SpotHedge(config.spothedge_overprovision)
     if name == "meridian":
-        return MeridianPolicy(prices.instance_type, prices.accelerator, spec)
+        return plan
     raise ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}")
+
+
+@dataclass(frozen=True)
+class _Held:
+    """A node the policy holds: its zone (index into the set), when it was launched and when it serves."""
+
+    id: str
+    zone: int
+    placement: Placement
+    launched_s: float
+    ready_s: float
+
+    @property
+    def market(self) -> Market:
+        return self.placement.market
+
+    def node(self, now_s: float) -> Node:
+        state = NodeState.RUNNING if self.ready_s <= now_s else NodeState.PENDING
+        return Node(self.id, self.placement, state, self.launched_s)
 
 
 class _Bill:
@@ -96,32 +124,75 @@ class _Bill:
         step = min(int(t // self.gap), self.spot.shape[1] - 1)
         return float(self.cumulative[zone, step] + self.spot[zone, step] * (t - step * self.gap))
 
-    def cost(self, node: SimNode, until_s: float) -> float:
+    def cost(self, node: _Held, until_s: float) -> float:
         until_s = min(until_s, self.end)
         if node.market is Market.ON_DEMAND:
             return float(self.on_demand[node.zone]) * max(0.0, until_s - node.launched_s) / 3600
         return (self._integral(node.zone, until_s) - self._integral(node.zone, node.launched_s)) / 3600
 
 
-def simulate(traces: TraceSet, prices: ZonePrices, policy: SimPolicy, config: SpotReplayConfig) -> SpotReplayResult:
+def _catalog(traces: TraceSet, prices: ZonePrices) -> Catalog:
+    """The set's zones, in the set's order, at their on-demand prices and the first step's spot prices."""
+    return Catalog(
+        Offering(
+            z.cloud,
+            z.region,
+            z.zone,
+            prices.instance_type,
+            prices.accelerator,
+            0.0,
+            0.0,
+            Price(float(prices.on_demand[i]), None, "trace set"),
+            Price(float(prices.spot[i, 0]), 0.0, "trace set"),
+        )
+        for i, z in enumerate(traces.zones)
+    )
+
+
+def _demand(traces: TraceSet, prices: ZonePrices, target: int, spec: CapacitySpec) -> tuple[Demand, CapacitySpec]:
+    """The demand, homed in the set's region with most zones (ties: cheapest on-demand, then name), and the
+    spec, given the set's other regions as fallbacks to spread over when it names none."""
+    zones = Counter((z.cloud, z.region) for z in traces.zones)
+    cheapest = {
+        key: min(float(prices.on_demand[i]) for i, z in enumerate(traces.zones) if (z.cloud, z.region) == key)
+        for key in zones
+    }
+    regions = sorted(zones, key=lambda key: (-zones[key], cheapest[key], key))
+    cloud, region = regions[0]
+    if not spec.fallback:
+        fallback = [FallbackTarget(cloud=c, region=r) for c, r in regions[1:]]
+        spec = spec.model_copy(update={"fallback": fallback, "spread_regions": True})
+    return Demand(cloud, region, target, prices.accelerator.name, prices.accelerator.count), spec
+
+
+def simulate(
+    traces: TraceSet,
+    prices: ZonePrices,
+    name: str,
+    policy: PlacementPolicy,
+    config: SpotReplayConfig,
+    spec: CapacitySpec,
+) -> SpotReplayResult:
     """Replay one policy over the whole set; `savings_vs_ondemand` is left NaN (see `compare`)."""
     gap = traces.gap_s
-    zones = tuple(SimZone(z.cloud, z.region, z.zone) for z in traces.zones)
-    capacity = np.stack([z.capacity for z in traces.zones], axis=1).tolist()  # [step][zone]
+    zones = traces.zones
+    capacity = np.stack([z.capacity for z in zones], axis=1).tolist()  # [step][zone]
     spot_prices = prices.spot.T.tolist()
-    on_demand = tuple(float(p) for p in prices.on_demand)
     bill = _Bill(prices, gap)
     rounds = config.max_rounds or len(zones) + 1
     warmup = max(config.spot_delay_s, config.on_demand_delay_s)
     end = traces.steps * gap
+    catalog = _catalog(traces, prices)
+    demand, spec = _demand(traces, prices, config.target, spec)
+    zone_index = {z.zone: i for i, z in enumerate(zones)}
 
-    held: dict[str, SimNode] = {}
-    pending_events: list[CapacityEvent] = []
+    held: dict[str, _Held] = {}
+    events: deque[CapacityEvent] = deque()  # the last spec.event_memory_s, oldest first
     cost = spot_hours = od_hours = available = 0.0
     preemptions = stockouts = 0
     next_id = 0
 
-    def finish(node: SimNode, until_s: float) -> None:
+    def finish(node: _Held, until_s: float) -> None:
         nonlocal cost, spot_hours, od_hours
         until_s = min(until_s, end)
         cost += bill.cost(node, until_s)
@@ -131,13 +202,17 @@ def simulate(traces: TraceSet, prices: ZonePrices, policy: SimPolicy, config: Sp
         else:
             od_hours += hours
 
-    def placement(zone: int, market: Market) -> Placement:
-        z = zones[zone]
-        return Placement(z.cloud, z.region, z.zone, prices.instance_type, market)
-
     for step in range(traces.steps):
         now = step * gap
         cap = capacity[step]
+        if step:
+            catalog.apply_spot_quotes(
+                SpotQuote(z.cloud, z.region, z.zone, prices.instance_type, spot_prices[step][i], now)
+                for i, z in enumerate(zones)
+                if spot_prices[step][i] != spot_prices[step - 1][i]
+            )
+        while events and events[0].at_s < now - spec.event_memory_s:
+            events.popleft()
         spot_in = [0] * len(zones)
         for node in held.values():
             if node.market is Market.SPOT:
@@ -151,47 +226,36 @@ def simulate(traces: TraceSet, prices: ZonePrices, policy: SimPolicy, config: Sp
                 for node in victims:
                     del held[node.id]
                     finish(node, now)
-                    pending_events.append(
-                        CapacityEvent(EventKind.PREEMPTED, placement(zone, Market.SPOT), now, node.id)
-                    )
+                    events.append(CapacityEvent(EventKind.PREEMPTED, node.placement, now, node.id))
                 preemptions += len(victims)
                 spot_in[zone] = cap[zone]
 
         for _ in range(rounds):
-            view = SimView(
-                now,
-                config.target,
-                zones,
-                on_demand,
-                tuple(spot_prices[step]),
-                tuple(held.values()),
-                tuple(pending_events),
-            )
-            pending_events = []
-            actions = policy.step(view)
-            for termination in actions.terminations:
-                node = held.pop(termination.node_id)
+            nodes = [n.node(now) for n in held.values()]
+            decision = policy([demand], nodes, catalog, spec, tuple(events), now)
+            for release in decision.releases:
+                node = held.pop(release.node_id)
                 serving = node.ready_s <= now
-                finish(node, now + (config.drain_s if termination.drain and serving else 0.0))
+                finish(node, now + (config.drain_s if release.drain_first and serving else 0.0))
                 if node.market is Market.SPOT:
                     spot_in[node.zone] -= 1
             refused = False
-            for launch in actions.launches:
-                if launch.market is Market.SPOT:
-                    if spot_in[launch.zone] >= cap[launch.zone]:
+            for acquisition in decision.acquisitions:
+                placement = acquisition.placement
+                zone = zone_index[placement.zone]
+                if placement.market is Market.SPOT:
+                    if spot_in[zone] >= cap[zone]:
                         refused = True
                         stockouts += 1
-                        pending_events.append(
-                            CapacityEvent(EventKind.STOCKOUT, placement(launch.zone, Market.SPOT), now)
-                        )
+                        events.append(CapacityEvent(EventKind.STOCKOUT, placement, now))
                         continue
-                    spot_in[launch.zone] += 1
+                    spot_in[zone] += 1
                     delay = config.spot_delay_s
                 else:
                     delay = config.on_demand_delay_s
                 node_id = f"n{next_id}"
                 next_id += 1
-                held[node_id] = SimNode(node_id, launch.zone, launch.market, now, now + delay)
+                held[node_id] = _Held(node_id, zone, placement, now, now + delay)
             if not refused:
                 break
 
@@ -204,14 +268,14 @@ def simulate(traces: TraceSet, prices: ZonePrices, policy: SimPolicy, config: Sp
         finish(node, end)
     measured = end - warmup
     availability = available / measured if measured > 0 else 1.0
-    return SpotReplayResult(policy.name, availability, cost, math.nan, preemptions, stockouts, spot_hours, od_hours)
+    return SpotReplayResult(name, availability, cost, math.nan, preemptions, stockouts, spot_hours, od_hours)
 
 
-def _covered(nodes: object, target: int, lo: float, hi: float) -> float:
+def _covered(nodes: Iterable[_Held], target: int, lo: float, hi: float) -> float:
     """Seconds of [lo, hi) with at least `target` nodes serving (nodes only become ready inside a step)."""
     if target <= 0:
         return hi - lo
-    ready = sorted(n.ready_s for n in nodes)  # type: ignore[attr-defined]
+    ready = sorted(n.ready_s for n in nodes)
     if len(ready) < target:
         return 0.0
     return max(0.0, hi - max(lo, ready[target - 1]))
@@ -232,7 +296,7 @@ def compare(
     names = list(dict.fromkeys(["on_demand", *policies]))
     raw: dict[str, SpotReplayResult] = {}
     for name in names:
-        raw[name] = simulate(traces, prices, make_policy(name, prices, config, spec), config)
+        raw[name] = simulate(traces, prices, name, make_policy(name, config), config, spec)
         if on_done is not None:
             on_done(raw[name])
     baseline = raw["on_demand"].cost_usd

@@ -20,71 +20,89 @@ replicas for spot replicas that are not ready. Implemented from:
   `FallbackRequestRateAutoscaler` with `dynamic_ondemand_fallback` ("on-demand should
   fill the gap between the required number of spot and ready spot",
   `sky/serve/autoscalers.py`). Surplus replicas are scaled down at once, newest first.
+
+Called like `plan` (a `PlacementPolicy`) for the simulator's one demand; zones are the
+catalog's offerings for its accelerator, in catalog order.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable, Sequence
 
-from capacity.model import EventKind, Market
-from capacity.sim.sim_types import Launch, SimActions, SimNode, SimView, Terminate
+from capacity.catalog import Catalog, Offering
+from capacity.model import CapacityEvent, EventKind, Market, Node, NodeState
+from capacity.policy.placement import Acquisition, Demand, PlacementDecision, Release
+from capacity.sim.peer_placements import cheapest, usd_per_h, zones
+from capacity.sim.unread_events import ReadMark, unread
+from meridian_core.capacity_spec import CapacitySpec
 
 
 class SpotHedge:
-    name = "spothedge"
-
     def __init__(self, overprovision: int = 1) -> None:
         self.overprovision = overprovision
-        self.preempted: set[int] = set()  # zones in the PREEMPTED state; the rest are ACTIVE
+        self.preempted: set[str] = set()  # zones in the PREEMPTED state; the rest are ACTIVE
         self.seen_ready: set[str] = set()
+        self.mark = ReadMark()
 
-    def _set_preemptive(self, zone: int, zones: int) -> None:
+    def _set_preemptive(self, zone: str, zones: int) -> None:
         self.preempted.add(zone)
         if zones - len(self.preempted) < 2:
             self.preempted.clear()
 
-    def _select(self, view: SimView, load: Counter[int]) -> int:
-        active = [z for z in range(len(view.zones)) if z not in self.preempted]
-        least = min(load[z] for z in active)
-        candidates = [z for z in active if load[z] == least]
-        return min(candidates, key=lambda z: view.spot_usd_per_h[z])
+    def _select(self, offerings: list[Offering], load: Counter[str]) -> Offering:
+        active = [o for o in offerings if o.zone not in self.preempted]
+        least = min(load[o.zone] for o in active)
+        candidates = [o for o in active if load[o.zone] == least]
+        return min(candidates, key=lambda o: usd_per_h(o, Market.SPOT))
 
-    def step(self, view: SimView) -> SimActions:
-        by_name = {zone.zone: i for i, zone in enumerate(view.zones)}
-        for event in view.events:
+    def __call__(
+        self,
+        demands: Sequence[Demand],
+        nodes: Sequence[Node],
+        catalog: Catalog,
+        spec: CapacitySpec,
+        events: Iterable[CapacityEvent],
+        now_s: float,
+    ) -> PlacementDecision:
+        (demand,) = demands
+        offerings = zones(catalog, demand, Market.SPOT)
+        fresh, self.mark = unread(events, self.mark)
+        for event in fresh:
             if event.kind in (EventKind.PREEMPTED, EventKind.STOCKOUT) and event.placement.market is Market.SPOT:
-                self._set_preemptive(by_name[event.placement.zone], len(view.zones))
-        spot = [n for n in view.nodes if n.market is Market.SPOT]
-        on_demand = [n for n in view.nodes if n.market is Market.ON_DEMAND]
+                self._set_preemptive(event.placement.zone, len(offerings))
+        spot = [n for n in nodes if n.placement.market is Market.SPOT]
+        on_demand = [n for n in nodes if n.placement.market is Market.ON_DEMAND]
         for node in spot:
-            if view.ready(node) and node.id not in self.seen_ready:
+            if node.state is NodeState.RUNNING and node.id not in self.seen_ready:
                 self.seen_ready.add(node.id)
-                self.preempted.discard(node.zone)
-        ready_spot = sum(view.ready(n) for n in spot)
+                self.preempted.discard(node.placement.zone)
+        ready_spot = sum(n.state is NodeState.RUNNING for n in spot)
 
-        spot_target = view.target + self.overprovision
-        od_target = min(view.target, max(0, spot_target - ready_spot))
-        launches: list[Launch] = []
-        terminations: list[Terminate] = []
+        spot_target = demand.replicas + self.overprovision
+        od_target = min(demand.replicas, max(0, spot_target - ready_spot))
+        acquisitions: list[Acquisition] = []
+        releases: list[Release] = []
         if len(spot) < spot_target:
-            load = Counter(n.zone for n in spot)
+            load = Counter(n.placement.zone for n in spot)
             for _ in range(spot_target - len(spot)):
-                zone = self._select(view, load)
-                load[zone] += 1
-                launches.append(Launch(zone, Market.SPOT))
+                zone = self._select(offerings, load)
+                load[zone.zone] += 1
+                acquisitions.append(Acquisition(zone.placement(Market.SPOT), "spothedge: spot", demand.home))
         else:
-            terminations.extend(_newest(spot, len(spot) - spot_target, view))
+            releases.extend(_newest(spot, len(spot) - spot_target))
         if len(on_demand) < od_target:
-            zone = min(range(len(view.zones)), key=lambda z: (view.on_demand_usd_per_h[z], z))
-            launches.extend(Launch(zone, Market.ON_DEMAND) for _ in range(od_target - len(on_demand)))
+            placement = cheapest(catalog, demand, Market.ON_DEMAND).placement(Market.ON_DEMAND)
+            reason = "spothedge: on-demand for spot not ready"
+            acquisitions.extend(Acquisition(placement, reason, demand.home) for _ in range(od_target - len(on_demand)))
         else:
-            terminations.extend(_newest(on_demand, len(on_demand) - od_target, view))
-        return SimActions(tuple(launches), tuple(terminations))
+            releases.extend(_newest(on_demand, len(on_demand) - od_target))
+        return PlacementDecision(tuple(acquisitions), tuple(releases))
 
 
-def _newest(nodes: list[SimNode], count: int, view: SimView) -> list[Terminate]:
+def _newest(nodes: list[Node], count: int) -> list[Release]:
     """SkyServe scales down not-ready replicas first, then the newest."""
     if count <= 0:
         return []
-    order = sorted(nodes, key=lambda n: (view.ready(n), -n.launched_s))
-    return [Terminate(n.id, drain=view.ready(n)) for n in order[:count]]
+    order = sorted(nodes, key=lambda n: (n.state is NodeState.RUNNING, -n.launched_at_s))
+    return [Release(n.id, n.placement, "spothedge: surplus", n.state is NodeState.RUNNING) for n in order[:count]]

@@ -6,13 +6,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from capacity.catalog import default_catalog
-from capacity.model import CapacityEvent, EventKind, Market, Placement
-from capacity.sim.sim_types import SimNode, SimView, SimZone
-from capacity.sim.spot_replay import SpotReplayConfig, compare
+from capacity.catalog import Catalog, Offering, Price, default_catalog
+from capacity.model import Accelerator, CapacityEvent, EventKind, Market, Node, NodeState, Placement
+from capacity.policy.placement import Demand, PlacementDecision, plan
+from capacity.sim.spot_replay import SpotReplayConfig, compare, make_policy
 from capacity.sim.spot_traces import UNLIMITED, TraceError, load_sets, parse_zone
 from capacity.sim.spothedge import SpotHedge
 from capacity.sim.trace_prices import DEFAULT_SPOT_FRACTION, TRACE_KINDS, zone_prices
+from capacity.sim.unread_events import ReadMark, unread
 from meridian_core.capacity_spec import CapacitySpec
 
 SPOT = Path(__file__).resolve().parents[3] / "shared" / "data" / "spot" / "skypilot-spot-traces"
@@ -85,27 +86,56 @@ def test_meridian_falls_back_to_on_demand_when_spot_is_gone(tmp_path: Path) -> N
     assert result.preemptions == 3  # 2 + spare
 
 
-def test_spothedge_placer_moves_preempted_zones_out_and_resets_below_two_active() -> None:
-    zones = tuple(SimZone("aws", "us-east-1", z) for z in ("us-east-1a", "us-east-1b", "us-east-1c"))
+def test_meridian_in_the_simulator_is_plan_itself() -> None:
+    assert make_policy("meridian", SpotReplayConfig(target=1)) is plan
 
-    def view(events=(), nodes=()) -> SimView:
-        return SimView(0.0, 2, zones, (3.0,) * 3, (1.0, 0.9, 0.8), tuple(nodes), tuple(events))
+
+def test_spothedge_placer_moves_preempted_zones_out_and_resets_below_two_active() -> None:
+    v100 = Accelerator("V100", 1, 16)
+    catalog = Catalog(
+        Offering("aws", "us-east-1", z, "p3.2xlarge", v100, 8, 61, Price(3.0, None, "t"), Price(usd, 0.0, "t"))
+        for z, usd in (("us-east-1a", 1.0), ("us-east-1b", 0.9), ("us-east-1c", 0.8))
+    )
+    demand = Demand("aws", "us-east-1", 2, "V100", 1)
+    events: list[CapacityEvent] = []  # the recent-events window, as the simulator passes it
+
+    def step(policy: SpotHedge, nodes: tuple[Node, ...] = ()) -> PlacementDecision:
+        return policy([demand], nodes, catalog, CapacitySpec(), tuple(events), 0.0)
+
+    def spot(zone: str) -> Placement:
+        return Placement("aws", "us-east-1", zone, "p3.2xlarge", Market.SPOT)
 
     policy = SpotHedge(overprovision=1)
-    first = policy.step(view())
-    spot_zones = sorted(launch.zone for launch in first.launches if launch.market is Market.SPOT)
-    assert spot_zones == [0, 1, 2]  # one per zone: unused zones first
-    assert sum(launch.market is Market.ON_DEMAND for launch in first.launches) == 2  # no spot ready yet
-    preempted = CapacityEvent(EventKind.PREEMPTED, Placement("aws", "us-east-1", "us-east-1c", "x", Market.SPOT), 0.0)
-    policy.step(view([preempted]))
-    assert policy.preempted == {2}
-    stockout = CapacityEvent(EventKind.STOCKOUT, Placement("aws", "us-east-1", "us-east-1b", "x", Market.SPOT), 0.0)
-    policy.step(view([stockout]))
+    first = step(policy)
+    spot_zones = sorted(a.placement.zone for a in first.acquisitions if a.placement.market is Market.SPOT)
+    assert spot_zones == ["us-east-1a", "us-east-1b", "us-east-1c"]  # one per zone: unused zones first
+    assert sum(a.placement.market is Market.ON_DEMAND for a in first.acquisitions) == 2  # no spot ready yet
+    events.append(CapacityEvent(EventKind.PREEMPTED, spot("us-east-1c"), 0.0))
+    step(policy)
+    assert policy.preempted == {"us-east-1c"}
+    events.append(CapacityEvent(EventKind.STOCKOUT, spot("us-east-1b"), 0.0))
+    step(policy)
     assert policy.preempted == set()  # only one zone left active: all reset
-    ready = SimNode("n1", 1, Market.SPOT, -500.0, -380.0)
-    policy.preempted = {1}
-    policy.step(view(nodes=[ready]))
-    assert 1 not in policy.preempted  # a replica came up there: active again
+    ready = Node("n1", spot("us-east-1b"), NodeState.RUNNING, -500.0)
+    policy.preempted = {"us-east-1b"}
+    step(policy, (ready,))
+    assert "us-east-1b" not in policy.preempted  # a replica came up there: active again
+
+
+def test_peers_read_each_event_of_the_recent_window_once() -> None:
+    def stockout(zone: str, at_s: float) -> CapacityEvent:
+        return CapacityEvent(EventKind.STOCKOUT, Placement("aws", "us-east-1", zone, "x", Market.SPOT), at_s)
+
+    window = [stockout("us-east-1a", 0.0), stockout("us-east-1a", 0.0)]
+    fresh, mark = unread(window, ReadMark())
+    assert fresh == window
+    window.append(stockout("us-east-1a", 0.0))  # equal to the two read: a second round in the same step
+    fresh, mark = unread(window, mark)
+    assert fresh == [window[2]]
+    assert unread(window, mark) == ([], mark)
+    window = [stockout("us-east-1b", 300.0)]  # instant 0 aged out, whole
+    fresh, mark = unread(window, mark)
+    assert fresh == [stockout("us-east-1b", 300.0)] and mark == ReadMark(300.0, 1)
 
 
 def test_loader_groups_sets_and_reads_binary_as_unlimited(tmp_path: Path) -> None:
