@@ -21,6 +21,7 @@ ROLES = [
     ("ServeController", "Serve controller"),
     ("geo_router", "Meridian geo router"),
     ("capacity.live.capacity_loop", "Meridian capacity loop"),
+    ("autoscaler.live.global_loop", "Meridian global loop"),
     ("meridian-vllm serve", "vllm serve API server"),
     ("meridian-vllm bench", "load generator (vllm bench)"),
     ("raylet", "Ray system (raylet, GCS, agents)"),

@@ -3,7 +3,7 @@
 `serve deploy` configs import `deployments.region_app:build_region_app`. The builder
 pins every replica to its region's nodes through the custom Ray resource
 `region:<slug>` that those nodes advertise, and adds `GET /status`, which the geo
-router polls.
+router and the global loop poll, and the fleet-floor endpoints the global loop sets.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ class RegionAppArgs(BaseModel):
     models: list[ModelSpec] = Field(min_length=1)
     slo: SLOSpec = SLOSpec()
     max_ongoing_requests: int = Field(default=64, ge=1)
+    # SHA-256 of the token the global loop sets the region's floor with; unset: no floor is taken.
+    control_token_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 
 
 def deployment_config_for(args: RegionAppArgs) -> dict[str, Any]:
@@ -114,5 +116,8 @@ def build_region_app(args: dict[str, Any]) -> Application:
     }
     ingress_cls = make_fastapi_ingress(RegionIngress, endpoint_map=STATUS_ENDPOINTS)
     return serve.deployment(ingress_cls, **ingress_options).bind(
-        llm_deployments=servers, model_cards=model_cards, region=parsed.region.name
+        llm_deployments=servers,
+        model_cards=model_cards,
+        region=parsed.region.name,
+        control_token_sha256=parsed.control_token_sha256,
     )

@@ -1,32 +1,65 @@
-"""The region's OpenAI ingress, plus `GET /status` for the geo router."""
+"""The region's OpenAI ingress, plus `GET /status` for the geo router and the global
+loop, and `PUT`/`DELETE /fleet-floor`, where the global loop sets or lifts the region's
+replica floor. The floor endpoints need the region's control token (its SHA-256 digest
+is in the app's args); without a digest they are closed."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 from typing import Any
 
+from fastapi import Request, Response
+from fastapi.responses import JSONResponse
 from ray import serve
 from ray.llm._internal.serve.core.ingress.ingress import DEFAULT_ENDPOINTS
 from ray.llm._internal.serve.utils.broadcast import broadcast
 from ray.serve.handle import DeploymentHandle
 from ray.serve.llm.ingress import OpenAiIngress
 
-from autoscaler.live.published import drop_malformed, read_published
-from meridian_core.contracts import EngineLoad, MalformedMessage, RegionStatus, ReplicaCounts, ScalingView, parse
+from autoscaler.live.published import drop_malformed, publish_floor, read_capacity, read_floor, read_published
+from meridian_core.contracts import (
+    MAX_MESSAGE_BYTES,
+    EngineLoad,
+    FleetFloor,
+    MalformedMessage,
+    RegionStatus,
+    ReplicaCounts,
+    parse,
+)
 
 log = logging.getLogger(__name__)
 
-STATUS_ENDPOINTS = {**DEFAULT_ENDPOINTS, "status": lambda app: app.get("/status")}
+STATUS_ENDPOINTS = {
+    **DEFAULT_ENDPOINTS,
+    "status": lambda app: app.get("/status"),
+    "set_fleet_floor": lambda app: app.put("/fleet-floor"),
+    "lift_fleet_floor": lambda app: app.delete("/fleet-floor"),
+}
 # A replica that does not report within this long counts as not ready; it must be
 # well under the router's health-poll timeout so /status itself always answers.
 STATS_TIMEOUT_S = 0.5
 
 
+def _refusal(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "code": status}}, status)
+
+
 class RegionIngress(OpenAiIngress):
-    def __init__(self, llm_deployments: dict[str, DeploymentHandle], model_cards: dict, *, region: str, **kwargs: Any):
+    def __init__(
+        self,
+        llm_deployments: dict[str, DeploymentHandle],
+        model_cards: dict,
+        *,
+        region: str,
+        control_token_sha256: str | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(llm_deployments, model_cards, **kwargs)
         self._region = region
+        self._control_digest = control_token_sha256
         # One broadcast at a time per model: polls that arrive meanwhile share it.
         self._pending: dict[str, asyncio.Task] = {}
         self._app_name = serve.get_replica_context().app_name
@@ -34,7 +67,9 @@ class RegionIngress(OpenAiIngress):
     async def status(self) -> dict[str, Any]:
         per_model = await asyncio.gather(*(self._model_stats(m) for m in self._default_serve_handles))
         replicas = [stats for model_stats in per_model for stats in model_stats]
-        scaling = await self._autoscaling()
+        scaling, capacity, floor = await asyncio.gather(
+            self._from_kv(read_published), self._from_kv(read_capacity), self._from_kv(read_floor)
+        )
         status = RegionStatus(
             region=self._region,
             models=sorted(self._default_serve_handles),
@@ -49,19 +84,58 @@ class RegionIngress(OpenAiIngress):
                 kv_cache_usage=max((r.kv_cache_usage for r in replicas), default=0.0),
             ),
             per_replica=replicas,
+            capacity=capacity,
+            floor=floor,
         )
         return status.model_dump(mode="json")
 
-    async def _autoscaling(self) -> ScalingView | None:
-        """The region's last scaling decision (target, reason, measured cold start);
-        None for a region with a fixed replica count."""
+    async def set_fleet_floor(self, request: Request) -> Response:
+        refusal = self._unauthorized(request)
+        if refusal is not None:
+            return refusal
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_MESSAGE_BYTES:
+                return _refusal(413, "floor too large")
         try:
-            return await asyncio.wait_for(asyncio.to_thread(read_published, self._app_name), STATS_TIMEOUT_S)
+            floor = parse(FleetFloor, body)
+        except MalformedMessage as error:
+            drop_malformed(error, "region ingress", log)
+            return _refusal(400, str(error))
+        return await self._keep_floor(floor)
+
+    async def lift_fleet_floor(self, request: Request) -> Response:
+        return self._unauthorized(request) or await self._keep_floor(None)
+
+    def _unauthorized(self, request: Request) -> JSONResponse | None:
+        if self._control_digest is None:
+            return _refusal(403, "this region takes no fleet floor: it has no control token")
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        if scheme.lower() != "bearer" or not hmac.compare_digest(digest, self._control_digest):
+            return _refusal(401, "a valid control token is required")
+        return None
+
+    async def _keep_floor(self, floor: FleetFloor | None) -> Response:
+        try:
+            await asyncio.wait_for(asyncio.to_thread(publish_floor, self._app_name, floor), STATS_TIMEOUT_S * 4)
+        except Exception as error:  # GCS slow or away: the global loop sends it again next tick
+            log.warning("could not keep the fleet floor of %s: %s", self._app_name, error)
+            return _refusal(503, "the region could not keep the floor; retry")
+        return Response(status_code=204)
+
+    async def _from_kv(self, read: Any) -> Any:
+        """What the region's loops published in its cluster's KV (autoscaler/live/published.py);
+        None when nothing was, when it breaks its contract (logged and counted) or when the GCS
+        does not answer in time, so /status always answers with the load it knows."""
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(read, self._app_name), STATS_TIMEOUT_S)
         except MalformedMessage as error:
             drop_malformed(error, "region status", log)
             return None
-        except Exception as error:  # GCS slow or away: report the load without it
-            log.warning("autoscaling view for %s unavailable: %s", self._app_name, error)
+        except Exception as error:
+            log.warning("%s for %s unavailable: %s", read.__name__, self._app_name, error)
             return None
 
     async def _model_stats(self, model_id: str) -> list[EngineLoad]:

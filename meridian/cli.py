@@ -16,7 +16,7 @@ from rich.table import Table
 from autoscaler.sim.cli import simulate_autoscale
 from capacity.catalog import Catalog, default_catalog
 from capacity.cli import capacity_app, simulate_capacity
-from capacity.live.ledger import Ledger
+from capacity.live.ledger import Ledger, fleet_ledger
 from capacity.live.local import local_catalog
 from capacity.live.report import report_rows
 from meridian import demo, launcher
@@ -26,7 +26,7 @@ from meridian_core.replica_model import PROFILES
 from meridian_core.shared_data import MOONCAKE_TRACE
 from meridian_core.spec import SpecError, load_spec
 from meridian_host import models
-from meridian_host.platform_state import PlatformState, platform_dir
+from meridian_host.platform_state import PlatformState, cluster_dir
 
 DEFAULT_SPEC = Path("configs/local.yaml")
 
@@ -119,25 +119,30 @@ def status(
     if not report["running"]:
         console.print(f"[yellow]platform {platform.name} is not running[/yellow] (start it with `meridian up {spec}`)")
         raise typer.Exit(1)
-    console.print(f"router: [bold]{report['router_url']}[/bold]   dashboard: {report['dashboard_url']}")
+    console.print(f"router: [bold]{report['router_url']}[/bold]")
     table = Table(title=f"platform {platform.name}")
-    columns = ("region", "health", "app", "replicas", "target (reason)", "running", "waiting", "KV cache", "in-flight")
+    columns = ("region", "cluster", "nodes", "health", "app", "replicas", "target (reason)", "run+wait, KV")
+    columns += ("in-flight",)
     for column in columns:
         table.add_column(column)
     for region in report["regions"]:
         replicas = ", ".join(f"{n} {s.lower()}" for s, n in region["replica_states"].items()) or "-"
         healthy = "[green]healthy[/green]" if region["healthy"] else f"[red]down[/red] {region['last_error'] or ''}"
         engine = region["engine"]
-        scaling = region["autoscaling"]
+        scaling, floor = region["autoscaling"], region["floor"]
+        target = f"{scaling['target']} ({scaling['reason']})" if scaling else "fixed"
+        if floor:
+            target += f"; floor {floor['replicas']} ({floor['reason']})"
+        load = f"{engine['running']}+{engine['waiting']}, KV {engine['kv_cache_usage']:.0%}" if engine else "-"
         table.add_row(
             region["name"],
+            region["cluster"] or "-",
+            ", ".join(f"{n} {kind}" for kind, n in region["nodes"].items()) or "-",
             healthy,
             region["app_status"].lower(),
             replicas,
-            f"{scaling['target']} ({scaling['reason']})" if scaling else "fixed",
-            str(engine.get("running", "-")),
-            str(engine.get("waiting", "-")),
-            f"{engine['kv_cache_usage']:.0%}" if "kv_cache_usage" in engine else "-",
+            target,
+            load,
             str(region["in_flight"]),
         )
     console.print(table)
@@ -150,16 +155,17 @@ def capacity_report(
 ) -> None:
     """Held nodes, cost, utilisation, last hour's stockouts and preemptions, quota left."""
     platform = _load(spec)
-    ledger = Ledger(platform_dir(platform.name))
-    snapshot = ledger.snapshot()
+    now = time.time()
+    ledgers = [Ledger(cluster_dir(platform.name, region.slug)) for region in platform.regions]
+    snapshot, events = fleet_ledger(ledgers, since_s=now - 3600)
     if snapshot is None:
         errors.print(
             f"[yellow]no capacity recorded for platform {platform.name}[/yellow] (start it with `meridian up`)"
         )
         raise typer.Exit(1)
-    now = time.time()
-    catalog = Catalog([*default_catalog().offerings(), *local_catalog(platform).offerings()])
-    rows = report_rows(snapshot, ledger.events(since_s=now - 3600), catalog, platform.capacity, now)
+    local = [o for region in platform.regions for o in local_catalog(platform, region).offerings()]
+    catalog = Catalog([*default_catalog().offerings(), *local])
+    rows = report_rows(snapshot, events, catalog, platform.capacity, now)
     if as_json:
         typer.echo(json.dumps({"platform": platform.name, "at_s": snapshot.at_s, "rows": rows}, indent=2))
         return
@@ -193,16 +199,32 @@ def down(spec: SpecArg = DEFAULT_SPEC) -> None:
         console.print(f"platform {platform.name} is not running")
         return
     with console.status(f"stopping platform {platform.name}"):
-        strays = launcher.down(platform.name)
-    console.print(
-        f"[green]platform {platform.name} stopped[/green]" + (f" ({strays} stray processes swept)" if strays else "")
-    )
+        stopped = launcher.down(platform.name)
+    swept = f" ({stopped.strays} stray processes swept)" if stopped.strays else ""
+    console.print(f"[green]platform {platform.name} stopped[/green]{swept}")
+    for problem in stopped.problems:
+        errors.print(f"[red]{problem}[/red]")
+    if stopped.problems:
+        raise typer.Exit(1)
 
 
 @app.command("serve-config")
-def serve_config_command(spec: SpecArg = DEFAULT_SPEC) -> None:
-    """Print the Ray Serve config (`serve deploy` schema) for a spec."""
-    typer.echo(yaml.safe_dump(serve_config(_load(spec)), sort_keys=False), nl=False)
+def serve_config_command(
+    spec: SpecArg = DEFAULT_SPEC,
+    region: Annotated[str | None, typer.Option(help="the region whose cluster it is for (needed with several)")] = None,
+) -> None:
+    """Print the Ray Serve config (`serve deploy` schema) of one region's cluster."""
+    platform = _load(spec)
+    if region is None and len(platform.regions) > 1:
+        names = ", ".join(r.name for r in platform.regions)
+        errors.print(f"[red]each region is its own cluster; name one with --region ({names})[/red]")
+        raise typer.Exit(2)
+    try:
+        chosen = platform.region(region) if region else platform.regions[0]
+    except KeyError:
+        errors.print(f"[red]no region {region!r} in {platform.name}[/red]")
+        raise typer.Exit(2) from None
+    typer.echo(yaml.safe_dump(serve_config(platform, chosen), sort_keys=False), nl=False)
 
 
 @models_app.command("pull")

@@ -1,8 +1,9 @@
-"""The local launcher: a Ray head, one labelled Ray node per region, the region apps
-(deployed with `serve deploy`), and the geo router, all as real processes.
+"""The launcher: for each region its own Ray cluster (a local head for a managed one),
+its Serve app (deployed with `serve deploy` to that cluster) and its capacity loop;
+then the geo router and the global loop above the clusters. All are real processes.
 
-`up` is safe to repeat: if the platform is already running it re-applies the Serve
-config (a no-op when unchanged) and waits for readiness again. `down` stops every
+`up` is safe to repeat: if the platform is already running it re-applies each region's
+Serve config (a no-op when unchanged) and waits for readiness again. `down` stops every
 process `up` started and sweeps up anything they spawned.
 """
 
@@ -22,17 +23,16 @@ import httpx
 import yaml
 
 from capacity.live.local import LocalProvider, placement_for
+from capacity.live.providers import provider_for
 from meridian.serve_config import serve_config
 from meridian_core.contracts import MalformedMessage, RouterRegion, RouterRegions, parse
-from meridian_core.spec import PlatformSpec, load_spec
+from meridian_core.spec import PlatformSpec, RegionSpec, load_spec
 from meridian_host import models, processes
-from meridian_host.platform_state import PlatformState
-from meridian_host.ray_nodes import BIN, start_ray_node
+from meridian_host.platform_state import ClusterState, LocalNodes, PlatformState
+from meridian_host.ray_nodes import BIN, start_head
+from meridian_host.region_tokens import region_token, token_sha256
 
-# Processes beside the engines (Serve controller/proxy, ingress, router) need CPU
-# too; Ray only schedules by logical CPUs, so the head advertises one.
 log = logging.getLogger("meridian.launcher")
-HEAD_CPUS = 1
 
 
 class LaunchError(RuntimeError):
@@ -50,32 +50,24 @@ ProgressCallback = Callable[[str], None]
 RegionsCallback = Callable[[list[RegionProgress]], None]
 
 
-def ray_temp_dir(spec: PlatformSpec) -> str:
-    # Ray puts unix sockets under this directory; it must stay short (AF_UNIX paths
-    # are limited to 107 bytes), so it does not live under the state dir.
-    return f"/tmp/meridian-{spec.name}"
-
-
 def new_state(spec: PlatformSpec, spec_path: Path) -> PlatformState:
     return PlatformState(
         name=spec.name,
         spec_path=str(spec_path.resolve()),
         platform_id=uuid.uuid4().hex,
-        ray_temp_dir=ray_temp_dir(spec),
-        gcs_address=f"127.0.0.1:{spec.ray.gcs_port}",
-        dashboard_url=f"http://127.0.0.1:{spec.ray.dashboard_port}",
         router_url=f"http://{spec.router.host}:{spec.router.port}",
     )
 
 
 def is_up(state: PlatformState | None) -> bool:
-    return (
-        state is not None
-        and processes.is_running(state.head_pid)
-        and processes.is_running(state.router_pid)
-        and processes.is_running(state.capacity_pid)
-        and all(processes.is_running(node["pid"]) for node in state.local_nodes.values())
-    )
+    if state is None or not state.clusters:
+        return False
+    pids = [state.router_pid, state.global_loop_pid]
+    for cluster in state.clusters.values():
+        pids.append(cluster.capacity_pid)
+        if cluster.ray_temp_dir is not None:  # a cluster Meridian started
+            pids.append(cluster.head_pid)
+    return all(processes.is_running(pid) for pid in pids)
 
 
 def up(
@@ -102,68 +94,73 @@ def up(
         state = new_state(spec, spec_path)
         state.save()
         try:
-            start_ray(spec, state, on_step)
-            deploy(spec, state, on_step)
+            for region in spec.regions:
+                start_cluster(spec, state, region, on_step)
+                deploy(spec, state, region, on_step)
+                start_capacity_loop(state, region, on_step)
             start_router(spec, state, on_step)
-            start_capacity_loop(state, on_step)
+            start_global_loop(spec, state, on_step)
         except BaseException:
             down(spec.name)
             raise
     else:
-        on_step("platform already running; re-applying the Serve config")
-        deploy(spec, state, on_step)
+        on_step("platform already running; re-applying the Serve configs")
+        for region in spec.regions:
+            deploy(spec, state, region, on_step)
     wait_ready(spec, state, on_regions, timeout_s)
     return state, already_up
 
 
-def start_ray(spec: PlatformSpec, state: PlatformState, on_step: ProgressCallback) -> None:
-    on_step("starting the Ray head")
-    state.head_pid = start_ray_node(
-        spec,
-        state,
-        node_index=0,
-        log_name="ray-head",
-        role_args=[
-            "--head",
-            "--port",
-            str(spec.ray.gcs_port),
-            "--dashboard-host",
-            "127.0.0.1",
-            "--dashboard-port",
-            str(spec.ray.dashboard_port),
-            "--ray-client-server-port",
-            str(spec.ray.gcs_port + 1),
-            "--num-cpus",
-            str(HEAD_CPUS),
-            "--temp-dir",
-            state.ray_temp_dir,
-        ],  # fmt: skip
-    )
-    state.save()
-    wait_for(
-        lambda: _answers(f"{state.dashboard_url}/api/version"),
-        120,
-        "the Ray dashboard",
-        state.logs_dir / "ray-head.log",
-    )
-    # One node at a time: Ray nodes starting together on one machine race for ports.
-    provider = LocalProvider(spec, state)
-    for region in spec.regions:
-        on_step(f"starting the Ray node of {region.name}")
-        provider.acquire(placement_for(spec, region))
+def start_cluster(spec: PlatformSpec, state: PlatformState, region: RegionSpec, on_step: ProgressCallback) -> None:
+    """The region's Ray cluster: a head started here for a managed one, the given address
+    for an existing one; then, for a local region, its first node."""
+    if region.cluster.managed:
+        on_step(f"{region.name}: starting its Ray cluster")
+        cluster = start_head(spec, state, region)
+        state.clusters[region.name] = cluster
+        state.save()
+        log_path = state.logs_dir / f"ray-head-{region.slug}.log"
+        wait_for(lambda: _answers(f"{cluster.dashboard_url}/api/version"), 120, f"{region.name}'s Ray head", log_path)
+    else:
+        assert region.cluster.address and region.cluster.dashboard_url  # the spec checks both are set
+        state.clusters[region.name] = ClusterState(
+            slug=region.slug, gcs_address=region.cluster.address, dashboard_url=region.cluster.dashboard_url
+        )
+        state.save()
+        if not _answers(f"{region.cluster.dashboard_url}/api/version"):
+            raise LaunchError(f"{region.name}: its cluster does not answer at {region.cluster.dashboard_url}")
+    if region.capacity.provider == "local":
+        # The capacity loop would buy it within a tick; starting it here lets the
+        # Serve app deploy onto a node at once.
+        on_step(f"{region.name}: starting its first Ray node")
+        LocalProvider(spec, state, region).acquire(placement_for(spec, region))
 
 
-def deploy(spec: PlatformSpec, state: PlatformState, on_step: ProgressCallback) -> None:
-    on_step("deploying the region apps (serve deploy)")
-    config_path = state.directory / "serve.yaml"
-    config_path.write_text(yaml.safe_dump(serve_config(spec), sort_keys=False))
+def deploy(spec: PlatformSpec, state: PlatformState, region: RegionSpec, on_step: ProgressCallback) -> None:
+    on_step(f"{region.name}: deploying its Serve app")
+    digest = token_sha256(region_token(state, region)) if region.cluster.managed else None
+    config_path = state.cluster_dir(region.slug) / "serve.yaml"
+    config_path.parent.mkdir(parents=True, exist_ok=True)
+    config_path.write_text(yaml.safe_dump(serve_config(spec, region, digest), sort_keys=False))
+    dashboard = state.clusters[region.name].dashboard_url
     result = subprocess.run(
-        [str(BIN / "serve"), "deploy", str(config_path), "--address", state.dashboard_url],
+        [str(BIN / "serve"), "deploy", str(config_path), "--address", dashboard],
         capture_output=True,
         text=True,
     )
     if result.returncode != 0:
-        raise LaunchError(f"serve deploy failed:\n{result.stdout}\n{result.stderr}".strip())
+        raise LaunchError(f"{region.name}: serve deploy failed:\n{result.stdout}\n{result.stderr}".strip())
+
+
+def start_capacity_loop(state: PlatformState, region: RegionSpec, on_step: ProgressCallback) -> None:
+    """The loop that adds and removes the region's nodes as its replica target changes."""
+    on_step(f"{region.name}: starting its capacity loop")
+    state.clusters[region.name].capacity_pid = processes.spawn(
+        [sys.executable, "-m", "capacity.live.capacity_loop", state.spec_path, region.name],
+        state.logs_dir / f"capacity-{region.slug}.log",
+        state.platform_id,
+    )
+    state.save()
 
 
 def start_router(spec: PlatformSpec, state: PlatformState, on_step: ProgressCallback) -> None:
@@ -177,13 +174,16 @@ def start_router(spec: PlatformSpec, state: PlatformState, on_step: ProgressCall
     wait_for(lambda: _answers(f"{state.router_url}/healthz"), 60, "the router to answer", state.logs_dir / "router.log")
 
 
-def start_capacity_loop(state: PlatformState, on_step: ProgressCallback) -> None:
-    """The loop that adds and removes region nodes as replica targets change."""
-    on_step("starting the capacity loop")
-    state.capacity_pid = processes.spawn(
-        [sys.executable, "-m", "capacity.live.capacity_loop", state.spec_path],
-        state.logs_dir / "capacity.log",
+def start_global_loop(spec: PlatformSpec, state: PlatformState, on_step: ProgressCallback) -> None:
+    """The loop above the clusters; it gets each managed region's control token in its
+    environment, under the variable the region's spec names."""
+    on_step("starting the global loop")
+    tokens = {region.token_env: region_token(state, region) for region in spec.regions if region.cluster.managed}
+    state.global_loop_pid = processes.spawn(
+        [sys.executable, "-m", "autoscaler.live.global_loop", state.spec_path],
+        state.logs_dir / "global-loop.log",
         state.platform_id,
+        env=tokens,
     )
     state.save()
 
@@ -206,11 +206,11 @@ def wait_ready(spec: PlatformSpec, state: PlatformState, on_regions: RegionsCall
 
 
 def region_progress(spec: PlatformSpec, state: PlatformState) -> list[RegionProgress]:
-    apps = serve_applications(state)
     routed = router_regions(state)
     progress = []
     for region in spec.regions:
-        app = apps.get(region.slug, {})
+        cluster = state.clusters.get(region.name)
+        app = serve_applications(cluster.dashboard_url).get(region.slug, {}) if cluster else {}
         app_status = app.get("status", "NOT_STARTED")
         view = routed.get(region.name)
         if app_status == "DEPLOY_FAILED":
@@ -228,9 +228,10 @@ def _replicas_to_wait_for(view: RouterRegion) -> int:
     return 0 if scaling is not None and scaling.min_replicas == 0 else 1
 
 
-def serve_applications(state: PlatformState) -> dict[str, Any]:
+def serve_applications(dashboard_url: str) -> dict[str, Any]:
+    """The Serve applications of one cluster, as its dashboard reports them."""
     try:
-        response = httpx.get(f"{state.dashboard_url}/api/serve/applications/", timeout=5)
+        response = httpx.get(f"{dashboard_url}/api/serve/applications/", timeout=5)
         response.raise_for_status()
         return response.json().get("applications", {})
     except (httpx.HTTPError, ValueError):
@@ -250,19 +251,49 @@ def router_regions(state: PlatformState) -> dict[str, RouterRegion]:
         return {}
 
 
-def down(name: str) -> int:
-    """Stop the platform `name`; return how many stray processes the final sweep found."""
+@dataclass
+class Stopped:
+    strays: int  # processes the final sweep found still carrying the platform's id
+    problems: list[str]  # cloud instances that could not be released, one line a region
+
+
+def down(name: str) -> Stopped:
+    """Stop the platform `name`: its loops, router, nodes and heads, and every cloud
+    instance its regions' providers own."""
     state = PlatformState.load(name)
     if state is None:
-        return 0
-    # The capacity loop first, so it starts no node while the others stop.
-    pids = [state.capacity_pid, state.router_pid, *(n["pid"] for n in state.local_nodes.values()), state.head_pid]
+        return Stopped(0, [])
+    # The capacity loops first, so they start no node while the others stop.
+    clusters = state.clusters.values()
+    for pid in [cluster.capacity_pid for cluster in clusters]:
+        if pid:
+            processes.terminate_group(pid)
+    problems = release_cloud_nodes(load_spec(state.spec_path), state)
+    pids = [state.global_loop_pid, state.router_pid]
+    pids += [node.pid for cluster in clusters for node in LocalNodes.load(state, cluster.slug).nodes.values()]
+    pids += [cluster.head_pid for cluster in clusters]
     for pid in pids:
         if pid:
             processes.terminate_group(pid)
-    leftovers = processes.sweep(state.platform_id)
+    strays = processes.sweep(state.platform_id)
     state.forget()
-    return leftovers
+    return Stopped(strays, problems)
+
+
+def release_cloud_nodes(spec: PlatformSpec, state: PlatformState) -> list[str]:
+    """Terminate every instance a cloud region's provider finds as its own (by its
+    ownership tags or labels, nothing else); a region that cannot is named, with why."""
+    problems = []
+    for region in spec.regions:
+        if region.capacity.provider == "local" or region.name not in state.clusters:
+            continue
+        try:
+            provider, _ = provider_for(spec, region, state)
+            for node in provider.nodes():
+                provider.release(node.id)
+        except Exception as error:  # each region is tried, whatever the others do
+            problems.append(f"{region.name}: its instances were not all released ({type(error).__name__}: {error})")
+    return problems
 
 
 def wait_for(check: Callable[[], bool], timeout_s: float, what: str, log_path: Path) -> None:

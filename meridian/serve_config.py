@@ -1,34 +1,39 @@
-"""The Ray Serve config (`serve deploy` schema) for a platform spec: one app per region."""
+"""The Ray Serve config (`serve deploy` schema) of one region's cluster: its region app."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from meridian_core.spec import PlatformSpec
+from meridian_core.spec import PlatformSpec, RegionSpec
 
 REGION_APP_IMPORT_PATH = "deployments.region_app:build_region_app"
 
 
-def region_app_args(spec: PlatformSpec, region_name: str) -> dict[str, Any]:
+def region_app_args(spec: PlatformSpec, region: RegionSpec, control_token_sha256: str | None = None) -> dict[str, Any]:
     """The region's app args: the spec's own sections, dumped as they are."""
-    return {
-        "region": spec.region(region_name).model_dump(mode="json"),
+    args: dict[str, Any] = {
+        "region": region.model_dump(mode="json"),
         "models": [m.model_dump(mode="json") for m in spec.models],
         "slo": spec.slo.model_dump(mode="json"),
     }
+    if control_token_sha256 is not None:
+        args["control_token_sha256"] = control_token_sha256
+    return args
 
 
-def serve_config(spec: PlatformSpec) -> dict[str, Any]:
+def serve_config(spec: PlatformSpec, region: RegionSpec, control_token_sha256: str | None = None) -> dict[str, Any]:
+    """What `serve deploy` applies to the region's cluster. A managed cluster's proxy
+    listens on its own port (RaySpec); an existing cluster's on Serve's default."""
+    port = spec.cluster_ports(region).serve if region.cluster.managed else 8000
     return {
         "proxy_location": "HeadOnly",
-        "http_options": {"host": "127.0.0.1", "port": spec.ray.serve_port},
+        "http_options": {"host": "127.0.0.1" if region.cluster.managed else "0.0.0.0", "port": port},
         "applications": [
             {
                 "name": region.slug,
                 "route_prefix": f"/{region.slug}",
                 "import_path": REGION_APP_IMPORT_PATH,
-                "args": region_app_args(spec, region.name),
+                "args": region_app_args(spec, region, control_token_sha256),
             }
-            for region in spec.regions
         ],
     }

@@ -12,8 +12,12 @@ stops a loop.
   (autoscaler/live/serve_policy.py → the region's /status and the capacity loop).
 - `ReplicaReport`: what each LLM replica reports to Serve's autoscaler
   (deployments/region_server.py → autoscaler/live/serve_policy.py).
-- `FleetFloor`: the global loop's replica floor for a region, in Ray's KV
-  (capacity/live/capacity_loop.py → autoscaler/live/serve_policy.py).
+- `CapacityReport`: what a region's capacity loop could not place in the region, in
+  its cluster's KV (capacity/live/capacity_loop.py → the region's /status → the global
+  loop).
+- `FleetFloor`: the global loop's replica floor for a region, sent to the region's
+  ingress and kept in its cluster's KV (autoscaler/live/global_loop.py →
+  deployments/region_ingress.py → autoscaler/live/serve_policy.py).
 - `RouterRegions`: the router's view of every region, its `GET /regions`
   (geo_router/live/app.py → `meridian status` and `meridian up`'s progress).
 """
@@ -109,6 +113,20 @@ class ScalingView(Contract):
     at: Timestamp
 
 
+class CapacityReport(Contract):
+    """A region's capacity loop, after its last placement: the replicas of its target it
+    has no node for and cannot get one for in the region (stockouts, quota), and why."""
+
+    unplaced_replicas: Count
+    reason: Reason
+    at: Timestamp
+
+
+class FleetFloor(Contract):
+    replicas: Count
+    reason: Reason
+
+
 class RegionStatus(Contract):
     region: Name
     models: list[Name] = Field(max_length=MAX_MODELS)
@@ -117,6 +135,10 @@ class RegionStatus(Contract):
     autoscaling: ScalingView | None = None
     engine: EngineLoad
     per_replica: list[EngineLoad] = Field(default_factory=list, max_length=MAX_REPLICAS)
+    # None until the region's capacity loop has reported.
+    capacity: CapacityReport | None = None
+    # The global loop's floor for the region, if it set one.
+    floor: FleetFloor | None = None
 
 
 # Stands for "nothing observed in this interval": Serve's custom metrics are floats.
@@ -136,11 +158,6 @@ class ReplicaReport(Contract):
     output_tokens_total: Tokens = 0.0
     ttft_p95_s: Percentile = NOT_OBSERVED
     itl_p95_s: Percentile = NOT_OBSERVED
-
-
-class FleetFloor(Contract):
-    replicas: Count
-    reason: Reason
 
 
 class RouterRegion(Contract):

@@ -7,6 +7,7 @@ A wrong field fails at load time with a `SpecError` that names the field's path
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -14,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from meridian_core.capacity_spec import CapacitySpec
+from meridian_core.cluster_spec import AwsCapacity, ClusterSpec, GcpCapacity, LocalCapacity, RegionCapacity
 from meridian_core.replica_model import PROFILES
 
 # Linux hands out ports from 32768 up to outgoing connections and to processes that
@@ -111,9 +113,12 @@ class RegionSpec(StrictModel):
     # Cores the region's vLLM engines run their OpenMP threads on, as vLLM's
     # VLLM_CPU_OMP_THREADS_BIND takes them ("0", "0-3", "0,2"); unset lets them float.
     engine_cpus: str | None = Field(default=None, pattern=r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
-    # Base URL of the region's Serve app. Unset for local regions, which are reached
-    # through the local Ray Serve proxy at `/<slug>`.
+    # Base URL of the region's Serve app. Unset for a managed cluster, which is reached
+    # through its own Serve proxy at `/<slug>`; required for an existing cluster.
     endpoint: str | None = Field(default=None, pattern=r"^https?://")
+    # The region's own Ray cluster, and where its nodes come from (meridian_core/cluster_spec.py).
+    cluster: ClusterSpec = ClusterSpec()
+    capacity: RegionCapacity = LocalCapacity()
     # Without it the region runs `replicas` replicas, fixed.
     autoscaling: AutoscalingSpec | None = None
     # The accelerator each node of the region carries, as the price catalog names it
@@ -138,6 +143,24 @@ class RegionSpec(StrictModel):
             raise ValueError(f"unknown replica profile {value!r}; known: {', '.join(sorted(PROFILES))}")
         return value
 
+    @model_validator(mode="after")
+    def _cluster_and_capacity_agree(self) -> RegionSpec:
+        cloud, place = self.name.split("/", 1)
+        provider = self.capacity
+        # Local nodes may stand in for any region (a demo, a simulation); a cloud's only for its own.
+        if isinstance(provider, AwsCapacity | GcpCapacity):
+            if provider.provider != cloud:
+                raise ValueError(f"capacity.provider: {self.name} is in {cloud}, not {provider.provider}")
+            if provider.region != place:
+                raise ValueError(f"capacity: {self.name} is region {place}, but its settings are for {provider.region}")
+            types = provider.instance_types if isinstance(provider, AwsCapacity) else provider.machine_types
+            if self.accelerator not in types:
+                field = "instance_types" if isinstance(provider, AwsCapacity) else "machine_types"
+                raise ValueError(f"capacity.{field}: no type for the region's accelerator {self.accelerator!r}")
+        if not self.cluster.managed and self.endpoint is None:
+            raise ValueError("endpoint: a region on an existing cluster needs the URL of its Serve app")
+        return self
+
     @property
     def cloud(self) -> str:
         return self.name.split("/", 1)[0]
@@ -146,6 +169,11 @@ class RegionSpec(StrictModel):
     def slug(self) -> str:
         """Name usable as a Ray Serve app name, route prefix and Ray resource: local-us-east."""
         return self.name.replace("/", "-")
+
+    @property
+    def token_env(self) -> str:
+        """The environment variable that holds the region's control token (ClusterSpec)."""
+        return self.cluster.token_env or "MERIDIAN_REGION_TOKEN_" + self.slug.upper().replace("-", "_")
 
 
 class LocateSpec(StrictModel):
@@ -252,17 +280,39 @@ class FleetSpec(StrictModel):
 
 
 class RaySpec(StrictModel):
+    """The managed clusters' ports on this machine: the i-th managed region's cluster (in
+    spec order, from 0) serves on serve_port + i, its dashboard on dashboard_port + i and
+    its GCS on gcs_port + 2i (the Ray client server on the port after it)."""
+
     serve_port: int = Field(default=8000, ge=1, le=65535)
     dashboard_port: int = Field(default=8265, ge=1, le=65535)
     gcs_port: int = Field(default=6380, ge=1, le=65535)
     # Logical CPUs per region node. vLLM's CPU worker holds one per replica and the
     # ingress needs another, so nodes advertise more CPUs than the machine has cores.
     cpus_per_region_node: int = Field(default=4, ge=1)
-    # Ray node i (the head is 0) owns ports [from + i*1000, from + (i+1)*1000): its
-    # components' ports (raylet, object manager, agents, metrics) and its workers'.
+    # Ray node block b owns ports [from + b*1000, from + (b+1)*1000): its components'
+    # ports (raylet, object manager, agents, metrics) and its workers'. Each managed
+    # cluster has 2 + spare_nodes blocks: its head's, its first node's and its spares'.
     node_ports_from: int = Field(default=20000, ge=1024, le=EPHEMERAL_PORTS_FROM)
-    # Port blocks for region nodes added beyond the first per region (capacity/live/local.py).
+    # Port blocks for a region's nodes beyond its first (capacity/live/local.py).
     spare_nodes: int = Field(default=2, ge=0, le=16)
+
+    @property
+    def blocks_per_cluster(self) -> int:
+        return 2 + self.spare_nodes
+
+
+@dataclass(frozen=True)
+class ClusterPorts:
+    """Where a managed region's Ray cluster listens on this machine."""
+
+    gcs: int
+    client_server: int
+    dashboard: int
+    serve: int
+    # The head's port block; the region's nodes take the blocks after it.
+    head_block: int
+    node_blocks: range
 
 
 class PlatformSpec(StrictModel):
@@ -287,27 +337,36 @@ class PlatformSpec(StrictModel):
         return self
 
     @model_validator(mode="after")
-    def _node_ports_clear(self) -> PlatformSpec:
+    def _ports_clear(self) -> PlatformSpec:
         first = self.ray.node_ports_from
-        nodes = len(self.regions) + 1 + self.ray.spare_nodes
+        nodes = len(self.managed_regions) * self.ray.blocks_per_cluster
         last = first + nodes * PORTS_PER_NODE - 1
         if last >= EPHEMERAL_PORTS_FROM:
             raise ValueError(
                 f"ray.node_ports_from: {nodes} Ray nodes need ports {first}-{last}, "
                 f"which must end below the ephemeral range ({EPHEMERAL_PORTS_FROM})"
             )
-        fixed = {
-            "router.port": self.router.port,
-            "ray.serve_port": self.ray.serve_port,
-            "ray.dashboard_port": self.ray.dashboard_port,
-            "ray.gcs_port": self.ray.gcs_port,
-            "ray.gcs_port + 1 (Ray client server)": self.ray.gcs_port + 1,
-        }
+        fixed = {"router.port": self.router.port}
+        for region in self.managed_regions:
+            ports = self.cluster_ports(region)
+            fixed |= {
+                f"ray.serve_port ({region.name})": ports.serve,
+                f"ray.dashboard_port ({region.name})": ports.dashboard,
+                f"ray.gcs_port ({region.name})": ports.gcs,
+                f"ray.gcs_port + 1 ({region.name}'s Ray client server)": ports.client_server,
+            }
         clashes = [name for name, port in fixed.items() if first <= port <= last]
         if clashes:
             raise ValueError(
                 f"ray.node_ports_from: the Ray nodes' port range {first}-{last} contains {', '.join(clashes)}"
             )
+        taken: dict[int, str] = {}
+        for name, port in fixed.items():
+            if port in taken:
+                raise ValueError(f"ray: {name} and {taken[port]} are both port {port}")
+            if port > 65535:
+                raise ValueError(f"ray: {name} would be port {port}, past 65535")
+            taken[port] = name
         return self
 
     @model_validator(mode="after")
@@ -319,8 +378,28 @@ class PlatformSpec(StrictModel):
             )
         return self
 
+    @property
+    def managed_regions(self) -> list[RegionSpec]:
+        return [r for r in self.regions if r.cluster.managed]
+
+    def cluster_ports(self, region: RegionSpec) -> ClusterPorts:
+        """The ports of a managed region's cluster (see RaySpec)."""
+        index = next(i for i, r in enumerate(self.managed_regions) if r.name == region.name)
+        head_block = index * self.ray.blocks_per_cluster
+        return ClusterPorts(
+            gcs=self.ray.gcs_port + 2 * index,
+            client_server=self.ray.gcs_port + 2 * index + 1,
+            dashboard=self.ray.dashboard_port + index,
+            serve=self.ray.serve_port + index,
+            head_block=head_block,
+            node_blocks=range(head_block + 1, head_block + self.ray.blocks_per_cluster),
+        )
+
     def region_endpoint(self, region: RegionSpec) -> str:
-        return region.endpoint or f"http://127.0.0.1:{self.ray.serve_port}/{region.slug}"
+        """The base URL of the region's Serve app, as the router and the global loop reach it."""
+        if region.endpoint:
+            return region.endpoint
+        return f"http://127.0.0.1:{self.cluster_ports(region).serve}/{region.slug}"
 
     def region(self, name: str) -> RegionSpec:
         for region in self.regions:

@@ -1,6 +1,6 @@
 """Ray nodes as local processes: `ray start --block` in a session of its own, with a
-fixed block of ports per node. The launcher starts the head this way and the local
-capacity provider (capacity/live/local.py) the region nodes."""
+fixed block of ports per node. The launcher starts each managed region's head this way
+and the local capacity provider (capacity/live/local.py) the region's worker nodes."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import httpx
 
-from meridian_core.spec import PORTS_PER_NODE, PlatformSpec
+from meridian_core.spec import PORTS_PER_NODE, PlatformSpec, RegionSpec
 from meridian_host import processes
-from meridian_host.platform_state import PlatformState
+from meridian_host.platform_state import ClusterState, PlatformState
 
 BIN = Path(sys.executable).parent
 REGION_LABEL = "meridian.io/region"
@@ -23,15 +23,18 @@ COMPONENT_PORTS = 6
 # Objects passed between Serve actors are small; the default (30% of RAM per node)
 # would reserve most of /dev/shm across several nodes on one machine.
 OBJECT_STORE_BYTES = 256 * 1024**2
+# Processes beside the engines (Serve controller/proxy, ingress) need CPU too; Ray only
+# schedules by logical CPUs, so a head advertises one.
+HEAD_CPUS = 1
 
 
 def start_ray_node(
-    spec: PlatformSpec, state: PlatformState, node_index: int, log_name: str, role_args: list[str]
+    spec: PlatformSpec, state: PlatformState, block_index: int, log_name: str, role_args: list[str]
 ) -> int:
-    """Start Ray node `node_index` (the head is 0); return the pid of its `ray start`."""
+    """Start a Ray node on port block `block_index`; return the pid of its `ray start`."""
     # The node's block of ports: components at its top, workers below them. Fixed and
     # below the ephemeral range, so nothing else can take them between choice and bind.
-    block = spec.ray.node_ports_from + node_index * PORTS_PER_NODE
+    block = spec.ray.node_ports_from + block_index * PORTS_PER_NODE
     ports = [block + PORTS_PER_NODE - COMPONENT_PORTS + k for k in range(COMPONENT_PORTS)]
     flags = {
         "--node-ip-address": "127.0.0.1",
@@ -59,10 +62,47 @@ def start_ray_node(
     )
 
 
-def alive_nodes_labelled(state: PlatformState, label: str) -> dict[str, str]:
+def start_head(spec: PlatformSpec, state: PlatformState, region: RegionSpec) -> ClusterState:
+    """Start the head of a managed region's cluster; it hosts Serve's controller and
+    proxy, and no replica (it has no `region:<slug>` resource)."""
+    ports = spec.cluster_ports(region)
+    # Ray puts unix sockets under this directory; it must stay short (AF_UNIX paths are
+    # limited to 107 bytes), so it does not live under the state dir.
+    temp_dir = f"/tmp/meridian-{spec.name}-{ports.head_block}"
+    pid = start_ray_node(
+        spec,
+        state,
+        block_index=ports.head_block,
+        log_name=f"ray-head-{region.slug}",
+        role_args=[
+            "--head",
+            "--port",
+            str(ports.gcs),
+            "--dashboard-host",
+            "127.0.0.1",
+            "--dashboard-port",
+            str(ports.dashboard),
+            "--ray-client-server-port",
+            str(ports.client_server),
+            "--num-cpus",
+            str(HEAD_CPUS),
+            "--temp-dir",
+            temp_dir,
+        ],  # fmt: skip
+    )
+    return ClusterState(
+        slug=region.slug,
+        gcs_address=f"127.0.0.1:{ports.gcs}",
+        dashboard_url=f"http://127.0.0.1:{ports.dashboard}",
+        ray_temp_dir=temp_dir,
+        head_pid=pid,
+    )
+
+
+def alive_nodes_labelled(dashboard_url: str, label: str) -> dict[str, str]:
     """Alive Ray nodes carrying `label`: its value -> Ray node id."""
     try:
-        response = httpx.get(f"{state.dashboard_url}/api/v0/nodes", params={"limit": 1000}, timeout=5)
+        response = httpx.get(f"{dashboard_url}/api/v0/nodes", params={"limit": 1000}, timeout=5)
         nodes = response.json()["data"]["result"]["result"]
     except (httpx.HTTPError, ValueError, KeyError, TypeError):
         return {}
@@ -73,12 +113,12 @@ def alive_nodes_labelled(state: PlatformState, label: str) -> dict[str, str]:
     }
 
 
-def nodes_running_actors(state: PlatformState) -> set[str] | None:
+def nodes_running_actors(dashboard_url: str) -> set[str] | None:
     """Ray node ids with a live actor (a Serve replica, the ingress, ...); None if the
     state API did not answer, so callers can treat every node as busy."""
     params = {"limit": 10000, "filter_keys": "state", "filter_predicates": "=", "filter_values": "ALIVE"}
     try:
-        response = httpx.get(f"{state.dashboard_url}/api/v0/actors", params=params, timeout=5)
+        response = httpx.get(f"{dashboard_url}/api/v0/actors", params=params, timeout=5)
         actors = response.json()["data"]["result"]["result"]
     except (httpx.HTTPError, ValueError, KeyError, TypeError):
         return None

@@ -211,27 +211,21 @@ MUTATIONS = (
     # Capacity.
     Mutation(
         "capacity/live/capacity_loop.py",
-        "        replicas = min(targets.get(region.name, region.replicas), bound)",
-        "        replicas = targets.get(region.name, region.replicas)",
+        "    replicas = min(region.replicas if target is None else target, bound)",
+        "    replicas = region.replicas if target is None else target",
         "a published target past max_replicas buys nodes for it",
+    ),
+    Mutation(
+        "autoscaler/live/global_loop.py",
+        "RegionView(region.name, scaling.own_target,",
+        "RegionView(region.name, scaling.target,",
+        "floors are planned from floored targets, so a persistent shortfall ratchets them up",
     ),
     Mutation(
         "capacity/live/capacity_loop.py",
         "            if acquisition.is_fallback:",
         "            if False:",
         "a node is bought in another region for demand whose replicas cannot run there",
-    ),
-    Mutation(
-        "capacity/live/capacity_loop.py",
-        "scaling[r.name].own_target, r.autoscaling",
-        "scaling[r.name].target, r.autoscaling",
-        "floors are planned from floored targets, so a persistent shortfall ratchets them up",
-    ),
-    Mutation(
-        "autoscaler/policy/fleet_floors.py",
-        "        if moved > 0:\n            raise_floor(spill.region",
-        "        if False:\n            raise_floor(spill.region",
-        "a region placement fell back to gets no floor",
     ),
     Mutation(
         "capacity/policy/placement.py",

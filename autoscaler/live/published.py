@@ -1,7 +1,8 @@
-"""What the autoscaler's loops tell each other, in Ray's internal KV: each region's
-latest decision (`ScalingView`, written by its policy in Serve's controller, read by the
-region's `/status` and the capacity loop) and the floor the global loop sets for it
-(`FleetFloor`, written by the capacity loop, read by the region's policy).
+"""What a region's loops tell each other, in its cluster's internal KV: the region's
+latest scaling decision (`ScalingView`, written by its policy in Serve's controller,
+read by the region's `/status` and its capacity loop), what its capacity loop could not
+place (`CapacityReport`, read by `/status`, whence the global loop), and the floor the
+global loop sets for it (`FleetFloor`, written by the region's ingress, read by its policy).
 
 Readers get the typed message or None; a malformed one raises `MalformedMessage`, which
 the reader logs, counts and drops.
@@ -12,7 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 
-from meridian_core.contracts import FleetFloor, MalformedMessage, ScalingView, parse
+from meridian_core.contracts import CapacityReport, FleetFloor, MalformedMessage, ScalingView, parse
 
 KV_NAMESPACE = "meridian"
 
@@ -23,6 +24,10 @@ def decision_key(app_name: str) -> str:
 
 def floor_key(app_name: str) -> str:
     return f"floor:{app_name}"
+
+
+def capacity_key(app_name: str) -> str:
+    return f"capacity:{app_name}"
 
 
 def publish(app_name: str, view: ScalingView) -> None:
@@ -53,6 +58,19 @@ def read_floor(app_name: str) -> FleetFloor | None:
 
     raw = _internal_kv_get(floor_key(app_name), namespace=KV_NAMESPACE)
     return parse(FleetFloor, raw) if raw else None
+
+
+def publish_capacity(app_name: str, report: CapacityReport) -> None:
+    from ray.experimental.internal_kv import _internal_kv_put
+
+    _internal_kv_put(capacity_key(app_name), report.model_dump_json(), overwrite=True, namespace=KV_NAMESPACE)
+
+
+def read_capacity(app_name: str) -> CapacityReport | None:
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    raw = _internal_kv_get(capacity_key(app_name), namespace=KV_NAMESPACE)
+    return parse(CapacityReport, raw) if raw else None
 
 
 @functools.cache

@@ -5,18 +5,16 @@ fleet in view:
 
 - **A region out of capacity.** When placement cannot get nodes for some of a
   region's replicas (stockouts, quota, no acceptable zone), that demand must be served
-  elsewhere, so that replicas are warm there when the router spills the traffic. Where
-  placement chose the region to fall back to (a `Spill`), that region gets the floor;
-  what it has no room for, and what placement could place nowhere (a shortfall), goes
-  to the next regions in the region's fallback order that still have room.
+  elsewhere: the next regions in the region's fallback order that still have room get
+  a floor of those replicas, so they are warm when the router spills the traffic.
 - **The fleet's warm minimum.** Regions may all scale to zero; the spec's
   `fleet.min_warm_replicas` keeps that many ready somewhere, in the regions that saw
   the most demand recently (the ones a request is likeliest to want).
 
 Pure: plain views in, floors out. Floors are planned from each policy's own target,
 never from one already raised by a floor, so a floor does not feed the next one. The
-capacity loop computes them and publishes them; the Serve adapter of each region
-applies max(its target, its floor).
+global loop (autoscaler/live/global_loop.py) computes them and sends them to the
+regions; the Serve adapter of each region applies max(its target, its floor).
 """
 
 from __future__ import annotations
@@ -35,26 +33,15 @@ class RegionView:
     recent_requests: int  # arrivals over the recent window, for where to keep warm replicas
 
 
-@dataclass(frozen=True)
-class Spill:
-    """Replicas of `origin` that placement chose to serve from `region` instead."""
-
-    origin: str
-    region: str
-    replicas: int
-
-
 def fleet_floors(
     regions: Sequence[RegionView],
     shortfalls: Mapping[str, int],
     fallback_order: Mapping[str, Sequence[str]],
     min_warm_replicas: int,
-    spills: Sequence[Spill] = (),
 ) -> dict[str, FleetFloor]:
     """Floors per region name; regions without one are absent."""
     by_name = {r.name: r for r in regions}
     floors: dict[str, FleetFloor] = {}
-    unplaced = dict(shortfalls)
 
     def planned(name: str) -> int:
         floor = floors.get(name)
@@ -63,16 +50,7 @@ def fleet_floors(
     def raise_floor(name: str, replicas: int, reason: str) -> None:
         floors[name] = FleetFloor(replicas=replicas, reason=reason[:MAX_REASON])
 
-    for spill in spills:
-        moved = 0
-        if spill.region in by_name and spill.region != spill.origin:
-            moved = min(by_name[spill.region].max_replicas - planned(spill.region), spill.replicas)
-        if moved > 0:
-            raise_floor(spill.region, planned(spill.region) + moved, f"serves {spill.origin}: placed here")
-        if spill.replicas > moved:
-            unplaced[spill.origin] = unplaced.get(spill.origin, 0) + spill.replicas - moved
-
-    for short_region, missing in sorted(unplaced.items()):
+    for short_region, missing in sorted(shortfalls.items()):
         for candidate in fallback_order.get(short_region, ()):
             if missing <= 0:
                 break

@@ -1,23 +1,22 @@
-"""The live capacity loop: nodes for the replicas the autoscaler wants, and the
-autoscaler's global loop.
+"""A region's capacity loop: nodes for the replicas the region's autoscaler wants.
 
-Every few seconds it reads each region's replica target (the autoscaler's decision,
-from Ray's KV where the region's policy publishes it; a fixed region's `replicas`), turns it into
-node demand, asks the placement policy (capacity/policy/placement.py, the simulator's code)
-what to buy and release, and carries that out through the provider, writing every
-event and the held nodes to the ledger that `meridian capacity report` reads.
+One runs beside each region's Ray cluster, connected to it. Every few seconds it reads
+the region's replica target (the autoscaler's decision, published in the cluster's KV;
+a fixed region's `replicas`), turns it into node demand, asks the placement policy
+(capacity/policy/placement.py, the simulator's code) what to buy and release, and
+carries that out through the region's provider (local Ray nodes, EC2 or Compute Engine),
+writing every event and the held nodes to the region's ledger, which `meridian capacity
+report` reads.
 
-A region's replicas run only on its own nodes, so a node bought in another region
-cannot carry them. Demand that placement falls back to another region with is not
-bought there: it becomes a replica floor for that region, whose own policy then sizes
-it and whose own placement buys its nodes. That, demand placement could place nowhere,
-and the spec's fleet-wide warm minimum are the global loop
-(autoscaler/policy/fleet_floors.py), published for the regions' policies.
+A region's replicas run only on its own cluster's nodes, so what placement cannot get
+in the region (stockouts, quota, backoff) is not bought elsewhere: the loop reports it
+as a `CapacityReport` in the cluster's KV, the region's /status carries it, and the
+global loop (autoscaler/live/global_loop.py) turns it into floors in other regions.
 
-Run beside a local platform as `python -m capacity.live.capacity_loop SPEC`; the launcher
-starts it. Releases go through Ray's drain, which refuses a node still running
-something, so a replica is never killed under its requests; another idle node of
-the same region is released instead, or none this tick.
+Run as `python -m capacity.live.capacity_loop SPEC REGION`; the launcher starts one per
+region. Releases go through the provider's drain, which refuses a node still running
+something, so a replica is never killed under its requests; another idle node of the
+same kind is released instead, or none this tick.
 """
 
 from __future__ import annotations
@@ -28,15 +27,13 @@ import sys
 import time
 from collections.abc import Callable
 
-from autoscaler.live.published import drop_malformed, publish_floor, read_published
-from autoscaler.policy.fleet_floors import RegionView, Spill, fleet_floors
+from autoscaler.live.published import drop_malformed, publish_capacity, read_published
 from capacity.catalog import Catalog
 from capacity.live.ledger import Ledger, Snapshot
-from capacity.live.local import LocalProvider, local_catalog
+from capacity.live.providers import provider_for
 from capacity.model import CapacityError, Node, NodeBusy, Provider
 from capacity.policy.placement import Demand, PlacementDecision, plan
-from meridian_core.contracts import FleetFloor, MalformedMessage, ScalingView
-from meridian_core.geo import LatLon, haversine_km
+from meridian_core.contracts import MAX_REASON, CapacityReport, MalformedMessage, ScalingView
 from meridian_core.spec import PlatformSpec, RegionSpec, load_spec
 from meridian_host.platform_state import PlatformState
 
@@ -55,103 +52,83 @@ def replicas_per_node(spec: PlatformSpec, region: RegionSpec) -> int:
     return max(1, usable // (region.cpus_per_replica + REPLICA_ACTOR_CPUS))
 
 
-def node_demand(spec: PlatformSpec, targets: dict[str, int]) -> list[Demand]:
-    """Nodes each region needs for its target: the replicas that fit on one node, and
+def catalog_region(region: RegionSpec) -> str:
+    """The region as its provider's catalog names it: the cloud's own region name, or,
+    for local nodes, the region's slug."""
+    return region.slug if region.capacity.provider == "local" else region.capacity.region
+
+
+def node_demand(spec: PlatformSpec, region: RegionSpec, target: int | None) -> Demand:
+    """Nodes the region needs for its target: the replicas that fit on one node, and
     never fewer than one, which keeps the region's ingress. A target is never taken past
     the spec's `max_replicas`, whatever was published."""
-    demands = []
-    for region in spec.regions:
-        bound = region.autoscaling.max_replicas if region.autoscaling else region.replicas
-        replicas = min(targets.get(region.name, region.replicas), bound)
-        nodes = max(1, math.ceil(replicas / replicas_per_node(spec, region)))
-        demands.append(Demand(region.cloud, region.slug, nodes, region.accelerator, 1))
-    return demands
+    bound = region.autoscaling.max_replicas if region.autoscaling else region.replicas
+    replicas = min(region.replicas if target is None else target, bound)
+    nodes = max(1, math.ceil(replicas / replicas_per_node(spec, region)))
+    return Demand(region.capacity.provider, catalog_region(region), nodes, region.accelerator, 1)
 
 
-def published_scaling(spec: PlatformSpec) -> dict[str, ScalingView]:
-    """Each autoscaled region's latest published decision, read from Ray's KV; a
-    malformed one is logged, counted and left out, so that region keeps its fixed count."""
-    views = {}
-    for region in spec.regions:
-        if region.autoscaling is None:
-            continue
-        try:
-            view = read_published(region.slug)
-        except MalformedMessage as error:
-            drop_malformed(error, "capacity loop", log)
-            continue
-        if view is not None:
-            views[region.name] = view
-    return views
+def published_scaling(region: RegionSpec) -> ScalingView | None:
+    """The region's latest published decision, read from its cluster's KV; None for a
+    fixed region, before the first decision, or when the one there breaks its contract
+    (logged and counted), so the region keeps its fixed count."""
+    if region.autoscaling is None:
+        return None
+    try:
+        return read_published(region.slug)
+    except MalformedMessage as error:
+        drop_malformed(error, "capacity loop", log)
+        return None
 
 
-def floors_for(
-    spec: PlatformSpec, scaling: dict[str, ScalingView], decision: PlacementDecision
-) -> dict[str, FleetFloor]:
-    """The global loop: floors for autoscaled regions from what placement moved to another
-    region or could not place, and from the fleet's warm minimum. Demand placement could
-    place nowhere goes to the other regions, nearest first."""
-    autoscaled = [r for r in spec.regions if r.autoscaling is not None and r.name in scaling]
-    views = [
-        RegionView(r.name, scaling[r.name].own_target, r.autoscaling.max_replicas, scaling[r.name].recent_requests)
-        for r in autoscaled
-    ]
-    by_home = {(r.cloud, r.slug): r for r in spec.regions}
-    shortfalls: dict[str, int] = {}
-    for shortfall in decision.shortfalls:
-        region = by_home[shortfall.demand]
-        shortfalls[region.name] = shortfalls.get(region.name, 0) + shortfall.nodes * replicas_per_node(spec, region)
-    spills = []
-    for fallback in decision.fallbacks:
-        origin = by_home[fallback.demand]
-        # Outside every Meridian region no replica could serve the traffic: the whole move is unplaced.
-        target = by_home.get(fallback.to, origin)
-        spills.append(Spill(origin.name, target.name, fallback.nodes * replicas_per_node(spec, target)))
-
-    def nearest_first(region: RegionSpec) -> list[str]:
-        here = LatLon(region.location.lat, region.location.lon)
-        others = [r for r in autoscaled if r.name != region.name]
-        return [
-            r.name for r in sorted(others, key=lambda r: haversine_km(here, LatLon(r.location.lat, r.location.lon)))
-        ]
-
-    order = {r.name: nearest_first(r) for r in spec.regions}
-    return fleet_floors(views, shortfalls, order, spec.fleet.min_warm_replicas, spills)
+def unplaced(spec: PlatformSpec, region: RegionSpec, decision: PlacementDecision, now: float) -> CapacityReport:
+    """What the decision could not place in the region, in replicas. A fallback to
+    another region is not bought (a region's replicas cannot run on its nodes), so it
+    counts as unplaced too, for the global loop to place."""
+    nodes = sum(s.nodes for s in decision.shortfalls) + sum(f.nodes for f in decision.fallbacks)
+    reasons = [s.reason for s in decision.shortfalls] + [f.reason for f in decision.fallbacks]
+    return CapacityReport(
+        unplaced_replicas=nodes * replicas_per_node(spec, region),
+        reason="; ".join(reasons)[:MAX_REASON],
+        at=now,
+    )
 
 
 class CapacityLoop:
     def __init__(
         self,
         spec: PlatformSpec,
+        region: RegionSpec,
         provider: Provider,
         ledger: Ledger,
         catalog: Catalog,
-        scaling: Callable[[], dict[str, ScalingView]],
-        publish_floors: Callable[[dict[str, FleetFloor]], None],
+        scaling: Callable[[], ScalingView | None],
+        report: Callable[[CapacityReport], None],
         clock: Callable[[], float] = time.time,
     ):
         self.spec = spec
+        self.region = region
         self.provider = provider
         self.ledger = ledger
         self.catalog = catalog
         self.scaling = scaling
-        self.publish_floors = publish_floors
+        self.report = report
         self.clock = clock
 
     def tick(self) -> PlacementDecision:
         now = self.clock()
         nodes = self.provider.nodes()
         self.ledger.record_events(self.provider.events())
-        scaling = self.scaling()
-        demands = node_demand(self.spec, {name: view.target for name, view in scaling.items()})
+        view = self.scaling()
+        demand = node_demand(self.spec, self.region, view.target if view else None)
         recent = self.ledger.events(since_s=now - self.spec.capacity.event_memory_s)
         capacity = self.spec.capacity
-        if self.provider.cloud == "local":  # no spot market, so no spot spare to stand in for either
+        if self.region.capacity.market == "on-demand":  # no spot, so no spot spare to stand in for either
             capacity = capacity.model_copy(update={"spot_enabled": False})
-        decision = plan(demands, nodes, self.catalog, capacity, recent, now)
+        decision = plan([demand], nodes, self.catalog, capacity, recent, now)
         for acquisition in decision.acquisitions:
             if acquisition.is_fallback:
-                continue  # its region's floor buys it there (floors_for)
+                continue  # counted as unplaced, for the global loop (see `unplaced`)
             log.info("acquire %s: %s", acquisition.placement, acquisition.reason)
             try:
                 self.provider.acquire(acquisition.placement)
@@ -162,12 +139,12 @@ class CapacityLoop:
         for release in decision.releases:
             self._release(release.node_id, nodes, released, release.reason)
         self.ledger.record_events(self.provider.events())
-        self.publish_floors(floors_for(self.spec, scaling, decision))
-        self.ledger.record_snapshot(Snapshot(now, tuple(self.provider.nodes()), {d.home: d.replicas for d in demands}))
+        self.report(unplaced(self.spec, self.region, decision, now))
+        self.ledger.record_snapshot(Snapshot(now, tuple(self.provider.nodes()), {demand.home: demand.replicas}))
         return decision
 
     def _release(self, node_id: str, nodes: list[Node], released: set[str], reason: str) -> None:
-        """Release `node_id`, or, if Ray finds it busy, an idle node of the same kind."""
+        """Release `node_id`, or, if the provider finds it busy, an idle node of the same kind."""
         proposed = next(n for n in nodes if n.id == node_id)
         alternatives = [n.id for n in nodes if n.placement == proposed.placement and n.id != node_id]
         for candidate in [node_id, *alternatives]:
@@ -187,30 +164,28 @@ def main(argv: list[str]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line a poll otherwise
     spec = load_spec(argv[1])
+    region = spec.region(argv[2])
     state = PlatformState.load(spec.name)
-    if state is None:
-        raise SystemExit(f"platform {spec.name} is not running")
+    if state is None or region.name not in state.clusters:
+        raise SystemExit(f"platform {spec.name} has no cluster for {region.name}")
+    cluster = state.clusters[region.name]
     import ray
 
-    ray.init(address=state.gcs_address, logging_level=logging.WARNING, log_to_driver=False)
-    autoscaled = [r for r in spec.regions if r.autoscaling is not None]
-
-    def publish_floors(floors: dict[str, FleetFloor]) -> None:
-        for region in autoscaled:
-            publish_floor(region.slug, floors.get(region.name))
-
+    ray.init(address=cluster.gcs_address, logging_level=logging.WARNING, log_to_driver=False)
+    provider, catalog = provider_for(spec, region, state)
     loop = CapacityLoop(
         spec,
-        LocalProvider(spec, state),
-        Ledger(state.directory),
-        local_catalog(spec),
-        scaling=lambda: published_scaling(spec),
-        publish_floors=publish_floors,
+        region,
+        provider,
+        Ledger(state.cluster_dir(region.slug)),
+        catalog,
+        scaling=lambda: published_scaling(region),
+        report=lambda report: publish_capacity(region.slug, report),
     )
     while True:
         try:
             loop.tick()
-        except Exception:  # one bad tick must not end the loop that keeps regions supplied
+        except Exception:  # one bad tick must not end the loop that keeps the region supplied
             log.exception("capacity tick failed")
         time.sleep(INTERVAL_S)
 

@@ -1,33 +1,52 @@
-"""What the capacity loop saw and held, on disk for `meridian capacity report`.
+"""What a region's capacity loop saw and held, on disk for `meridian capacity report`
+and `meridian status`.
 
-Two files in the platform's state directory: `capacity-events.jsonl`, one capacity
-event a line (stockouts, quota refusals, preemptions, launches, terminations), and
-`capacity-nodes.json`, the nodes held and the demand at the last tick.
+Two files in the region's state directory: `capacity-events.jsonl`, one capacity event a
+line (stockouts, quota refusals, preemptions, launches, terminations), and
+`capacity-nodes.json`, the nodes held and the demand at the last tick. Both are written
+from capacity/model.py's types and validated against them when read; a line that breaks
+them is logged and skipped, never fatal.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from capacity.model import CapacityEvent, EventKind, Market, Node, NodeState, Placement
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+
+from capacity.model import CapacityEvent, Node
 
 EVENTS_FILE = "capacity-events.jsonl"
 NODES_FILE = "capacity-nodes.json"
+log = logging.getLogger("meridian.capacity")
+_EVENT = TypeAdapter(CapacityEvent)
 
 
 @dataclass(frozen=True)
 class Snapshot:
     at_s: float
     nodes: tuple[Node, ...]
-    # (cloud, region) -> replicas' worth of nodes wanted there
+    # (cloud, region) -> nodes wanted there
     demand: dict[tuple[str, str], int]
 
 
-def _placement(data: dict) -> Placement:
-    return Placement(data["cloud"], data["region"], data["zone"], data["instance_type"], Market(data["market"]))
+class _Demand(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cloud: str
+    region: str
+    nodes: int
+
+
+class _SnapshotFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    at_s: float
+    nodes: tuple[Node, ...]
+    demand: tuple[_Demand, ...]
 
 
 class Ledger:
@@ -35,7 +54,7 @@ class Ledger:
         self.directory = directory
 
     def record_events(self, events: Iterable[CapacityEvent]) -> None:
-        lines = [json.dumps({**asdict(e), "kind": str(e.kind)}) for e in events]
+        lines = [_EVENT.dump_json(event).decode() for event in events]
         if lines:
             self.directory.mkdir(parents=True, exist_ok=True)
             with open(self.directory / EVENTS_FILE, "a") as out:
@@ -46,37 +65,47 @@ class Ledger:
         if not path.exists():
             return []
         events = []
-        for line in path.read_text().splitlines():
-            data = json.loads(line)
-            if data["at_s"] >= since_s:
-                events.append(
-                    CapacityEvent(
-                        EventKind(data["kind"]),
-                        _placement(data["placement"]),
-                        data["at_s"],
-                        data["node_id"],
-                        data["message"],
-                    )  # fmt: skip
-                )
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            try:
+                event = _EVENT.validate_json(line)
+            except ValidationError as error:
+                fields = sorted({".".join(map(str, e["loc"])) or "(line)" for e in error.errors()})
+                log.warning("%s line %d is not a capacity event (bad %s); skipped", path.name, number, fields[:5])
+                continue
+            if event.at_s >= since_s:
+                events.append(event)
         return events
 
     def record_snapshot(self, snapshot: Snapshot) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        data = {
-            "at_s": snapshot.at_s,
-            "nodes": [asdict(n) for n in snapshot.nodes],
-            "demand": [{"cloud": c, "region": r, "replicas": n} for (c, r), n in snapshot.demand.items()],
-        }
+        demand = tuple(_Demand(cloud=c, region=r, nodes=n) for (c, r), n in snapshot.demand.items())
+        data = _SnapshotFile(at_s=snapshot.at_s, nodes=snapshot.nodes, demand=demand)
         tmp = self.directory / f"{NODES_FILE}.tmp"
-        tmp.write_text(json.dumps(data, indent=1))
+        tmp.write_text(data.model_dump_json(indent=1))
         tmp.replace(self.directory / NODES_FILE)
 
     def snapshot(self) -> Snapshot | None:
         path = self.directory / NODES_FILE
         if not path.exists():
             return None
-        data = json.loads(path.read_text())
-        nodes = tuple(
-            Node(n["id"], _placement(n["placement"]), NodeState(n["state"]), n["launched_at_s"]) for n in data["nodes"]
-        )
-        return Snapshot(data["at_s"], nodes, {(d["cloud"], d["region"]): d["replicas"] for d in data["demand"]})
+        try:
+            data = _SnapshotFile.model_validate_json(path.read_text())
+        except ValidationError:
+            log.warning("%s does not hold a capacity snapshot; ignored", path)
+            return None
+        return Snapshot(data.at_s, data.nodes, {(d.cloud, d.region): d.nodes for d in data.demand})
+
+
+def fleet_ledger(ledgers: Sequence[Ledger], since_s: float) -> tuple[Snapshot | None, list[CapacityEvent]]:
+    """Every region's ledger read as one: the nodes and demand of all their snapshots
+    (timed by the oldest), and their events since `since_s`, oldest first."""
+    snapshots = [s for s in (ledger.snapshot() for ledger in ledgers) if s is not None]
+    events = sorted((e for ledger in ledgers for e in ledger.events(since_s)), key=lambda e: e.at_s)
+    if not snapshots:
+        return None, events
+    merged = Snapshot(
+        min(s.at_s for s in snapshots),
+        tuple(node for s in snapshots for node in s.nodes),
+        {home: nodes for s in snapshots for home, nodes in s.demand.items()},
+    )
+    return merged, events

@@ -21,8 +21,10 @@ import pytest
 
 from meridian import launcher
 from meridian.status import collect_status
+from meridian_core.contracts import FleetFloor
 from meridian_core.spec import PlatformSpec, load_spec
-from meridian_host.platform_state import PlatformState
+from meridian_host.platform_state import LocalNodes, PlatformState
+from meridian_host.region_tokens import region_token
 
 from .conftest import running_platform
 
@@ -45,7 +47,8 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlatformState
 
 
 def running_engine_replicas(platform: PlatformState, slug: str) -> int:
-    app = launcher.serve_applications(platform).get(slug, {})
+    cluster = next(c for c in platform.clusters.values() if c.slug == slug)
+    app = launcher.serve_applications(cluster.dashboard_url).get(slug, {})
     return sum(
         1
         for name, deployment in app.get("deployments", {}).items()
@@ -55,10 +58,9 @@ def running_engine_replicas(platform: PlatformState, slug: str) -> int:
     )
 
 
-def region_nodes(spec: PlatformSpec, slug: str) -> int:
-    """Ray nodes the capacity loop holds for a region (it keeps the platform state)."""
-    state = PlatformState.load(spec.name)
-    return sum(1 for node in state.local_nodes.values() if node["region"] == slug)
+def region_nodes(platform: PlatformState, slug: str) -> int:
+    """Ray nodes the region's capacity loop holds (it keeps their record)."""
+    return len(LocalNodes.load(platform, slug).nodes)
 
 
 def capacity_report(spec: PlatformSpec) -> dict[str, dict]:
@@ -143,7 +145,7 @@ def test_a_sustained_burst_scales_a_region_from_one_to_two_replicas_without_fail
         )
     )
     assert running_engine_replicas(platform, "local-us-east") == 2
-    assert region_nodes(spec, "local-us-east") == 2  # one replica a node: the capacity loop added one
+    assert region_nodes(platform, "local-us-east") == 2  # one replica a node: the capacity loop added one
     wait_until(
         lambda: capacity_report(spec)["local-us-east"]["nodes"]["on_demand"] == 2, 30, "the report shows both nodes"
     )
@@ -162,6 +164,31 @@ def test_after_the_burst_an_idle_region_returns_to_its_minimum(spec, platform):
         360,
         "us-east back at one replica, targeted at one",
     )
-    wait_until(lambda: region_nodes(spec, "local-us-east") == 1, 120, "the idle node released")
+    wait_until(lambda: region_nodes(platform, "local-us-east") == 1, 120, "the idle node released")
     response = httpx.post(f"{platform.router_url}/v1/chat/completions", json=chat(spec, "Say hello."), timeout=120)
     assert response.status_code == 200
+
+
+def test_a_regions_floor_is_set_only_with_its_control_token_and_the_global_loop_lifts_it(spec, platform):
+    """The floor channel between the global loop and a region's cluster: its ingress
+    refuses a PUT without the region's token or with a body outside the contract, keeps
+    a good one in the cluster's KV (its /status shows it), and the global loop, which
+    holds the token and plans no floor here, lifts it again."""
+    east = spec.region("local/us-east")
+    base = spec.region_endpoint(east)
+    floor = FleetFloor(replicas=1, reason="set by the e2e test").model_dump_json()
+    assert httpx.put(f"{base}/fleet-floor", content=floor, timeout=10).status_code == 401
+    wrong = {"Authorization": "Bearer not-the-token"}
+    assert httpx.put(f"{base}/fleet-floor", content=floor, headers=wrong, timeout=10).status_code == 401
+    auth = {"Authorization": f"Bearer {region_token(platform, east)}"}
+    refused = httpx.put(f"{base}/fleet-floor", content=b'{"replicas": -1}', headers=auth, timeout=10)
+    assert refused.status_code == 400 and "replicas" in refused.json()["error"]["message"]
+
+    def kept() -> bool:
+        assert httpx.put(f"{base}/fleet-floor", content=floor, headers=auth, timeout=10).status_code == 204
+        shown = httpx.get(f"{base}/status", timeout=10).json()["floor"]
+        return shown is not None and shown["reason"] == "set by the e2e test"
+
+    # The global loop may lift it between the two calls; a few tries see it kept.
+    assert any(kept() for _ in range(5))
+    wait_until(lambda: httpx.get(f"{base}/status", timeout=10).json()["floor"] is None, 30, "the floor lifted")

@@ -23,7 +23,7 @@ from meridian import launcher
 from meridian.serve_config import serve_config
 from meridian_core.spec import PlatformSpec
 from meridian_host import processes, ray_nodes
-from meridian_host.platform_state import PlatformState
+from meridian_host.platform_state import LocalNodes, PlatformState
 
 from .conftest import SPEC_PATH
 
@@ -112,10 +112,10 @@ def test_bad_bodies_are_400(platform, content, param):
 def test_up_again_is_safe(platform):
     state, already_up = launcher.up(SPEC_PATH)
     assert already_up
-    assert (state.head_pid, state.router_pid, state.local_nodes) == (
-        platform.head_pid,
+    assert (state.clusters, state.router_pid, state.global_loop_pid) == (
+        platform.clusters,
         platform.router_pid,
-        platform.local_nodes,
+        platform.global_loop_pid,
     )
 
 
@@ -127,31 +127,38 @@ def test_status_json(platform):
     assert report["running"] and report["router_url"] == platform.router_url
     for region in report["regions"]:
         assert region["healthy"], region
+        assert region["cluster"] == platform.clusters[region["name"]].gcs_address
+        assert region["nodes"] == {"local on_demand": 1}
         assert region["replica_states"] == {"RUNNING": 1}
         assert region["ready_replicas"] == 1
         assert 0.0 <= region["engine"]["kv_cache_usage"] <= 1.0
 
 
-def test_replicas_run_on_their_region_node(platform):
-    nodes = httpx.get(f"{platform.dashboard_url}/api/v0/nodes", params={"limit": 100}).json()
-    region_of_node = {
-        n["node_id"]: (n.get("labels") or {}).get(ray_nodes.REGION_LABEL) for n in nodes["data"]["result"]["result"]
-    }
-    apps = launcher.serve_applications(platform)
-    assert set(apps) == {"local-us-east", "local-eu-west"}
-    for slug, app in apps.items():
-        replicas = [r for d in app["deployments"].values() for r in d["replicas"]]
+def test_each_region_is_its_own_cluster_and_its_replicas_run_on_its_node(platform):
+    assert len({cluster.gcs_address for cluster in platform.clusters.values()}) == 2
+    for cluster in platform.clusters.values():
+        nodes = httpx.get(f"{cluster.dashboard_url}/api/v0/nodes", params={"limit": 100}).json()
+        alive = [n for n in nodes["data"]["result"]["result"] if n["state"] == "ALIVE"]
+        region_of_node = {n["node_id"]: (n.get("labels") or {}).get(ray_nodes.REGION_LABEL) for n in alive}
+        # Its head (no region label) and its one region node; no other region's node.
+        assert sorted(region_of_node.values(), key=str) == sorted([None, cluster.slug], key=str)
+        apps = launcher.serve_applications(cluster.dashboard_url)
+        assert set(apps) == {cluster.slug}
+        replicas = [r for d in apps[cluster.slug]["deployments"].values() for r in d["replicas"]]
         assert len(replicas) == 2  # the ingress and one LLMServer
-        assert {region_of_node[r["node_id"]] for r in replicas} == {slug}
+        assert {region_of_node[r["node_id"]] for r in replicas} == {cluster.slug}
 
 
 def redeploy_without(spec: PlatformSpec, platform: PlatformState, slugs: set[str]) -> None:
-    """Deploy the spec's Serve config minus `slugs`; Serve deletes apps a config omits."""
-    config = serve_config(spec)
-    config["applications"] = [app for app in config["applications"] if app["name"] not in slugs]
-    path = platform.directory / "serve-shrunk.yaml"
-    path.write_text(yaml.safe_dump(config))
-    subprocess.run([str(BIN / "serve"), "deploy", str(path), "--address", platform.dashboard_url], check=True)
+    """Deploy to each named region's cluster its Serve config without its app; Serve
+    deletes an app its config omits, draining the replicas' requests first."""
+    for slug in slugs:
+        region = spec.region(slug)
+        config = {**serve_config(spec, region), "applications": []}
+        path = platform.cluster_dir(slug) / "serve-shrunk.yaml"
+        path.write_text(yaml.safe_dump(config))
+        dashboard = platform.clusters[region.name].dashboard_url
+        subprocess.run([str(BIN / "serve"), "deploy", str(path), "--address", dashboard], check=True)
 
 
 def test_no_failed_request_when_a_region_is_deleted_midway(spec, platform, client, model):
@@ -215,9 +222,14 @@ def test_no_region_left_is_503_with_retry_after(spec, platform, model):
 
 
 def test_down_leaves_no_process_behind(spec, platform):
+    clusters = platform.clusters.values()
+    pids = [platform.router_pid, platform.global_loop_pid]
+    pids += [pid for cluster in clusters for pid in (cluster.head_pid, cluster.capacity_pid)]
+    pids += [node.pid for cluster in clusters for node in LocalNodes.load(platform, cluster.slug).nodes.values()]
+    assert all(processes.is_running(pid) for pid in pids) and len(pids) == 8
     launcher.down(spec.name)
     assert processes.marked_processes(platform.platform_id) == []
-    for pid in (platform.head_pid, platform.router_pid, *(node["pid"] for node in platform.local_nodes.values())):
+    for pid in pids:
         assert not processes.is_running(pid)
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{platform.router_url}/healthz", timeout=2)

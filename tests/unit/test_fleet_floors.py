@@ -1,7 +1,7 @@
 """The global loop's floors: demand a region cannot get capacity for moves to its
 fallbacks, and the fleet keeps its warm minimum where demand was."""
 
-from autoscaler.policy.fleet_floors import RegionView, Spill, fleet_floors
+from autoscaler.policy.fleet_floors import RegionView, fleet_floors
 
 EAST, WEST, ASIA = "aws/us-east-1", "gcp/europe-west1", "gcp/asia-east1"
 
@@ -36,15 +36,3 @@ def test_the_warm_minimum_goes_where_demand_was():
 
 def test_replicas_already_wanted_count_towards_the_minimum():
     assert fleet_floors(views(east=(1, 4, 0), west=(0, 4, 0)), {}, {}, min_warm_replicas=1) == {}
-
-
-def test_a_spill_floors_the_region_placement_chose_and_its_overflow_follows_the_fallback_order():
-    spill = [Spill(EAST, ASIA, 3)]  # placement put three of east's replicas in asia, which has room for two
-    floors = fleet_floors(views(), {}, {EAST: [WEST, ASIA]}, min_warm_replicas=0, spills=spill)
-    assert floors[ASIA].replicas == 2 and "placed here" in floors[ASIA].reason
-    assert floors[WEST].replicas == 2 and "out of capacity" in floors[WEST].reason  # the third, next in order
-
-
-def test_a_spill_outside_every_region_is_a_shortfall():
-    floors = fleet_floors(views(), {}, {EAST: [WEST]}, min_warm_replicas=0, spills=[Spill(EAST, EAST, 1)])
-    assert floors[WEST].replicas == 2

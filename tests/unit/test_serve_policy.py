@@ -37,7 +37,8 @@ def policy(profile: str = "smollm2-135m-cpu", **overrides) -> RegionAutoscalingP
     scaling = AutoscalingSpec(
         **{"min_replicas": 1, "max_replicas": 4, "idle_to_zero_s": 60.0, "cold_start_s": 60.0, **overrides}
     )
-    (app,) = [a for a in serve_config(parse_spec(spec_with(scaling, profile)))["applications"]]
+    parsed = parse_spec(spec_with(scaling, profile))
+    (app,) = serve_config(parsed, parsed.regions[0])["applications"]
     kwargs = app["args"]
     # What deployments/region_app.py puts in the deployment's autoscaling_config.
     from deployments.region_app import RegionAppArgs, deployment_config_for

@@ -1,0 +1,140 @@
+"""Each region's provider and catalog come from its `capacity:` settings, and every
+cluster/provider setting is checked at load with the field named."""
+
+from __future__ import annotations
+
+import pytest
+
+from capacity.live.aws import AwsProvider
+from capacity.live.gcp import GcpProvider
+from capacity.live.local import LocalProvider
+from capacity.live.providers import provider_for
+from meridian_core.spec import SpecError, parse_spec
+from meridian_host.platform_state import ClusterState, PlatformState
+
+AWS = {
+    "provider": "aws",
+    "region": "us-east-1",
+    "subnets": {"us-east-1a": "subnet-0a", "us-east-1b": "subnet-0b"},
+    "security_group_ids": ["sg-0c"],
+    "image_id": "ami-0123456789abcdef0",
+    "instance_types": {"L4": "g6.xlarge"},
+    "endpoint_url": "http://127.0.0.1:5999",
+}
+GCP = {
+    "provider": "gcp",
+    "project": "meridian-test",
+    "zones": ["europe-west4-a", "europe-west4-b"],
+    "machine_types": {"L4": "g2-standard-4"},
+    "image": "projects/meridian-test/global/images/family/meridian",
+    "api_endpoint": "http://127.0.0.1:5998",
+}
+
+
+def spec_with(*regions: dict):
+    return parse_spec({"models": [{"id": "m"}], "regions": list(regions)})
+
+
+def region(name: str, capacity: dict | None = None, **more: object) -> dict:
+    data = {"name": name, "location": {"lat": 40.0, "lon": -75.0}, "accelerator": "L4", **more}
+    if capacity is not None:
+        data["capacity"] = capacity
+    return data
+
+
+def state_for(spec) -> PlatformState:
+    state = PlatformState(name=spec.name, spec_path="spec.yaml", platform_id="p", router_url="http://127.0.0.1:1")
+    for r in spec.regions:
+        state.clusters[r.name] = ClusterState(slug=r.slug, gcs_address="127.0.0.1:6380", dashboard_url="http://x")
+    return state
+
+
+def test_each_region_gets_the_provider_and_catalog_its_settings_name():
+    spec = spec_with(region("aws/us-east-1", AWS), region("gcp/europe-west4", GCP), region("local/lab", None))
+    state = state_for(spec)
+    aws, aws_catalog = provider_for(spec, spec.regions[0], state)
+    gcp, gcp_catalog = provider_for(spec, spec.regions[1], state)
+    local, _ = provider_for(spec, spec.regions[2], state)
+    assert isinstance(aws, AwsProvider) and aws.region == "us-east-1" and aws.subnet_by_zone == AWS["subnets"]
+    assert isinstance(gcp, GcpProvider) and gcp.region == "europe-west4" and gcp.project == "meridian-test"
+    assert isinstance(local, LocalProvider)
+    assert {(o.cloud, o.region, o.instance_type) for o in aws_catalog.offerings()} == {
+        ("aws", "us-east-1", "g6.xlarge")
+    }
+    assert {o.instance_type for o in gcp_catalog.offerings()} == {"g2-standard-4"}
+    assert {o.zone for o in gcp_catalog.offerings()} <= set(GCP["zones"]) and len(gcp_catalog) >= 1
+    # New nodes join the region's own cluster.
+    assert aws.join.head_address == "127.0.0.1:6380" and aws.join.region_slug == "aws-us-east-1"
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        (region("gcp/us-east-1", AWS), "capacity.provider"),
+        (region("aws/us-west-2", AWS), "capacity: aws/us-west-2 is region us-west-2"),
+        (region("aws/us-east-1", {**AWS, "subnets": {"us-west-2a": "subnet-0a"}}), "subnets"),
+        (region("aws/us-east-1", {**AWS, "image_id": "ubuntu"}), "image_id"),
+        (region("aws/us-east-1", AWS, accelerator="H100"), "capacity.instance_types"),
+        (region("gcp/europe-west4", {**GCP, "zones": ["europe-west4-a", "us-central1-a"]}), "zones"),
+        (region("gcp/europe-west4", {**GCP, "machine_types": {}}), "machine_types"),
+        (region("aws/us-east-1", {**AWS, "provider": "azure"}), "capacity"),
+        (region("local/lab", None, cluster={"managed": False, "address": "10.0.0.1:6379"}), "address"),
+        (region("local/lab", None, cluster={"managed": True, "address": "10.0.0.1:6379"}), "address"),
+        (
+            region(
+                "local/lab", None, cluster={"managed": False, "address": "10.0.0.1:6379", "dashboard_url": "http://d"}
+            ),
+            "endpoint",
+        ),
+    ],
+)
+def test_a_bad_cluster_or_provider_setting_fails_at_load_naming_the_field(data, words):
+    with pytest.raises(SpecError) as error:
+        spec_with(data)
+    assert words in str(error.value)
+
+
+def test_down_releases_the_instances_a_cloud_region_owns_and_no_other(tmp_path, monkeypatch):
+    """`meridian down`'s cloud step, against moto through boto3: the region's provider
+    finds its instances by their ownership tags and terminates them; an instance
+    launched outside Meridian in the same account is left running."""
+    import boto3
+
+    from capacity.model import Market, Placement
+    from meridian.launcher import release_cloud_nodes
+    from tests.unit.fault_proxy import moto_behind_proxy
+
+    monkeypatch.setenv("MERIDIAN_STATE_DIR", str(tmp_path))
+    with moto_behind_proxy() as proxy:
+        ec2 = boto3.client("ec2", region_name="us-east-1", endpoint_url=proxy.url)
+        vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+        subnets = {
+            zone: ec2.create_subnet(VpcId=vpc, CidrBlock=cidr, AvailabilityZone=zone)["Subnet"]["SubnetId"]
+            for zone, cidr in (("us-east-1a", "10.0.1.0/24"), ("us-east-1b", "10.0.2.0/24"))
+        }
+        group = ec2.create_security_group(GroupName="meridian", Description="cluster", VpcId=vpc)["GroupId"]
+        aws = {**AWS, "image_id": "ami-12c6146b", "endpoint_url": proxy.url, "subnets": subnets}
+        spec = spec_with(region("aws/us-east-1", {**aws, "security_group_ids": [group]}))
+        state = state_for(spec)
+        provider, _ = provider_for(spec, spec.regions[0], state)
+        for zone in subnets:
+            provider.acquire(Placement("aws", "us-east-1", zone, "g6.xlarge", Market.ON_DEMAND))
+        (foreign,) = ec2.run_instances(ImageId="ami-12c6146b", InstanceType="t3.micro", MinCount=1, MaxCount=1)[
+            "Instances"
+        ]
+        assert len(provider.nodes()) == 2
+        assert release_cloud_nodes(spec, state) == []
+        assert provider.nodes() == []
+        reply = ec2.describe_instances(InstanceIds=[foreign["InstanceId"]])
+        assert reply["Reservations"][0]["Instances"][0]["State"]["Name"] == "running"
+
+
+def test_a_cloud_that_refuses_down_is_named_not_a_traceback(tmp_path, monkeypatch):
+    monkeypatch.setenv("MERIDIAN_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
+    from meridian.launcher import release_cloud_nodes
+
+    spec = spec_with(region("aws/us-east-1", {**AWS, "endpoint_url": "http://127.0.0.1:9"}))
+    (problem,) = release_cloud_nodes(spec, state_for(spec))
+    assert problem.startswith("aws/us-east-1: its instances were not all released")
