@@ -37,6 +37,21 @@ Profiles
   8×H100, $55.04/h on-demand after the June 2025 cut). These two are assumptions, not
   measurements.
 
+`L4_LLAMA31_8B` — Llama-3.1-8B-Instruct, BF16, one L4 (24 GB GDDR6), vLLM defaults.
+Derived from the same model facts and the L4 data sheet (300 GB/s, 121 dense BF16
+TFLOP/s), not measured:
+
+- KV capacity: 0.9 · 24 GB minus 16 GB of weights and ~1.5 GB of activations leaves
+  ~4 GB, at 128 KiB a token ~32k tokens.
+- Decode: a step at batch 1 reads the 16 GB of weights at 300 GB/s → 53 ms; we take
+  60 ms. Each running sequence adds its KV reads, ~1k tokens · 128 KiB at 300 GB/s
+  ≈ 0.44 ms.
+- Prefill: 2·8.03e9 FLOP a token against 121 TFLOP/s at ~40% MFU → ~3,000 tok/s.
+- `max_num_seqs` 128, `max_num_batched_tokens` 2048: vLLM's OpenAI-server defaults
+  below 70 GiB of GPU memory (vllm/engine/arg_utils.py).
+- Cold start 90 s (as for H100, an assumption); price $0.8048/GPU-hour, AWS g6.xlarge
+  (1×L4) on demand in us-east-1, from the packaged catalog extract.
+
 `CPU_SMOLLM2_135M` — SmolLM2-135M-Instruct under vLLM CPU on this project's 2-core
 machines (ARCHITECTURE.md facts): one stream runs at ~20 tok/s → a 50 ms step at batch
 1. The bare-vLLM target of `python benchmarks/e2e_vs_vllm.py` on 2026-11-22 (`vllm
@@ -104,6 +119,20 @@ H100_LLAMA31_8B = ReplicaProfile(
     cold_start_s=90.0,
 )
 
+L4_LLAMA31_8B = ReplicaProfile(
+    name="llama-3.1-8b-l4",
+    accelerator="L4",
+    gpus_per_replica=1,
+    usd_per_gpu_hour=0.8048,
+    prefill_tokens_per_s=3_000,
+    decode_base_s=0.060,
+    decode_per_seq_s=0.00044,
+    kv_capacity_tokens=32_000,
+    max_num_seqs=128,
+    max_batched_tokens=2048,
+    cold_start_s=90.0,
+)
+
 CPU_SMOLLM2_135M = ReplicaProfile(
     name="smollm2-135m-cpu",
     accelerator="cpu-2core",
@@ -119,4 +148,4 @@ CPU_SMOLLM2_135M = ReplicaProfile(
     cold_start_s=80.0,
 )
 
-PROFILES: dict[str, ReplicaProfile] = {p.name: p for p in (H100_LLAMA31_8B, CPU_SMOLLM2_135M)}
+PROFILES: dict[str, ReplicaProfile] = {p.name: p for p in (H100_LLAMA31_8B, L4_LLAMA31_8B, CPU_SMOLLM2_135M)}

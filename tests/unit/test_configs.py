@@ -41,3 +41,11 @@ def test_region_app_args_accept_the_generated_args(repo):
         assert args.models[0].id == "smollm2-135m-instruct"
         assert args.control_token_sha256 == "ab" * 32
 
+
+def test_every_committed_spec_loads(repo):
+    specs = sorted([*(repo / "configs").glob("*.yaml"), *(repo / "configs" / "examples").glob("*.yaml")])
+    assert {p.name for p in specs} >= {"local.yaml", "bench.yaml", "sim-global.yaml", "aws-gcp.yaml"}
+    for path in specs:
+        load_spec(path)
+    two_clouds = load_spec(repo / "configs" / "examples" / "aws-gcp.yaml")
+    assert [r.capacity.provider for r in two_clouds.regions] == ["aws", "gcp"]
