@@ -78,6 +78,15 @@ class CapacityError(Exception):
         self.event = event
 
 
+class ProviderError(RuntimeError):
+    """A cloud call that failed for a reason other than capacity (credentials, permissions,
+    a setting the cloud does not know, an endpoint that does not answer). The message
+    names the provider's cloud region and the call, and carries no traceback."""
+
+    def __init__(self, where: str, call: str, reason: str) -> None:
+        super().__init__(f"{where}: {call} failed: {reason}")
+
+
 class NodeBusy(RuntimeError):
     """A release the provider refused because the node still runs work (Ray would not
     drain it): the node stays, and the caller may release another of the same kind."""

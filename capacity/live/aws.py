@@ -26,16 +26,17 @@ Status codes: https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/spot-request-s
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from capacity.live.bootstrap import RayJoin, ray_join_script
-from capacity.model import CapacityError, CapacityEvent, EventKind, Market, Node, NodeState, Placement
+from capacity.model import CapacityError, CapacityEvent, EventKind, Market, Node, NodeState, Placement, ProviderError
 
 MANAGED_TAG = "meridian:managed"
 PLATFORM_TAG = "meridian:platform"
@@ -61,6 +62,27 @@ INTERRUPTED_STATE_REASONS = frozenset({"Server.SpotInstanceTermination"})
 
 LIVE_STATES = {"pending": NodeState.PENDING, "running": NodeState.RUNNING}
 ALL_STATES = ["pending", "running", "shutting-down", "stopping", "stopped", "terminated"]
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _sdk_errors_named(method: Callable[P, R]) -> Callable[P, R]:
+    """EC2 errors that are not capacity refusals become a ProviderError naming the call."""
+
+    @functools.wraps(method)
+    def calling(*args: P.args, **kwargs: P.kwargs) -> R:
+        where = f"aws/{args[0].region}"  # type: ignore[attr-defined]
+        try:
+            return method(*args, **kwargs)
+        except ClientError as error:
+            code = error.response.get("Error", {}).get("Code", "error")
+            raise ProviderError(where, error.operation_name, code) from None
+        except BotoCoreError as error:  # no credentials, an endpoint that does not answer
+            raise ProviderError(where, "EC2", type(error).__name__) from None
+
+    return calling
 
 
 class AwsProvider:
@@ -101,6 +123,7 @@ class AwsProvider:
         self._noticed: set[str] = set()
         self._preempted: set[str] = set()
 
+    @_sdk_errors_named
     def acquire(self, placement: Placement, count: int = 1) -> list[Node]:
         """Launch up to `count` instances (at least one) in `placement`'s zone and market."""
         if placement.cloud != self.cloud or placement.region != self.region:
@@ -141,11 +164,13 @@ class AwsProvider:
         self._queued.extend(CapacityEvent(EventKind.LAUNCHED, node.placement, now, node.id) for node in nodes)
         return nodes
 
+    @_sdk_errors_named
     def release(self, node_id: str) -> None:
         instance = self._owned_instance(node_id)
         self._ec2.terminate_instances(InstanceIds=[node_id])
         self._queued.append(CapacityEvent(EventKind.TERMINATED, self._placement(instance), self._clock(), node_id))
 
+    @_sdk_errors_named
     def nodes(self) -> list[Node]:
         return [
             self._node(instance)
@@ -153,6 +178,7 @@ class AwsProvider:
             if instance["State"]["Name"] in LIVE_STATES
         ]
 
+    @_sdk_errors_named
     def events(self) -> list[CapacityEvent]:
         now = self._clock()
         instances = self._describe_owned(ALL_STATES)

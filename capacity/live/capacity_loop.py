@@ -31,7 +31,7 @@ from autoscaler.live.published import drop_malformed, publish_capacity, read_pub
 from capacity.catalog import Catalog
 from capacity.live.ledger import Ledger, Snapshot
 from capacity.live.providers import provider_for
-from capacity.model import CapacityError, Node, NodeBusy, Provider
+from capacity.model import CapacityError, Node, NodeBusy, Provider, ProviderError
 from capacity.policy.placement import Demand, PlacementDecision, plan
 from meridian_core.contracts import MAX_REASON, CapacityReport, MalformedMessage, ScalingView
 from meridian_core.spec import PlatformSpec, RegionSpec, load_spec
@@ -182,11 +182,22 @@ def main(argv: list[str]) -> None:
         scaling=lambda: published_scaling(region),
         report=lambda report: publish_capacity(region.slug, report),
     )
+    from ray.util.metrics import Counter
+
+    failures = Counter(
+        "meridian_capacity_tick_failures",
+        description="Capacity-loop ticks that failed, by region and kind (provider: the cloud refused a call).",
+        tag_keys=("region", "kind"),
+    )
     while True:
         try:
             loop.tick()
+        except ProviderError as error:  # credentials, permissions, settings: one line naming the call
+            log.error("%s", error)
+            failures.inc(1, tags={"region": region.name, "kind": "provider"})
         except Exception:  # one bad tick must not end the loop that keeps the region supplied
             log.exception("capacity tick failed")
+            failures.inc(1, tags={"region": region.name, "kind": "unexpected"})
         time.sleep(INTERVAL_S)
 
 

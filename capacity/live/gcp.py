@@ -24,18 +24,20 @@ GPUs; N1 + guest accelerators are not supported here.
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from google.api_core import exceptions as google_exceptions
+from google.auth import exceptions as auth_exceptions
 from google.auth.credentials import Credentials
 from google.cloud import compute_v1
 
 from capacity.live.bootstrap import RayJoin, ray_join_script
-from capacity.model import CapacityError, CapacityEvent, EventKind, Market, Node, NodeState, Placement
+from capacity.model import CapacityError, CapacityEvent, EventKind, Market, Node, NodeState, Placement, ProviderError
 
 MANAGED_LABEL = "meridian-managed"
 PLATFORM_LABEL = "meridian-platform"
@@ -53,6 +55,29 @@ LIVE_STATES = {
 
 class GcpOperationError(RuntimeError):
     """A zone operation that finished with errors other than capacity refusals."""
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _sdk_errors_named(call: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Compute errors that are not capacity refusals become a ProviderError naming `call`."""
+
+    def decorate(method: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(method)
+        def calling(*args: P.args, **kwargs: P.kwargs) -> R:
+            where = f"gcp/{args[0].region}"  # type: ignore[attr-defined]
+            try:
+                return method(*args, **kwargs)
+            except google_exceptions.GoogleAPICallError as error:
+                raise ProviderError(where, call, f"{error.code} {type(error).__name__}") from None
+            except (auth_exceptions.GoogleAuthError, google_exceptions.RetryError) as error:
+                raise ProviderError(where, call, type(error).__name__) from None
+
+        return calling
+
+    return decorate
 
 
 class GcpProvider:
@@ -93,6 +118,7 @@ class GcpProvider:
         self._seen_operations: set[str] = set()
         self._queued: list[CapacityEvent] = []
 
+    @_sdk_errors_named("instances.insert")
     def acquire(self, placement: Placement, count: int = 1) -> list[Node]:
         """Insert up to `count` instances one by one; stop at the first refusal."""
         if placement.cloud != self.cloud or placement.region != self.region:
@@ -109,6 +135,7 @@ class GcpProvider:
         self._queued.extend(CapacityEvent(EventKind.LAUNCHED, node.placement, now, node.id) for node in nodes)
         return nodes
 
+    @_sdk_errors_named("instances.delete")
     def release(self, node_id: str) -> None:
         zone, name = self._split(node_id)
         try:
@@ -123,6 +150,7 @@ class GcpProvider:
             CapacityEvent(EventKind.TERMINATED, self._placement(zone, instance), self._clock(), node_id)
         )
 
+    @_sdk_errors_named("instances.list")
     def nodes(self) -> list[Node]:
         found = []
         for zone in self.zones():
@@ -138,6 +166,7 @@ class GcpProvider:
                     found.append(node)
         return found
 
+    @_sdk_errors_named("instances.list")
     def events(self) -> list[CapacityEvent]:
         self.nodes()  # learn the placements of nodes launched before this provider started
         observed = []

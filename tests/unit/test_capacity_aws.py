@@ -17,14 +17,13 @@ from dataclasses import dataclass
 
 import boto3
 import pytest
-from botocore.exceptions import ClientError
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.ec2.models import ec2_backends
 from moto.ec2.models.instances import StateReason
 
 from capacity.live.aws import MANAGED_TAG, PLATFORM_TAG, AwsProvider
 from capacity.live.bootstrap import RayJoin, ray_join_script
-from capacity.model import CapacityError, EventKind, Market, NodeState, Placement
+from capacity.model import CapacityError, EventKind, Market, NodeState, Placement, ProviderError
 from tests.unit.fault_proxy import AWS_REGION, Answer, FaultProxy, ec2_error, moto_behind_proxy
 
 REGION = AWS_REGION
@@ -185,14 +184,24 @@ def test_refusals_are_typed(proxy: FaultProxy, provider: AwsProvider, code: str,
     assert provider.nodes() == []
 
 
-def test_other_errors_are_not_capacity_refusals(proxy: FaultProxy, provider: AwsProvider) -> None:
-    proxy.answer("RunInstances", ec2_error("InvalidAMIID.NotFound", "The image id '[ami-1]' does not exist"))
+@pytest.mark.parametrize(
+    ("operation", "code"),
+    [
+        ("RunInstances", "InvalidAMIID.NotFound"),
+        ("RunInstances", "UnauthorizedOperation"),
+        ("DescribeInstances", "AuthFailure"),
+    ],
+)
+def test_other_errors_are_not_capacity_refusals_but_name_the_region_and_the_call(
+    proxy: FaultProxy, provider: AwsProvider, operation: str, code: str
+) -> None:
+    proxy.answer(operation, ec2_error(code, "refused"))
 
-    with pytest.raises(ClientError) as failed:
-        provider.acquire(on_demand())
+    with pytest.raises(ProviderError) as failed:
+        provider.acquire(on_demand()) if operation == "RunInstances" else provider.nodes()
 
-    assert not isinstance(failed.value, CapacityError)
-    assert failed.value.response["Error"]["Code"] == "InvalidAMIID.NotFound"
+    assert str(failed.value) == f"aws/{REGION}: {operation} failed: {code}"
+    assert failed.value.__cause__ is None and failed.value.__suppress_context__  # one line, no SDK traceback
 
 
 def interrupt_in_moto(instance_id: str) -> None:

@@ -16,7 +16,7 @@ from google.cloud import compute_v1
 
 from capacity.live.bootstrap import RayJoin, ray_join_script
 from capacity.live.gcp import MANAGED_LABEL, PLATFORM_LABEL, GcpOperationError, GcpProvider
-from capacity.model import CapacityError, EventKind, Market, NodeState, Placement
+from capacity.model import CapacityError, EventKind, Market, NodeState, Placement, ProviderError
 from tests.unit.fake_compute_api import FakeComputeApi, Refusal
 
 PROJECT = "meridian-test"
@@ -216,6 +216,16 @@ def test_other_operation_errors_are_not_capacity_refusals(fresh: FakeComputeApi,
 
     with pytest.raises(GcpOperationError, match="UNSUPPORTED_OPERATION"):
         provider.acquire(spot())
+
+
+def test_a_permission_error_names_the_region_and_the_call(fresh: FakeComputeApi, provider: GcpProvider) -> None:
+    fresh.refuse_inserts(Refusal("PERMISSION_DENIED", "Required 'compute.instances.create' permission", 403, True))
+
+    with pytest.raises(ProviderError) as failed:
+        provider.acquire(spot())
+
+    assert str(failed.value) == f"gcp/{REGION}: instances.insert failed: 403 Forbidden"
+    assert failed.value.__cause__ is None  # one line, no SDK traceback
 
 
 def test_preemption_is_reported_once(fresh: FakeComputeApi, provider: GcpProvider) -> None:
