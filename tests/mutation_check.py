@@ -222,6 +222,30 @@ MUTATIONS = (
         "floors are planned from floored targets, so a persistent shortfall ratchets them up",
     ),
     Mutation(
+        "autoscaler/live/global_loop.py",
+        'headers = {"Authorization": f"Bearer {self.tokens.get(region.name, \'\')}"}',
+        "headers = {}",
+        "the global loop sends floors without the region's control token",
+    ),
+    Mutation(
+        "capacity/live/providers.py",
+        "        if o.instance_type in types and (zones is None or o.zone in zones)",
+        "        if zones is None or o.zone in zones",
+        "a region buys instance types its settings do not name",
+    ),
+    Mutation(
+        "capacity/live/aws.py",
+        "            raise ProviderError(where, error.operation_name, code) from None",
+        "            raise",
+        "an EC2 permission error escapes as an SDK traceback",
+    ),
+    Mutation(
+        "meridian_core/cluster_spec.py",
+        "        if self.managed and (self.address or self.dashboard_url):",
+        "        if False:",
+        "a managed cluster with an address is accepted",
+    ),
+    Mutation(
         "capacity/live/capacity_loop.py",
         "            if acquisition.is_fallback:",
         "            if False:",
