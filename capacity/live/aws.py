@@ -101,6 +101,9 @@ class AwsProvider:
         endpoint_url: str | None = None,
         subnet_by_zone: Mapping[str, str] | None = None,
         security_group_ids: Iterable[str] = (),
+        iam_instance_profile: str | None = None,
+        # A node reaches its head over the VPC; a public address only when the spec asks.
+        public_ip: bool = False,
         # Placement falls back to another zone or market on a refusal; retrying a
         # stockout here would only delay that. Polls run again on the next tick.
         max_attempts: int = 1,
@@ -112,6 +115,8 @@ class AwsProvider:
         self.image_id = image_id
         self.subnet_by_zone = dict(subnet_by_zone or {})
         self.security_group_ids = list(security_group_ids)
+        self.iam_instance_profile = iam_instance_profile
+        self.public_ip = public_ip
         self._clock = clock
         self._ec2 = (session or boto3.session.Session()).client(
             "ec2",
@@ -137,6 +142,8 @@ class AwsProvider:
             "MaxCount": count,
             "Placement": {"AvailabilityZone": placement.zone},
             "UserData": script,
+            # IMDSv2 only: the instance metadata answers no request without a session token.
+            "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
             "TagSpecifications": [
                 {"ResourceType": kind, "Tags": self._ownership_tags()} for kind in ("instance", "volume")
             ],
@@ -147,9 +154,18 @@ class AwsProvider:
                 "SpotOptions": {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"},
             }
         if placement.zone in self.subnet_by_zone:
-            params["SubnetId"] = self.subnet_by_zone[placement.zone]
-        if self.security_group_ids:
+            params["NetworkInterfaces"] = [
+                {
+                    "DeviceIndex": 0,
+                    "SubnetId": self.subnet_by_zone[placement.zone],
+                    "Groups": self.security_group_ids,
+                    "AssociatePublicIpAddress": self.public_ip,
+                }
+            ]
+        elif self.security_group_ids:
             params["SecurityGroupIds"] = self.security_group_ids
+        if self.iam_instance_profile:
+            params["IamInstanceProfile"] = {"Name": self.iam_instance_profile}
         try:
             reply = self._ec2.run_instances(**params)
         except ClientError as error:

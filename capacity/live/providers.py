@@ -42,6 +42,8 @@ def provider_for(spec: PlatformSpec, region: RegionSpec, state: PlatformState) -
             endpoint_url=settings.endpoint_url,
             subnet_by_zone=settings.subnets,
             security_group_ids=settings.security_group_ids,
+            iam_instance_profile=settings.iam_instance_profile,
+            public_ip=settings.public_ip,
         )
         types = set(settings.instance_types.values())
         return provider, region_catalog(default_catalog(), "aws", settings.region, types, zones=None)

@@ -88,6 +88,9 @@ def test_spot_insert_body(fresh: FakeComputeApi, provider: GcpProvider) -> None:
     assert item["value"] == ray_join_script(JOIN, cloud="gcp", zone="us-central1-a", market="spot")
     assert "--address=10.128.0.2:6379" in item["value"]
     assert node.placement == spot()
+    # No external IP: an interface with no access config reaches only the VPC.
+    (interface,) = body["networkInterfaces"]
+    assert interface["network"] == "global/networks/default" and "accessConfigs" not in interface
 
 
 def test_on_demand_insert_body(fresh: FakeComputeApi, provider: GcpProvider) -> None:

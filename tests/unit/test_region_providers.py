@@ -113,8 +113,11 @@ def test_down_releases_the_instances_a_cloud_region_owns_and_no_other(tmp_path, 
             for zone, cidr in (("us-east-1a", "10.0.1.0/24"), ("us-east-1b", "10.0.2.0/24"))
         }
         group = ec2.create_security_group(GroupName="meridian", Description="cluster", VpcId=vpc)["GroupId"]
+        iam = boto3.client("iam", region_name="us-east-1", endpoint_url=proxy.url)
+        iam.create_instance_profile(InstanceProfileName="meridian-node")
         aws = {**AWS, "image_id": "ami-12c6146b", "endpoint_url": proxy.url, "subnets": subnets}
-        spec = spec_with(region("aws/us-east-1", {**aws, "security_group_ids": [group]}))
+        aws |= {"security_group_ids": [group], "iam_instance_profile": "meridian-node"}
+        spec = spec_with(region("aws/us-east-1", aws))
         state = state_for(spec)
         provider, _ = provider_for(spec, spec.regions[0], state)
         for zone in subnets:
@@ -123,6 +126,17 @@ def test_down_releases_the_instances_a_cloud_region_owns_and_no_other(tmp_path, 
             "Instances"
         ]
         assert len(provider.nodes()) == 2
+        # Launched as the spec's network settings ask: IMDSv2 only, in the zone's subnet
+        # with the cluster's group, no public address, the instance profile named.
+        runs = [params for op, params in zip(proxy.seen, proxy.params, strict=True) if op == "RunInstances"]
+        launches = [run for run in runs if run["InstanceType"] == ["g6.xlarge"]]  # not the foreign one
+        assert len(launches) == 2
+        for run in launches:
+            assert run["MetadataOptions.HttpTokens"] == ["required"]
+            assert run["NetworkInterface.1.AssociatePublicIpAddress"] == ["false"]
+            assert run["NetworkInterface.1.SecurityGroupId.1"] == [group]
+            assert run["IamInstanceProfile.Name"] == ["meridian-node"]
+        assert {run["NetworkInterface.1.SubnetId"][0] for run in launches} == set(subnets.values())
         assert release_cloud_nodes(spec, state) == []
         assert provider.nodes() == []
         reply = ec2.describe_instances(InstanceIds=[foreign["InstanceId"]])
