@@ -3,8 +3,11 @@ its Serve app (deployed with `serve deploy` to that cluster) and its capacity lo
 then the geo router and the global loop above the clusters. All are real processes.
 
 `up` is safe to repeat: if the platform is already running it re-applies each region's
-Serve config (a no-op when unchanged) and waits for readiness again. `down` stops every
-process `up` started and sweeps up anything they spawned.
+Serve config (a no-op when unchanged) and waits for readiness again. If a loop or the
+router stopped while every cluster still runs, it restarts just those: a capacity loop
+re-adopts its region's nodes from their records (local) or their ownership tags
+(clouds) and re-reads its ledger, so no node is lost. `down` stops every process `up`
+started and sweeps up anything they spawned.
 """
 
 from __future__ import annotations
@@ -86,7 +89,9 @@ def up(
 
     state = PlatformState.load(spec.name)
     already_up = is_up(state)
-    if state is not None and not already_up:
+    if state is not None and not already_up and clusters_alive(state):
+        restart_stopped(spec, state, on_step)
+    elif state is not None and not already_up:
         on_step("cleaning up a platform that is partly down")
         down(spec.name)
         state = None
@@ -109,6 +114,25 @@ def up(
             deploy(spec, state, region, on_step)
     wait_ready(spec, state, on_regions, timeout_s)
     return state, already_up
+
+
+def clusters_alive(state: PlatformState) -> bool:
+    """Every region has its cluster, and every head Meridian started still runs."""
+    return bool(state.clusters) and all(
+        processes.is_running(c.head_pid) for c in state.clusters.values() if c.ray_temp_dir is not None
+    )
+
+
+def restart_stopped(spec: PlatformSpec, state: PlatformState, on_step: ProgressCallback) -> None:
+    """Start again the loops and the router that stopped, and nothing else."""
+    for region in spec.regions:
+        if not processes.is_running(state.clusters[region.name].capacity_pid):
+            on_step(f"{region.name}: its capacity loop had stopped")
+            start_capacity_loop(state, region, on_step)
+    if not processes.is_running(state.router_pid):
+        start_router(spec, state, on_step)
+    if not processes.is_running(state.global_loop_pid):
+        start_global_loop(spec, state, on_step)
 
 
 def start_cluster(spec: PlatformSpec, state: PlatformState, region: RegionSpec, on_step: ProgressCallback) -> None:

@@ -119,6 +119,20 @@ def test_up_again_is_safe(platform):
     )
 
 
+def test_a_stopped_capacity_loop_is_restarted_alone_and_loses_no_node(platform):
+    east = platform.clusters["local/us-east"]
+    nodes = LocalNodes.load(platform, east.slug).nodes
+    processes.terminate_group(east.capacity_pid)
+    state, already_up = launcher.up(SPEC_PATH)
+    assert not already_up
+    restarted = state.clusters["local/us-east"]
+    assert restarted.capacity_pid != east.capacity_pid and processes.is_running(restarted.capacity_pid)
+    assert (restarted.head_pid, state.router_pid) == (east.head_pid, platform.router_pid)
+    assert LocalNodes.load(platform, east.slug).nodes == nodes  # the same node, re-adopted
+    assert all(processes.is_running(node.pid) for node in nodes.values())
+    platform.clusters["local/us-east"] = restarted  # what the tests after this one stop
+
+
 def test_status_json(platform):
     result = subprocess.run(
         [str(BIN / "meridian"), "status", str(SPEC_PATH), "--json"], capture_output=True, text=True, check=True
