@@ -177,7 +177,7 @@ def main(argv: list[str]) -> None:
         spec,
         region,
         provider,
-        Ledger(state.cluster_dir(region.slug)),
+        Ledger(state.cluster_dir(region.slug), on_malformed=lambda error: drop_malformed(error, "capacity loop", log)),
         catalog,
         scaling=lambda: published_scaling(region),
         report=lambda report: publish_capacity(region.slug, report),

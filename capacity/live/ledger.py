@@ -5,19 +5,21 @@ Two files in the region's state directory: `capacity-events.jsonl`, one capacity
 line (stockouts, quota refusals, preemptions, launches, terminations), and
 `capacity-nodes.json`, the nodes held and the demand at the last tick. Both are written
 from capacity/model.py's types and validated against them when read; a line that breaks
-them is logged and skipped, never fatal.
+them is reported (`on_malformed`: the capacity loop logs and counts it) and skipped,
+never fatal.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from capacity.model import CapacityEvent, Node
+from meridian_core.contracts import MalformedMessage
 
 EVENTS_FILE = "capacity-events.jsonl"
 NODES_FILE = "capacity-nodes.json"
@@ -49,9 +51,14 @@ class _SnapshotFile(BaseModel):
     demand: tuple[_Demand, ...]
 
 
+def _log_malformed(error: MalformedMessage) -> None:
+    log.warning("%s; skipped", error)
+
+
 class Ledger:
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, on_malformed: Callable[[MalformedMessage], None] = _log_malformed):
         self.directory = directory
+        self.on_malformed = on_malformed
 
     def record_events(self, events: Iterable[CapacityEvent]) -> None:
         lines = [_EVENT.dump_json(event).decode() for event in events]
@@ -70,7 +77,9 @@ class Ledger:
                 event = _EVENT.validate_json(line)
             except ValidationError as error:
                 fields = sorted({".".join(map(str, e["loc"])) or "(line)" for e in error.errors()})
-                log.warning("%s line %d is not a capacity event (bad %s); skipped", path.name, number, fields[:5])
+                self.on_malformed(
+                    MalformedMessage("CapacityEvent", f"{path.name} line {number}: bad {', '.join(fields[:5])}")
+                )
                 continue
             if event.at_s >= since_s:
                 events.append(event)

@@ -211,10 +211,13 @@ def test_report_rows_sum_nodes_prices_events_and_quota_across_the_regions_ledger
     assert rows["local-eu-west"]["utilisation"] == 1.0
 
 
-def test_a_ledger_line_that_breaks_its_type_is_skipped_not_fatal(spec, tmp_path):
-    ledger = Ledger(tmp_path)
+def test_a_ledger_line_that_breaks_its_type_is_reported_and_skipped_not_fatal(spec, tmp_path):
+    malformed = []
+    ledger = Ledger(tmp_path, on_malformed=malformed.append)
     ledger.record_events([CapacityEvent(EventKind.STOCKOUT, placement_for(spec, spec.regions[0]), 10.0)])
     with open(tmp_path / "capacity-events.jsonl", "a") as out:
         out.write('{"kind": "stockout", "at_s": "soon"}\n')
     ledger.record_events([CapacityEvent(EventKind.LAUNCHED, placement_for(spec, spec.regions[0]), 20.0, "n")])
     assert [e.kind for e in ledger.events()] == [EventKind.STOCKOUT, EventKind.LAUNCHED]
+    (error,) = malformed
+    assert error.contract == "CapacityEvent" and "line 2" in str(error) and "soon" not in str(error)
