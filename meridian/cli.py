@@ -121,28 +121,25 @@ def status(
         raise typer.Exit(1)
     console.print(f"router: [bold]{report['router_url']}[/bold]")
     table = Table(title=f"platform {platform.name}")
-    columns = ("region", "cluster", "nodes", "health", "app", "replicas", "target (reason)", "run+wait, KV")
-    columns += ("in-flight",)
-    for column in columns:
-        table.add_column(column)
+    for column in ("region", "cluster", "nodes", "app, replicas", "target (reason)", "run+wait", "KV", "in-flight"):
+        table.add_column(column, no_wrap=column in ("region", "cluster"))
     for region in report["regions"]:
-        replicas = ", ".join(f"{n} {s.lower()}" for s, n in region["replica_states"].items()) or "-"
-        healthy = "[green]healthy[/green]" if region["healthy"] else f"[red]down[/red] {region['last_error'] or ''}"
+        replicas = ", ".join(f"{n} {s.lower()}" for s, n in region["replica_states"].items()) or "none"
+        app_status = region["app_status"].lower().replace("_", " ")
+        health = "" if region["healthy"] else f"[red]down[/red] {region['last_error'] or ''}; "
         engine = region["engine"]
         scaling, floor = region["autoscaling"], region["floor"]
         target = f"{scaling['target']} ({scaling['reason']})" if scaling else "fixed"
         if floor:
             target += f"; floor {floor['replicas']} ({floor['reason']})"
-        load = f"{engine['running']}+{engine['waiting']}, KV {engine['kv_cache_usage']:.0%}" if engine else "-"
         table.add_row(
             region["name"],
             region["cluster"] or "-",
-            ", ".join(f"{n} {kind}" for kind, n in region["nodes"].items()) or "-",
-            healthy,
-            region["app_status"].lower(),
-            replicas,
+            ", ".join(f"{n} {kind.replace('_', '-')}" for kind, n in region["nodes"].items()) or "-",
+            f"{health}{app_status}: {replicas}",
             target,
-            load,
+            f"{engine['running']}+{engine['waiting']}" if engine else "-",
+            f"{engine['kv_cache_usage']:.0%}" if engine else "-",
             str(region["in_flight"]),
         )
     console.print(table)
@@ -170,22 +167,20 @@ def capacity_report(
         typer.echo(json.dumps({"platform": platform.name, "at_s": snapshot.at_s, "rows": rows}, indent=2))
         return
     table = Table(title=f"capacity of {platform.name}, {now - snapshot.at_s:.0f} s ago")
-    columns = ("cloud", "region", "accelerator", "on-demand", "spot", "accel.", "$/h", "$/day", "util.")
-    for column in (*columns, "stockouts 1h", "preemptions 1h", "quota left"):
-        table.add_column(column)
+    columns = ("cloud", "region", "kind", "nodes od+spot", "accel.", "$/h", "$/day", "util.")
+    for column in (*columns, "stockout+ preempt 1h", "quota left"):
+        table.add_column(column, no_wrap=column in ("cloud", "region"), min_width=len(column.split()[0]))
     for row in rows:
         table.add_row(
             row["cloud"],
             row["region"],
             row["accelerator"],
-            str(row["nodes"]["on_demand"]),
-            str(row["nodes"]["spot"]),
+            f"{row['nodes']['on_demand']}+{row['nodes']['spot']}",
             str(row["gpus"]),
             f"{row['usd_per_hour']:.2f}",
             f"{row['projected_usd_per_day']:.2f}",
             "-" if row["utilisation"] is None else f"{row['utilisation']:.0%}",
-            str(row["stockouts_1h"]),
-            str(row["preemptions_1h"]),
+            f"{row['stockouts_1h']}+{row['preemptions_1h']}",
             "-" if row["quota_headroom"] is None else str(row["quota_headroom"]),
         )
     console.print(table)
