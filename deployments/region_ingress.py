@@ -6,9 +6,9 @@ is in the app's args); without a digest they are closed."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import Request, Response
@@ -25,10 +25,12 @@ from meridian_core.contracts import (
     EngineLoad,
     FleetFloor,
     MalformedMessage,
+    Message,
     RegionStatus,
     ReplicaCounts,
     parse,
 )
+from meridian_host.region_tokens import token_sha256
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +114,7 @@ class RegionIngress(OpenAiIngress):
         if self._control_digest is None:
             return _refusal(403, "this region takes no fleet floor: it has no control token")
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        digest = hashlib.sha256(token.encode()).hexdigest()
+        digest = token_sha256(token)
         if scheme.lower() != "bearer" or not hmac.compare_digest(digest, self._control_digest):
             return _refusal(401, "a valid control token is required")
         return None
@@ -125,7 +127,7 @@ class RegionIngress(OpenAiIngress):
             return _refusal(503, "the region could not keep the floor; retry")
         return Response(status_code=204)
 
-    async def _from_kv(self, read: Any) -> Any:
+    async def _from_kv(self, read: Callable[[str], Message | None]) -> Message | None:
         """What the region's loops published in its cluster's KV (autoscaler/live/published.py);
         None when nothing was, when it breaks its contract (logged and counted) or when the GCS
         does not answer in time, so /status always answers with the load it knows."""

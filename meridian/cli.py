@@ -259,7 +259,6 @@ def simulate_routing(
 ) -> None:
     """Compare nearest, least-load, prefix-aware-in-region and Meridian's scorer on a trace."""
     from geo_router.sim import routing_replay
-    from meridian_core.geo import LatLon
 
     platform = _load(regions)
     if profile is not None and profile not in PROFILES:
@@ -269,9 +268,7 @@ def simulate_routing(
         errors.print(f"[red]no trace at {trace}[/red] (pass --trace PATH)")
         raise typer.Exit(2)
     sim_regions = [
-        routing_replay.SimRegion(
-            r.name, LatLon(r.location.lat, r.location.lon), r.replicas, PROFILES[profile or r.profile]
-        )
+        routing_replay.SimRegion(r.name, r.location.latlon, r.replicas, PROFILES[profile or r.profile])
         for r in platform.regions
     ]
     with console.status(f"replaying {trace.name}"):

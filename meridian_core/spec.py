@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from meridian_core.capacity_spec import CapacitySpec
 from meridian_core.cluster_spec import AwsCapacity, ClusterSpec, GcpCapacity, LocalCapacity, RegionCapacity
+from meridian_core.geo import LatLon
 from meridian_core.replica_model import PROFILES
 
 # Linux hands out ports from 32768 up to outgoing connections and to processes that
@@ -43,6 +44,10 @@ class StrictModel(BaseModel):
 class Location(StrictModel):
     lat: float = Field(ge=-90, le=90)
     lon: float = Field(ge=-180, le=180)
+
+    @property
+    def latlon(self) -> LatLon:
+        return LatLon(self.lat, self.lon)
 
 
 class PackagedModelSource(StrictModel):

@@ -29,7 +29,8 @@ def cluster_dir(name: str, slug: str) -> Path:
     return platform_dir(name) / "clusters" / slug
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def write_atomically(path: Path, text: str) -> None:
+    """Replace `path` with `text` whole: a reader sees the old file or the new, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(text)
@@ -76,7 +77,7 @@ class PlatformState(StateModel):
         return cluster_dir(self.name, slug)
 
     def save(self) -> None:
-        _write_atomically(self.directory / "state.json", self.model_dump_json(indent=2))
+        write_atomically(self.directory / "state.json", self.model_dump_json(indent=2))
 
     @classmethod
     def load(cls, name: str) -> PlatformState | None:
@@ -112,4 +113,4 @@ class LocalNodes(StateModel):
         return cls.model_validate_json(path.read_text()) if path.exists() else cls()
 
     def save(self, state: PlatformState, slug: str) -> None:
-        _write_atomically(self.path(state, slug), self.model_dump_json(indent=2))
+        write_atomically(self.path(state, slug), self.model_dump_json(indent=2))

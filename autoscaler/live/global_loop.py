@@ -27,8 +27,8 @@ from collections.abc import Mapping
 import httpx
 
 from autoscaler.policy.fleet_floors import RegionView, fleet_floors
-from meridian_core.contracts import MAX_MESSAGE_BYTES, FleetFloor, MalformedMessage, RegionStatus, parse
-from meridian_core.geo import LatLon, haversine_km
+from meridian_core.contracts import FleetFloor, MalformedMessage, RegionStatus, parse
+from meridian_core.geo import haversine_km
 from meridian_core.spec import PlatformSpec, RegionSpec, load_spec
 
 log = logging.getLogger("meridian.global_loop")
@@ -45,7 +45,7 @@ def fallback_order(spec: PlatformSpec) -> dict[str, list[str]]:
         return not targets or any(t.cloud == cloud and t.region in (None, place) for t in targets)
 
     def distance(a: RegionSpec, b: RegionSpec) -> float:
-        return haversine_km(LatLon(a.location.lat, a.location.lon), LatLon(b.location.lat, b.location.lon))
+        return haversine_km(a.location.latlon, b.location.latlon)
 
     return {
         region.name: [
@@ -96,9 +96,7 @@ class GlobalLoop:
         try:
             response = self.client.get(f"{self.spec.region_endpoint(region)}/status", timeout=TIMEOUT_S)
             response.raise_for_status()
-            if len(response.content) > MAX_MESSAGE_BYTES:
-                raise MalformedMessage("RegionStatus", "over the size cap")
-            return parse(RegionStatus, response.content)
+            return parse(RegionStatus, response.content)  # refuses a body over the size cap too
         except MalformedMessage as error:
             log.warning("%s: %s", region.name, error)
         except httpx.HTTPError as error:

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from capacity.model import CapacityEvent, Node
 from meridian_core.contracts import MalformedMessage
+from meridian_host.platform_state import write_atomically
 
 EVENTS_FILE = "capacity-events.jsonl"
 NODES_FILE = "capacity-nodes.json"
@@ -86,12 +87,9 @@ class Ledger:
         return events
 
     def record_snapshot(self, snapshot: Snapshot) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
         demand = tuple(_Demand(cloud=c, region=r, nodes=n) for (c, r), n in snapshot.demand.items())
         data = _SnapshotFile(at_s=snapshot.at_s, nodes=snapshot.nodes, demand=demand)
-        tmp = self.directory / f"{NODES_FILE}.tmp"
-        tmp.write_text(data.model_dump_json(indent=1))
-        tmp.replace(self.directory / NODES_FILE)
+        write_atomically(self.directory / NODES_FILE, data.model_dump_json(indent=1))
 
     def snapshot(self) -> Snapshot | None:
         path = self.directory / NODES_FILE

@@ -60,7 +60,7 @@ def create_app(
     locate = settings.locate
     locator = ClientLocator(
         locate.order,
-        LatLon(settings.default_location.lat, settings.default_location.lon),
+        settings.default_location.latlon,
         geoip=open_geoip(locate.geoip_database) if locate.geoip_database else None,
         trusted_proxy_hops=locate.trusted_proxy_hops,
     )
@@ -73,7 +73,7 @@ def create_app(
         [
             Region(
                 r.name,
-                LatLon(r.location.lat, r.location.lon),
+                r.location.latlon,
                 spec.region_endpoint(r),
                 CircuitBreaker(settings.breaker_failure_threshold, settings.breaker_open_s),
             )
