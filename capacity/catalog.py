@@ -226,9 +226,10 @@ def load_catalog(paths: Iterable[Path]) -> Catalog:
     return Catalog(offerings)
 
 
-def default_catalog() -> Catalog:
-    """The packaged list-price extract (AWS and GCP GPU types)."""
-    return load_catalog(PACKAGED_DIR / name for name in CATALOG_FILES)
+def default_catalog(extra_files: Iterable[str | Path] = ()) -> Catalog:
+    """The packaged list-price extract (AWS and GCP GPU types), and the spec's own
+    catalog files (`capacity.catalog_files`) beside it."""
+    return load_catalog([*(PACKAGED_DIR / name for name in CATALOG_FILES), *map(Path, extra_files)])
 
 
 def _price(cell: str, cloud: str) -> Price | None:

@@ -14,10 +14,10 @@ from rich.live import Live
 from rich.table import Table
 
 from autoscaler.sim.cli import simulate_autoscale
-from capacity.catalog import Catalog, default_catalog
+from capacity.catalog import Catalog
 from capacity.cli import capacity_app, simulate_capacity
 from capacity.live.ledger import Ledger, fleet_ledger
-from capacity.live.local import local_catalog
+from capacity.live.providers import catalog_for
 from capacity.live.report import report_rows
 from meridian import demo, launcher
 from meridian.serve_config import serve_config
@@ -160,8 +160,7 @@ def capacity_report(
             f"[yellow]no capacity recorded for platform {platform.name}[/yellow] (start it with `meridian up`)"
         )
         raise typer.Exit(1)
-    local = [o for region in platform.regions for o in local_catalog(platform, region).offerings()]
-    catalog = Catalog([*default_catalog().offerings(), *local])
+    catalog = Catalog(o for region in platform.regions for o in catalog_for(platform, region).offerings())
     rows = report_rows(snapshot, events, catalog, platform.capacity, now)
     if as_json:
         typer.echo(json.dumps({"platform": platform.name, "at_s": snapshot.at_s, "rows": rows}, indent=2))

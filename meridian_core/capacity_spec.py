@@ -29,6 +29,10 @@ class CapacitySpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     quotas: list[Quota] = Field(default_factory=list)
+    # Price catalogs read beside the packaged GPU extract, in its CSV schema
+    # (capacity/data/README.md): CPU instance types, or the prices your account gets.
+    # A relative path is from the spec file's folder.
+    catalog_files: list[str] = Field(default_factory=list, max_length=16)
     # On-demand nodes each region keeps whatever spot does; the rest is spot when spot is enabled.
     on_demand_base: int = Field(default=0, ge=0)
     spot_enabled: bool = True

@@ -440,4 +440,17 @@ def load_spec(path: str | Path) -> PlatformSpec:
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise SpecError(f"{path} is not valid YAML: {error}") from None
-    return parse_spec(data, origin=str(path))
+    spec = parse_spec(data, origin=str(path))
+    return with_catalogs_found(spec, path)
+
+
+def with_catalogs_found(spec: PlatformSpec, path: Path) -> PlatformSpec:
+    """The spec with `capacity.catalog_files` made absolute from the spec's folder;
+    one that is not a file fails here, named."""
+    found = []
+    for index, name in enumerate(spec.capacity.catalog_files):
+        catalog = (path.parent / name).resolve()
+        if not catalog.is_file():
+            raise SpecError(f"{path} is invalid:\n  capacity.catalog_files.{index}: no file at {name}")
+        found.append(str(catalog))
+    return spec.model_copy(update={"capacity": spec.capacity.model_copy(update={"catalog_files": found})})

@@ -4,6 +4,8 @@ through google-cloud-compute. New nodes join the region's own cluster."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from google.auth.credentials import AnonymousCredentials
 
 from capacity.catalog import Catalog, default_catalog
@@ -17,21 +19,37 @@ from meridian_core.spec import PlatformSpec, RegionSpec
 from meridian_host.platform_state import PlatformState
 
 
-def region_catalog(catalog: Catalog, cloud: str, region: str, types: set[str], zones: set[str] | None) -> Catalog:
-    """The offerings of `catalog` the region's settings allow: its instance types, in its
-    zones where the catalog names zones as the cloud does (the AWS extract has AZ IDs;
-    its zones by name arrive with spot quotes)."""
-    return Catalog(
-        o
-        for o in catalog.offerings(cloud=cloud, region=region)
-        if o.instance_type in types and (zones is None or o.zone in zones)
-    )
+def region_catalog(catalog: Catalog, cloud: str, region: str, types: set[str], zones: set[str]) -> Catalog:
+    """The offerings of `catalog` the region's settings allow: its instance types in its
+    zones. A type the catalog prices in none of those zones (the AWS extract names one
+    AZ ID per region, not the zones by name that launches take) is offered in each of
+    them at the region's price, until spot quotes for the zones refine it."""
+    offerings = [o for o in catalog.offerings(cloud=cloud, region=region) if o.instance_type in types]
+    in_zones = [o for o in offerings if o.zone in zones]
+    priced = {o.instance_type for o in in_zones}
+    stand_ins = {o.instance_type: o for o in offerings if o.instance_type not in priced}
+    return Catalog(in_zones + [replace(o, zone=zone) for o in stand_ins.values() for zone in sorted(zones)])
+
+
+def catalog_for(spec: PlatformSpec, region: RegionSpec) -> Catalog:
+    """What the region's placement chooses from, priced: its local node, or the cloud
+    catalog's offerings its settings allow."""
+    settings = region.capacity
+    if isinstance(settings, AwsCapacity):
+        types, zones = set(settings.instance_types.values()), set(settings.subnets)
+    elif isinstance(settings, GcpCapacity):
+        types, zones = set(settings.machine_types.values()), set(settings.zones)
+    else:
+        return local_catalog(spec, region)
+    catalog = default_catalog(spec.capacity.catalog_files)
+    return region_catalog(catalog, settings.provider, settings.region, types, zones)
 
 
 def provider_for(spec: PlatformSpec, region: RegionSpec, state: PlatformState) -> tuple[Provider, Catalog]:
     settings = region.capacity
+    catalog = catalog_for(spec, region)
     if settings.provider == "local":
-        return LocalProvider(spec, state, region), local_catalog(spec, region)
+        return LocalProvider(spec, state, region), catalog
     join = RayJoin(head_address=state.clusters[region.name].gcs_address, region_slug=region.slug)
     if isinstance(settings, AwsCapacity):
         provider = AwsProvider(
@@ -45,8 +63,7 @@ def provider_for(spec: PlatformSpec, region: RegionSpec, state: PlatformState) -
             iam_instance_profile=settings.iam_instance_profile,
             public_ip=settings.public_ip,
         )
-        types = set(settings.instance_types.values())
-        return provider, region_catalog(default_catalog(), "aws", settings.region, types, zones=None)
+        return provider, catalog
     assert isinstance(settings, GcpCapacity)
     provider = GcpProvider(
         project=settings.project,
@@ -59,5 +76,4 @@ def provider_for(spec: PlatformSpec, region: RegionSpec, state: PlatformState) -
         credentials=AnonymousCredentials() if settings.api_endpoint else None,
         client_options={"api_endpoint": settings.api_endpoint} if settings.api_endpoint else None,
     )
-    types = set(settings.machine_types.values())
-    return provider, region_catalog(default_catalog(), "gcp", settings.region, types, set(settings.zones))
+    return provider, catalog

@@ -4,12 +4,13 @@ cluster/provider setting is checked at load with the field named."""
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from capacity.live.aws import AwsProvider
 from capacity.live.gcp import GcpProvider
 from capacity.live.local import LocalProvider
 from capacity.live.providers import provider_for
-from meridian_core.spec import SpecError, parse_spec
+from meridian_core.spec import SpecError, load_spec, parse_spec
 from meridian_host.platform_state import ClusterState, PlatformState
 
 AWS = {
@@ -58,13 +59,45 @@ def test_each_region_gets_the_provider_and_catalog_its_settings_name():
     assert isinstance(aws, AwsProvider) and aws.region == "us-east-1" and aws.subnet_by_zone == AWS["subnets"]
     assert isinstance(gcp, GcpProvider) and gcp.region == "europe-west4" and gcp.project == "meridian-test"
     assert isinstance(local, LocalProvider)
-    assert {(o.cloud, o.region, o.instance_type) for o in aws_catalog.offerings()} == {
-        ("aws", "us-east-1", "g6.xlarge")
+    # The extract prices g6.xlarge in one AZ ID; launches name zones, so it stands in for each subnet's zone.
+    assert {(o.cloud, o.region, o.zone, o.instance_type) for o in aws_catalog.offerings()} == {
+        ("aws", "us-east-1", "us-east-1a", "g6.xlarge"),
+        ("aws", "us-east-1", "us-east-1b", "g6.xlarge"),
     }
     assert {o.instance_type for o in gcp_catalog.offerings()} == {"g2-standard-4"}
     assert {o.zone for o in gcp_catalog.offerings()} <= set(GCP["zones"]) and len(gcp_catalog) >= 1
     # New nodes join the region's own cluster.
     assert aws.join.head_address == "127.0.0.1:6380" and aws.join.region_slug == "aws-us-east-1"
+
+
+CPU_CATALOG = """cloud,instance_type,accelerator,accelerator_count,vcpus,memory_gib,region,zone,\
+price_per_hour_usd,spot_price_per_hour_usd
+aws,m7i.xlarge,cpu,1,4,16,us-east-1,us-east-1a,0.2016,0.0903
+aws,m7i.xlarge,cpu,1,4,16,us-east-1,us-east-1b,0.2016,0.0951
+aws,m7i.xlarge,cpu,1,4,16,us-east-1,us-east-1c,0.2016,0.0877
+"""
+
+
+def test_the_specs_catalog_files_price_types_the_extract_lacks_in_the_regions_own_zones(tmp_path):
+    (tmp_path / "cpu.csv").write_text(CPU_CATALOG)
+    aws = {**AWS, "instance_types": {"cpu": "m7i.xlarge"}}
+    data = {"models": [{"id": "m"}], "regions": [region("aws/us-east-1", aws, accelerator="cpu")]}
+    data["capacity"] = {"catalog_files": ["cpu.csv"]}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(data))
+    spec = load_spec(tmp_path / "spec.yaml")
+
+    _, catalog = provider_for(spec, spec.regions[0], state_for(spec))
+
+    # Its own zone prices, and none for a zone the region has no subnet in.
+    assert {(o.zone, o.spot.usd_per_h) for o in catalog.offerings()} == {("us-east-1a", 0.0903), ("us-east-1b", 0.0951)}
+    assert {o.accelerator.name for o in catalog.offerings()} == {"cpu"}
+
+
+def test_a_catalog_file_that_is_not_there_fails_at_load_named(tmp_path):
+    data = {"models": [{"id": "m"}], "regions": [region("local/lab")], "capacity": {"catalog_files": ["cpu.csv"]}}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(SpecError, match=r"capacity.catalog_files.0: no file at cpu.csv"):
+        load_spec(tmp_path / "spec.yaml")
 
 
 @pytest.mark.parametrize(
@@ -102,7 +135,7 @@ def test_down_releases_the_instances_a_cloud_region_owns_and_no_other(tmp_path, 
 
     from capacity.model import Market, Placement
     from meridian.launcher import release_cloud_nodes
-    from tests.unit.fault_proxy import moto_behind_proxy
+    from tests.emulated_clouds.aws import moto_behind_proxy
 
     monkeypatch.setenv("MERIDIAN_STATE_DIR", str(tmp_path))
     with moto_behind_proxy() as proxy:
