@@ -58,12 +58,17 @@ def catalog_region(region: RegionSpec) -> str:
     return region.slug if region.capacity.provider == "local" else region.capacity.region
 
 
-def node_demand(spec: PlatformSpec, region: RegionSpec, target: int | None) -> Demand:
-    """Nodes the region needs for its target: the replicas that fit on one node, and
-    never fewer than one, which keeps the region's ingress. A target is never taken past
-    the spec's `max_replicas`, whatever was published."""
+def wanted_replicas(region: RegionSpec, target: int | None) -> int:
+    """The replicas the region's nodes are for: its published target (a fixed region's
+    `replicas`), never past the spec's `max_replicas`, whatever was published."""
     bound = region.autoscaling.max_replicas if region.autoscaling else region.replicas
-    replicas = min(region.replicas if target is None else target, bound)
+    return min(region.replicas if target is None else target, bound)
+
+
+def node_demand(spec: PlatformSpec, region: RegionSpec, replicas: int) -> Demand:
+    """Nodes for `replicas`: the replicas that fit on one node, and never fewer than
+    one, so a region that scaled to zero replicas starts its next one without waiting
+    for a machine."""
     nodes = max(1, math.ceil(replicas / replicas_per_node(spec, region)))
     return Demand(region.capacity.provider, catalog_region(region), nodes, region.accelerator, 1)
 
@@ -81,14 +86,17 @@ def published_scaling(region: RegionSpec) -> ScalingView | None:
         return None
 
 
-def unplaced(spec: PlatformSpec, region: RegionSpec, decision: PlacementDecision, now: float) -> CapacityReport:
-    """What the decision could not place in the region, in replicas. A fallback to
-    another region is not bought (a region's replicas cannot run on its nodes), so it
-    counts as unplaced too, for the global loop to place."""
-    nodes = sum(s.nodes for s in decision.shortfalls) + sum(f.nodes for f in decision.fallbacks)
+def unplaced(
+    spec: PlatformSpec, region: RegionSpec, replicas: int, demand: Demand, decision: PlacementDecision, now: float
+) -> CapacityReport:
+    """The replicas of `replicas` that the nodes the decision places cannot carry. A
+    fallback to another region is not bought (a region's replicas cannot run on its
+    nodes), so it counts as unplaced too, for the global loop to place."""
+    missing_nodes = sum(s.nodes for s in decision.shortfalls) + sum(f.nodes for f in decision.fallbacks)
+    placed_nodes = demand.replicas - missing_nodes
     reasons = [s.reason for s in decision.shortfalls] + [f.reason for f in decision.fallbacks]
     return CapacityReport(
-        unplaced_replicas=nodes * replicas_per_node(spec, region),
+        unplaced_replicas=max(0, replicas - placed_nodes * replicas_per_node(spec, region)),
         reason="; ".join(reasons)[:MAX_REASON],
         at=now,
     )
@@ -120,7 +128,8 @@ class CapacityLoop:
         nodes = self.provider.nodes()
         self.ledger.record_events(self.provider.events())
         view = self.scaling()
-        demand = node_demand(self.spec, self.region, view.target if view else None)
+        replicas = wanted_replicas(self.region, view.target if view else None)
+        demand = node_demand(self.spec, self.region, replicas)
         recent = self.ledger.events(since_s=now - self.spec.capacity.event_memory_s)
         capacity = self.spec.capacity
         if self.region.capacity.market == "on-demand":  # no spot, so no spot spare to stand in for either
@@ -139,7 +148,7 @@ class CapacityLoop:
         for release in decision.releases:
             self._release(release.node_id, nodes, released, release.reason)
         self.ledger.record_events(self.provider.events())
-        self.report(unplaced(self.spec, self.region, decision, now))
+        self.report(unplaced(self.spec, self.region, replicas, demand, decision, now))
         self.ledger.record_snapshot(Snapshot(now, tuple(self.provider.nodes()), {demand.home: demand.replicas}))
         return decision
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from capacity.catalog import Catalog
-from capacity.live.capacity_loop import CapacityLoop, node_demand
+from capacity.live.capacity_loop import CapacityLoop, node_demand, wanted_replicas
 from capacity.live.ledger import Ledger, Snapshot, fleet_ledger
 from capacity.live.local import local_catalog, placement_for
 from capacity.live.report import report_rows
@@ -106,14 +106,15 @@ def loop_for(
     return loop, reports
 
 
-def test_node_demand_fits_replicas_to_nodes_and_keeps_one_for_the_ingress(spec):
+def test_node_demand_fits_replicas_to_nodes_and_keeps_one_warm(spec):
     east, west = spec.regions
     assert (node_demand(spec, east, 3).replicas, node_demand(spec, west, 0).replicas) == (2, 1)
     assert node_demand(spec, east, 3).home == ("local", "local-us-east")
 
 
 def test_a_published_target_is_never_taken_past_max_replicas(spec):
-    assert node_demand(spec, spec.regions[0], 500).replicas == 2  # 4 replicas at most: two nodes, not 250
+    assert wanted_replicas(spec.regions[0], 500) == 4
+    assert node_demand(spec, spec.regions[0], wanted_replicas(spec.regions[0], 500)).replicas == 2  # not 250 nodes
 
 
 def test_the_loop_buys_what_its_region_needs_and_records_it(spec, tmp_path):
@@ -135,7 +136,8 @@ def test_a_refused_acquisition_is_kept_as_a_stockout_and_reported_unplaced(spec,
     stockouts = [e for e in Ledger(tmp_path / "local-eu-west").events() if e.kind is EventKind.STOCKOUT]
     assert [e.placement.region for e in stockouts] == ["local-eu-west"]
     loop.tick()  # the zone is backed off now: placement reports the node it cannot place
-    assert reports[-1].unplaced_replicas == 2 and "local-eu-west" in reports[-1].reason
+    # The region's one replica, not the two a node could carry.
+    assert reports[-1].unplaced_replicas == 1 and "local-eu-west" in reports[-1].reason
 
 
 def test_a_release_refused_by_drain_falls_to_an_idle_node_of_the_same_kind(spec, tmp_path):
