@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import random
 import statistics
 import sys
@@ -168,7 +169,10 @@ def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float]:
 
 async def calibrate(args: argparse.Namespace) -> dict:
     timeout = aiohttp.ClientTimeout(total=args.timeout_s)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
+    # A region answers only its token's holders; OpenAI clients read the key from here.
+    key = os.environ.get("OPENAI_API_KEY")
+    headers = {"Authorization": f"Bearer {key}"} if key else None
+    async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
         await stream(session, args.url, args.model, prompt_of(8, seed=0), 2)  # warm-up
         prefill = await measure_prefill(session, args.url, args.model, args.prompt_tokens, args.repeats)
         steps, reads = {}, {}

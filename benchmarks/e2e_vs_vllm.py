@@ -61,6 +61,7 @@ from meridian import launcher  # noqa: E402
 from meridian_core.spec import load_spec  # noqa: E402
 from meridian_host import models, processes  # noqa: E402
 from meridian_host.platform_state import PlatformState  # noqa: E402
+from meridian_host.region_tokens import region_token  # noqa: E402
 
 BIN = Path(sys.executable).parent
 VLLM = str(BIN / "meridian-vllm")
@@ -108,13 +109,17 @@ def bare_vllm(
 
 @contextlib.contextmanager
 def meridian_platform(spec_path: Path) -> Iterator[PlatformState]:
-    """A one-region platform, up for the duration of the block."""
+    """A one-region platform, up for the duration of the block. Its region answers only
+    its token's holders: the token is the OpenAI key (`OPENAI_API_KEY`) that `vllm bench`
+    and the calibration send meanwhile; bare vLLM and the router ignore it."""
     spec = load_spec(spec_path)
     launcher.down(spec.name)
     state, _ = launcher.up(spec_path, on_step=lambda message: print(f"  meridian: {message}", flush=True))
     try:
+        os.environ["OPENAI_API_KEY"] = region_token(state, spec.regions[0])
         yield state
     finally:
+        os.environ.pop("OPENAI_API_KEY", None)
         launcher.down(spec.name)
 
 

@@ -17,14 +17,17 @@ from ray.serve.deployment import Application
 from ray.serve.llm import LLMConfig, build_llm_deployment
 from ray.serve.llm.ingress import make_fastapi_ingress
 
-from deployments.region_ingress import STATUS_ENDPOINTS, RegionIngress
+from deployments.region_ingress import STATUS_ENDPOINTS, RegionIngress, region_app
 from deployments.region_server import RegionLLMServer
 from meridian_core.spec import ModelSpec, RegionSpec, SLOSpec, region_resource
 from meridian_host import models
 
-# Each replica takes one unit of its region's resource and the ingress this sliver,
-# so both land only on that region's nodes.
-INGRESS_REGION_SHARE = 0.01
+# Ray's own resource of a cluster's head node. The ingress (the region's OpenAI routes,
+# /status and /fleet-floor) lives there, beside Serve's controller and proxy, so the
+# region answers for itself while it has no node: before its first one is bought, and
+# after a spot node is taken away, when its capacity report matters most.
+HEAD_NODE_RESOURCE = "node:__internal_head__"
+HEAD_NODE_SHARE = 0.001
 SCALING_POLICY = "autoscaler.live.serve_policy:RegionAutoscalingPolicy"
 
 
@@ -112,9 +115,9 @@ def build_region_app(args: dict[str, Any]) -> Application:
     ingress_options["num_replicas"] = 1
     ingress_options["ray_actor_options"] = {
         "num_cpus": 0,
-        "resources": {region_resource(parsed.region.slug): INGRESS_REGION_SHARE},
+        "resources": {HEAD_NODE_RESOURCE: HEAD_NODE_SHARE},
     }
-    ingress_cls = make_fastapi_ingress(RegionIngress, endpoint_map=STATUS_ENDPOINTS)
+    ingress_cls = make_fastapi_ingress(RegionIngress, endpoint_map=STATUS_ENDPOINTS, app=region_app())
     return serve.deployment(ingress_cls, **ingress_options).bind(
         llm_deployments=servers,
         model_cards=model_cards,

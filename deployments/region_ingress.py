@@ -1,7 +1,11 @@
 """The region's OpenAI ingress, plus `GET /status` for the geo router and the global
 loop, and `PUT`/`DELETE /fleet-floor`, where the global loop sets or lifts the region's
-replica floor. The floor endpoints need the region's control token (its SHA-256 digest
-is in the app's args); without a digest they are closed."""
+replica floor.
+
+A region with a token (its SHA-256 digest is in the app's args) answers nothing
+without it: the router and the global loop, which hold it, are the region's only
+clients. Without a digest the floor endpoints are closed and the rest is open (an
+existing cluster whose spec names no token)."""
 
 from __future__ import annotations
 
@@ -11,10 +15,10 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import Request, Response
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from ray import serve
-from ray.llm._internal.serve.core.ingress.ingress import DEFAULT_ENDPOINTS
+from ray.llm._internal.serve.core.ingress.ingress import DEFAULT_ENDPOINTS, init
 from ray.llm._internal.serve.utils.broadcast import broadcast
 from ray.serve.handle import DeploymentHandle
 from ray.serve.llm.ingress import OpenAiIngress
@@ -49,6 +53,33 @@ def _refusal(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "code": status}}, status)
 
 
+def presents_token(request: Request, digest: str) -> bool:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(token_sha256(token), digest)
+
+
+# The ingress replica's token digest, set by RegionIngress.__init__ in the replica's
+# process, where the app's middleware runs.
+_REGION_TOKEN_DIGEST: dict[str, str | None] = {"sha256": None}
+
+
+async def require_region_token(request: Request, call_next: Callable[[Request], Any]) -> Response:
+    # At module level, so the app pickled for the replica refers to this module's
+    # digest there rather than carrying a copy.
+    digest = _REGION_TOKEN_DIGEST["sha256"]
+    if digest is not None and not presents_token(request, digest):
+        return _refusal(401, "a valid region token is required")
+    return await call_next(request)
+
+
+def region_app() -> FastAPI:
+    """The ingress's FastAPI app: Ray's OpenAI app, refusing any request without the
+    region's token when it has one."""
+    app = init()
+    app.middleware("http")(require_region_token)
+    return app
+
+
 class RegionIngress(OpenAiIngress):
     def __init__(
         self,
@@ -62,6 +93,7 @@ class RegionIngress(OpenAiIngress):
         super().__init__(llm_deployments, model_cards, **kwargs)
         self._region = region
         self._control_digest = control_token_sha256
+        _REGION_TOKEN_DIGEST["sha256"] = control_token_sha256
         # One broadcast at a time per model: polls that arrive meanwhile share it.
         self._pending: dict[str, asyncio.Task] = {}
         self._app_name = serve.get_replica_context().app_name
@@ -113,9 +145,7 @@ class RegionIngress(OpenAiIngress):
     def _unauthorized(self, request: Request) -> JSONResponse | None:
         if self._control_digest is None:
             return _refusal(403, "this region takes no fleet floor: it has no control token")
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        digest = token_sha256(token)
-        if scheme.lower() != "bearer" or not hmac.compare_digest(digest, self._control_digest):
+        if not presents_token(request, self._control_digest):
             return _refusal(401, "a valid control token is required")
         return None
 

@@ -13,6 +13,7 @@ started and sweeps up anything they spawned.
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -162,7 +163,8 @@ def start_cluster(spec: PlatformSpec, state: PlatformState, region: RegionSpec, 
 
 def deploy(spec: PlatformSpec, state: PlatformState, region: RegionSpec, on_step: ProgressCallback) -> None:
     on_step(f"{region.name}: deploying its Serve app")
-    digest = token_sha256(region_token(state, region)) if region.cluster.managed else None
+    token = region_token(state, region) if region.cluster.managed else os.environ.get(region.token_env)
+    digest = token_sha256(token) if token else None
     config_path = state.cluster_dir(region.slug) / "serve.yaml"
     config_path.parent.mkdir(parents=True, exist_ok=True)
     config_path.write_text(yaml.safe_dump(serve_config(spec, region, digest), sort_keys=False))
@@ -187,27 +189,33 @@ def start_capacity_loop(state: PlatformState, region: RegionSpec, on_step: Progr
     state.save()
 
 
+def region_tokens(spec: PlatformSpec, state: PlatformState) -> dict[str, str]:
+    """Each managed region's token under the variable its spec names, for the processes
+    that reach the regions (the router and the global loop). An existing cluster's token
+    is the user's, already in the environment they inherit."""
+    return {region.token_env: region_token(state, region) for region in spec.regions if region.cluster.managed}
+
+
 def start_router(spec: PlatformSpec, state: PlatformState, on_step: ProgressCallback) -> None:
     on_step(f"starting the geo router on {state.router_url}")
     state.router_pid = processes.spawn(
         [sys.executable, "-m", "geo_router", state.spec_path],
         state.logs_dir / "router.log",
         state.platform_id,
+        env=region_tokens(spec, state),
     )
     state.save()
     wait_for(lambda: _answers(f"{state.router_url}/healthz"), 60, "the router to answer", state.logs_dir / "router.log")
 
 
 def start_global_loop(spec: PlatformSpec, state: PlatformState, on_step: ProgressCallback) -> None:
-    """The loop above the clusters; it gets each managed region's control token in its
-    environment, under the variable the region's spec names."""
+    """The loop above the clusters, with the regions' tokens (`region_tokens`)."""
     on_step("starting the global loop")
-    tokens = {region.token_env: region_token(state, region) for region in spec.regions if region.cluster.managed}
     state.global_loop_pid = processes.spawn(
         [sys.executable, "-m", "autoscaler.live.global_loop", state.spec_path],
         state.logs_dir / "global-loop.log",
         state.platform_id,
-        env=tokens,
+        env=region_tokens(spec, state),
     )
     state.save()
 

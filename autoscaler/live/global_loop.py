@@ -94,7 +94,8 @@ class GlobalLoop:
 
     def _status(self, region: RegionSpec) -> RegionStatus | None:
         try:
-            response = self.client.get(f"{self.spec.region_endpoint(region)}/status", timeout=TIMEOUT_S)
+            url = f"{self.spec.region_endpoint(region)}/status"
+            response = self.client.get(url, headers=self._auth(region), timeout=TIMEOUT_S)
             response.raise_for_status()
             return parse(RegionStatus, response.content)  # refuses a body over the size cap too
         except MalformedMessage as error:
@@ -103,9 +104,12 @@ class GlobalLoop:
             log.warning("%s did not answer its status: %s", region.name, type(error).__name__)
         return None
 
+    def _auth(self, region: RegionSpec) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens.get(region.name, '')}"}
+
     def _send(self, region: RegionSpec, floor: FleetFloor | None) -> None:
         url = f"{self.spec.region_endpoint(region)}/fleet-floor"
-        headers = {"Authorization": f"Bearer {self.tokens.get(region.name, '')}"}
+        headers = self._auth(region)
         try:
             if floor is None:
                 response = self.client.delete(url, headers=headers, timeout=TIMEOUT_S)

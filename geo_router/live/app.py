@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import time
 from collections.abc import AsyncIterator
 
@@ -76,6 +77,7 @@ def create_app(
                 r.location.latlon,
                 spec.region_endpoint(r),
                 CircuitBreaker(settings.breaker_failure_threshold, settings.breaker_open_s),
+                token=os.environ.get(r.token_env),
             )
             for r in spec.regions
         ],

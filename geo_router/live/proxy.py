@@ -122,7 +122,8 @@ class Proxy:
         self._enter(region)
         upstream: UpstreamResponse | None = None
         try:
-            upstream = await self._upstream.post(f"{region.endpoint}/v1/{path}", request.body, headers, self._timeout_s)
+            url, headers = f"{region.endpoint}/v1/{path}", {**headers, **region.auth_headers()}
+            upstream = await self._upstream.post(url, request.body, headers, self._timeout_s)
             if is_retryable_status(upstream.status):
                 body = await upstream.read(200)
                 raise RegionFailed("status", f"HTTP {upstream.status}: {body!r}")

@@ -39,6 +39,8 @@ class Region:
     location: LatLon
     endpoint: str  # base URL of the region's Serve app; OpenAI API under /v1
     breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
+    # The region's token, which its ingress requires of every request; None if it has none.
+    token: str | None = field(default=None, repr=False)
     ready_replicas: int = 0
     models: frozenset[str] = frozenset()
     last_status: RegionStatus | None = None
@@ -55,6 +57,9 @@ class Region:
     starting_replicas: int = 0
     cold_start_s: float = 0.0
     cold_since: float | None = None
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.token}"} if self.token else {}
 
     @property
     def healthy(self) -> bool:
@@ -195,7 +200,7 @@ class RegionTable:
 
     async def _get_status(self, region: Region) -> tuple[int, bytes]:
         """The status code and at most one byte over the contract's cap of the body."""
-        async with self._client.stream("GET", f"{region.endpoint}/status") as response:
+        async with self._client.stream("GET", f"{region.endpoint}/status", headers=region.auth_headers()) as response:
             body = bytearray()
             async for chunk in response.aiter_bytes():
                 body += chunk

@@ -186,9 +186,11 @@ def test_a_regions_floor_is_set_only_with_its_control_token_and_the_global_loop_
 
     def kept() -> bool:
         assert httpx.put(f"{base}/fleet-floor", content=floor, headers=auth, timeout=10).status_code == 204
-        shown = httpx.get(f"{base}/status", timeout=10).json()["floor"]
+        shown = httpx.get(f"{base}/status", headers=auth, timeout=10).json()["floor"]
         return shown is not None and shown["reason"] == "set by the e2e test"
 
     # The global loop may lift it between the two calls; a few tries see it kept.
     assert any(kept() for _ in range(5))
-    wait_until(lambda: httpx.get(f"{base}/status", timeout=10).json()["floor"] is None, 30, "the floor lifted")
+    assert httpx.get(f"{base}/status", timeout=10).status_code == 401  # the region answers only its token's holders
+    lifted = lambda: httpx.get(f"{base}/status", headers=auth, timeout=10).json()["floor"] is None  # noqa: E731
+    wait_until(lifted, 30, "the floor lifted")

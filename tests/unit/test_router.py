@@ -352,3 +352,15 @@ def test_a_slow_poll_does_not_drop_a_region_that_is_answering():
     idle.apply_status(answering)
     idle.poll_timed_out(window_s=1.5)
     assert not idle.healthy
+
+
+def test_each_region_is_sent_its_own_token_and_never_the_clients_credentials(repo, fakes, monkeypatch):
+    monkeypatch.setenv("MERIDIAN_REGION_TOKEN_LOCAL_US_EAST", "east-token")
+    with running_router(load_spec(repo / "configs" / "local.yaml"), fakes) as router:
+        repoll(router)
+        response = router.post("/v1/chat/completions", json=CHAT, headers={"Authorization": "Bearer client-key"})
+        assert response.status_code == 200 and response.headers["x-meridian-region"] == "local/us-east"
+    east, west = fakes["local-us-east"], fakes["local-eu-west"]
+    assert {"status", "v1/chat/completions"} <= set(east.calls)
+    assert [h.get("authorization") for h in east.headers] == ["Bearer east-token"] * len(east.calls)
+    assert west.calls and all("authorization" not in h for h in west.headers)  # it has no token
