@@ -16,7 +16,7 @@ from meridian_host.platform_state import ClusterState, PlatformState
 BIN = Path(sys.executable).parent
 REGION_LABEL = "meridian.io/region"
 NODE_LABEL = "meridian.io/node"
-REGION_RESOURCE_CAPACITY = 1000  # each replica takes 1 unit, the ingress a sliver
+REGION_RESOURCE_CAPACITY = 1000  # each replica takes 1 unit
 # Ports a Ray node's own components listen on (node manager, object manager, metrics,
 # dashboard agent http + grpc, runtime env agent).
 COMPONENT_PORTS = 6
@@ -28,13 +28,10 @@ OBJECT_STORE_BYTES = 256 * 1024**2
 HEAD_CPUS = 1
 
 
-def start_ray_node(
-    spec: PlatformSpec, state: PlatformState, block_index: int, log_name: str, role_args: list[str]
-) -> int:
-    """Start a Ray node on port block `block_index`; return the pid of its `ray start`."""
-    # The node's block of ports: components at its top, workers below them. Fixed and
-    # below the ephemeral range, so nothing else can take them between choice and bind.
-    block = spec.ray.node_ports_from + block_index * PORTS_PER_NODE
+def node_port_flags(block: int) -> list[str]:
+    """`ray start` flags that keep a node on this machine inside the ports block
+    [block, block + PORTS_PER_NODE): its components at the top, its workers below. Fixed
+    and below the ephemeral range, so nothing else can take them between choice and bind."""
     ports = [block + PORTS_PER_NODE - COMPONENT_PORTS + k for k in range(COMPONENT_PORTS)]
     flags = {
         "--node-ip-address": "127.0.0.1",
@@ -48,6 +45,14 @@ def start_ray_node(
         "--min-worker-port": block,
         "--max-worker-port": block + PORTS_PER_NODE - COMPONENT_PORTS - 1,
     }
+    return [item for flag, value in flags.items() for item in (flag, str(value))]
+
+
+def start_ray_node(
+    spec: PlatformSpec, state: PlatformState, block_index: int, log_name: str, role_args: list[str]
+) -> int:
+    """Start a Ray node on port block `block_index`; return the pid of its `ray start`."""
+    flags = node_port_flags(spec.ray.node_ports_from + block_index * PORTS_PER_NODE)
     return processes.spawn(
         [
             str(BIN / "ray"),
@@ -55,7 +60,7 @@ def start_ray_node(
             *role_args,
             "--block",
             "--disable-usage-stats",
-            *(item for flag, value in flags.items() for item in (flag, str(value))),
+            *flags,
         ],
         state.logs_dir / f"{log_name}.log",
         state.platform_id,

@@ -4,6 +4,11 @@ AWS passes it as EC2 user data, GCP as the `startup-script` metadata item; both 
 as root on first boot. The node advertises the same Ray resource and label that the
 local launcher gives region nodes (meridian_host/ray_nodes.py), so the region's Serve
 replicas, which require `region:<slug>`, land on it.
+
+The image may set two variables the script reads (neither is needed on a cloud VM):
+`MERIDIAN_BOOT_LOG`, where the script logs (default /var/log/meridian-bootstrap.log),
+and `MERIDIAN_RAY_START_ARGS`, further `ray start` flags of the host (e.g. fixed ports
+where several nodes share one machine, as in the emulated clouds the tests run).
 """
 
 from __future__ import annotations
@@ -53,8 +58,9 @@ def ray_join_script(join: RayJoin, *, cloud: str, zone: str, market: str) -> str
             "#!/bin/bash",
             "# Meridian node bootstrap: join the region's Ray cluster.",
             "set -euo pipefail",
-            "exec >>/var/log/meridian-bootstrap.log 2>&1",
-            shlex.join(command),
+            'exec >>"${MERIDIAN_BOOT_LOG:-/var/log/meridian-bootstrap.log}" 2>&1',
+            # Unquoted on purpose: the host's flags are words.
+            shlex.join(command) + " ${MERIDIAN_RAY_START_ARGS:-}",
             "",
         ]
     )
