@@ -74,6 +74,8 @@ def up(
     verb = "was already up" if already_up else "is up"
     model = platform.models[0].id
     console.print(f"\n[green]Meridian {verb}.[/green] OpenAI endpoint: [bold]{state.router_url}/v1[/bold]\n")
+    for name, reason in state.failed_regions.items():
+        errors.print(f"[red]{name} is left out:[/red] {reason}")
     messages = [{"role": "system", "content": demo.SYSTEM}, {"role": "user", "content": demo.QUESTION}]
     body = json.dumps({"model": model, "messages": messages, "temperature": 0})
     console.print("Try it:\n")
@@ -98,7 +100,7 @@ def _progress_table(progress: list[launcher.RegionProgress]) -> Table:
     table.add_column("region")
     table.add_column("phase")
     table.add_column("detail", overflow="fold")
-    colours = {"ready": "green", "failed": "red", "deploying": "yellow"}
+    colours = {"ready": "green", "failed": "red", "left out": "red", "deploying": "yellow"}
     for item in progress:
         colour = colours.get(item.phase, "white")
         table.add_row(item.name, f"[{colour}]{item.phase}[/{colour}]", item.detail)
@@ -126,7 +128,7 @@ def status(
     for region in report["regions"]:
         replicas = ", ".join(f"{n} {s.lower()}" for s, n in region["replica_states"].items()) or "none"
         app_status = region["app_status"].lower().replace("_", " ")
-        health = "" if region["healthy"] else f"[red]down[/red] {region['last_error'] or ''}; "
+        health = "" if region["healthy"] else f"[red]down[/red] {region['left_out'] or region['last_error'] or ''}; "
         engine = region["engine"]
         scaling, floor = region["autoscaling"], region["floor"]
         target = f"{scaling['target']} ({scaling['reason']})" if scaling else "fixed"

@@ -46,7 +46,7 @@ class LaunchError(RuntimeError):
 @dataclass
 class RegionProgress:
     name: str
-    phase: str  # starting | deploying | ready | failed
+    phase: str  # starting | deploying | ready | failed | left out
     detail: str = ""
 
 
@@ -100,10 +100,7 @@ def up(
         state = new_state(spec, spec_path)
         state.save()
         try:
-            for region in spec.regions:
-                start_cluster(spec, state, region, on_step)
-                deploy(spec, state, region, on_step)
-                start_capacity_loop(state, region, on_step)
+            start_regions(spec, state, on_step)
             start_router(spec, state, on_step)
             start_global_loop(spec, state, on_step)
         except BaseException:
@@ -111,10 +108,46 @@ def up(
             raise
     else:
         on_step("platform already running; re-applying the Serve configs")
-        for region in spec.regions:
+        for region in running_regions(spec, state):
             deploy(spec, state, region, on_step)
     wait_ready(spec, state, on_regions, timeout_s)
     return state, already_up
+
+
+def start_regions(spec: PlatformSpec, state: PlatformState, on_step: ProgressCallback) -> None:
+    """Each region's cluster, Serve app and capacity loop. A region that fails is named
+    and left out (its cluster, if started, stopped), unless the spec is all-or-nothing
+    or no region is left."""
+    for region in spec.regions:
+        try:
+            start_cluster(spec, state, region, on_step)
+            deploy(spec, state, region, on_step)
+            start_capacity_loop(state, region, on_step)
+        except LaunchError as error:
+            if spec.all_or_nothing:
+                raise
+            on_step(f"left out: {error}")  # the error names the region
+            stop_cluster(state, region)
+            state.failed_regions[region.name] = str(error)[:2000]
+            state.save()
+    if not state.clusters:
+        raise LaunchError("no region came up: " + "; ".join(state.failed_regions.values()))
+
+
+def running_regions(spec: PlatformSpec, state: PlatformState) -> list[RegionSpec]:
+    """The spec's regions `up` started (all but those it had to leave out)."""
+    return [region for region in spec.regions if region.name in state.clusters]
+
+
+def stop_cluster(state: PlatformState, region: RegionSpec) -> None:
+    """Stop what `up` started for one region and forget its cluster."""
+    cluster = state.clusters.pop(region.name, None)
+    if cluster is None:
+        return
+    nodes = LocalNodes.load(state, cluster.slug).nodes.values()
+    for pid in [cluster.capacity_pid, *(node.pid for node in nodes), cluster.head_pid if cluster.ray_temp_dir else 0]:
+        if pid:
+            processes.terminate_group(pid)
 
 
 def clusters_alive(state: PlatformState) -> bool:
@@ -126,7 +159,7 @@ def clusters_alive(state: PlatformState) -> bool:
 
 def restart_stopped(spec: PlatformSpec, state: PlatformState, on_step: ProgressCallback) -> None:
     """Start again the loops and the router that stopped, and nothing else."""
-    for region in spec.regions:
+    for region in running_regions(spec, state):
         if not processes.is_running(state.clusters[region.name].capacity_pid):
             on_step(f"{region.name}: its capacity loop had stopped")
             start_capacity_loop(state, region, on_step)
@@ -228,7 +261,7 @@ def wait_ready(spec: PlatformSpec, state: PlatformState, on_regions: RegionsCall
         failed = [p for p in progress if p.phase == "failed"]
         if failed:
             raise LaunchError("; ".join(f"{p.name}: {p.detail}" for p in failed))
-        if all(p.phase == "ready" for p in progress):
+        if all(p.phase in ("ready", "left out") for p in progress):
             return
         if time.monotonic() > deadline:
             raise LaunchError(f"regions not ready after {timeout_s:.0f} s: {progress}")
@@ -239,8 +272,8 @@ def wait_ready(spec: PlatformSpec, state: PlatformState, on_regions: RegionsCall
 
 def region_progress(spec: PlatformSpec, state: PlatformState) -> list[RegionProgress]:
     routed = router_regions(state)
-    progress = []
-    for region in spec.regions:
+    progress = [RegionProgress(name, "left out", reason) for name, reason in state.failed_regions.items()]
+    for region in running_regions(spec, state):
         cluster = state.clusters.get(region.name)
         app = serve_applications(cluster.dashboard_url).get(region.slug, {}) if cluster else {}
         app_status = app.get("status", "NOT_STARTED")

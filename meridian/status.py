@@ -37,6 +37,8 @@ def collect_status(spec: PlatformSpec, state: PlatformState | None) -> dict[str,
             {
                 "name": region.name,
                 "cluster": cluster.gcs_address if cluster else None,
+                # Why `up` had to leave the region out; None when it runs.
+                "left_out": state.failed_regions.get(region.name) if state else None,
                 "managed": region.cluster.managed,
                 "nodes": dict(sorted(nodes.items())),
                 "healthy": bool(view and view.healthy),

@@ -327,6 +327,9 @@ class PlatformSpec(StrictModel):
     router: RouterSpec = RouterSpec()
     slo: SLOSpec = SLOSpec()
     fleet: FleetSpec = FleetSpec()
+    # `meridian up` with a region whose cluster cannot be started or reached: false names
+    # it and brings up the others; true stops the whole platform instead.
+    all_or_nothing: bool = False
     ray: RaySpec = RaySpec()
     capacity: CapacitySpec = CapacitySpec()
 

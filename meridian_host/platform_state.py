@@ -64,6 +64,8 @@ class PlatformState(StateModel):
     global_loop_pid: int = Field(default=0, ge=0)
     # By region name.
     clusters: dict[str, ClusterState] = Field(default_factory=dict)
+    # Regions `up` could not start, by name, with why; the others run without them.
+    failed_regions: dict[str, str] = Field(default_factory=dict)
 
     @property
     def directory(self) -> Path:

@@ -1,0 +1,74 @@
+"""`meridian up` with a region whose cluster cannot be reached: that region is named and
+left out and the others come up, unless the spec is all-or-nothing."""
+
+from __future__ import annotations
+
+import pytest
+
+from meridian import launcher
+from meridian_core.spec import parse_spec
+from meridian_host.platform_state import ClusterState
+
+AWAY = {"managed": False, "address": "127.0.0.1:9", "dashboard_url": "http://127.0.0.1:9"}
+
+
+def spec_with(*, all_or_nothing: bool = False, away_too: bool = False):
+    lab = {"name": "local/lab", "location": {"lat": 40.0, "lon": -75.0}}
+    elsewhere = {"cluster": AWAY, "endpoint": "http://127.0.0.1:9/serve"}
+    if away_too:
+        lab.update(elsewhere)
+    away = {"name": "local/away", "location": {"lat": 50.0, "lon": 8.0}, **elsewhere}
+    return parse_spec({"models": [{"id": "m"}], "regions": [lab, away], "all_or_nothing": all_or_nothing})
+
+
+@pytest.fixture
+def started(monkeypatch, tmp_path) -> list[str]:
+    """What was deployed and looped; a managed cluster stands in without starting Ray, an
+    existing one goes through the launcher's own reachability check."""
+    monkeypatch.setenv("MERIDIAN_STATE_DIR", str(tmp_path))
+    real_start_cluster = launcher.start_cluster
+    steps: list[str] = []
+
+    def start_cluster(spec, state, region, on_step):
+        if not region.cluster.managed:
+            return real_start_cluster(spec, state, region, on_step)
+        state.clusters[region.name] = ClusterState(slug=region.slug, gcs_address="127.0.0.1:1", dashboard_url="x")
+
+    monkeypatch.setattr(launcher, "start_cluster", start_cluster)
+    monkeypatch.setattr(launcher, "deploy", lambda spec, state, region, on_step: steps.append(f"deploy {region.name}"))
+    monkeypatch.setattr(
+        launcher, "start_capacity_loop", lambda state, region, on_step: steps.append(f"loop {region.name}")
+    )
+    return steps
+
+
+def test_an_unreachable_cluster_is_named_and_left_out_and_the_others_come_up(started, tmp_path):
+    spec = spec_with()
+    state = launcher.new_state(spec, tmp_path / "spec.yaml")
+    said: list[str] = []
+    launcher.start_regions(spec, state, said.append)
+    assert started == ["deploy local/lab", "loop local/lab"]
+    assert list(state.clusters) == ["local/lab"]
+    assert "does not answer" in state.failed_regions["local/away"]
+    assert any(line.startswith("left out: local/away: its cluster does not answer") for line in said)
+    assert launcher.PlatformState.load(spec.name).failed_regions == state.failed_regions  # saved for status
+    progress = {p.name: p.phase for p in launcher.region_progress(spec, state)}
+    assert progress == {"local/away": "left out", "local/lab": "deploying"}
+
+
+def test_all_or_nothing_fails_up_on_that_region(started, tmp_path):
+    spec = spec_with(all_or_nothing=True)
+    state = launcher.new_state(spec, tmp_path / "spec.yaml")
+    with pytest.raises(launcher.LaunchError, match="local/away"):
+        launcher.start_regions(spec, state, lambda _: None)
+
+
+def test_no_region_left_fails_up_naming_each(started, tmp_path):
+    spec = spec_with(away_too=True)
+    state = launcher.new_state(spec, tmp_path / "spec.yaml")
+    with pytest.raises(
+        launcher.LaunchError,
+        match=r"no region came up: local/lab: its cluster does not answer .*; local/away: its cluster does not answer",
+    ):
+        launcher.start_regions(spec, state, lambda _: None)
+    assert started == []
