@@ -8,26 +8,41 @@ response body AWS itself would send (e.g. EC2's error XML with HTTP 500 for
 InsufficientInstanceCapacity). boto3 then parses that answer with its real parsers.
 
 The operation is read the way AWS reads it: `Action=` in the form body for query
-protocols (EC2), the `X-Amz-Target` header for JSON protocols (Service Quotas).
+protocols (EC2), the `X-Amz-Target` header for JSON protocols (Service Quotas). An
+answer may apply only to requests whose form parameters satisfy a predicate (e.g. only
+spot launches); the others go to moto.
+
+A spot interruption is made in moto's own state (`interrupt`: the instance terminated
+with AWS's `Server.SpotInstanceTermination` state reason). The two-minute notice before
+it, which moto cannot show because its RunInstances spot launches create no spot
+request, is a DescribeSpotInstanceRequests answer from the proxy (`notice_interruption`).
+ThreadedMotoServer runs in this process, so both work while another process (the
+platform's capacity loop) talks to the proxy.
 """
 
 from __future__ import annotations
 
 import http.client
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs
 
 import pytest
+from moto.core import DEFAULT_ACCOUNT_ID
+from moto.ec2.models import ec2_backends
+from moto.ec2.models.instances import Instance, StateReason
 from moto.server import ThreadedMotoServer
 
 AWS_REGION = "us-east-1"
 
 # Headers this proxy sets itself (or that describe the upstream connection, not the answer).
 NOT_PASSED = {"connection", "keep-alive", "transfer-encoding", "content-length", "server", "date"}
+NOTICE_MESSAGE = "Your Spot Instance is marked for termination."
+
+FormParams = dict[str, list[str]]  # a query-protocol request's form body, as parse_qs reads it
 
 
 @dataclass(frozen=True)
@@ -47,6 +62,53 @@ def ec2_error(code: str, message: str, status: int = 400) -> Answer:
     return Answer(status, body)
 
 
+def spot_launch(params: FormParams) -> bool:
+    """A `when` for RunInstances: the launch asks for spot capacity."""
+    return params.get("InstanceMarketOptions.MarketType") == ["spot"]
+
+
+def spot_requests_xml(zone_by_instance: Mapping[str, str], code: str, message: str) -> str:
+    """A DescribeSpotInstanceRequests reply: one active one-time request per instance, all with status `code`."""
+    items = "".join(
+        f"<item><spotInstanceRequestId>sir-{instance_id.removeprefix('i-')[:8]}</spotInstanceRequestId>"
+        "<spotPrice>0.9</spotPrice><type>one-time</type><state>active</state>"
+        f"<status><code>{code}</code><updateTime>2026-11-22T15:00:00.000Z</updateTime>"
+        f"<message>{message}</message></status>"
+        f"<instanceId>{instance_id}</instanceId><productDescription>Linux/UNIX</productDescription>"
+        f"<launchedAvailabilityZone>{zone}</launchedAvailabilityZone>"
+        "<instanceInterruptionBehavior>terminate</instanceInterruptionBehavior></item>"
+        for instance_id, zone in zone_by_instance.items()
+    )
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        '<DescribeSpotInstanceRequestsResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">'
+        "<requestId>59dbff89-35bd-4eac-99ed-be587EXAMPLE</requestId>"
+        f"<spotInstanceRequestSet>{items}</spotInstanceRequestSet></DescribeSpotInstanceRequestsResponse>"
+    )
+
+
+def notice_interruption(proxy: FaultProxy, *instance_ids: str, region: str = AWS_REGION) -> None:
+    """AWS's two-minute interruption notice for these spot instances: their spot requests report
+    `marked-for-termination`. Replaces any earlier notice, so name every instance still noticed."""
+    zones = {instance_id: _moto_instance(instance_id, region).availability_zone for instance_id in instance_ids}
+    proxy.answer(
+        "DescribeSpotInstanceRequests", Answer(200, spot_requests_xml(zones, "marked-for-termination", NOTICE_MESSAGE))
+    )
+
+
+def interrupt(instance_id: str, region: str = AWS_REGION) -> None:
+    """What AWS does to an interrupted one-time spot instance: terminate it, saying why."""
+    instance = _moto_instance(instance_id, region)
+    instance.terminate()
+    instance.state_reason = StateReason(
+        "Server.SpotInstanceTermination: Spot instance termination", "Server.SpotInstanceTermination"
+    )
+
+
+def _moto_instance(instance_id: str, region: str) -> Instance:
+    return ec2_backends[DEFAULT_ACCOUNT_ID][region].get_instance(instance_id)
+
+
 def offline_aws_env() -> dict[str, str]:
     """Dummy credentials and no instance-metadata or config-file lookups."""
     return {
@@ -62,7 +124,8 @@ def offline_aws_env() -> dict[str, str]:
 
 @contextmanager
 def moto_behind_proxy() -> Iterator[FaultProxy]:
-    """moto in server mode on loopback, a FaultProxy in front of it, and offline AWS settings."""
+    """moto in server mode on loopback, with an empty account, a FaultProxy in front of it, and
+    offline AWS settings in this process's environment."""
     with pytest.MonkeyPatch.context() as env:
         for key, value in offline_aws_env().items():
             env.setenv(key, value)
@@ -70,6 +133,8 @@ def moto_behind_proxy() -> Iterator[FaultProxy]:
         moto.start()
         host, port = moto.get_host_and_port()
         proxy = FaultProxy(f"{host}:{port}").start()
+        # moto's backends are this process's globals: start with none of an earlier context's instances.
+        _reset_moto(proxy.upstream)
         try:
             yield proxy
         finally:
@@ -77,14 +142,29 @@ def moto_behind_proxy() -> Iterator[FaultProxy]:
             moto.stop()
 
 
+def _reset_moto(upstream: str) -> None:
+    connection = http.client.HTTPConnection(upstream, timeout=30)
+    try:
+        connection.request("POST", "/moto-api/reset")
+        connection.getresponse().read()
+    finally:
+        connection.close()
+
+
+@dataclass(frozen=True)
+class Rule:
+    answer: Answer
+    when: Callable[[FormParams], bool] | None = None  # None: every request of the operation
+
+
 class FaultProxy:
     """Forwards to `upstream` ("host:port"); `answer(operation, ...)` overrides one operation."""
 
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
-        self.answers: dict[str, Answer] = {}
+        self.rules: dict[str, Rule] = {}  # operation -> how the proxy answers it
         self.seen: list[str] = []  # operations in the order they arrived
-        self.params: list[dict[str, list[str]]] = []  # their form parameters (query protocols)
+        self.params: list[FormParams] = []  # their form parameters (query protocols)
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -94,6 +174,11 @@ class FaultProxy:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
+    @property
+    def upstream_url(self) -> str:
+        """moto itself, for clients that must see no injected fault (and leave `seen` alone)."""
+        return f"http://{self.upstream}"
+
     def start(self) -> FaultProxy:
         self._thread.start()
         return self
@@ -102,25 +187,29 @@ class FaultProxy:
         self._server.shutdown()
         self._server.server_close()
 
-    def answer(self, operation: str, answer: Answer) -> None:
-        """Answer every `operation` request with `answer` until `clear()`."""
+    def answer(self, operation: str, answer: Answer, when: Callable[[FormParams], bool] | None = None) -> None:
+        """Answer `operation` requests with `answer` (only those whose form parameters satisfy
+        `when`, if given; moto gets the others) until `clear()` or the operation's next `answer`."""
         with self._lock:
-            self.answers[operation] = answer
+            self.rules[operation] = Rule(answer, when)
 
     def clear(self) -> None:
         with self._lock:
-            self.answers.clear()
+            self.rules.clear()
             self.seen.clear()
             self.params.clear()
 
-    def _override(self, operation: str, params: dict[str, list[str]]) -> Answer | None:
+    def _override(self, operation: str, params: FormParams) -> Answer | None:
         with self._lock:
             self.seen.append(operation)
             self.params.append(params)
-            return self.answers.get(operation)
+            rule = self.rules.get(operation)
+        if rule is None or (rule.when is not None and not rule.when(params)):
+            return None
+        return rule.answer
 
 
-def operation_of(headers: dict[str, str], params: dict[str, list[str]]) -> str:
+def operation_of(headers: dict[str, str], params: FormParams) -> str:
     target = headers.get("x-amz-target")
     if target:
         return target.rsplit(".", 1)[-1]

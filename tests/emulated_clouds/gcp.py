@@ -8,17 +8,20 @@ Cloud Billing Catalog's services.skus.list
 
 Operations start PENDING and are DONE after `polls_until_done` further get/wait calls,
 so a caller that does not wait sees no instance. Faults are injected here directly:
-`refuse_inserts` fails inserts as GCE does (a DONE operation carrying the error, or an
-immediate HTTP error), `preempt` takes a spot VM away and records the
-`compute.instances.preempted` operation GCE emits.
+`refuse_inserts` fails inserts as GCE does (a DONE operation carrying the error, the usual
+way for a `stockout`, or an immediate HTTP error, the usual way for `quota_exceeded`),
+optionally only those a predicate picks (e.g. `spot_insert`); `preempt` takes a spot VM
+away and records the `compute.instances.preempted` operation GCE emits.
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -27,6 +30,8 @@ from urllib.parse import parse_qs, urlparse
 BASE = "https://www.googleapis.com/compute/v1"
 NOW = "2026-11-22T07:16:01.123-08:00"
 
+InsertFilter = Callable[[str, dict[str, Any]], bool]  # (zone, insert body) -> does a refusal apply
+
 
 @dataclass(frozen=True)
 class Refusal:
@@ -34,6 +39,22 @@ class Refusal:
     message: str
     http_status: int  # of the operation's httpErrorStatusCode, or of the immediate reply
     immediate: bool = False  # an HTTP error from insert itself rather than a failed operation
+
+
+def stockout() -> Refusal:
+    """A zone out of capacity: the insert's operation finishes with ZONE_RESOURCE_POOL_EXHAUSTED."""
+    message = "The zone does not have enough resources available to fulfill the request. Try a different zone."
+    return Refusal("ZONE_RESOURCE_POOL_EXHAUSTED", message, 503)
+
+
+def quota_exceeded(metric: str, region: str) -> Refusal:
+    """A regional quota at its limit: the insert itself fails with HTTP 403, reason `quotaExceeded`."""
+    return Refusal("QUOTA_EXCEEDED", f"Quota '{metric}' exceeded.  Limit: 0.0 in region {region}.", 403, immediate=True)
+
+
+def spot_insert(zone: str, body: dict[str, Any]) -> bool:
+    """An `InsertFilter`: the insert asks for a spot VM."""
+    return body.get("scheduling", {}).get("provisioningModel") == "SPOT"
 
 
 class ApiError(Exception):
@@ -56,6 +77,7 @@ class FakeComputeApi:
     sku_page_size: int = 2
     polls_until_done: int = 1
     refusal: Refusal | None = None
+    refused_only: InsertFilter | None = None  # None: the refusal applies to every insert
     inserted: list[dict[str, Any]] = field(default_factory=list)  # insert bodies, as received
     instances: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     operations: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
@@ -82,11 +104,18 @@ class FakeComputeApi:
         self._server.shutdown()
         self._server.server_close()
 
-    def refuse_inserts(self, refusal: Refusal | None, after: int = 0) -> None:
-        """Refuse every insert after the next `after` ones, until called with None."""
+    def refuse_inserts(self, refusal: Refusal | None, after: int = 0, when: InsertFilter | None = None) -> None:
+        """Refuse every insert (every one `when` picks, if given) after the next `after` such
+        ones, until called with None."""
         with self._lock:
             self.refusal = refusal
+            self.refused_only = when
             self._allowed = after
+
+    def instances_snapshot(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """A copy of every instance by (zone, name), as consistent as one API call's view."""
+        with self._lock:
+            return copy.deepcopy(self.instances)
 
     def preempt(self, zone: str, name: str) -> None:
         """What GCE does to a spot VM it reclaims: stop or delete it, and say so in an operation."""
@@ -129,6 +158,8 @@ class FakeComputeApi:
         self.inserted.append(body)
         self._known_zone(zone)
         refusal = self.refusal
+        if refusal and self.refused_only and not self.refused_only(zone, body):
+            refusal = None
         if refusal and self._allowed > 0:
             self._allowed -= 1
             refusal = None

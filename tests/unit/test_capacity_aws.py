@@ -1,12 +1,9 @@
 """AwsProvider through boto3 against moto in server mode, on loopback.
 
-boto3 reaches moto through tests/unit/fault_proxy.py, which passes everything through
+boto3 reaches moto through tests/emulated_clouds/aws.py, which passes everything through
 except the operations a test overrides: moto never refuses a launch, so stockouts and
-quota refusals are AWS's own error XML served by the proxy. A spot interruption is
-made in moto's own state (the instance terminated with AWS's
-`Server.SpotInstanceTermination` state reason); the two-minute notice, which moto
-cannot show because its RunInstances spot launches create no spot request, is a
-DescribeSpotInstanceRequests answer from the proxy.
+quota refusals are AWS's own error XML served by the proxy. Spot interruptions and
+their two-minute notices come from the emulator too (`interrupt`, `notice_interruption`).
 """
 
 from __future__ import annotations
@@ -17,14 +14,21 @@ from dataclasses import dataclass
 
 import boto3
 import pytest
-from moto.core import DEFAULT_ACCOUNT_ID
-from moto.ec2.models import ec2_backends
-from moto.ec2.models.instances import StateReason
 
 from capacity.live.aws import MANAGED_TAG, PLATFORM_TAG, AwsProvider
 from capacity.live.bootstrap import RayJoin, ray_join_script
 from capacity.model import CapacityError, EventKind, Market, NodeState, Placement, ProviderError
-from tests.unit.fault_proxy import AWS_REGION, Answer, FaultProxy, ec2_error, moto_behind_proxy
+from tests.emulated_clouds.aws import (
+    AWS_REGION,
+    Answer,
+    FaultProxy,
+    ec2_error,
+    interrupt,
+    moto_behind_proxy,
+    notice_interruption,
+    spot_launch,
+    spot_requests_xml,
+)
 
 REGION = AWS_REGION
 IMAGE = "ami-12c6146b"  # one of moto's default AMIs
@@ -184,6 +188,16 @@ def test_refusals_are_typed(proxy: FaultProxy, provider: AwsProvider, code: str,
     assert provider.nodes() == []
 
 
+def test_a_refusal_can_apply_to_spot_launches_only(proxy: FaultProxy, provider: AwsProvider) -> None:
+    proxy.answer("RunInstances", ec2_error("InsufficientInstanceCapacity", "No spot capacity.", 500), when=spot_launch)
+
+    with pytest.raises(CapacityError):
+        provider.acquire(spot())
+    (node,) = provider.acquire(on_demand())
+
+    assert [n.id for n in provider.nodes()] == [node.id]
+
+
 @pytest.mark.parametrize(
     ("operation", "code"),
     [
@@ -204,20 +218,11 @@ def test_other_errors_are_not_capacity_refusals_but_name_the_region_and_the_call
     assert failed.value.__cause__ is None and failed.value.__suppress_context__  # one line, no SDK traceback
 
 
-def interrupt_in_moto(instance_id: str) -> None:
-    """What AWS does to an interrupted one-time spot instance: terminate it, saying why."""
-    instance = ec2_backends[DEFAULT_ACCOUNT_ID][REGION].get_instance(instance_id)
-    instance.terminate()
-    instance.state_reason = StateReason(
-        "Server.SpotInstanceTermination: Spot instance termination", "Server.SpotInstanceTermination"
-    )
-
-
 def test_spot_interruption_is_a_preempted_event(provider: AwsProvider) -> None:
     (kept, lost) = provider.acquire(spot()) + provider.acquire(spot())
     provider.events()
 
-    interrupt_in_moto(lost.id)
+    interrupt(lost.id)
 
     events = provider.events()
     assert [(event.kind, event.node_id) for event in events] == [(EventKind.PREEMPTED, lost.id)]
@@ -227,28 +232,10 @@ def test_spot_interruption_is_a_preempted_event(provider: AwsProvider) -> None:
     assert [node.id for node in provider.nodes()] == [kept.id]
 
 
-def spot_requests_xml(
-    instance_id: str, code: str, message: str = "Your Spot Instance is marked for termination."
-) -> str:
-    return (
-        '<?xml version="1.0" encoding="UTF-8"?>\n'
-        '<DescribeSpotInstanceRequestsResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">'
-        "<requestId>59dbff89-35bd-4eac-99ed-be587EXAMPLE</requestId><spotInstanceRequestSet><item>"
-        "<spotInstanceRequestId>sir-1a2b3c4d</spotInstanceRequestId><spotPrice>0.9</spotPrice>"
-        "<type>one-time</type><state>active</state>"
-        f"<status><code>{code}</code><updateTime>2026-11-22T15:00:00.000Z</updateTime>"
-        f"<message>{message}</message></status>"
-        f"<instanceId>{instance_id}</instanceId><productDescription>Linux/UNIX</productDescription>"
-        "<launchedAvailabilityZone>us-east-1a</launchedAvailabilityZone>"
-        "<instanceInterruptionBehavior>terminate</instanceInterruptionBehavior>"
-        "</item></spotInstanceRequestSet></DescribeSpotInstanceRequestsResponse>"
-    )
-
-
 def test_interruption_notice_drains_the_node(proxy: FaultProxy, provider: AwsProvider) -> None:
     (node,) = provider.acquire(spot())
     provider.events()
-    proxy.answer("DescribeSpotInstanceRequests", Answer(200, spot_requests_xml(node.id, "marked-for-termination")))
+    notice_interruption(proxy, node.id)
 
     events = provider.events()
 
@@ -262,9 +249,8 @@ def test_spot_request_interrupted_by_price_is_preempted(proxy: FaultProxy, provi
     (node,) = provider.acquire(spot())
     provider.events()
     message = "Your Spot Instance was terminated because the Spot price exceeded your maximum price."
-    proxy.answer(
-        "DescribeSpotInstanceRequests", Answer(200, spot_requests_xml(node.id, "instance-terminated-by-price", message))
-    )
+    answer = spot_requests_xml({node.id: "us-east-1a"}, "instance-terminated-by-price", message)
+    proxy.answer("DescribeSpotInstanceRequests", Answer(200, answer))
 
     events = provider.events()
 

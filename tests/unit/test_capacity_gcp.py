@@ -1,6 +1,6 @@
 """GcpProvider through google-cloud-compute against the local Compute endpoint.
 
-The real client (REST transport) reaches tests/unit/fake_compute_api.py with
+The real client (REST transport) reaches tests/emulated_clouds/gcp.py with
 `client_options={"api_endpoint": "http://127.0.0.1:<port>"}` and anonymous
 credentials: the transport keeps an explicit http:// scheme, so no TLS is needed.
 """
@@ -17,7 +17,7 @@ from google.cloud import compute_v1
 from capacity.live.bootstrap import RayJoin, ray_join_script
 from capacity.live.gcp import MANAGED_LABEL, PLATFORM_LABEL, GcpOperationError, GcpProvider
 from capacity.model import CapacityError, EventKind, Market, NodeState, Placement, ProviderError
-from tests.unit.fake_compute_api import FakeComputeApi, Refusal
+from tests.emulated_clouds.gcp import FakeComputeApi, Refusal, quota_exceeded, spot_insert, stockout
 
 PROJECT = "meridian-test"
 REGION = "us-central1"
@@ -164,7 +164,7 @@ def test_unlabeled_and_foreign_instances_are_never_listed_or_released(
 @pytest.mark.parametrize(
     ("refusal", "kind"),
     [
-        (Refusal("ZONE_RESOURCE_POOL_EXHAUSTED", "The zone does not have enough resources.", 503), EventKind.STOCKOUT),
+        (stockout(), EventKind.STOCKOUT),
         (
             Refusal(
                 "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS",
@@ -178,15 +178,7 @@ def test_unlabeled_and_foreign_instances_are_never_listed_or_released(
             Refusal("QUOTA_EXCEEDED", "Quota 'NVIDIA_A100_GPUS' exceeded. Limit: 0.0 in region us-central1.", 403),
             EventKind.QUOTA_EXCEEDED,
         ),
-        (
-            Refusal(
-                "QUOTA_EXCEEDED",
-                "Quota 'PREEMPTIBLE_NVIDIA_A100_GPUS' exceeded. Limit: 0.0 in region us-central1.",
-                403,
-                immediate=True,
-            ),
-            EventKind.QUOTA_EXCEEDED,
-        ),
+        (quota_exceeded("PREEMPTIBLE_NVIDIA_A100_GPUS", REGION), EventKind.QUOTA_EXCEEDED),
     ],
     ids=["pool-exhausted", "pool-exhausted-with-details", "quota-in-operation", "quota-http-403"],
 )
@@ -200,6 +192,16 @@ def test_refusals_are_typed(fresh: FakeComputeApi, provider: GcpProvider, refusa
     assert refused.value.event.placement == spot()
     assert refusal.message in refused.value.event.message
     assert provider.nodes() == []
+
+
+def test_a_refusal_can_apply_to_spot_inserts_only(fresh: FakeComputeApi, provider: GcpProvider) -> None:
+    fresh.refuse_inserts(stockout(), when=spot_insert)
+
+    with pytest.raises(CapacityError):
+        provider.acquire(spot())
+    (node,) = provider.acquire(on_demand())
+
+    assert [n.id for n in provider.nodes()] == [node.id]
 
 
 def test_a_refusal_after_some_inserts_returns_what_started(fresh: FakeComputeApi, provider: GcpProvider) -> None:

@@ -22,8 +22,8 @@ from capacity.catalog import default_catalog
 from capacity.live.prices import GcpMachineShape, aws_spot_quotes, fetch_billing_skus, gcp_spot_quotes
 from capacity.live.quotas import AWS_GPU_QUOTAS, QuotaLimit, aws_quotas, gcp_quotas
 from capacity.model import Market
-from tests.unit.fake_compute_api import FakeComputeApi
-from tests.unit.fault_proxy import AWS_REGION, Answer, FaultProxy, moto_behind_proxy
+from tests.emulated_clouds.aws import AWS_REGION, Answer, FaultProxy, moto_behind_proxy
+from tests.emulated_clouds.gcp import FakeComputeApi
 
 MOTO_SPOT_PRICE = 0.00001
 MOTO_SPOT_TIME = datetime(2006, 1, 2, 15, 4, 5, tzinfo=UTC).timestamp()
