@@ -93,7 +93,7 @@ def unplaced(
     fallback to another region is not bought (a region's replicas cannot run on its
     nodes), so it counts as unplaced too, for the global loop to place."""
     missing_nodes = sum(s.nodes for s in decision.shortfalls) + sum(f.nodes for f in decision.fallbacks)
-    placed_nodes = demand.replicas - missing_nodes
+    placed_nodes = max(0, demand.replicas - missing_nodes)
     reasons = [s.reason for s in decision.shortfalls] + [f.reason for f in decision.fallbacks]
     return CapacityReport(
         unplaced_replicas=max(0, replicas - placed_nodes * replicas_per_node(spec, region)),

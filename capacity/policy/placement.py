@@ -40,7 +40,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from capacity.catalog import Catalog, Offering
@@ -300,10 +300,15 @@ def _plan_demand(
 
     candidates = _offerings(demand, catalog, spec)
     placed_spot = len(spot)
+    first_spot_shortfall = len(outcome.shortfalls)
     if spec.spot_enabled and spot_target > placed_spot:
         placed_spot += _acquire(
             demand, Market.SPOT, spot_target - placed_spot, candidates, spec, backoff, ledger, outcome
         )
+    # Spot that could not be placed is not short yet: on-demand stands in for it below,
+    # and only what that cannot place is. Why spot failed stays in that reason.
+    spot_refusals = [short.reason for short in outcome.shortfalls[first_spot_shortfall:]]
+    del outcome.shortfalls[first_spot_shortfall:]
 
     # On-demand: the base, plus the spot that could not be placed (stockouts, backoff, quota).
     # Booting spot counts (the cloud granted it); a running on-demand node stays until ready spot covers it.
@@ -312,7 +317,11 @@ def _plan_demand(
     running_od = sum(x.state is NodeState.RUNNING for x in on_demand)
     hold = max(launch_target, min(running_od, keep_running))
     if len(on_demand) < launch_target:
+        first = len(outcome.shortfalls)
         _acquire(demand, Market.ON_DEMAND, launch_target - len(on_demand), candidates, spec, backoff, ledger, outcome)
+        for index in range(first, len(outcome.shortfalls)):
+            short = outcome.shortfalls[index]
+            outcome.shortfalls[index] = replace(short, reason="; ".join([*spot_refusals, short.reason]))
     for node in _surplus(on_demand, len(on_demand) - hold, demand, ledger, catalog):
         outcome.releases.append(_release(node, "on-demand no longer needed: ready spot covers demand"))
     for node in _surplus(spot, placed_spot - spot_target, demand, ledger, catalog):

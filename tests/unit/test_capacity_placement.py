@@ -88,7 +88,18 @@ def test_spot_gap_is_filled_with_on_demand_when_every_zone_stocks_out(catalog: C
     decision = plan([demand(3)], [], catalog, CapacitySpec(), events, now_s=1.0)
     assert not zones_of(decision, Market.SPOT)
     assert sum(zones_of(decision, Market.ON_DEMAND).values()) == 3  # capped at the spot it stands in for
-    assert any("spot" in s.reason for s in decision.shortfalls)
+    assert decision.shortfalls == ()  # on demand took all of it: nothing is short
+
+
+def test_demand_neither_market_can_take_is_short_once_saying_why_both_refused(catalog: Catalog) -> None:
+    spec = CapacitySpec(quotas=[Quota(cloud="aws", region="us-east-1", accelerator="v100", limit=0)])
+    events = [
+        CapacityEvent(EventKind.STOCKOUT, Placement("aws", "us-east-1", z, "p3.2xlarge", Market.SPOT), 0.0)
+        for z in ZONES["us-east-1"]
+    ]
+    (short,) = plan([demand(3)], [], catalog, spec, events, now_s=1.0).shortfalls
+    assert short.nodes == 3  # not 3 for spot and 3 again for on demand
+    assert short.reason.startswith("spot: ") and "on_demand: " in short.reason and "quota" in short.reason
 
 
 def test_quota_is_respected(catalog: Catalog) -> None:
