@@ -25,6 +25,7 @@ GPUs; N1 + guest accelerators are not supported here.
 from __future__ import annotations
 
 import functools
+import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -203,7 +204,8 @@ class GcpProvider:
             kind = _refusal_kind_of_http_error(error)
             if kind is None:
                 raise
-            raise CapacityError(CapacityEvent(kind, placement, self._clock(), message=error.message)) from error
+            message = _without_request_line(error.message or "")
+            raise CapacityError(CapacityEvent(kind, placement, self._clock(), message=message)) from error
         done = self._wait(placement.zone, operation)
         if done.error.errors:
             codes = [error.code for error in done.error.errors]
@@ -285,6 +287,12 @@ def refusal_kind(codes: list[str]) -> EventKind | None:
     if any(code in QUOTA_CODES for code in codes):
         return EventKind.QUOTA_EXCEEDED
     return None
+
+
+def _without_request_line(message: str) -> str:
+    """The API's own words without the request line the REST transport puts first
+    (`POST https://<endpoint>/compute/v1/...: `): an endpoint is not for logs or reports."""
+    return re.sub(r"^[A-Z]+ \S+: ", "", message)
 
 
 def _refusal_kind_of_http_error(error: google_exceptions.GoogleAPICallError) -> EventKind | None:

@@ -191,6 +191,7 @@ def test_refusals_are_typed(fresh: FakeComputeApi, provider: GcpProvider, refusa
     assert refused.value.event.kind is kind
     assert refused.value.event.placement == spot()
     assert refusal.message in refused.value.event.message
+    assert "127.0.0.1" not in refused.value.event.message  # the API's words, not the endpoint it was asked at
     assert provider.nodes() == []
 
 
