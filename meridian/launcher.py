@@ -34,9 +34,11 @@ from meridian_core.spec import PlatformSpec, RegionSpec, load_spec
 from meridian_host import models, processes
 from meridian_host.platform_state import ClusterState, LocalNodes, PlatformState
 from meridian_host.ray_nodes import BIN, start_head
-from meridian_host.region_tokens import region_token, token_sha256
+from meridian_host.region_tokens import dashboard_headers, ray_auth_env, region_token, token_sha256
 
 log = logging.getLogger("meridian.launcher")
+# `serve deploy` only submits the config (the app is built afterwards); a minute is ample.
+DEPLOY_TIMEOUT_S = 120.0
 
 
 class LaunchError(RuntimeError):
@@ -201,12 +203,17 @@ def deploy(spec: PlatformSpec, state: PlatformState, region: RegionSpec, on_step
     config_path = state.cluster_dir(region.slug) / "serve.yaml"
     config_path.parent.mkdir(parents=True, exist_ok=True)
     config_path.write_text(yaml.safe_dump(serve_config(spec, region, digest), sort_keys=False))
-    dashboard = state.clusters[region.name].dashboard_url
-    result = subprocess.run(
-        [str(BIN / "serve"), "deploy", str(config_path), "--address", dashboard],
-        capture_output=True,
-        text=True,
-    )
+    cluster = state.clusters[region.name]
+    try:
+        result = subprocess.run(
+            [str(BIN / "serve"), "deploy", str(config_path), "--address", cluster.dashboard_url],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **ray_auth_env(state, cluster)},
+            timeout=DEPLOY_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired:
+        raise LaunchError(f"{region.name}: serve deploy did not finish in {DEPLOY_TIMEOUT_S:.0f} s") from None
     if result.returncode != 0:
         raise LaunchError(f"{region.name}: serve deploy failed:\n{result.stdout}\n{result.stderr}".strip())
 
@@ -214,10 +221,12 @@ def deploy(spec: PlatformSpec, state: PlatformState, region: RegionSpec, on_step
 def start_capacity_loop(state: PlatformState, region: RegionSpec, on_step: ProgressCallback) -> None:
     """The loop that adds and removes the region's nodes as its replica target changes."""
     on_step(f"{region.name}: starting its capacity loop")
-    state.clusters[region.name].capacity_pid = processes.spawn(
+    cluster = state.clusters[region.name]
+    cluster.capacity_pid = processes.spawn(
         [sys.executable, "-m", "capacity.live.capacity_loop", state.spec_path, region.name],
         state.logs_dir / f"capacity-{region.slug}.log",
         state.platform_id,
+        env=ray_auth_env(state, cluster),
     )
     state.save()
 
@@ -275,7 +284,7 @@ def region_progress(spec: PlatformSpec, state: PlatformState) -> list[RegionProg
     progress = [RegionProgress(name, "left out", reason) for name, reason in state.failed_regions.items()]
     for region in running_regions(spec, state):
         cluster = state.clusters.get(region.name)
-        app = serve_applications(cluster.dashboard_url).get(region.slug, {}) if cluster else {}
+        app = serve_applications(state, cluster).get(region.slug, {}) if cluster else {}
         app_status = app.get("status", "NOT_STARTED")
         view = routed.get(region.name)
         if app_status == "DEPLOY_FAILED":
@@ -293,10 +302,11 @@ def _replicas_to_wait_for(view: RouterRegion) -> int:
     return 0 if scaling is not None and scaling.min_replicas == 0 else 1
 
 
-def serve_applications(dashboard_url: str) -> dict[str, Any]:
+def serve_applications(state: PlatformState, cluster: ClusterState) -> dict[str, Any]:
     """The Serve applications of one cluster, as its dashboard reports them."""
     try:
-        response = httpx.get(f"{dashboard_url}/api/serve/applications/", timeout=5)
+        url = f"{cluster.dashboard_url}/api/serve/applications/"
+        response = httpx.get(url, headers=dashboard_headers(state, cluster), timeout=5)
         response.raise_for_status()
         return response.json().get("applications", {})
     except (httpx.HTTPError, ValueError):

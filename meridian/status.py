@@ -22,7 +22,7 @@ def collect_status(spec: PlatformSpec, state: PlatformState | None) -> dict[str,
     regions = []
     for region in spec.regions:
         cluster = state.clusters.get(region.name) if state else None
-        app = launcher.serve_applications(cluster.dashboard_url).get(region.slug, {}) if running and cluster else {}
+        app = launcher.serve_applications(state, cluster).get(region.slug, {}) if running and state and cluster else {}
         replica_states: dict[str, int] = {}
         for name, deployment in app.get("deployments", {}).items():
             if name == INGRESS_DEPLOYMENT:

@@ -12,6 +12,7 @@ import httpx
 from meridian_core.spec import PORTS_PER_NODE, PlatformSpec, RegionSpec
 from meridian_host import processes
 from meridian_host.platform_state import ClusterState, PlatformState
+from meridian_host.region_tokens import ray_auth_env
 
 BIN = Path(sys.executable).parent
 REGION_LABEL = "meridian.io/region"
@@ -49,9 +50,15 @@ def node_port_flags(block: int) -> list[str]:
 
 
 def start_ray_node(
-    spec: PlatformSpec, state: PlatformState, block_index: int, log_name: str, role_args: list[str]
+    spec: PlatformSpec,
+    state: PlatformState,
+    cluster: ClusterState,
+    block_index: int,
+    log_name: str,
+    role_args: list[str],
 ) -> int:
-    """Start a Ray node on port block `block_index`; return the pid of its `ray start`."""
+    """Start a node of `cluster` on port block `block_index`, with the cluster's Ray
+    token; return the pid of its `ray start`."""
     flags = node_port_flags(spec.ray.node_ports_from + block_index * PORTS_PER_NODE)
     return processes.spawn(
         [
@@ -64,6 +71,7 @@ def start_ray_node(
         ],
         state.logs_dir / f"{log_name}.log",
         state.platform_id,
+        env=ray_auth_env(state, cluster),
     )
 
 
@@ -74,9 +82,16 @@ def start_head(spec: PlatformSpec, state: PlatformState, region: RegionSpec) -> 
     # Ray puts unix sockets under this directory; it must stay short (AF_UNIX paths are
     # limited to 107 bytes), so it does not live under the state dir.
     temp_dir = f"/tmp/meridian-{spec.name}-{ports.head_block}"
-    pid = start_ray_node(
+    cluster = ClusterState(
+        slug=region.slug,
+        gcs_address=f"127.0.0.1:{ports.gcs}",
+        dashboard_url=f"http://127.0.0.1:{ports.dashboard}",
+        ray_temp_dir=temp_dir,
+    )
+    cluster.head_pid = start_ray_node(
         spec,
         state,
+        cluster,
         block_index=ports.head_block,
         log_name=f"ray-head-{region.slug}",
         role_args=[
@@ -95,19 +110,13 @@ def start_head(spec: PlatformSpec, state: PlatformState, region: RegionSpec) -> 
             temp_dir,
         ],  # fmt: skip
     )
-    return ClusterState(
-        slug=region.slug,
-        gcs_address=f"127.0.0.1:{ports.gcs}",
-        dashboard_url=f"http://127.0.0.1:{ports.dashboard}",
-        ray_temp_dir=temp_dir,
-        head_pid=pid,
-    )
+    return cluster
 
 
-def alive_nodes_labelled(dashboard_url: str, label: str) -> dict[str, str]:
+def alive_nodes_labelled(dashboard_url: str, label: str, headers: dict[str, str]) -> dict[str, str]:
     """Alive Ray nodes carrying `label`: its value -> Ray node id."""
     try:
-        response = httpx.get(f"{dashboard_url}/api/v0/nodes", params={"limit": 1000}, timeout=5)
+        response = httpx.get(f"{dashboard_url}/api/v0/nodes", params={"limit": 1000}, headers=headers, timeout=5)
         nodes = response.json()["data"]["result"]["result"]
     except (httpx.HTTPError, ValueError, KeyError, TypeError):
         return {}
@@ -118,12 +127,12 @@ def alive_nodes_labelled(dashboard_url: str, label: str) -> dict[str, str]:
     }
 
 
-def nodes_running_actors(dashboard_url: str) -> set[str] | None:
+def nodes_running_actors(dashboard_url: str, headers: dict[str, str]) -> set[str] | None:
     """Ray node ids with a live actor (a Serve replica, the ingress, ...); None if the
     state API did not answer, so callers can treat every node as busy."""
     params = {"limit": 10000, "filter_keys": "state", "filter_predicates": "=", "filter_values": "ALIVE"}
     try:
-        response = httpx.get(f"{dashboard_url}/api/v0/actors", params=params, timeout=5)
+        response = httpx.get(f"{dashboard_url}/api/v0/actors", params=params, headers=headers, timeout=5)
         actors = response.json()["data"]["result"]["result"]
     except (httpx.HTTPError, ValueError, KeyError, TypeError):
         return None

@@ -3,7 +3,9 @@
 AWS passes it as EC2 user data, GCP as the `startup-script` metadata item; both run it
 as root on first boot. The node advertises the same Ray resource and label that the
 local launcher gives region nodes (meridian_host/ray_nodes.py), so the region's Serve
-replicas, which require `region:<slug>`, land on it.
+replicas, which require `region:<slug>`, land on it. A cluster with Ray's token
+authentication gets its token in the script: whoever may read the instance's user data
+or metadata may read it, so grant those reads as you would the cluster itself.
 
 The image may set two variables the script reads (neither is needed on a cloud VM):
 `MERIDIAN_BOOT_LOG`, where the script logs (default /var/log/meridian-bootstrap.log),
@@ -34,6 +36,8 @@ class RayJoin:
     region_slug: str  # e.g. "aws-us-east-1", as RegionSpec.slug spells it
     labels: Mapping[str, str] = field(default_factory=dict)  # extra Ray node labels
     ray_bin: str = "ray"
+    # The cluster's Ray token (RAY_AUTH_MODE=token); None for a cluster without one.
+    auth_token: str | None = field(default=None, repr=False)
 
 
 def ray_join_script(join: RayJoin, *, cloud: str, zone: str, market: str) -> str:
@@ -59,6 +63,11 @@ def ray_join_script(join: RayJoin, *, cloud: str, zone: str, market: str) -> str
             "# Meridian node bootstrap: join the region's Ray cluster.",
             "set -euo pipefail",
             'exec >>"${MERIDIAN_BOOT_LOG:-/var/log/meridian-bootstrap.log}" 2>&1',
+            *(
+                ["export RAY_AUTH_MODE=token", f"export RAY_AUTH_TOKEN={shlex.quote(join.auth_token)}"]
+                if join.auth_token
+                else []
+            ),
             # Unquoted on purpose: the host's flags are words.
             shlex.join(command) + " ${MERIDIAN_RAY_START_ARGS:-}",
             "",

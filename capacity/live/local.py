@@ -38,6 +38,7 @@ from meridian_host.ray_nodes import (
     nodes_running_actors,
     start_ray_node,
 )
+from meridian_host.region_tokens import dashboard_headers
 
 JOIN_TIMEOUT_S = 120.0
 # Local nodes cost nothing extra here; the catalog says so rather than leaving them unpriced.
@@ -80,6 +81,7 @@ class LocalProvider:
         self._state = state
         self._region = region
         self._cluster = state.clusters[region.name]
+        self._headers = dashboard_headers(state, self._cluster)
         self._join_timeout_s = join_timeout_s
         self._events: list[CapacityEvent] = []
 
@@ -97,9 +99,9 @@ class LocalProvider:
         draining, and a replica must end by scaling down, not by eviction."""
         held = self._held()
         record = held.nodes[node_id]
-        ray_node = alive_nodes_labelled(self._cluster.dashboard_url, NODE_LABEL).get(node_id)
+        ray_node = alive_nodes_labelled(self._cluster.dashboard_url, NODE_LABEL, self._headers).get(node_id)
         if ray_node is not None:
-            busy = nodes_running_actors(self._cluster.dashboard_url)
+            busy = nodes_running_actors(self._cluster.dashboard_url, self._headers)
             if busy is None or ray_node in busy:
                 raise NodeBusy(f"{node_id} still runs actors")
             self._drain(ray_node, node_id)
@@ -158,6 +160,7 @@ class LocalProvider:
         pid = start_ray_node(
             self._spec,
             self._state,
+            self._cluster,
             block_index=block,
             log_name=f"ray-{node_id}",
             role_args=[
@@ -175,7 +178,7 @@ class LocalProvider:
         held.nodes[node_id] = LocalNode(pid=pid, block=block, launched_at_s=launched)
         self._keep(held)
         deadline = time.monotonic() + self._join_timeout_s
-        while node_id not in alive_nodes_labelled(self._cluster.dashboard_url, NODE_LABEL):
+        while node_id not in alive_nodes_labelled(self._cluster.dashboard_url, NODE_LABEL, self._headers):
             if time.monotonic() > deadline or not processes.is_running(pid):
                 del held.nodes[node_id]
                 processes.terminate_group(pid)

@@ -17,6 +17,7 @@ from capacity.model import Provider
 from meridian_core.cluster_spec import AwsCapacity, GcpCapacity
 from meridian_core.spec import PlatformSpec, RegionSpec
 from meridian_host.platform_state import PlatformState
+from meridian_host.region_tokens import cluster_ray_token
 
 
 def region_catalog(catalog: Catalog, cloud: str, region: str, types: set[str], zones: set[str]) -> Catalog:
@@ -50,7 +51,12 @@ def provider_for(spec: PlatformSpec, region: RegionSpec, state: PlatformState) -
     catalog = catalog_for(spec, region)
     if settings.provider == "local":
         return LocalProvider(spec, state, region), catalog
-    join = RayJoin(head_address=state.clusters[region.name].gcs_address, region_slug=region.slug)
+    cluster = state.clusters[region.name]
+    join = RayJoin(
+        head_address=cluster.gcs_address,
+        region_slug=region.slug,
+        auth_token=cluster_ray_token(state, cluster),
+    )
     if isinstance(settings, AwsCapacity):
         provider = AwsProvider(
             region=settings.region,

@@ -48,7 +48,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlatformState
 
 def running_engine_replicas(platform: PlatformState, slug: str) -> int:
     cluster = next(c for c in platform.clusters.values() if c.slug == slug)
-    app = launcher.serve_applications(cluster.dashboard_url).get(slug, {})
+    app = launcher.serve_applications(platform, cluster).get(slug, {})
     return sum(
         1
         for name, deployment in app.get("deployments", {}).items()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -24,6 +25,7 @@ from meridian.serve_config import serve_config
 from meridian_core.spec import PlatformSpec
 from meridian_host import processes, ray_nodes
 from meridian_host.platform_state import LocalNodes, PlatformState
+from meridian_host.region_tokens import dashboard_headers, ray_auth_env
 
 from .conftest import SPEC_PATH
 
@@ -151,16 +153,23 @@ def test_status_json(platform):
 def test_each_region_is_its_own_cluster_and_its_replicas_run_on_its_node(platform):
     assert len({cluster.gcs_address for cluster in platform.clusters.values()}) == 2
     for cluster in platform.clusters.values():
-        nodes = httpx.get(f"{cluster.dashboard_url}/api/v0/nodes", params={"limit": 100}).json()
+        url, params = f"{cluster.dashboard_url}/api/v0/nodes", {"limit": 100}
+        # Each cluster takes Ray's token authentication: no token, no answer.
+        assert httpx.get(url, params=params, timeout=10).status_code == 401
+        nodes = httpx.get(url, params=params, headers=dashboard_headers(platform, cluster), timeout=10).json()
         alive = [n for n in nodes["data"]["result"]["result"] if n["state"] == "ALIVE"]
         region_of_node = {n["node_id"]: (n.get("labels") or {}).get(ray_nodes.REGION_LABEL) for n in alive}
         # Its head (no region label) and its one region node; no other region's node.
         assert sorted(region_of_node.values(), key=str) == sorted([None, cluster.slug], key=str)
-        apps = launcher.serve_applications(cluster.dashboard_url)
+        apps = launcher.serve_applications(platform, cluster)
         assert set(apps) == {cluster.slug}
-        replicas = [r for d in apps[cluster.slug]["deployments"].values() for r in d["replicas"]]
-        assert len(replicas) == 2  # the ingress and one LLMServer
-        assert {region_of_node[r["node_id"]] for r in replicas} == {cluster.slug}
+        placed = {
+            name: [region_of_node[r["node_id"]] for r in deployment["replicas"]]
+            for name, deployment in apps[cluster.slug]["deployments"].items()
+        }
+        # The ingress on the head, so the region answers while it has no node; one LLMServer on the region's node.
+        assert placed.pop("RegionIngress") == [None]
+        assert list(placed.values()) == [[cluster.slug]]
 
 
 def redeploy_without(spec: PlatformSpec, platform: PlatformState, slugs: set[str]) -> None:
@@ -171,8 +180,11 @@ def redeploy_without(spec: PlatformSpec, platform: PlatformState, slugs: set[str
         config = {**serve_config(spec, region), "applications": []}
         path = platform.cluster_dir(slug) / "serve-shrunk.yaml"
         path.write_text(yaml.safe_dump(config))
-        dashboard = platform.clusters[region.name].dashboard_url
-        subprocess.run([str(BIN / "serve"), "deploy", str(path), "--address", dashboard], check=True)
+        cluster = platform.clusters[region.name]
+        env = {**os.environ, **ray_auth_env(platform, cluster)}
+        subprocess.run(
+            [str(BIN / "serve"), "deploy", str(path), "--address", cluster.dashboard_url], check=True, env=env
+        )
 
 
 def test_no_failed_request_when_a_region_is_deleted_midway(spec, platform, client, model):

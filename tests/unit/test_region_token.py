@@ -1,5 +1,6 @@
 """A region with a token answers nothing without it: its ingress app refuses any request
-that does not present it, with an OpenAI-shaped 401, and a region without one is open."""
+that does not present it, with an OpenAI-shaped 401, and a region without one is open.
+Each cluster Meridian starts has a Ray token of its own."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from starlette.testclient import TestClient
 
 from deployments import region_ingress
 from deployments.region_ingress import region_app
-from meridian_host.region_tokens import token_sha256
+from meridian_host.platform_state import ClusterState, PlatformState
+from meridian_host.region_tokens import dashboard_headers, ray_auth_env, token_sha256
 
 
 @pytest.fixture
@@ -34,3 +36,25 @@ def test_a_region_with_a_token_refuses_requests_without_it(app, path, method):
 
 def test_a_region_without_a_token_is_open(app):
     assert TestClient(app).get("/status").json() == {"ready": 1}
+
+
+def test_a_managed_cluster_has_its_own_ray_token_and_an_existing_one_the_users(tmp_path, monkeypatch):
+    monkeypatch.setenv("MERIDIAN_STATE_DIR", str(tmp_path))
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    state = PlatformState(name="p", spec_path="spec.yaml", platform_id="x", router_url="http://127.0.0.1:1")
+    east, west = (
+        ClusterState(slug=slug, gcs_address="127.0.0.1:1", dashboard_url="http://d", ray_temp_dir=f"/tmp/{slug}")
+        for slug in ("east", "west")
+    )
+    existing = ClusterState(slug="lab", gcs_address="10.0.0.1:6379", dashboard_url="http://d")
+
+    env = ray_auth_env(state, east)
+    assert env["RAY_AUTH_MODE"] == "token" and len(env["RAY_AUTH_TOKEN"]) == 64
+    assert ray_auth_env(state, east) == env  # kept, the same on every call
+    assert ray_auth_env(state, west)["RAY_AUTH_TOKEN"] != env["RAY_AUTH_TOKEN"]
+    assert (state.cluster_dir("east") / "ray-token").stat().st_mode & 0o777 == 0o600
+    assert dashboard_headers(state, east) == {"Authorization": f"Bearer {env['RAY_AUTH_TOKEN']}"}
+
+    assert ray_auth_env(state, existing) == {} and dashboard_headers(state, existing) == {}
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "the-users")
+    assert dashboard_headers(state, existing) == {"Authorization": "Bearer the-users"}
