@@ -55,6 +55,10 @@ class Region:
     # starting one, or is scaled to zero and starts one for the first request.
     autoscaled: bool = False
     starting_replicas: int = 0
+    # The region's capacity loop cannot place replicas it wants (stockout, quota): with
+    # none ready, the region is not starting one, and nothing is held for it; the
+    # global loop's floors raise the regions its traffic goes to instead.
+    out_of_capacity: bool = False
     cold_start_s: float = 0.0
     cold_since: float | None = None
 
@@ -63,7 +67,12 @@ class Region:
 
     @property
     def healthy(self) -> bool:
-        return not self.breaker.is_open and (self.ready_replicas > 0 or self.autoscaled)
+        return not self.breaker.is_open and (self.ready_replicas > 0 or self.may_start)
+
+    @property
+    def may_start(self) -> bool:
+        """Without a ready replica, whether a request here is served once one starts."""
+        return self.autoscaled and not self.out_of_capacity
 
     def cold_start_remaining_ms(self, now: float) -> float:
         """How long a request sent now waits for a replica to be ready."""
@@ -118,6 +127,7 @@ class Region:
         self.autoscaled = scaling is not None
         self.cold_start_s = scaling.cold_start_s if scaling else 0.0
         self.starting_replicas = status.replicas.starting
+        self.out_of_capacity = status.capacity is not None and status.capacity.unplaced_replicas > 0
         if self.ready_replicas > 0 or self.starting_replicas == 0:
             self.cold_since = None
         elif self.cold_since is None:
@@ -164,7 +174,7 @@ class RegionTable:
         healthy = [r for r in self.regions.values() if r.can_serve(model)]
         if healthy:
             return healthy, False
-        return [r for r in self.regions.values() if (r.ready_replicas > 0 or r.autoscaled) and model in r.models], True
+        return [r for r in self.regions.values() if (r.ready_replicas > 0 or r.may_start) and model in r.models], True
 
     async def poll_once(self) -> None:
         await asyncio.gather(*(self._poll(region) for region in self.regions.values()))

@@ -12,7 +12,7 @@ import httpx
 from starlette.testclient import TestClient
 
 from geo_router.live.app import create_app
-from meridian_core.contracts import ScalingView
+from meridian_core.contracts import CapacityReport, ScalingView
 from meridian_core.spec import PlatformSpec
 
 MODEL = "smollm2-135m-instruct"
@@ -27,6 +27,8 @@ class FakeRegion:
     mode: str = "ok"  # ok | refuse | hang | gone | error500 | break_stream | bad_request
     # The region's published scaling decision; None for a fixed replica count.
     autoscaling: ScalingView | None = None
+    # What its capacity loop could not place; None when it placed everything.
+    capacity: CapacityReport | None = None
     # Sent as the /status body instead of a well-formed one.
     status_body: bytes | None = None
     calls: list[str] = field(default_factory=list)
@@ -97,6 +99,7 @@ class FakeRegions:
                         "starting": max(0, region.autoscaling.target - region.ready) if region.autoscaling else 0,
                     },
                     "autoscaling": region.autoscaling.model_dump() if region.autoscaling else None,
+                    "capacity": region.capacity.model_dump() if region.capacity else None,
                     "engine": {"running": min(region.waiting, 16), "waiting": region.waiting, "kv_cache_usage": 0.1},
                 },
             )

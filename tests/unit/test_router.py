@@ -11,7 +11,7 @@ import pytest
 import yaml
 from starlette.testclient import TestClient
 
-from meridian_core.contracts import EngineLoad, RegionStatus, ReplicaCounts
+from meridian_core.contracts import CapacityReport, EngineLoad, RegionStatus, ReplicaCounts
 from meridian_core.spec import load_spec, parse_spec
 
 from .fake_regions import CHAT, MODEL, FakeRegions, running_router, scaled_to_zero
@@ -175,6 +175,20 @@ def test_with_every_region_scaled_to_zero_a_request_is_held_not_refused(router, 
         'meridian_router_routing_decisions_total{reason="hold",region="local/eu-west"} 1.0'
         in router.get("/metrics").text
     )
+
+
+def test_nothing_is_held_for_a_region_at_zero_that_cannot_place_a_replica(router, fakes):
+    for region in fakes.regions.values():
+        region.ready = 0
+        region.autoscaling = scaled_to_zero()
+    fakes["local-eu-west"].capacity = CapacityReport(unplaced_replicas=1, reason="stockout; quota", at=1.0)
+    repoll(router)
+    response = router.post("/v1/chat/completions", json=CHAT, headers={"X-Client-Location": PARIS})
+    assert response.status_code == 200 and response.headers["x-meridian-region"] == "local/us-east"
+    assert "v1/chat/completions" not in fakes["local-eu-west"].calls
+    fakes["local-us-east"].capacity = CapacityReport(unplaced_replicas=1, reason="quota", at=1.0)
+    repoll(router)  # neither can start a replica: a clear 503, not a wait for one that never comes
+    assert_openai_error(router.post("/v1/chat/completions", json=CHAT), 503)
 
 
 def test_all_regions_failing_mid_request_is_503(router, fakes):
