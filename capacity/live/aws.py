@@ -35,7 +35,9 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from capacity.catalog import SpotQuote
 from capacity.live.bootstrap import RayJoin, ray_join_script
+from capacity.live.prices import aws_spot_quotes
 from capacity.model import CapacityError, CapacityEvent, EventKind, Market, Node, NodeState, Placement, ProviderError
 
 MANAGED_TAG = "meridian:managed"
@@ -179,6 +181,11 @@ class AwsProvider:
         now = self._clock()
         self._queued.extend(CapacityEvent(EventKind.LAUNCHED, node.placement, now, node.id) for node in nodes)
         return nodes
+
+    @_sdk_errors_named
+    def spot_quotes(self, instance_types: Iterable[str]) -> list[SpotQuote]:
+        """The current spot price of each type in each zone of the region (DescribeSpotPriceHistory)."""
+        return aws_spot_quotes(self._ec2, sorted(instance_types))
 
     @_sdk_errors_named
     def release(self, node_id: str) -> None:

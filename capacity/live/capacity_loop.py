@@ -28,9 +28,9 @@ import time
 from collections.abc import Callable
 
 from autoscaler.live.published import drop_malformed, publish_capacity, read_published
-from capacity.catalog import Catalog
+from capacity.catalog import Catalog, SpotQuote
 from capacity.live.ledger import Ledger, Snapshot
-from capacity.live.providers import provider_for
+from capacity.live.providers import provider_for, spot_quotes_for
 from capacity.model import CapacityError, Node, NodeBusy, Provider, ProviderError
 from capacity.policy.placement import Demand, PlacementDecision, plan
 from meridian_core.contracts import MAX_REASON, CapacityReport, MalformedMessage, ScalingView
@@ -39,6 +39,8 @@ from meridian_host.platform_state import PlatformState
 
 log = logging.getLogger("meridian.capacity")
 INTERVAL_S = 5.0
+# Spot prices move over hours; EC2 rate-limits its price history.
+PRICE_REFRESH_S = 600.0
 
 
 # ray.serve.llm adds the Serve replica actor's CPU to the engine's placement bundle,
@@ -112,6 +114,7 @@ class CapacityLoop:
         catalog: Catalog,
         scaling: Callable[[], ScalingView | None],
         report: Callable[[CapacityReport], None],
+        spot_quotes: Callable[[], list[SpotQuote]] = list,
         clock: Callable[[], float] = time.time,
     ):
         self.spec = spec
@@ -121,10 +124,28 @@ class CapacityLoop:
         self.catalog = catalog
         self.scaling = scaling
         self.report = report
+        self.spot_quotes = spot_quotes
         self.clock = clock
+        self._prices_at = -math.inf
+
+    def refresh_prices(self, now: float) -> None:
+        """Spot prices of the region's own zones, at most every PRICE_REFRESH_S; a quote for
+        a zone the region cannot launch in is not taken. A refresh that fails keeps the
+        prices there are: placement goes on with them."""
+        if now - self._prices_at < PRICE_REFRESH_S:
+            return
+        self._prices_at = now
+        zones = {offering.zone for offering in self.catalog.offerings()}
+        try:
+            quotes = [quote for quote in self.spot_quotes() if quote.zone in zones]
+        except ProviderError as error:
+            log.warning("spot prices not refreshed: %s", error)
+            return
+        self.catalog.apply_spot_quotes(quotes)
 
     def tick(self) -> PlacementDecision:
         now = self.clock()
+        self.refresh_prices(now)
         nodes = self.provider.nodes()
         self.ledger.record_events(self.provider.events())
         view = self.scaling()
@@ -190,6 +211,7 @@ def main(argv: list[str]) -> None:
         catalog,
         scaling=lambda: published_scaling(region),
         report=lambda report: publish_capacity(region.slug, report),
+        spot_quotes=spot_quotes_for(provider, region),
     )
     from ray.util.metrics import Counter
 

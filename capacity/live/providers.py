@@ -4,11 +4,12 @@ through google-cloud-compute. New nodes join the region's own cluster."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 from google.auth.credentials import AnonymousCredentials
 
-from capacity.catalog import Catalog, default_catalog
+from capacity.catalog import Catalog, SpotQuote, default_catalog
 from capacity.live.aws import AwsProvider
 from capacity.live.bootstrap import RayJoin
 from capacity.live.gcp import GcpProvider
@@ -44,6 +45,17 @@ def catalog_for(spec: PlatformSpec, region: RegionSpec) -> Catalog:
         return local_catalog(spec, region)
     catalog = default_catalog(spec.capacity.catalog_files)
     return region_catalog(catalog, settings.provider, settings.region, types, zones)
+
+
+def spot_quotes_for(provider: Provider, region: RegionSpec) -> Callable[[], list[SpotQuote]]:
+    """How the region's capacity loop refreshes its spot prices: EC2's spot price history
+    for an AWS region; none for others (local nodes have no spot market; GCP's come from
+    the Cloud Billing catalog, which this loop does not read yet)."""
+    settings = region.capacity
+    if isinstance(provider, AwsProvider) and isinstance(settings, AwsCapacity):
+        types = set(settings.instance_types.values())
+        return lambda: provider.spot_quotes(types)
+    return list
 
 
 def provider_for(spec: PlatformSpec, region: RegionSpec, state: PlatformState) -> tuple[Provider, Catalog]:

@@ -262,3 +262,9 @@ def test_spot_request_interrupted_by_price_is_preempted(proxy: FaultProxy, provi
 def test_foreign_placement_is_rejected(provider: AwsProvider) -> None:
     with pytest.raises(ValueError, match="cannot place"):
         provider.acquire(Placement("gcp", REGION, "us-east-1a", "g5.xlarge", Market.SPOT))
+
+
+def test_spot_quotes_are_the_regions_spot_price_history(provider: AwsProvider) -> None:
+    quotes = provider.spot_quotes({"m7i.2xlarge"})
+    assert quotes and {(q.cloud, q.region, q.instance_type) for q in quotes} == {("aws", REGION, "m7i.2xlarge")}
+    assert all(q.zone.startswith(REGION) and q.usd_per_h > 0 for q in quotes)

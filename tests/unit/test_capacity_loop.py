@@ -9,12 +9,23 @@ from pathlib import Path
 
 import pytest
 
-from capacity.catalog import Catalog
-from capacity.live.capacity_loop import CapacityLoop, node_demand, wanted_replicas
+from capacity.catalog import Catalog, Offering, Price, SpotQuote
+from capacity.live.capacity_loop import PRICE_REFRESH_S, CapacityLoop, node_demand, wanted_replicas
 from capacity.live.ledger import Ledger, Snapshot, fleet_ledger
 from capacity.live.local import local_catalog, placement_for
 from capacity.live.report import report_rows
-from capacity.model import CapacityError, CapacityEvent, EventKind, Market, Node, NodeBusy, NodeState, Placement
+from capacity.model import (
+    Accelerator,
+    CapacityError,
+    CapacityEvent,
+    EventKind,
+    Market,
+    Node,
+    NodeBusy,
+    NodeState,
+    Placement,
+    ProviderError,
+)
 from meridian_core.capacity_spec import CapacitySpec, Quota
 from meridian_core.contracts import CapacityReport, ScalingView
 from meridian_core.spec import PlatformSpec, parse_spec
@@ -177,7 +188,9 @@ def test_a_fallback_to_another_region_is_not_bought_but_reported_unplaced(tmp_pa
     both = Catalog([*local_catalog(spec, home).offerings(), *local_catalog(spec, spec.regions[1]).offerings()])
     provider = ProviderDouble(spec)
     reports: list[CapacityReport] = []
-    loop = CapacityLoop(spec, home, provider, Ledger(tmp_path), both, lambda: view(4), reports.append, lambda: 100.0)
+    loop = CapacityLoop(
+        spec, home, provider, Ledger(tmp_path), both, lambda: view(4), reports.append, clock=lambda: 100.0
+    )
     decision = loop.tick()
     assert [(f.to[1], f.nodes) for f in decision.fallbacks] == [("local-eu-west", 1)]
     assert [p.region for p in provider.acquired] == ["local-us-east"]  # its quota of one node, nothing elsewhere
@@ -223,3 +236,42 @@ def test_a_ledger_line_that_breaks_its_type_is_reported_and_skipped_not_fatal(sp
     assert [e.kind for e in ledger.events()] == [EventKind.STOCKOUT, EventKind.LAUNCHED]
     (error,) = malformed
     assert error.contract == "CapacityEvent" and "line 2" in str(error) and "soon" not in str(error)
+
+
+def test_spot_prices_of_the_regions_own_zones_are_refreshed_every_ten_minutes(spec, tmp_path):
+    listed = Price(0.1631, None, "catalog file")
+    cpu = Accelerator("cpu", 1, 0.0)
+    offering = Offering("aws", "us-east-1", "us-east-1a", "m7i.2xlarge", cpu, 8, 32, listed, listed)
+    catalog = Catalog([offering])
+    asked: list[float] = []
+
+    def quotes() -> list[SpotQuote]:
+        asked.append(1.0)
+        return [
+            SpotQuote("aws", "us-east-1", "us-east-1a", "m7i.2xlarge", 0.1502, 90.0),
+            SpotQuote("aws", "us-east-1", "us-east-1c", "m7i.2xlarge", 0.0101, 90.0),  # no subnet there
+        ]
+
+    region = spec.regions[0]
+    loop = CapacityLoop(
+        spec, region, ProviderDouble(spec), Ledger(tmp_path), catalog, lambda: None, lambda _: None, spot_quotes=quotes
+    )
+    loop.refresh_prices(100.0)
+    loop.refresh_prices(100.0 + PRICE_REFRESH_S / 2)
+    assert len(asked) == 1
+    assert {(o.zone, o.spot.usd_per_h, o.spot.source) for o in catalog.offerings()} == {
+        ("us-east-1a", 0.1502, "spot quote")
+    }
+    loop.refresh_prices(100.0 + PRICE_REFRESH_S)
+    assert len(asked) == 2
+
+
+def test_a_failed_price_refresh_keeps_the_prices_and_the_loop_going(spec, tmp_path):
+    def refused() -> list[SpotQuote]:
+        raise ProviderError("aws/us-east-1", "DescribeSpotPriceHistory", "UnauthorizedOperation")
+
+    loop, reports = loop_for(spec, "local/us-east", ProviderDouble(spec), tmp_path, target=2)
+    loop.spot_quotes = refused
+    before = list(loop.catalog.offerings())
+    loop.tick()
+    assert list(loop.catalog.offerings()) == before and reports[-1].unplaced_replicas == 0
