@@ -28,6 +28,7 @@ import yaml
 
 from capacity.live.local import LocalProvider, placement_for
 from capacity.live.providers import provider_for
+from capacity.model import ProviderError
 from meridian.serve_config import serve_config
 from meridian_core.contracts import MalformedMessage, RouterRegion, RouterRegions, parse
 from meridian_core.spec import PlatformSpec, RegionSpec, load_spec
@@ -366,8 +367,10 @@ def release_cloud_nodes(spec: PlatformSpec, state: PlatformState) -> list[str]:
             provider, _ = provider_for(spec, region, state)
             for node in provider.nodes():
                 provider.release(node.id)
-        except Exception as error:  # each region is tried, whatever the others do
-            problems.append(f"{region.name}: its instances were not all released ({type(error).__name__}: {error})")
+        except ProviderError as error:  # names the region and the call, nothing else
+            problems.append(f"{region.name}: its instances were not all released ({error})")
+        except Exception as error:  # each region is tried, whatever the others do; no endpoint in the message
+            problems.append(f"{region.name}: its instances were not all released ({type(error).__name__})")
     return problems
 
 

@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
 
+import requests
 from google.api_core import exceptions as google_exceptions
 from google.auth import exceptions as auth_exceptions
 from google.auth.credentials import Credentials
@@ -74,6 +75,8 @@ def _sdk_errors_named(call: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
             except google_exceptions.GoogleAPICallError as error:
                 raise ProviderError(where, call, f"{error.code} {type(error).__name__}") from None
             except (auth_exceptions.GoogleAuthError, google_exceptions.RetryError) as error:
+                raise ProviderError(where, call, type(error).__name__) from None
+            except requests.RequestException as error:  # the REST transport's own: an endpoint that does not answer
                 raise ProviderError(where, call, type(error).__name__) from None
 
         return calling

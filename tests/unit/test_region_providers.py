@@ -185,3 +185,13 @@ def test_a_cloud_that_refuses_down_is_named_not_a_traceback(tmp_path, monkeypatc
     spec = spec_with(region("aws/us-east-1", {**AWS, "endpoint_url": "http://127.0.0.1:9"}))
     (problem,) = release_cloud_nodes(spec, state_for(spec))
     assert problem.startswith("aws/us-east-1: its instances were not all released")
+
+
+def test_a_cloud_that_does_not_answer_down_is_named_without_its_endpoint(tmp_path, monkeypatch):
+    monkeypatch.setenv("MERIDIAN_STATE_DIR", str(tmp_path))
+    from meridian.launcher import release_cloud_nodes
+
+    spec = spec_with(region("gcp/europe-west4", {**GCP, "api_endpoint": "http://127.0.0.1:9"}))
+    (problem,) = release_cloud_nodes(spec, state_for(spec))
+    assert problem.startswith("gcp/europe-west4: its instances were not all released (gcp/europe-west4: ")
+    assert "127.0.0.1" not in problem
