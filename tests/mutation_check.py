@@ -211,8 +211,8 @@ MUTATIONS = (
     # Capacity.
     Mutation(
         "capacity/live/capacity_loop.py",
-        "    replicas = min(region.replicas if target is None else target, bound)",
-        "    replicas = region.replicas if target is None else target",
+        "    return min(region.replicas if target is None else target, bound)",
+        "    return region.replicas if target is None else target",
         "a published target past max_replicas buys nodes for it",
     ),
     Mutation(
@@ -223,14 +223,14 @@ MUTATIONS = (
     ),
     Mutation(
         "autoscaler/live/global_loop.py",
-        'headers = {"Authorization": f"Bearer {self.tokens.get(region.name, \'\')}"}',
-        "headers = {}",
+        'return {"Authorization": f"Bearer {self.tokens.get(region.name, \'\')}"}',
+        "return {}",
         "the global loop sends floors without the region's control token",
     ),
     Mutation(
         "capacity/live/providers.py",
-        "        if o.instance_type in types and (zones is None or o.zone in zones)",
-        "        if zones is None or o.zone in zones",
+        "    offerings = [o for o in catalog.offerings(cloud=cloud, region=region) if o.instance_type in types]",
+        "    offerings = list(catalog.offerings(cloud=cloud, region=region))",
         "a region buys instance types its settings do not name",
     ),
     Mutation(
@@ -317,6 +317,42 @@ MUTATIONS = (
         'WAITING = "vllm:num_requests_waiting"',
         'WAITING = "vllm:num_requests_swapped"',
         "the region's waiting requests are read from the wrong gauge",
+    ),
+    Mutation(
+        "deployments/region_ingress.py",
+        "    if digest is not None and not presents_token(request, digest):",
+        "    if False:",
+        "a region with a token answers requests without it",
+    ),
+    Mutation(
+        "geo_router/live/proxy.py",
+        'url, headers = f"{region.endpoint}/v1/{path}", {**headers, **region.auth_headers()}',
+        'url, headers = f"{region.endpoint}/v1/{path}", headers',
+        "the router forwards requests to a region without the region's token",
+    ),
+    Mutation(
+        "capacity/policy/placement.py",
+        "    del outcome.shortfalls[first_spot_shortfall:]",
+        "    pass",
+        "a spot gap that on-demand fills is counted short, twice for what neither market can place",
+    ),
+    Mutation(
+        "meridian_host/region_tokens.py",
+        '    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": cluster_ray_token(state, cluster) or ""}',
+        '    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": ""}',
+        "a managed cluster's processes get no Ray token",
+    ),
+    Mutation(
+        "meridian/launcher.py",
+        "            if spec.all_or_nothing:\n                raise",
+        "            if True:\n                raise",
+        "a region that cannot start stops the whole platform, whatever the spec says",
+    ),
+    Mutation(
+        "geo_router/live/regions.py",
+        "        return self.autoscaled and not self.out_of_capacity",
+        "        return self.autoscaled",
+        "the router holds requests for a region that cannot place a replica",
     ),
 )
 
