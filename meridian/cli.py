@@ -20,6 +20,7 @@ from capacity.live.ledger import Ledger, fleet_ledger
 from capacity.live.providers import catalog_for
 from capacity.live.report import report_rows
 from meridian import demo, launcher
+from meridian.kubernetes.ray_service import RAY_IMAGE_DEFAULT, RenderError, ray_service
 from meridian.serve_config import serve_config
 from meridian.status import collect_status
 from meridian_core.replica_model import PROFILES
@@ -38,6 +39,8 @@ app.add_typer(simulate_app, name="simulate")
 simulate_app.command("autoscale")(simulate_autoscale)
 simulate_app.command("capacity")(simulate_capacity)
 app.add_typer(capacity_app, name="capacity")
+render_app = typer.Typer(help="Render the platform for other runtimes.", no_args_is_help=True)
+app.add_typer(render_app, name="render")
 console = Console()
 errors = Console(stderr=True)
 
@@ -221,6 +224,25 @@ def serve_config_command(
         errors.print(f"[red]no region {region!r} in {platform.name}[/red]")
         raise typer.Exit(2) from None
     typer.echo(yaml.safe_dump(serve_config(platform, chosen), sort_keys=False), nl=False)
+
+
+@render_app.command("kubernetes")
+def render_kubernetes(
+    spec: SpecArg = DEFAULT_SPEC,
+    out: Annotated[Path, typer.Option(help="folder the manifests are written to")] = Path("kubernetes"),
+    image: Annotated[str, typer.Option(help="the Meridian image the Ray pods run")] = RAY_IMAGE_DEFAULT,
+) -> None:
+    """Write one KubeRay RayService per region to OUT, the same bytes for the same spec."""
+    platform = _load(spec)
+    try:
+        manifests = {f"{r.slug}-rayservice.yaml": ray_service(platform, r, image) for r in platform.regions}
+    except RenderError as error:
+        errors.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from None
+    out.mkdir(parents=True, exist_ok=True)
+    for name, manifest in manifests.items():
+        (out / name).write_text(yaml.safe_dump(manifest, sort_keys=False))
+        console.print(f"wrote {out / name}")
 
 
 @models_app.command("pull")

@@ -103,3 +103,26 @@ def test_an_accelerator_kubernetes_cannot_schedule_fails_naming_the_field(repo):
     spec = parse_spec(data)
     with pytest.raises(RenderError, match=r"regions\.1\.accelerator: 'TPU-v5e' has no Kubernetes resource name"):
         ray_service(spec, spec.regions[1])
+
+
+def test_the_cli_writes_one_file_per_region_and_names_a_field_it_cannot_render(repo, tmp_path):
+    from typer.testing import CliRunner
+
+    from meridian.cli import app
+
+    runner = CliRunner()
+    spec = repo / "configs" / "examples" / "aws-gcp.yaml"
+    result = runner.invoke(app, ["render", "kubernetes", str(spec), "--out", str(tmp_path / "k8s")])
+    assert result.exit_code == 0, result.output
+    written = sorted(path.name for path in (tmp_path / "k8s").iterdir())
+    assert written == ["aws-us-east-1-rayservice.yaml", "gcp-europe-west4-rayservice.yaml"]
+    loaded = load_spec(spec)
+    assert yaml.safe_load((tmp_path / "k8s" / written[0]).read_text()) == ray_service(loaded, loaded.regions[0])
+
+    data = yaml.safe_load(spec.read_text())
+    data["regions"][1]["accelerator"] = "TPU-v5e"
+    data["regions"][1]["capacity"]["machine_types"] = {"TPU-v5e": "ct5lp-hightpu-1t"}
+    (tmp_path / "tpu.yaml").write_text(yaml.safe_dump(data))
+    refused = runner.invoke(app, ["render", "kubernetes", str(tmp_path / "tpu.yaml"), "--out", str(tmp_path / "x")])
+    assert refused.exit_code == 2 and "regions.1.accelerator" in refused.output
+    assert not (tmp_path / "x").exists()  # nothing half-written
