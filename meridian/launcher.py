@@ -103,7 +103,7 @@ def up(
         state = new_state(spec, spec_path)
         state.save()
         try:
-            start_regions(spec, state, on_step)
+            start_regions(spec, state, spec.regions, on_step)
             start_router(spec, state, on_step)
             start_global_loop(spec, state, on_step)
         except BaseException:
@@ -113,15 +113,23 @@ def up(
         on_step("platform already running; re-applying the Serve configs")
         for region in running_regions(spec, state):
             deploy(spec, state, region, on_step)
+        left_out = [region for region in spec.regions if region.name in state.failed_regions]
+        if left_out:
+            on_step("trying again the regions left out")
+            start_regions(spec, state, left_out, on_step)
     wait_ready(spec, state, on_regions, timeout_s)
     return state, already_up
 
 
-def start_regions(spec: PlatformSpec, state: PlatformState, on_step: ProgressCallback) -> None:
+def start_regions(
+    spec: PlatformSpec, state: PlatformState, regions: list[RegionSpec], on_step: ProgressCallback
+) -> None:
     """Each region's cluster, Serve app and capacity loop. A region that fails is named
     and left out (its cluster, if started, stopped), unless the spec is all-or-nothing
-    or no region is left."""
-    for region in spec.regions:
+    or no region is left. The router and the global loop know every region of the spec,
+    so one that comes up later is routed to as soon as it answers."""
+    for region in regions:
+        state.failed_regions.pop(region.name, None)
         try:
             start_cluster(spec, state, region, on_step)
             deploy(spec, state, region, on_step)

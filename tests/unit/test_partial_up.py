@@ -4,6 +4,7 @@ left out and the others come up, unless the spec is all-or-nothing."""
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from meridian import launcher
 from meridian_core.spec import parse_spec
@@ -46,7 +47,7 @@ def test_an_unreachable_cluster_is_named_and_left_out_and_the_others_come_up(sta
     spec = spec_with()
     state = launcher.new_state(spec, tmp_path / "spec.yaml")
     said: list[str] = []
-    launcher.start_regions(spec, state, said.append)
+    launcher.start_regions(spec, state, spec.regions, said.append)
     assert started == ["deploy local/lab", "loop local/lab"]
     assert list(state.clusters) == ["local/lab"]
     assert "does not answer" in state.failed_regions["local/away"]
@@ -60,7 +61,7 @@ def test_all_or_nothing_fails_up_on_that_region(started, tmp_path):
     spec = spec_with(all_or_nothing=True)
     state = launcher.new_state(spec, tmp_path / "spec.yaml")
     with pytest.raises(launcher.LaunchError, match="local/away"):
-        launcher.start_regions(spec, state, lambda _: None)
+        launcher.start_regions(spec, state, spec.regions, lambda _: None)
 
 
 def test_no_region_left_fails_up_naming_each(started, tmp_path):
@@ -70,5 +71,27 @@ def test_no_region_left_fails_up_naming_each(started, tmp_path):
         launcher.LaunchError,
         match=r"no region came up: local/lab: its cluster does not answer .*; local/away: its cluster does not answer",
     ):
-        launcher.start_regions(spec, state, lambda _: None)
+        launcher.start_regions(spec, state, spec.regions, lambda _: None)
     assert started == []
+
+
+def test_up_again_tries_a_region_left_out_and_keeps_the_others(started, tmp_path, monkeypatch):
+    spec = spec_with()
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    state = launcher.new_state(spec, tmp_path / "spec.yaml")
+    launcher.start_regions(spec, state, spec.regions, lambda _: None)
+    assert list(state.failed_regions) == ["local/away"]
+
+    def reachable(spec, state, region, on_step):  # the cluster answers now
+        state.clusters[region.name] = ClusterState(slug=region.slug, gcs_address="127.0.0.1:1", dashboard_url="x")
+
+    monkeypatch.setattr(launcher, "start_cluster", reachable)
+    monkeypatch.setattr(launcher, "is_up", lambda state: True)
+    monkeypatch.setattr(launcher, "wait_ready", lambda *args: None)
+    monkeypatch.setattr(launcher.models, "pull", lambda source, progress: None)
+    started.clear()
+    again, already_up = launcher.up(tmp_path / "spec.yaml")
+    assert already_up and again.failed_regions == {}
+    assert list(again.clusters) == ["local/lab", "local/away"]
+    # The running region is only re-applied; the one left out is started.
+    assert started == ["deploy local/lab", "deploy local/away", "loop local/away"]
