@@ -216,34 +216,44 @@ def test_up_buys_one_node_per_region_through_the_sdks_and_each_side_is_served_at
 
 @dataclass
 class SteadyLoad:
-    """US clients' requests one after another, at most `per_s` a second, until stopped
-    or `limit` are sent (ten minutes of them)."""
+    """US clients, `clients` of them, each sending requests one after another at most
+    `per_s` a second, until stopped or `limit` each are sent (ten minutes of them).
+
+    A request in flight on the interrupted node is not failed over: Serve holds it for
+    the replica that replaces the lost one (a couple of minutes here), so each client
+    waits up to `patience_s` for an answer, and a second client shows where the others go.
+    """
 
     client: openai.OpenAI
     model: str
+    clients: int = 2
     per_s: float = 2.0
     limit: int = 1200
+    patience_s: float = 300.0
     answered: list[tuple[float, str]] = field(default_factory=list)  # (when, region)
     failed: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        patient = self.client.with_options(timeout=self.patience_s)
+        self._threads = [threading.Thread(target=self._run, args=(patient,), daemon=True) for _ in range(self.clients)]
 
     def __enter__(self) -> SteadyLoad:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join(timeout=150)
+        for thread in self._threads:
+            thread.join(timeout=self.patience_s + 10)
 
-    def _run(self) -> None:
+    def _run(self, client: openai.OpenAI) -> None:
         for _ in range(self.limit):
             if self._stop.wait(1 / self.per_s):
                 return
             try:
-                region, _ = ask(self.client, self.model)
+                region, _ = ask(client, self.model)
                 self.answered.append((time.time(), region))
             except openai.APIError as error:
                 self.failed.append(f"{type(error).__name__}: {str(error)[:200]}")
