@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
 from ray.serve.deployment import Application
@@ -19,6 +19,7 @@ from ray.serve.llm.ingress import make_fastapi_ingress
 
 from deployments.region_ingress import STATUS_ENDPOINTS, RegionIngress, region_app
 from deployments.region_server import RegionLLMServer
+from meridian_core.cluster_spec import ENV_VAR
 from meridian_core.spec import ModelSpec, RegionSpec, SLOSpec, region_resource
 from meridian_host import models
 
@@ -41,8 +42,17 @@ class RegionAppArgs(BaseModel):
     models: list[ModelSpec] = Field(min_length=1)
     slo: SLOSpec = SLOSpec()
     max_ongoing_requests: int = Field(default=64, ge=1)
-    # SHA-256 of the token the global loop sets the region's floor with; unset: no floor is taken.
+    # SHA-256 of the region's token (what `meridian up` writes), or the environment
+    # variable the ingress reads the token itself from (a Kubernetes Secret in its pod's
+    # environment, where no digest can be known at render time). Neither: the region is open.
     control_token_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    control_token_env: str | None = Field(default=None, pattern=ENV_VAR)
+
+    @model_validator(mode="after")
+    def _one_token_source(self) -> RegionAppArgs:
+        if self.control_token_sha256 is not None and self.control_token_env is not None:
+            raise ValueError("give at most one of control_token_sha256 and control_token_env")
+        return self
 
 
 def deployment_config_for(args: RegionAppArgs) -> dict[str, Any]:
@@ -123,4 +133,5 @@ def build_region_app(args: dict[str, Any]) -> Application:
         model_cards=model_cards,
         region=parsed.region.name,
         control_token_sha256=parsed.control_token_sha256,
+        control_token_env=parsed.control_token_env,
     )

@@ -2,17 +2,19 @@
 loop, and `PUT`/`DELETE /fleet-floor`, where the global loop sets or lifts the region's
 replica floor.
 
-A region with a token (its SHA-256 digest is in the app's args) answers nothing
-without it: the router and the global loop, which hold it, are the region's only
-clients. Without a digest the floor endpoints are closed and the rest is open (an
-existing cluster whose spec names no token)."""
+A region with a token (its SHA-256 digest is in the app's args, or the token is in
+the ingress's environment under the variable the args name) answers nothing without
+it: the router and the global loop, which hold it, are the region's only clients.
+Without one the floor endpoints are closed and the rest is open (an existing cluster
+whose spec names no token)."""
 
 from __future__ import annotations
 
 import asyncio
 import hmac
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
@@ -63,6 +65,17 @@ def presents_token(request: Request, digest: str) -> bool:
 _REGION_TOKEN_DIGEST: dict[str, str | None] = {"sha256": None}
 
 
+def region_token_digest(sha256: str | None, env_name: str | None, environ: Mapping[str, str]) -> str | None:
+    """The digest the ingress checks tokens against. A token the args say is in the
+    environment but is not there stops the replica: a region must not start open."""
+    if env_name is None:
+        return sha256
+    token = environ.get(env_name, "")
+    if not token:
+        raise RuntimeError(f"the region token variable {env_name} is empty or unset in the ingress's environment")
+    return token_sha256(token)
+
+
 async def require_region_token(request: Request, call_next: Callable[[Request], Any]) -> Response:
     # At module level, so the app pickled for the replica refers to this module's
     # digest there rather than carrying a copy.
@@ -88,12 +101,13 @@ class RegionIngress(OpenAiIngress):
         *,
         region: str,
         control_token_sha256: str | None = None,
+        control_token_env: str | None = None,
         **kwargs: Any,
     ):
         super().__init__(llm_deployments, model_cards, **kwargs)
         self._region = region
-        self._control_digest = control_token_sha256
-        _REGION_TOKEN_DIGEST["sha256"] = control_token_sha256
+        self._control_digest = region_token_digest(control_token_sha256, control_token_env, os.environ)
+        _REGION_TOKEN_DIGEST["sha256"] = self._control_digest
         # One broadcast at a time per model: polls that arrive meanwhile share it.
         self._pending: dict[str, asyncio.Task] = {}
         self._app_name = serve.get_replica_context().app_name

@@ -22,6 +22,7 @@ HTTP_URL = r"^https?://[^\s/]+(/[^\s]*)?$"
 AWS_REGION = r"^[a-z]{2}(-gov)?-[a-z]+-\d$"
 AWS_ZONE = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d[a-z]$")
 GCP_ZONE = r"^[a-z]+-[a-z]+\d+-[a-z]$"
+ENV_VAR = r"^[A-Z_][A-Z0-9_]*$"
 
 
 class StrictSection(BaseModel):
@@ -38,7 +39,7 @@ class ClusterSpec(StrictSection):
     # The environment variable holding the region's control token, which the global loop
     # sets the region's replica floor with. Unset: MERIDIAN_REGION_TOKEN_<SLUG>, which
     # `meridian up` fills for the clusters it starts.
-    token_env: str | None = Field(default=None, pattern=r"^[A-Z_][A-Z0-9_]*$")
+    token_env: str | None = Field(default=None, pattern=ENV_VAR)
 
     @model_validator(mode="after")
     def _one_kind(self) -> ClusterSpec:

@@ -8,7 +8,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from deployments import region_ingress
-from deployments.region_ingress import region_app
+from deployments.region_ingress import region_app, region_token_digest
 from meridian_host.platform_state import ClusterState, PlatformState
 from meridian_host.region_tokens import dashboard_headers, ray_auth_env, token_sha256
 
@@ -36,6 +36,15 @@ def test_a_region_with_a_token_refuses_requests_without_it(app, path, method):
 
 def test_a_region_without_a_token_is_open(app):
     assert TestClient(app).get("/status").json() == {"ready": 1}
+
+
+def test_a_token_read_from_the_environment_is_checked_by_its_digest_and_a_missing_one_stops_the_region():
+    assert region_token_digest(None, "MERIDIAN_REGION_TOKEN", {"MERIDIAN_REGION_TOKEN": "t"}) == token_sha256("t")
+    assert region_token_digest("ab" * 32, None, {"MERIDIAN_REGION_TOKEN": "t"}) == "ab" * 32
+    assert region_token_digest(None, None, {}) is None
+    for environ in ({}, {"MERIDIAN_REGION_TOKEN": ""}):
+        with pytest.raises(RuntimeError, match="MERIDIAN_REGION_TOKEN is empty or unset"):
+            region_token_digest(None, "MERIDIAN_REGION_TOKEN", environ)
 
 
 def test_a_managed_cluster_has_its_own_ray_token_and_an_existing_one_the_users(tmp_path, monkeypatch):
