@@ -18,6 +18,7 @@ the launcher starts it.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -26,6 +27,7 @@ from collections.abc import Mapping
 
 import httpx
 
+from autoscaler.live.heartbeat import Heartbeat, serve_health
 from autoscaler.policy.fleet_floors import RegionView, fleet_floors
 from meridian_core.contracts import FleetFloor, MalformedMessage, RegionStatus, parse
 from meridian_core.geo import haversine_km
@@ -34,6 +36,8 @@ from meridian_core.spec import PlatformSpec, RegionSpec, load_spec
 log = logging.getLogger("meridian.global_loop")
 INTERVAL_S = 5.0
 TIMEOUT_S = 3.0
+# Beyond the longest a tick can take, before /healthz calls the loop stuck.
+STALE_MARGIN_S = 30.0
 
 
 def fallback_order(spec: PlatformSpec) -> dict[str, list[str]]:
@@ -121,14 +125,22 @@ class GlobalLoop:
 
 
 def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="global_loop", description="Meridian's replica floors across regions")
+    parser.add_argument("spec", help="platform spec (YAML)")
+    parser.add_argument("--health-port", type=int, help="answer GET /healthz on this port (Kubernetes' probes)")
+    args = parser.parse_args(argv[1:])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    spec = load_spec(argv[1])
+    spec = load_spec(args.spec)
     tokens = {region.name: os.environ.get(region.token_env, "") for region in spec.regions}
     for region in spec.regions:
         if not tokens[region.name]:
             log.warning("%s: no control token in %s; it will refuse its floor", region.name, region.token_env)
     loop = GlobalLoop(spec, tokens, httpx.Client())
+    # A tick asks every region at most twice, each within TIMEOUT_S.
+    heartbeat = Heartbeat(stale_after_s=INTERVAL_S + 2 * TIMEOUT_S * len(spec.regions) + STALE_MARGIN_S)
+    if args.health_port is not None:
+        serve_health(heartbeat, "0.0.0.0", args.health_port)
     while True:
         try:
             floors = loop.tick()
@@ -136,6 +148,7 @@ def main(argv: list[str]) -> None:
                 log.info("floors: %s", {name: floor.replicas for name, floor in floors.items()})
         except Exception:  # one bad tick must not end the loop that keeps the fleet warm
             log.exception("global tick failed")
+        heartbeat.beat()
         time.sleep(INTERVAL_S)
 
 

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from autoscaler.live.global_loop import GlobalLoop, fallback_order, floors_from
+from autoscaler.live.heartbeat import Heartbeat, serve_health
 from meridian_core.contracts import CapacityReport, EngineLoad, FleetFloor, RegionStatus, ReplicaCounts, ScalingView
 from meridian_core.spec import PlatformSpec, parse_spec
 
@@ -111,3 +112,20 @@ def test_a_region_that_does_not_answer_or_breaks_its_contract_is_left_out_of_the
     assert floors["local/us-east"].replicas == 1  # the warm minimum goes where the demand was
     assert regions.floors == {"local/us-east": floors["local/us-east"], "local/eu-west": None}  # eu-west's lifted
     assert regions.tokens_seen == {"local/us-east": "Bearer east-token", "local/eu-west": "Bearer west-token"}
+
+
+def test_the_loops_healthz_fails_once_its_last_tick_is_stale():
+    now = [100.0]
+    heartbeat = Heartbeat(stale_after_s=60, clock=lambda: now[0])
+    server = serve_health(heartbeat, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert httpx.get(f"{url}/healthz", timeout=5).json() == {"status": "ok", "last_tick_age_s": 0.0}
+        now[0] += 61
+        stale = httpx.get(f"{url}/healthz", timeout=5)
+        assert stale.status_code == 503 and stale.json()["status"] == "stale"
+        heartbeat.beat()
+        assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+        assert httpx.get(f"{url}/other", timeout=5).status_code == 404
+    finally:
+        server.shutdown()
