@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Annotated
@@ -20,9 +21,11 @@ from capacity.live.ledger import Ledger, fleet_ledger
 from capacity.live.providers import catalog_for
 from capacity.live.report import report_rows
 from meridian import demo, launcher
-from meridian.kubernetes.ray_service import RAY_IMAGE_DEFAULT, RenderError, ray_service
+from meridian.kubernetes.objects import RenderError
+from meridian.kubernetes.render import manifests, to_yaml
 from meridian.serve_config import serve_config
 from meridian.status import collect_status
+from meridian_core.cluster_spec import ENV_VAR
 from meridian_core.replica_model import PROFILES
 from meridian_core.shared_data import MOONCAKE_TRACE
 from meridian_core.spec import SpecError, load_spec
@@ -211,6 +214,10 @@ def down(spec: SpecArg = DEFAULT_SPEC) -> None:
 def serve_config_command(
     spec: SpecArg = DEFAULT_SPEC,
     region: Annotated[str | None, typer.Option(help="the region whose cluster it is for (needed with several)")] = None,
+    token_env: Annotated[
+        str | None,
+        typer.Option(help="the variable in the head's environment holding the region's token; unset: it is open"),
+    ] = None,
 ) -> None:
     """Print the Ray Serve config (`serve deploy` schema) of one region's cluster."""
     platform = _load(spec)
@@ -223,25 +230,30 @@ def serve_config_command(
     except KeyError:
         errors.print(f"[red]no region {region!r} in {platform.name}[/red]")
         raise typer.Exit(2) from None
-    typer.echo(yaml.safe_dump(serve_config(platform, chosen), sort_keys=False), nl=False)
+    if token_env is not None and not re.fullmatch(ENV_VAR, token_env):
+        errors.print(f"[red]--token-env: {token_env!r} is not a variable name ({ENV_VAR})[/red]")
+        raise typer.Exit(2)
+    config = serve_config(platform, chosen, control_token_env=token_env)
+    typer.echo(yaml.safe_dump(config, sort_keys=False), nl=False)
 
 
 @render_app.command("kubernetes")
 def render_kubernetes(
     spec: SpecArg = DEFAULT_SPEC,
     out: Annotated[Path, typer.Option(help="folder the manifests are written to")] = Path("kubernetes"),
-    image: Annotated[str, typer.Option(help="the Meridian image the Ray pods run")] = RAY_IMAGE_DEFAULT,
+    image: Annotated[str | None, typer.Option(help="the image every pod runs; unset: kubernetes.image")] = None,
 ) -> None:
-    """Write one KubeRay RayService per region to OUT, the same bytes for the same spec."""
+    """Write the platform's Kubernetes manifests to OUT: one KubeRay RayService per region,
+    the router, the global loop and a kustomization. The same spec gives the same bytes."""
     platform = _load(spec)
     try:
-        manifests = {f"{r.slug}-rayservice.yaml": ray_service(platform, r, image) for r in platform.regions}
+        files = manifests(platform, image)
     except RenderError as error:
         errors.print(f"[red]{error}[/red]")
         raise typer.Exit(2) from None
     out.mkdir(parents=True, exist_ok=True)
-    for name, manifest in manifests.items():
-        (out / name).write_text(yaml.safe_dump(manifest, sort_keys=False))
+    for name, objects in files.items():
+        (out / name).write_text(to_yaml(objects))
         console.print(f"wrote {out / name}")
 
 

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from meridian_core.capacity_spec import CapacitySpec
 from meridian_core.cluster_spec import AwsCapacity, ClusterSpec, GcpCapacity, LocalCapacity, RegionCapacity
 from meridian_core.geo import LatLon
+from meridian_core.kubernetes_spec import KubernetesSpec
 from meridian_core.replica_model import PROFILES
 
 # Linux hands out ports from 32768 up to outgoing connections and to processes that
@@ -214,6 +215,13 @@ class ApiKeySpec(StrictModel):
     requests_per_minute: int | None = Field(default=None, ge=1)
     tokens_per_minute: int | None = Field(default=None, ge=1)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_plain_key(cls, data: object) -> object:
+        if isinstance(data, dict) and "key" in data:
+            raise ValueError("key: a key is never written in a spec; give its sha256, or key_env naming a variable")
+        return data
+
     @model_validator(mode="after")
     def _one_source(self) -> ApiKeySpec:
         if (self.sha256 is None) == (self.key_env is None):
@@ -332,6 +340,8 @@ class PlatformSpec(StrictModel):
     all_or_nothing: bool = False
     ray: RaySpec = RaySpec()
     capacity: CapacitySpec = CapacitySpec()
+    # Only `meridian render kubernetes` reads it (meridian_core/kubernetes_spec.py).
+    kubernetes: KubernetesSpec = KubernetesSpec()
 
     @model_validator(mode="after")
     def _unique_names(self) -> PlatformSpec:

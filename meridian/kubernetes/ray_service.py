@@ -1,11 +1,13 @@
 """One KubeRay `RayService` per region: the region's own Ray cluster on Kubernetes.
 
-Its `serveConfigV2` is what `meridian serve-config` gives for the region's cluster, so
-the same region app runs as under `meridian up`. The cluster takes Ray's token
+Its `serveConfigV2` is what `meridian serve-config --token-env MERIDIAN_REGION_TOKEN`
+gives for the region's cluster, so the same region app runs as under `meridian up`; its
+head reads the region's token from a Secret. The cluster takes Ray's token
 authentication from a Secret the user creates. Its one worker group carries the
 region's Ray label and resource in KubeRay's own group `labels` and `resources` (the
 operator rejects labels in `rayStartParams`), and the accelerator's Kubernetes resource
-and node selector when the region has one.
+and node selector when the region has one. KubeRay's autoscaler adds and removes
+workers as Serve asks for replicas, between the region's replica bounds.
 
 Pure: spec in, a plain dict out. Writing files is the command's job.
 """
@@ -15,16 +17,29 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
-
+from meridian.kubernetes.objects import (
+    CONTAINER_SECURITY,
+    POD_SECURITY,
+    REGION_TOKEN_KEY,
+    RenderError,
+    dump_yaml,
+    http_probe,
+    metadata,
+    recommended_labels,
+    region_token_secret,
+    resources,
+    secret_env,
+)
 from meridian.serve_config import serve_config
+from meridian_core.kubernetes_spec import PodResources
 from meridian_core.spec import PlatformSpec, RegionSpec, region_resource
 
 RAY_VERSION = "2.60.0"
-RAY_IMAGE_DEFAULT = "meridian:latest"
 REGION_LABEL = "meridian.io/region"
 REGION_RESOURCE_CAPACITY = "1000"
-GCS_PORT, DASHBOARD_PORT, SERVE_PORT = 6379, 8265, 8000
+# Where the head's ingress reads the region's token (deployments/region_ingress.py).
+REGION_TOKEN_VAR = "MERIDIAN_REGION_TOKEN"
+GCS_PORT, DASHBOARD_PORT, SERVE_PORT, DASHBOARD_AGENT_PORT = 6379, 8265, 8000, 52365
 # Ray Serve LLM's high-throughput settings (KubeRay's ray-service.high-throughput-llm
 # sample), set on head and workers alike.
 HIGH_THROUGHPUT_ENV = {
@@ -56,64 +71,93 @@ ACCELERATORS: dict[str, AcceleratorOnKubernetes] = {
 }
 
 
-class RenderError(ValueError):
-    """A spec that cannot be rendered; the message names the field."""
+def ray_service_name(region: RegionSpec) -> str:
+    return f"meridian-{region.slug}"
 
 
-def recommended_labels(spec: PlatformSpec, component: str) -> dict[str, str]:
-    """Kubernetes' recommended `app.kubernetes.io/*` labels."""
-    return {
-        "app.kubernetes.io/name": "meridian",
-        "app.kubernetes.io/instance": spec.name,
-        "app.kubernetes.io/component": component,
-        "app.kubernetes.io/part-of": "meridian",
-        "app.kubernetes.io/managed-by": "meridian",
-    }
+def serve_service_url(region: RegionSpec) -> str:
+    """The region app's base URL inside the cluster: KubeRay's Serve Service for the
+    RayService, which follows the active cluster through upgrades."""
+    return f"http://{ray_service_name(region)}-serve-svc:{SERVE_PORT}/{region.slug}"
+
+
+def head_service_host(region: RegionSpec) -> str:
+    return f"{ray_service_name(region)}-head-svc"
 
 
 def ray_token_secret_name(region: RegionSpec) -> str:
     return f"meridian-{region.slug}-ray-token"
 
 
-def ray_service(spec: PlatformSpec, region: RegionSpec, image: str = RAY_IMAGE_DEFAULT) -> dict[str, Any]:
-    index = spec.regions.index(region)
-    accelerator = _accelerator(region, index)
-    serve = serve_config(spec, region)
+def region_serve_config(spec: PlatformSpec, region: RegionSpec) -> dict[str, Any]:
+    serve = serve_config(spec, region, control_token_env=REGION_TOKEN_VAR)
     # On Kubernetes the proxy answers the region's Service, on Serve's own port.
     serve["http_options"] = {"host": "0.0.0.0", "port": SERVE_PORT}
-    replicas = region.autoscaling.min_replicas if region.autoscaling else region.replicas
-    most = region.autoscaling.max_replicas if region.autoscaling else region.replicas
-    worker_resources = {"cpu": str(spec.ray.cpus_per_region_node), "memory": "16Gi"}
-    if accelerator is not None:
-        worker_resources[accelerator.resource] = "1"
+    return serve
+
+
+def ray_service(spec: PlatformSpec, region: RegionSpec) -> dict[str, Any]:
+    index = spec.regions.index(region)
+    accelerator = _accelerator(region, index)
+    scaling = region.autoscaling
+    fewest = scaling.min_replicas if scaling else region.replicas
+    most = scaling.max_replicas if scaling else region.replicas
+    k8s = spec.kubernetes
+    worker_size = resources(
+        PodResources(cpu=str(spec.ray.cpus_per_region_node), memory=k8s.worker_memory),
+        **({accelerator.resource: "1"} if accelerator else {}),
+    )
+    head_env = [secret_env(REGION_TOKEN_VAR, region_token_secret(region), REGION_TOKEN_KEY)]
+    service_spec: dict[str, Any] = {
+        "serveConfigV2": dump_yaml(region_serve_config(spec, region)),
+        "rayClusterConfig": {
+            "rayVersion": RAY_VERSION,
+            "enableInTreeAutoscaling": True,
+            "authOptions": {"mode": "token", "secretName": ray_token_secret_name(region)},
+            "headGroupSpec": {
+                # The head hosts Serve's controller, proxy and the region's ingress, no replica.
+                "rayStartParams": {"num-cpus": "1", "dashboard-host": "0.0.0.0"},
+                "template": _pod(
+                    spec,
+                    region,
+                    "ray-head",
+                    k8s.image,
+                    resources(k8s.head),
+                    head_env,
+                    _head_ports(),
+                    http_probe("/api/gcs_healthz", DASHBOARD_PORT, period_s=10, failures=6),
+                ),
+            },
+            "workerGroupSpecs": [
+                {
+                    "groupName": "region",
+                    "replicas": fewest,
+                    "minReplicas": fewest,
+                    "maxReplicas": most,
+                    "labels": {REGION_LABEL: region.slug},
+                    "resources": {region_resource(region.slug): REGION_RESOURCE_CAPACITY},
+                    "rayStartParams": {},
+                    "template": _worker_pod(spec, region, worker_size, accelerator),
+                }
+            ],
+        },
+    }
+    upgrade = k8s.incremental_upgrade
+    if upgrade is not None:
+        service_spec["upgradeStrategy"] = {
+            "type": "NewClusterWithIncrementalUpgrade",
+            "clusterUpgradeOptions": {
+                "gatewayClassName": upgrade.gateway_class,
+                "stepSizePercent": upgrade.step_size_percent,
+                "intervalSeconds": upgrade.interval_s,
+                "maxSurgePercent": upgrade.max_surge_percent,
+            },
+        }
     return {
         "apiVersion": "ray.io/v1",
         "kind": "RayService",
-        "metadata": {"name": f"meridian-{region.slug}", "labels": recommended_labels(spec, "region")},
-        "spec": {
-            "serveConfigV2": yaml.safe_dump(serve, sort_keys=False),
-            "rayClusterConfig": {
-                "rayVersion": RAY_VERSION,
-                "authOptions": {"mode": "token", "secretName": ray_token_secret_name(region)},
-                "headGroupSpec": {
-                    # The head hosts Serve's controller, proxy and the region's ingress, no replica.
-                    "rayStartParams": {"num-cpus": "1", "dashboard-host": "0.0.0.0"},
-                    "template": _pod("ray-head", image, {"cpu": "2", "memory": "4Gi"}, None, _head_ports()),
-                },
-                "workerGroupSpecs": [
-                    {
-                        "groupName": "region",
-                        "replicas": max(1, replicas),
-                        "minReplicas": max(1, replicas),
-                        "maxReplicas": max(1, most),
-                        "labels": {REGION_LABEL: region.slug},
-                        "resources": {region_resource(region.slug): REGION_RESOURCE_CAPACITY},
-                        "rayStartParams": {},
-                        "template": _pod("ray-worker", image, worker_resources, accelerator, []),
-                    }
-                ],
-            },
-        },
+        "metadata": metadata(spec, ray_service_name(region), "region"),
+        "spec": service_spec,
     }
 
 
@@ -137,26 +181,52 @@ def _head_ports() -> list[dict[str, Any]]:
     ]
 
 
+def _worker_pod(
+    spec: PlatformSpec, region: RegionSpec, size: dict[str, Any], accelerator: AcceleratorOnKubernetes | None
+) -> dict[str, Any]:
+    template = _pod(
+        spec,
+        region,
+        "ray-worker",
+        spec.kubernetes.image,
+        size,
+        [],
+        [],
+        http_probe("/api/local_raylet_healthz", DASHBOARD_AGENT_PORT, period_s=10, failures=6),
+    )
+    # Leave the cluster before the pod goes, so Serve moves the replica's work first.
+    template["spec"]["containers"][0]["lifecycle"] = {"preStop": {"exec": {"command": ["ray", "stop"]}}}
+    if accelerator is not None:
+        template["spec"]["nodeSelector"] = dict(accelerator.node_selector)
+    return template
+
+
 def _pod(
+    spec: PlatformSpec,
+    region: RegionSpec,
     name: str,
     image: str,
-    resources: dict[str, str],
-    accelerator: AcceleratorOnKubernetes | None,
+    size: dict[str, Any],
+    env: list[dict[str, Any]],
     ports: list[dict[str, Any]],
+    probe: dict[str, Any],
 ) -> dict[str, Any]:
+    throughput = [{"name": key, "value": value} for key, value in sorted(HIGH_THROUGHPUT_ENV.items())]
     container: dict[str, Any] = {
         "name": name,
         "image": image,
-        "env": [{"name": key, "value": value} for key, value in sorted(HIGH_THROUGHPUT_ENV.items())],
-        "resources": {"requests": dict(resources), "limits": dict(resources)},
-        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        "env": throughput + env,
+        "resources": size,
+        # Ray's health endpoints answer without its token.
+        "readinessProbe": probe,
+        "livenessProbe": probe,
+        "securityContext": dict(CONTAINER_SECURITY),
     }
     if ports:
         container["ports"] = ports
-    pod: dict[str, Any] = {
-        "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "fsGroup": 100},
-        "containers": [container],
+    # The region's label on its pods too, for what scrapes or selects them (Prometheus).
+    labels = {**recommended_labels(spec, "region"), REGION_LABEL: region.slug}
+    return {
+        "metadata": {"labels": labels},
+        "spec": {"securityContext": dict(POD_SECURITY), "containers": [container]},
     }
-    if accelerator is not None:
-        pod["nodeSelector"] = dict(accelerator.node_selector)
-    return {"spec": pod}

@@ -1,5 +1,6 @@
 """Each region's rendered RayService is what KubeRay's own CRD schema accepts, runs the
-same Serve config as `meridian up`, and pins the region's replicas to its workers."""
+region app `meridian serve-config` gives, checks the region's token from a Secret, and
+pins the region's replicas to its workers."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from meridian.kubernetes.ray_service import RenderError, ray_service
+from deployments.region_app import RegionAppArgs
+from meridian.kubernetes.objects import RenderError
+from meridian.kubernetes.ray_service import ray_service
 from meridian.serve_config import serve_config
-from meridian_core.spec import load_spec
+from meridian_core.spec import load_spec, parse_spec
 
 CRD = Path(__file__).parents[1] / "fixtures" / "kuberay" / "ray.io_rayservices.yaml"
 
@@ -60,13 +63,47 @@ def test_the_strict_check_sees_a_field_the_crd_does_not_declare(repo, ray_servic
     assert unknown_fields(rendered, ray_service_schema) == [".spec.rayClusterConfig.workerGroupSpecs[0].rayLabels"]
 
 
-def test_its_serve_config_is_the_regions_own_on_serves_port(repo):
+def test_its_serve_config_is_the_regions_own_on_serves_port_with_the_token_from_the_heads_environment(repo):
     spec = load_spec(repo / "configs" / "local.yaml")
     for region in spec.regions:
-        rendered = yaml.safe_load(ray_service(spec, region)["spec"]["serveConfigV2"])
+        service = ray_service(spec, region)
+        rendered = yaml.safe_load(service["spec"]["serveConfigV2"])
         ServeDeploySchema.model_validate(rendered)
-        assert rendered["applications"] == serve_config(spec, region)["applications"]
+        assert (
+            rendered["applications"]
+            == serve_config(spec, region, control_token_env="MERIDIAN_REGION_TOKEN")["applications"]
+        )
+        RegionAppArgs.model_validate(rendered["applications"][0]["args"])
         assert rendered["http_options"] == {"host": "0.0.0.0", "port": 8000}
+        head = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+        token = next(item for item in head["env"] if item["name"] == "MERIDIAN_REGION_TOKEN")
+        assert token["valueFrom"]["secretKeyRef"] == {"name": f"meridian-{region.slug}-region-token", "key": "token"}
+
+
+def test_the_serve_config_command_gives_the_same_region_app(repo):
+    from typer.testing import CliRunner
+
+    from meridian.cli import app
+
+    spec_path = repo / "configs" / "local.yaml"
+    spec = load_spec(spec_path)
+    runner = CliRunner()
+    args = ["serve-config", str(spec_path), "--region", "local/eu-west", "--token-env", "MERIDIAN_REGION_TOKEN"]
+    printed = runner.invoke(app, args)
+    assert printed.exit_code == 0, printed.output
+    rendered = yaml.safe_load(ray_service(spec, spec.regions[1])["spec"]["serveConfigV2"])
+    assert yaml.safe_load(printed.output)["applications"] == rendered["applications"]
+    refused = runner.invoke(app, args[:-1] + ["not a name"])
+    assert refused.exit_code == 2 and "--token-env" in refused.output
+
+
+def test_region_app_args_take_one_token_source_at_most(repo):
+    from pydantic import ValidationError
+
+    spec = load_spec(repo / "configs" / "local.yaml")
+    args = serve_config(spec, spec.regions[0], control_token_env="MERIDIAN_REGION_TOKEN")["applications"][0]["args"]
+    with pytest.raises(ValidationError, match="at most one of control_token_sha256 and control_token_env"):
+        RegionAppArgs.model_validate({**args, "control_token_sha256": "ab" * 32})
 
 
 def test_the_regions_workers_carry_its_label_resource_and_accelerator(repo):
@@ -80,49 +117,40 @@ def test_the_regions_workers_carry_its_label_resource_and_accelerator(repo):
     pod = workers["template"]["spec"]
     assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-L4"}
-    assert (workers["minReplicas"], workers["maxReplicas"]) == (1, 8)
+    assert (workers["replicas"], workers["minReplicas"], workers["maxReplicas"]) == (1, 1, 8)
+    assert cluster["enableInTreeAutoscaling"] is True  # KubeRay adds workers as Serve asks for replicas
+    west = ray_service(spec, spec.regions[1])["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
+    assert (west["minReplicas"], west["maxReplicas"]) == (0, 8)  # a region that idles to zero keeps no worker
     assert cluster["authOptions"] == {"mode": "token", "secretName": "meridian-aws-us-east-1-ray-token"}
     for group in (cluster["headGroupSpec"], workers):
-        env = {item["name"]: item["value"] for item in group["template"]["spec"]["containers"][0]["env"]}
+        env = {item["name"]: item.get("value") for item in group["template"]["spec"]["containers"][0]["env"]}
         assert env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
         assert group["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
 
 
-def test_the_same_spec_renders_the_same_bytes(repo):
-    spec = load_spec(repo / "configs" / "examples" / "aws-gcp.yaml")
-    once = [yaml.safe_dump(ray_service(spec, region)) for region in spec.regions]
-    assert once == [yaml.safe_dump(ray_service(spec, region)) for region in spec.regions]
+def test_incremental_upgrade_is_configured_where_the_spec_asks_for_it(repo, ray_service_schema):
+    data = yaml.safe_load((repo / "configs" / "examples" / "aws-gcp.yaml").read_text())
+    spec = parse_spec(data)
+    assert "upgradeStrategy" not in ray_service(spec, spec.regions[0])["spec"]  # KubeRay's default upgrade
+    data["kubernetes"] = {"incremental_upgrade": {"gateway_class": "istio"}}
+    rendered = ray_service(parse_spec(data), spec.regions[0])
+    assert rendered["spec"]["upgradeStrategy"] == {
+        "type": "NewClusterWithIncrementalUpgrade",
+        "clusterUpgradeOptions": {
+            "gatewayClassName": "istio",
+            "stepSizePercent": 10,
+            "intervalSeconds": 30,
+            "maxSurgePercent": 10,
+        },
+    }
+    jsonschema.validate(rendered, ray_service_schema)
+    assert unknown_fields(rendered, ray_service_schema) == []
 
 
 def test_an_accelerator_kubernetes_cannot_schedule_fails_naming_the_field(repo):
     data = yaml.safe_load((repo / "configs" / "examples" / "aws-gcp.yaml").read_text())
     data["regions"][1]["accelerator"] = "TPU-v5e"
     data["regions"][1]["capacity"]["machine_types"] = {"TPU-v5e": "ct5lp-hightpu-1t"}
-    from meridian_core.spec import parse_spec
-
     spec = parse_spec(data)
     with pytest.raises(RenderError, match=r"regions\.1\.accelerator: 'TPU-v5e' has no Kubernetes resource name"):
         ray_service(spec, spec.regions[1])
-
-
-def test_the_cli_writes_one_file_per_region_and_names_a_field_it_cannot_render(repo, tmp_path):
-    from typer.testing import CliRunner
-
-    from meridian.cli import app
-
-    runner = CliRunner()
-    spec = repo / "configs" / "examples" / "aws-gcp.yaml"
-    result = runner.invoke(app, ["render", "kubernetes", str(spec), "--out", str(tmp_path / "k8s")])
-    assert result.exit_code == 0, result.output
-    written = sorted(path.name for path in (tmp_path / "k8s").iterdir())
-    assert written == ["aws-us-east-1-rayservice.yaml", "gcp-europe-west4-rayservice.yaml"]
-    loaded = load_spec(spec)
-    assert yaml.safe_load((tmp_path / "k8s" / written[0]).read_text()) == ray_service(loaded, loaded.regions[0])
-
-    data = yaml.safe_load(spec.read_text())
-    data["regions"][1]["accelerator"] = "TPU-v5e"
-    data["regions"][1]["capacity"]["machine_types"] = {"TPU-v5e": "ct5lp-hightpu-1t"}
-    (tmp_path / "tpu.yaml").write_text(yaml.safe_dump(data))
-    refused = runner.invoke(app, ["render", "kubernetes", str(tmp_path / "tpu.yaml"), "--out", str(tmp_path / "x")])
-    assert refused.exit_code == 2 and "regions.1.accelerator" in refused.output
-    assert not (tmp_path / "x").exists()  # nothing half-written
