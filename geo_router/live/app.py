@@ -78,6 +78,7 @@ def create_app(
                 spec.region_endpoint(r),
                 CircuitBreaker(settings.breaker_failure_threshold, settings.breaker_open_s),
                 token=os.environ.get(r.token_env),
+                on_breaker_trip=lambda name: metrics.breaker_trips.labels(name).inc(),
             )
             for r in spec.regions
         ],
@@ -86,6 +87,8 @@ def create_app(
         interval_s=settings.health_poll_interval_s,
         on_malformed=lambda error: metrics.malformed.labels(contract=error.contract).inc(),
     )
+    for name in table.regions:  # exported at 0 from the start, so the first trip shows in increase()
+        metrics.breaker_trips.labels(name)
     proxy = Proxy(upstream, metrics, settings.upstream_timeout_s)
     profiles = {r.name: PROFILES[r.profile] for r in spec.regions}
     memory = RoutingMemory()
@@ -216,9 +219,11 @@ def create_app(
             )
         facts = request_facts(parsed, location, request)
         if key is not None:
-            wait_s = limits[key.name].admit(facts.prompt_tokens + completion_cap(parsed.fields), time.monotonic())
+            tokens, now = facts.prompt_tokens + completion_cap(parsed.fields), time.monotonic()
+            wait_s = limits[key.name].admit(tokens, now)
             if wait_s > 0:
                 metrics.requests.labels("none", parsed.model, "429").inc()
+                metrics.rate_limited.labels(limits[key.name].limiting(tokens, now)).inc()
                 retry = "3600" if math.isinf(wait_s) else str(math.ceil(wait_s))
                 return error_response(
                     429,
@@ -293,6 +298,7 @@ def create_app(
     async def prometheus_metrics() -> Response:
         for region in table.regions.values():
             metrics.region_healthy.labels(region.name).set(1 if region.healthy else 0)
+            metrics.breaker_open.labels(region.name).set(1 if region.breaker.is_open else 0)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from geo_router.live.ratelimit import LIMITS
+
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -60,3 +62,25 @@ class RouterMetrics:
             ["region"],
             registry=self.registry,
         )
+        self.breaker_open = Gauge(
+            "meridian_router_region_breaker_open",
+            "1 while the region's circuit breaker is open.",
+            ["region"],
+            registry=self.registry,
+        )
+        # A breaker opens for `breaker_open_s` (2 s by default), often less than a scrape
+        # interval: the gauge alone would miss most openings.
+        self.breaker_trips = Counter(
+            "meridian_router_region_breaker_trips",
+            "Times the region's circuit breaker went from closed to open.",
+            ["region"],
+            registry=self.registry,
+        )
+        self.rate_limited = Counter(
+            "meridian_router_rate_limited_requests",
+            "Requests refused with 429 by an API key's limit, by the limit that refused them (requests, tokens).",
+            ["limit"],
+            registry=self.registry,
+        )
+        for limit in LIMITS:  # exported at 0 from the start, so the first refusal shows in rate()
+            self.rate_limited.labels(limit)

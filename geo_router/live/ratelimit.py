@@ -39,6 +39,10 @@ class TokenBucket:
         self.level -= amount
 
 
+# The limits a key may have, as `KeyLimits.limiting` names them.
+LIMITS = ("requests", "tokens")
+
+
 @dataclass
 class KeyLimits:
     """A key's requests-per-minute and tokens-per-minute buckets, taken together or not at all."""
@@ -46,11 +50,20 @@ class KeyLimits:
     requests: TokenBucket | None
     tokens: TokenBucket | None
 
+    def _demands(self, tokens: float) -> list[tuple[str, TokenBucket, float]]:
+        wanted = zip(LIMITS, (self.requests, self.tokens), (1.0, tokens), strict=True)
+        return [(limit, bucket, amount) for limit, bucket, amount in wanted if bucket is not None]
+
     def admit(self, tokens: float, now: float) -> float:
         """Take one request and `tokens` if both fit; else take nothing and return the wait in s."""
-        demands = [(b, a) for b, a in ((self.requests, 1.0), (self.tokens, tokens)) if b is not None]
-        wait = max((bucket.wait_s(amount, now) for bucket, amount in demands), default=0.0)
+        demands = self._demands(tokens)
+        wait = max((bucket.wait_s(amount, now) for _, bucket, amount in demands), default=0.0)
         if wait == 0.0:
-            for bucket, amount in demands:
+            for _, bucket, amount in demands:
                 bucket.take(amount, now)
         return wait
+
+    def limiting(self, tokens: float, now: float) -> str:
+        """The limit that keeps a request for `tokens` waiting longest now: the one that refused it."""
+        waits = {limit: bucket.wait_s(amount, now) for limit, bucket, amount in self._demands(tokens)}
+        return max(waits, key=waits.__getitem__)

@@ -61,6 +61,8 @@ class Region:
     out_of_capacity: bool = False
     cold_start_s: float = 0.0
     cold_since: float | None = None
+    # Told the region's name each time its breaker goes from closed to open.
+    on_breaker_trip: Callable[[str], None] = field(default=lambda _: None, repr=False)
 
     def auth_headers(self) -> dict[str, str]:
         return {"authorization": f"Bearer {self.token}"} if self.token else {}
@@ -100,9 +102,12 @@ class Region:
         )
 
     def mark_down(self, reason: str) -> None:
-        if not self.breaker.is_open:
+        was_open = self.breaker.is_open
+        if not was_open:
             log.warning("region %s failed: %s", self.name, reason)
         self.breaker.record_failure(time.monotonic())
+        if self.breaker.is_open and not was_open:
+            self.on_breaker_trip(self.name)
         self.last_error = reason
 
     def mark_answered(self) -> None:
