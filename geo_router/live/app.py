@@ -270,19 +270,46 @@ def create_app(
     async def completions(request: Request) -> Response:
         return await route(request, "completions")
 
+    @app.post("/v1/embeddings", openapi_extra=openapi.EMBEDDINGS)
+    async def embeddings(request: Request) -> Response:
+        return await route(request, "embeddings")
+
+    @app.post("/v1/responses")
+    async def responses(request: Request) -> Response:
+        key = authenticate(request)
+        if isinstance(key, Response):
+            return key
+        return error_response(
+            404,
+            "the Responses API is not served by this platform's regions (Ray Serve LLM's ingress does not "
+            "implement it); use /v1/chat/completions",
+            code="unsupported_endpoint",
+        )
+
+    def model_card(model_id: str, serving: set[str]) -> dict:
+        return {"id": model_id, "object": "model", "created": 0, "owned_by": "meridian", "ready": model_id in serving}
+
+    def serving_models() -> set[str]:
+        return {m for r in table.regions.values() if r.healthy for m in r.models}
+
     @app.get("/v1/models", response_model=None)
     async def models(request: Request) -> dict | Response:
         key = authenticate(request)
         if isinstance(key, Response):
             return key
-        serving = {m for r in table.regions.values() if r.healthy for m in r.models}
-        return {
-            "object": "list",
-            "data": [
-                {"id": m.id, "object": "model", "created": 0, "owned_by": "meridian", "ready": m.id in serving}
-                for m in spec.models
-            ],
-        }
+        serving = serving_models()
+        return {"object": "list", "data": [model_card(m.id, serving) for m in spec.models]}
+
+    @app.get("/v1/models/{model_id:path}", response_model=None)
+    async def model(request: Request, model_id: str) -> dict | Response:
+        key = authenticate(request)
+        if isinstance(key, Response):
+            return key
+        if model_id not in known_models:
+            return error_response(
+                404, f"The model `{model_id[:256]}` does not exist", param="model", code="model_not_found"
+            )
+        return model_card(model_id, serving_models())
 
     @app.get("/healthz")
     async def healthz() -> dict:

@@ -40,3 +40,15 @@ COMPLETIONS = _body(
         },
     }
 )
+EMBEDDINGS = _body(
+    {
+        "type": "object",
+        "required": ["model", "input"],
+        "properties": {
+            "model": {"type": "string"},
+            "input": {"oneOf": [{"type": "string"}, {"type": "array", "minItems": 1, "items": {"type": "string"}}]},
+            "encoding_format": {"type": "string", "enum": ["float", "base64"]},
+            "user": {"type": "string"},
+        },
+    }
+)

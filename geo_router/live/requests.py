@@ -27,6 +27,7 @@ class InferenceRequest:
 REQUIRED_INPUT = {
     "chat/completions": ("messages", (list,)),
     "completions": ("prompt", (str, list)),
+    "embeddings": ("input", (str, list)),
 }
 
 

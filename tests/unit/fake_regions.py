@@ -31,6 +31,7 @@ class FakeRegion:
     capacity: CapacityReport | None = None
     # Sent as the /status body instead of a well-formed one.
     status_body: bytes | None = None
+    models: list[str] = field(default_factory=lambda: [MODEL])
     calls: list[str] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
 
@@ -93,7 +94,7 @@ class FakeRegions:
                 200,
                 json={
                     "region": region.name,
-                    "models": [MODEL],
+                    "models": region.models,
                     "replicas": {
                         "ready": region.ready,
                         "starting": max(0, region.autoscaling.target - region.ready) if region.autoscaling else 0,
@@ -108,6 +109,8 @@ class FakeRegions:
         if region.mode == "bad_request":
             return streamed(400, json_body={"error": {"message": "max_tokens too large", "type": "BadRequestError"}})
         body = json.loads(request.content)
+        if rest == "v1/embeddings":
+            return streamed(200, json_body={"object": "list", "data": [{"embedding": [0.5]}], "region": region.name})
         if body.get("stream"):
             return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=self._stream(region))
         return streamed(200, json_body={"object": "chat.completion", "region": region.name})
