@@ -38,6 +38,7 @@ from geo_router.live.requests import (
     completion_cap,
     parse_inference_request,
     read_capped_body,
+    session_key,
 )
 from geo_router.live.tracing import tracer_provider
 from geo_router.live.upstream import AiohttpUpstream, HttpxUpstream, Upstream
@@ -125,6 +126,7 @@ def create_app(
 
     app = FastAPI(title="Meridian geo router", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.regions = table
+    app.state.memory = memory
     app.state.metrics = metrics
     app.add_middleware(EnvelopeMiddleware)
 
@@ -141,10 +143,8 @@ def create_app(
         log.exception("unexpected router error")
         return error_response(500, f"internal router error ({type(exc).__name__}); see the router log")
 
-    def request_facts(parsed: InferenceRequest, location: LatLon, request: Request) -> RequestFacts:
+    def request_facts(parsed: InferenceRequest, location: LatLon, session: str | None) -> RequestFacts:
         text = prompt_text(parsed.fields)
-        user = parsed.fields.get("user")
-        session = request.headers.get("x-session-id") or (user if isinstance(user, str) and user else None)
         return RequestFacts(
             client=location,
             prompt_tokens=max(1, len(text) // CHARS_PER_TOKEN),
@@ -196,7 +196,6 @@ def create_app(
         span.end()
 
     async def dispatch(request: Request, path: str, span: Span) -> Response:
-        started = time.perf_counter()
         key = authenticate(request)
         if isinstance(key, Response):
             return key
@@ -205,9 +204,12 @@ def create_app(
                 request.stream(), request.headers.get("content-length"), settings.max_body_bytes
             )
             parsed = parse_inference_request(path, body)
+            session = session_key(request.headers.get("x-session-id"), parsed.fields)
             location = locator.locate(request.headers, request.client.host if request.client else None).location
         except InvalidRequest as error:
             return error_response(error.status, error.message, param=error.param)
+        # From here on the time is the regions' and the router's: a slow upload is not.
+        started = time.perf_counter()
         request.scope["state"]["model"] = parsed.model
         if parsed.model not in known_models:  # before any quota is charged
             metrics.requests.labels("none", "unknown", "404").inc()
@@ -217,7 +219,7 @@ def create_app(
                 param="model",
                 code="model_not_found",
             )
-        facts = request_facts(parsed, location, request)
+        facts = request_facts(parsed, location, session)
         if key is not None:
             tokens, now = facts.prompt_tokens + completion_cap(parsed.fields), time.monotonic()
             wait_s = limits[key.name].admit(tokens, now)
@@ -233,7 +235,11 @@ def create_app(
                 )
         candidates, panic = table.servable(parsed.model)
         decision = choose(
-            [r.load(corrector.correction_for(r.name)) for r in candidates], facts, memory, profiles, settings.scoring
+            [r.load(corrector.correction_for(r.name, time.monotonic())) for r in candidates],
+            facts,
+            memory,
+            profiles,
+            settings.scoring,
         )
         if decision is None:
             metrics.requests.labels("none", parsed.model, "503").inc()
@@ -249,7 +255,7 @@ def create_app(
         def learn(region: Region, ttfb_s: float) -> None:
             memory.remember(region.name, facts)
             if parsed.stream:  # only a stream's first byte is its first token
-                corrector.observe(region.name, predicted_ms[region.name], ttfb_s * 1000)
+                corrector.observe(region.name, predicted_ms[region.name], ttfb_s * 1000, time.monotonic())
 
         span.set_attributes({"meridian.model": parsed.model, "meridian.reason": reason})
         headers = {**request.headers, "x-request-id": request_id_of(request.scope)}

@@ -59,8 +59,9 @@ class RegionFailed(Exception):
 
 def is_retryable_status(status: int) -> bool:
     # 404 from a region means its app (route prefix) is gone: the router has already
-    # checked the model name. 5xx is the region's fault. Other 4xx are the client's.
-    return status == 404 or status == 408 or status >= 500
+    # checked the model name. 5xx is the region's fault, and so is a redirect (never
+    # followed). Other 4xx are the client's.
+    return 300 <= status < 400 or status == 404 or status == 408 or status >= 500
 
 
 @dataclass
@@ -94,6 +95,8 @@ class Proxy:
         last byte has been relayed (outcome: the HTTP status, or `stream_broken`).
         """
         forwarded = {k: v for k, v in headers.items() if k in FORWARDED_REQUEST_HEADERS}
+        # The answer is relayed as it comes, with no Content-Encoding: it must come plain.
+        forwarded["accept-encoding"] = "identity"
         failures: list[str] = []
         for position, region in enumerate(ranked):
             why = reason if position == 0 else "failover"

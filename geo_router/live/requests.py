@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,8 @@ def parse_inference_request(endpoint: str, body: bytes) -> InferenceRequest:
         fields = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise InvalidRequest(f"request body is not valid JSON: {error}") from None
+    except RecursionError:
+        raise InvalidRequest("request body is nested too deeply") from None
     if not isinstance(fields, dict):
         raise InvalidRequest("request body must be a JSON object")
 
@@ -61,6 +64,22 @@ def parse_inference_request(endpoint: str, body: bytes) -> InferenceRequest:
     if not isinstance(stream, bool):
         raise InvalidRequest("'stream' must be a boolean", param="stream")
     return InferenceRequest(model=model, stream=stream, body=body, fields=fields)
+
+
+# Longest session identifier (X-Session-Id, or the body's `user`) the router keeps affinity for.
+MAX_SESSION_ID_CHARS = 256
+
+
+def session_key(header: str | None, fields: dict[str, Any]) -> str | None:
+    """The request's session as a fixed-size key: the routing memory never holds what a
+    client sent, however long."""
+    user = fields.get("user")
+    for name, value in (("x-session-id", header), ("user", user)):
+        if isinstance(value, str) and value:
+            if len(value) > MAX_SESSION_ID_CHARS:
+                raise InvalidRequest(f"'{name}' is longer than {MAX_SESSION_ID_CHARS} characters", param=name)
+            return hashlib.blake2b(value.encode(), digest_size=16).hexdigest()
+    return None
 
 
 # Completion tokens reserved against a tokens-per-minute limit when a request sets no max.

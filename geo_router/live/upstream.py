@@ -58,7 +58,10 @@ class AiohttpUpstream:
     async def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout_s: float) -> UpstreamResponse:
         timeout = aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT_S, sock_read=timeout_s)
         try:
-            response = await self._client().post(url, data=body, headers=dict(headers), timeout=timeout)
+            # A region's redirect is its failure, never a new place to send the prompt.
+            response = await self._client().post(
+                url, data=body, headers=dict(headers), timeout=timeout, allow_redirects=False
+            )
         except (TimeoutError, aiohttp.ClientError) as error:
             raise UpstreamError(f"{type(error).__name__}: {error}") from None
 

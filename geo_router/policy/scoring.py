@@ -246,33 +246,45 @@ def _sticky_region(
 
 
 class RttCorrector:
-    """Per region, an EWMA of (observed time to first byte − predicted TTFT).
+    """Per region, a smoothed (observed time to first byte − predicted TTFT).
 
     The distance prior knows nothing of a region's real network path or of engine speed;
-    the residual the router observes on every answered request corrects both.
+    the residual the router observes on answered requests corrects both. One
+    observation moves a correction by at most `max_step_ms` (a slow client or one odd
+    request cannot swing it), and a correction fades with `half_life_s` once no traffic
+    confirms it (a region traffic avoids is not held to an old reading).
     """
 
-    def __init__(self, alpha: float = 0.2, limit_ms: float = 5_000.0):
+    def __init__(
+        self, alpha: float = 0.2, limit_ms: float = 5_000.0, max_step_ms: float = 100.0, half_life_s: float = 300.0
+    ):
         self.alpha = alpha
         self.limit_ms = limit_ms
-        self.correction_ms: dict[str, float] = {}
+        self.max_step_ms = max_step_ms
+        self.half_life_s = half_life_s
+        self._learned: dict[str, tuple[float, float]] = {}  # region -> (correction ms, when learned)
 
-    def correction_for(self, region: str) -> float:
+    def _decayed(self, region: str, now: float) -> float:
+        value, at = self._learned[region]
+        return value * 0.5 ** (max(0.0, now - at) / self.half_life_s)
+
+    def correction_for(self, region: str, now: float) -> float:
         """The region's learned correction; before any evidence, the fleet's average.
 
         Much of a residual is model error common to every region (engine speed, prompt
         size); a region not yet observed must not look faster just for that.
         """
-        if region in self.correction_ms:
-            return self.correction_ms[region]
-        if not self.correction_ms:
+        if region in self._learned:
+            return self._decayed(region, now)
+        if not self._learned:
             return 0.0
-        return sum(self.correction_ms.values()) / len(self.correction_ms)
+        return sum(self._decayed(other, now) for other in self._learned) / len(self._learned)
 
-    def observe(self, region: str, predicted_ms: float, observed_ms: float) -> None:
+    def observe(self, region: str, predicted_ms: float, observed_ms: float, now: float) -> None:
+        """`predicted_ms` includes the correction the request was routed with."""
         if not (math.isfinite(predicted_ms) and math.isfinite(observed_ms)):
             return
-        residual = observed_ms - (predicted_ms - self.correction_for(region))
-        previous = self.correction_ms.get(region)
-        value = residual if previous is None else previous + self.alpha * (residual - previous)
-        self.correction_ms[region] = max(-self.limit_ms, min(self.limit_ms, value))
+        current = self.correction_for(region, now)
+        residual = observed_ms - (predicted_ms - current)
+        step = max(-self.max_step_ms, min(self.max_step_ms, self.alpha * (residual - current)))
+        self._learned[region] = (max(-self.limit_ms, min(self.limit_ms, current + step)), now)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import json
 import socket
 import threading
@@ -49,6 +50,7 @@ def event(content: str, region: str) -> bytes:
 class LoopbackRegion:
     name: str
     # ok | gone (404) | error500 | hang (no headers) | hang_body (headers, no body) | break_stream
+    # | redirect (307 elsewhere) | gzip (compresses its answer when the caller accepts it)
     mode: str = "ok"
     port: int = 0
     calls: list[str] = field(default_factory=list)
@@ -78,6 +80,13 @@ class LoopbackRegion:
             return web.Response(status=404, text="Path '/x' not found.")
         if self.mode == "error500":
             return web.Response(status=500, text="Internal Server Error")
+        if self.mode == "redirect":
+            return web.Response(status=307, headers={"Location": f"/{self.slug}/elsewhere"})
+        if self.mode == "gzip" and "gzip" in request.headers.get("Accept-Encoding", ""):
+            answer = json.dumps({"object": "chat.completion", "region": self.name}).encode()
+            return web.Response(
+                body=gzip.compress(answer), headers={"Content-Type": "application/json", "Content-Encoding": "gzip"}
+            )
         if self.mode == "hang":
             await self._wait()
         if self.mode == "hang_body":
@@ -102,6 +111,11 @@ class LoopbackRegion:
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
+
+    async def elsewhere(self, request: web.Request) -> web.Response:
+        """Where a redirect points: a prompt arriving here has been re-sent."""
+        self.calls.append("elsewhere")
+        return web.json_response({"object": "chat.completion", "region": "elsewhere"})
 
     async def _wait(self) -> None:
         try:
@@ -132,6 +146,7 @@ class LoopbackRegions:
             app = web.Application()
             app.router.add_get(f"/{slug}/status", region.status)
             app.router.add_post(f"/{slug}/v1/chat/completions", region.chat)
+            app.router.add_post(f"/{slug}/elsewhere", region.elsewhere)
             runner = web.AppRunner(app, shutdown_timeout=1.0, access_log=None)
             await runner.setup()
             await web.TCPSite(runner, "127.0.0.1", 0).start()
@@ -283,3 +298,34 @@ def test_a_stream_that_breaks_after_its_first_byte_ends_with_an_error_event_not_
     assert_counted(
         router, f'meridian_router_requests_total{{model="{MODEL}",region="local/us-east",status="stream_broken"}} 1.0'
     )
+
+
+def test_a_compressing_region_is_asked_for_plain_bytes(router, regions):
+    regions["local-us-east"].mode = "gzip"
+    answered = router.post("/v1/chat/completions", json=CHAT)
+    assert answered.status_code == 200
+    assert answered.json() == {"object": "chat.completion", "region": "local/us-east"}
+
+
+def test_a_redirect_is_the_regions_failure_and_is_never_followed(router, regions):
+    regions["local-us-east"].mode = "redirect"
+    answered = router.post("/v1/chat/completions", json=CHAT)
+    assert answered.status_code == 200 and answered.headers["x-meridian-region"] == "local/eu-west"
+    assert "elsewhere" not in regions["local-us-east"].calls
+
+
+def test_a_slow_upload_is_not_counted_in_the_regions_time_to_first_byte(router, regions):
+    def slow_body() -> Iterator[bytes]:
+        yield b'{"model": "' + MODEL.encode() + b'", '
+        time.sleep(2.0)  # the client is slow to send the rest; the region answers at once
+        yield b'"messages": [{"role": "user", "content": "hi"}]}'
+
+    answered = router.post("/v1/chat/completions", content=slow_body(), headers={"content-type": "application/json"})
+    assert answered.status_code == 200
+    scraped = router.get("/metrics").text
+    (line,) = [
+        line
+        for line in scraped.splitlines()
+        if line.startswith("meridian_router_time_to_first_byte_seconds_sum") and "local/us-east" in line
+    ]
+    assert float(line.split()[-1]) < 1.5  # the 2 s upload is not in it

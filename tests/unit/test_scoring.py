@@ -165,11 +165,24 @@ def test_prefix_index_forgets_least_recently_used():
 def test_rtt_corrector_learns_the_residual():
     corrector = RttCorrector(alpha=0.5)
     for _ in range(20):
-        predicted = 100.0 + corrector.correction_ms.get("r", 0.0)
-        corrector.observe("r", predicted, observed_ms=160.0)
-    assert corrector.correction_ms["r"] == pytest.approx(60.0, abs=0.1)
-    corrector.observe("r", float("nan"), 1.0)  # ignored
-    assert corrector.correction_ms["r"] == pytest.approx(60.0, abs=0.1)
+        predicted = 100.0 + corrector.correction_for("r", now=0.0)
+        corrector.observe("r", predicted, observed_ms=160.0, now=0.0)
+    assert corrector.correction_for("r", now=0.0) == pytest.approx(60.0, abs=0.1)
+    corrector.observe("r", float("nan"), 1.0, now=0.0)  # ignored
+    assert corrector.correction_for("r", now=0.0) == pytest.approx(60.0, abs=0.1)
+
+
+def test_one_slow_observation_moves_a_correction_a_bounded_step_and_corrections_fade():
+    corrector = RttCorrector(max_step_ms=100.0, half_life_s=300.0)
+    for _ in range(30):
+        corrector.observe("eu-west", 50.0 + corrector.correction_for("eu-west", 0.0), observed_ms=4.0, now=0.0)
+    settled = corrector.correction_for("eu-west", 0.0)
+    assert settled == pytest.approx(-46.0, abs=1.0)
+    # A client uploading slowly makes one request look 600 ms slower than it was.
+    corrector.observe("eu-west", 50.0 + settled, observed_ms=650.0, now=0.0)
+    assert corrector.correction_for("eu-west", 0.0) - settled <= 100.0
+    assert corrector.correction_for("eu-west", 300.0) == pytest.approx(corrector.correction_for("eu-west", 0.0) / 2)
+    assert abs(corrector.correction_for("eu-west", 3600.0)) < 1.0
 
 
 def test_prefix_blocks_share_leading_blocks_only():
@@ -185,13 +198,14 @@ def test_prefix_blocks_share_leading_blocks_only():
 
 def test_an_unobserved_region_inherits_the_fleet_correction():
     corrector = RttCorrector()
-    corrector.observe("us-east", predicted_ms=50.0, observed_ms=550.0)  # a slow engine, not a slow path
-    assert corrector.correction_for("us-east") == pytest.approx(500.0)
-    assert corrector.correction_for("eu-west") == pytest.approx(500.0)
+    for _ in range(100):  # a slow engine, not a slow path
+        corrector.observe("us-east", 50.0 + corrector.correction_for("us-east", 0.0), observed_ms=550.0, now=0.0)
+    assert corrector.correction_for("us-east", 0.0) == pytest.approx(500.0, abs=1.0)
+    assert corrector.correction_for("eu-west", 0.0) == pytest.approx(500.0, abs=1.0)
     memory = RoutingMemory()
     load = [
-        RegionLoad("us-east", ASHBURN, 1, rtt_correction_ms=corrector.correction_for("us-east")),
-        RegionLoad("eu-west", DUBLIN, 1, rtt_correction_ms=corrector.correction_for("eu-west")),
+        RegionLoad("us-east", ASHBURN, 1, rtt_correction_ms=corrector.correction_for("us-east", 0.0)),
+        RegionLoad("eu-west", DUBLIN, 1, rtt_correction_ms=corrector.correction_for("eu-west", 0.0)),
     ]
     assert choose(load, facts(client=BOSTON), memory, PROFILES, SCORING).ranked[0] == "us-east"  # still the nearer one
 
