@@ -40,6 +40,7 @@ from geo_router.live.requests import (
     read_capped_body,
     session_key,
 )
+from geo_router.live.supervised import supervise
 from geo_router.live.tracing import tracer_provider
 from geo_router.live.upstream import AiohttpUpstream, HttpxUpstream, Upstream
 from geo_router.policy.scoring import RequestFacts, RoutingMemory, RttCorrector, choose
@@ -87,6 +88,7 @@ def create_app(
         timeout_s=settings.health_timeout_s,
         interval_s=settings.health_poll_interval_s,
         on_malformed=lambda error: metrics.malformed.labels(contract=error.contract).inc(),
+        on_poll_error=lambda _: metrics.background_failures.labels("status_poll").inc(),
     )
     for name in table.regions:  # exported at 0 from the start, so the first trip shows in increase()
         metrics.breaker_trips.labels(name)
@@ -113,7 +115,13 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await table.poll_once()  # serve from the first request on, not after one interval
-        poller = asyncio.create_task(table.poll_forever(settings.health_poll_interval_s))
+        poller = asyncio.create_task(
+            supervise(
+                "health_poll",
+                lambda: table.poll_forever(settings.health_poll_interval_s),
+                lambda task: metrics.background_failures.labels(task).inc(),
+            )
+        )
         try:
             yield
         finally:
@@ -317,10 +325,13 @@ def create_app(
             )
         return model_card(model_id, serving_models())
 
-    @app.get("/healthz")
-    async def healthz() -> dict:
-        # The router's own liveness: it answers even when no region is healthy.
+    @app.get("/healthz", response_model=None)
+    async def healthz() -> dict | Response:
+        # The router's own liveness: it answers even when no region is healthy, and
+        # fails only when its view of the regions has stopped being refreshed.
         healthy = [r.name for r in table.regions.values() if r.healthy]
+        if table.poll_is_stale(time.monotonic()):
+            return JSONResponse({"status": "stale", "healthy_regions": healthy}, status_code=503)
         return {"status": "ok" if healthy else "degraded", "healthy_regions": healthy}
 
     @app.get("/regions")

@@ -62,6 +62,12 @@ class RouterMetrics:
             ["region"],
             registry=self.registry,
         )
+        self.background_failures = Counter(
+            "meridian_router_background_task_failures",
+            "Failures of the router's background work, by task (status_poll: one region's poll).",
+            ["task"],
+            registry=self.registry,
+        )
         self.breaker_open = Gauge(
             "meridian_router_region_breaker_open",
             "1 while the region's circuit breaker is open.",
@@ -82,5 +88,7 @@ class RouterMetrics:
             ["limit"],
             registry=self.registry,
         )
+        for task in ("health_poll", "status_poll"):  # exported at 0 from the start
+            self.background_failures.labels(task)
         for limit in LIMITS:  # exported at 0 from the start, so the first refusal shows in rate()
             self.rate_limited.labels(limit)

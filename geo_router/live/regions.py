@@ -165,12 +165,15 @@ class RegionTable:
         timeout_s: float,
         interval_s: float,
         on_malformed: Callable[[MalformedMessage], None] = lambda _: None,
+        on_poll_error: Callable[[str], None] = lambda _: None,
     ):
         self.regions = {r.name: r for r in regions}
         self._client = client
         self._timeout_s = timeout_s
         self._interval_s = interval_s
         self._on_malformed = on_malformed
+        self._on_poll_error = on_poll_error
+        self.last_round_at = time.monotonic()
 
     def servable(self, model: str) -> tuple[list[Region], bool]:
         """Regions to route `model` to, and whether this is panic routing: when every
@@ -182,7 +185,21 @@ class RegionTable:
         return [r for r in self.regions.values() if (r.ready_replicas > 0 or r.may_start) and model in r.models], True
 
     async def poll_once(self) -> None:
-        await asyncio.gather(*(self._poll(region) for region in self.regions.values()))
+        await asyncio.gather(*(self._poll_guarded(region) for region in self.regions.values()))
+        self.last_round_at = time.monotonic()
+
+    def poll_is_stale(self, now: float) -> bool:
+        """Whether the poll has stopped going round: region state would then be frozen."""
+        return now - self.last_round_at > 5 * (self._interval_s + self._timeout_s)
+
+    async def _poll_guarded(self, region: Region) -> None:
+        """One region's poll; whatever goes wrong marks that region down, never the poll."""
+        try:
+            await self._poll(region)
+        except Exception as error:
+            self._on_poll_error(region.name)
+            log.error("status poll of %s failed unexpectedly (%s)", region.name, type(error).__name__)
+            region.mark_down(f"status poll failed: {type(error).__name__}")
 
     async def poll_forever(self, interval_s: float) -> None:
         while True:
