@@ -170,8 +170,10 @@ def capacity_report(
         raise typer.Exit(1)
     catalog = Catalog(o for region in platform.regions for o in catalog_for(platform, region).offerings())
     rows = report_rows(snapshot, events, catalog, platform.capacity, now)
+    skipped = sum(ledger.skipped_lines for ledger in ledgers)  # lines of the event logs it could not read
     if as_json:
-        typer.echo(json.dumps({"platform": platform.name, "at_s": snapshot.at_s, "rows": rows}, indent=2))
+        report = {"platform": platform.name, "at_s": snapshot.at_s, "rows": rows, "skipped_event_lines": skipped}
+        typer.echo(json.dumps(report, indent=2))
         return
     table = Table(title=f"capacity of {platform.name}, {now - snapshot.at_s:.0f} s ago")
     columns = ("cloud", "region", "kind", "nodes od+spot", "accel.", "$/h", "$/day", "util.")
@@ -191,6 +193,8 @@ def capacity_report(
             "-" if row["quota_headroom"] is None else str(row["quota_headroom"]),
         )
     console.print(table)
+    if skipped:
+        errors.print(f"[yellow]{skipped} unreadable event line(s) skipped[/yellow]")
 
 
 @app.command()

@@ -17,6 +17,12 @@ Run as `python -m capacity.live.capacity_loop SPEC REGION`; the launcher starts 
 region. Releases go through the provider's drain, which refuses a node still running
 something, so a replica is never killed under its requests; another idle node of the
 same kind is released instead, or none this tick.
+
+What it reads from elsewhere cannot stop it: a published view that breaks its contract
+is logged and counted, and the region's nodes stay as they are for that tick; a target
+past the region's `max_replicas` is taken as `max_replicas`; unreadable ledger lines are
+skipped (capacity/live/ledger.py); and a tick that fails is logged and counted, and the
+next one runs.
 """
 
 from __future__ import annotations
@@ -26,10 +32,11 @@ import math
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 
 from autoscaler.live.published import drop_malformed, publish_capacity, read_published
 from capacity.catalog import Catalog, SpotQuote
-from capacity.live.ledger import Ledger, Snapshot
+from capacity.live.ledger import Ledger, Snapshot, log_malformed
 from capacity.live.providers import provider_for, spot_quotes_for
 from capacity.model import CapacityError, Node, NodeBusy, Provider, ProviderError
 from capacity.policy.placement import Demand, PlacementDecision, plan
@@ -77,15 +84,11 @@ def node_demand(spec: PlatformSpec, region: RegionSpec, replicas: int) -> Demand
 
 def published_scaling(region: RegionSpec) -> ScalingView | None:
     """The region's latest published decision, read from its cluster's KV; None for a
-    fixed region, before the first decision, or when the one there breaks its contract
-    (logged and counted), so the region keeps its fixed count."""
+    fixed region or before the first decision, so the region keeps its fixed count.
+    Raises MalformedMessage when the one there breaks its contract."""
     if region.autoscaling is None:
         return None
-    try:
-        return read_published(region.slug)
-    except MalformedMessage as error:
-        drop_malformed(error, "capacity loop", log)
-        return None
+    return read_published(region.slug)
 
 
 def unplaced(
@@ -116,6 +119,7 @@ class CapacityLoop:
         report: Callable[[CapacityReport], None],
         spot_quotes: Callable[[], list[SpotQuote]] = list,
         clock: Callable[[], float] = time.time,
+        on_malformed: Callable[[MalformedMessage], None] = log_malformed,
     ):
         self.spec = spec
         self.region = region
@@ -126,7 +130,9 @@ class CapacityLoop:
         self.report = report
         self.spot_quotes = spot_quotes
         self.clock = clock
+        self.on_malformed = on_malformed
         self._prices_at = -math.inf
+        self._over_bound = False
 
     def refresh_prices(self, now: float) -> None:
         """Spot prices of the region's own zones, at most every PRICE_REFRESH_S; a quote for
@@ -143,13 +149,22 @@ class CapacityLoop:
             return
         self.catalog.apply_spot_quotes(quotes)
 
-    def tick(self) -> PlacementDecision:
+    def tick(self) -> PlacementDecision | None:
+        """One round of placement; None, with nothing bought or released, when the
+        region's published view breaks its contract: its fixed count is no stand-in for
+        the target it lost."""
         now = self.clock()
         self.refresh_prices(now)
         nodes = self.provider.nodes()
         self.ledger.record_events(self.provider.events())
-        view = self.scaling()
-        replicas = wanted_replicas(self.region, view.target if view else None)
+        try:
+            view = self.scaling()
+        except MalformedMessage as error:
+            self.on_malformed(error)
+            return None
+        target = view.target if view else None
+        replicas = wanted_replicas(self.region, target)
+        self._note_over_bound(target, replicas)
         demand = node_demand(self.spec, self.region, replicas)
         recent = self.ledger.events(since_s=now - self.spec.capacity.event_memory_s)
         capacity = self.spec.capacity
@@ -173,6 +188,13 @@ class CapacityLoop:
         self.ledger.record_snapshot(Snapshot(now, tuple(self.provider.nodes()), {demand.home: demand.replicas}))
         return decision
 
+    def _note_over_bound(self, target: int | None, replicas: int) -> None:
+        """Warn when a published target starts being over the region's bound, not every tick it stays there."""
+        over = target is not None and target > replicas
+        if over and not self._over_bound:
+            log.warning("published target %d is over the region's max_replicas: nodes for %d", target, replicas)
+        self._over_bound = over
+
     def _release(self, node_id: str, nodes: list[Node], released: set[str], reason: str) -> None:
         """Release `node_id`, or, if the provider finds it busy, an idle node of the same kind."""
         proposed = next(n for n in nodes if n.id == node_id)
@@ -190,6 +212,24 @@ class CapacityLoop:
             return
 
 
+def supervised_tick(loop: CapacityLoop, count_failure: Callable[[str], None]) -> None:
+    """One tick that cannot end the loop: a failure is logged and counted by kind
+    (provider: the cloud refused a call; unexpected), and a count that fails is logged."""
+    try:
+        loop.tick()
+        return
+    except ProviderError as error:  # credentials, permissions, settings: one line naming the call
+        log.error("%s", error)
+        kind = "provider"
+    except Exception:  # one bad tick must not end the loop that keeps the region supplied
+        log.exception("capacity tick failed")
+        kind = "unexpected"
+    try:
+        count_failure(kind)
+    except Exception as failure:  # the count is best effort; the loop is not
+        log.warning("could not count a failed tick: %s", failure)
+
+
 def main(argv: list[str]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line a poll otherwise
@@ -203,15 +243,17 @@ def main(argv: list[str]) -> None:
 
     ray.init(address=cluster.gcs_address, logging_level=logging.WARNING, log_to_driver=False)
     provider, catalog = provider_for(spec, region, state)
+    dropped = partial(drop_malformed, reader="capacity loop", log=log)
     loop = CapacityLoop(
         spec,
         region,
         provider,
-        Ledger(state.cluster_dir(region.slug), on_malformed=lambda error: drop_malformed(error, "capacity loop", log)),
+        Ledger(state.cluster_dir(region.slug), on_malformed=dropped),
         catalog,
         scaling=lambda: published_scaling(region),
         report=lambda report: publish_capacity(region.slug, report),
         spot_quotes=spot_quotes_for(provider, region),
+        on_malformed=dropped,
     )
     from ray.util.metrics import Counter
 
@@ -221,14 +263,7 @@ def main(argv: list[str]) -> None:
         tag_keys=("region", "kind"),
     )
     while True:
-        try:
-            loop.tick()
-        except ProviderError as error:  # credentials, permissions, settings: one line naming the call
-            log.error("%s", error)
-            failures.inc(1, tags={"region": region.name, "kind": "provider"})
-        except Exception:  # one bad tick must not end the loop that keeps the region supplied
-            log.exception("capacity tick failed")
-            failures.inc(1, tags={"region": region.name, "kind": "unexpected"})
+        supervised_tick(loop, lambda kind: failures.inc(1, tags={"region": region.name, "kind": kind}))
         time.sleep(INTERVAL_S)
 
 
