@@ -20,6 +20,7 @@ from ray.serve.llm.ingress import make_fastapi_ingress
 from deployments.region_ingress import STATUS_ENDPOINTS, RegionIngress, region_app
 from deployments.region_server import RegionLLMServer
 from meridian_core.cluster_spec import ENV_VAR
+from meridian_core.engine_options import TASK_ENGINE_ARGS
 from meridian_core.spec import ModelSpec, RegionSpec, SLOSpec, region_resource
 from meridian_host import models
 
@@ -93,7 +94,13 @@ def llm_config_for(args: RegionAppArgs, model: ModelSpec, model_path: str) -> LL
             "bundles": [{"CPU": args.region.cpus_per_replica, region_resource(args.region.slug): 1}]
         },
         deployment_config=deployment_config_for(args),
-        engine_kwargs={"max_model_len": model.max_model_len, "disable_log_stats": False},
+        # The spec refused engine options that name any of Meridian's own (engine_options.SET_ELSEWHERE).
+        engine_kwargs={
+            **model.engine_options,
+            **TASK_ENGINE_ARGS[model.task],
+            "max_model_len": model.max_model_len,
+            "disable_log_stats": False,
+        },
         # vLLM's own Prometheus logger (not Ray's wrapper) then records into the
         # replica's registry, where RegionLLMServer.engine_stats reads it.
         log_engine_metrics=False,

@@ -9,13 +9,30 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from meridian_core.capacity_spec import CapacitySpec
-from meridian_core.cluster_spec import AwsCapacity, ClusterSpec, GcpCapacity, LocalCapacity, RegionCapacity
+from meridian_core.cluster_spec import (
+    ENV_VAR,
+    AwsCapacity,
+    ClusterSpec,
+    GcpCapacity,
+    LocalCapacity,
+    RegionCapacity,
+)
+from meridian_core.engine_options import Task, check_engine_options
 from meridian_core.geo import LatLon
 from meridian_core.kubernetes_spec import KubernetesSpec
 from meridian_core.replica_model import PROFILES
@@ -87,6 +104,24 @@ class ModelSpec(StrictModel):
     max_model_len: int = Field(default=2048, ge=128)
     # vLLM CPU keeps its KV cache in host memory; this caps it per replica.
     kv_cache_gib: int = Field(default=2, ge=1, le=256)
+    # generate: chat and completions; embed: /v1/embeddings, vLLM running it as a pooling model.
+    task: Task = "generate"
+    # vLLM engine arguments (meridian_core/engine_options.py), e.g. {enable_auto_tool_choice: true,
+    # tool_call_parser: hermes}; checked at load against the pinned vLLM's own.
+    engine_options: dict[str, Any] = {}
+
+    _engine_options = field_validator("engine_options")(check_engine_options)
+
+    @model_serializer(mode="wrap")
+    def _without_unset_additions(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A model that uses neither dumps as it did before they existed, so the Serve
+        # configs and manifests rendered from such a spec keep their bytes.
+        data = handler(self)
+        if self.task == "generate":
+            data.pop("task", None)
+        if not self.engine_options:
+            data.pop("engine_options", None)
+        return data
 
 
 class AutoscalingSpec(StrictModel):
@@ -230,9 +265,12 @@ class ApiKeySpec(StrictModel):
 
 
 class AuthSpec(StrictModel):
-    """With no keys the router is open; with keys every /v1 call needs one."""
+    """With no keys the router is open; with keys every /v1 call needs one, and its
+    operational endpoints (/regions, /metrics, /openapi.json) need the admin token."""
 
     keys: list[ApiKeySpec] = []
+    # The variable holding the router's admin token; `meridian up` fills it.
+    admin_token_env: str = Field(default="MERIDIAN_ROUTER_ADMIN_TOKEN", pattern=ENV_VAR)
 
     @field_validator("keys")
     @classmethod
@@ -271,12 +309,29 @@ class RouterSpec(StrictModel):
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     health_poll_interval_s: float = Field(default=0.5, gt=0, le=60)
     health_timeout_s: float = Field(default=1.0, gt=0, le=60)
-    # Failures in a row that open a region's breaker, and how long it then stays open.
+    # Failures in a row that open a region's breaker, and how long it then stays open;
+    # each failed retry doubles that, up to breaker_max_open_s (geo_router/live/breaker.py).
     breaker_failure_threshold: int = Field(default=1, ge=1)
     breaker_open_s: float = Field(default=2.0, ge=0)
-    # A request waits at most this long for the first byte from a region.
+    breaker_max_open_s: float = Field(default=60.0, ge=0)
+    # How long a region may take to send a stream's first byte before the request moves
+    # on; plus the region's remaining cold start when the request is held for one. A
+    # non-streamed answer's first byte is its last: it also gets output_token_timeout_s
+    # for each completion token it may generate.
+    first_byte_timeout_s: float = Field(default=30.0, gt=0)
+    output_token_timeout_s: float = Field(default=0.25, ge=0)
+    # The longest silence between two chunks of an answer being relayed.
     upstream_timeout_s: float = Field(default=600.0, gt=0)
+    # Failovers across all requests: each request adds retry_budget_ratio of one, up to
+    # retry_budget_burst; a failover spends one. One poison request cannot try, and
+    # open, every region.
+    retry_budget_ratio: float = Field(default=0.2, ge=0, le=1)
+    retry_budget_burst: int = Field(default=10, ge=0, le=1000)
     retry_after_s: int = Field(default=5, ge=1, description="Retry-After sent with 503")
+    # On SIGTERM, how long answers in flight may take to finish; streams still open a
+    # second before it ends are cut with an SSE error event. Shorter than the kill:
+    # `meridian down` waits 15 s, Kubernetes' rendered pods 30 s.
+    shutdown_grace_s: float = Field(default=10.0, gt=1, le=300)
 
 
 class SLOSpec(StrictModel):

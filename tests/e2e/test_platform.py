@@ -1,6 +1,6 @@
 """End to end on a real local platform: the official openai client through the geo
-router to vLLM in Ray Serve, region choice, failover when a region's app is deleted,
-bad input, and a `down` that leaves nothing behind.
+router to vLLM in Ray Serve, region choice, embeddings and tool calling, failover when a
+region's app is deleted, bad input, and a `down` that leaves nothing behind.
 
 The tests run in file order; the last ones take regions away and stop the platform.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import math
 import os
 import subprocess
 import sys
@@ -36,6 +37,15 @@ QUESTION = [
 ]
 PARIS = "48.85,2.35"
 BIN = Path(sys.executable).parent
+SMOLLM2_135M_HIDDEN_SIZE = 576
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The current weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
 
 
 @pytest.fixture
@@ -46,6 +56,12 @@ def client(platform: PlatformState) -> openai.OpenAI:
 @pytest.fixture
 def model(spec: PlatformSpec) -> str:
     return spec.models[0].id
+
+
+@pytest.fixture
+def embed_model(spec: PlatformSpec) -> str:
+    (model,) = [m.id for m in spec.models if m.task == "embed"]
+    return model
 
 
 def test_chat_completion_answers_paris(client, model):
@@ -83,8 +99,53 @@ def test_european_client_is_served_from_eu_west(client, model):
     assert raw.parse().choices[0].message.content
 
 
-def test_models_lists_the_served_model(client, model):
-    assert [m.id for m in client.models.list().data] == [model]
+def test_models_lists_the_served_models(spec, client):
+    assert [m.id for m in client.models.list().data] == [m.id for m in spec.models]
+
+
+def test_a_model_is_retrieved_by_id(client, model, embed_model):
+    card = client.models.retrieve(model)
+    assert (card.id, card.object, card.to_dict()["ready"]) == (model, "model", True)
+    assert client.models.retrieve(embed_model).id == embed_model
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("no-such-model")
+
+
+def test_embeddings_are_the_models_hidden_state(client, embed_model):
+    raw = client.embeddings.with_raw_response.create(
+        model=embed_model, input=["The capital of France is Paris.", "Bonjour"]
+    )
+    result = raw.parse()
+    vectors = [item.embedding for item in result.data]
+    assert [item.index for item in result.data] == [0, 1]
+    assert [len(v) for v in vectors] == [SMOLLM2_135M_HIDDEN_SIZE] * 2
+    assert all(math.isfinite(x) for v in vectors for x in v)
+    assert all(abs(math.hypot(*v) - 1.0) < 1e-3 for v in vectors)  # vLLM normalizes the pooled state
+    assert vectors[0] != vectors[1]
+    assert result.usage.prompt_tokens > 0
+    assert raw.headers["x-meridian-region"] == "local/us-east"
+
+
+def test_chat_completion_with_tools(client, model):
+    """vLLM refuses tool_choice "auto" unless its engine was started with
+    enable_auto_tool_choice and a tool_call_parser: the model's engine_options got there."""
+    answer = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+        tools=[WEATHER_TOOL],
+        tool_choice="auto",
+        temperature=0,
+        max_tokens=64,
+    )
+    message = answer.choices[0].message
+    assert message.content or message.tool_calls
+    assert answer.usage.completion_tokens > 0
+
+
+def test_responses_api_is_404(client, model):
+    with pytest.raises(openai.NotFoundError) as error:
+        client.responses.create(model=model, input="hi")
+    assert error.value.body["code"] == "unsupported_endpoint"
 
 
 def test_unknown_model_is_404(client):
@@ -135,7 +196,7 @@ def test_a_stopped_capacity_loop_is_restarted_alone_and_loses_no_node(platform):
     platform.clusters["local/us-east"] = restarted  # what the tests after this one stop
 
 
-def test_status_json(platform):
+def test_status_json(spec, platform, every_model_ready):
     result = subprocess.run(
         [str(BIN / "meridian"), "status", str(SPEC_PATH), "--json"], capture_output=True, text=True, check=True
     )
@@ -145,12 +206,12 @@ def test_status_json(platform):
         assert region["healthy"], region
         assert region["cluster"] == platform.clusters[region["name"]].gcs_address
         assert region["nodes"] == {"local on_demand": 1}
-        assert region["replica_states"] == {"RUNNING": 1}
-        assert region["ready_replicas"] == 1
+        assert region["replica_states"] == {"RUNNING": len(spec.models)}  # one replica of each model
+        assert region["ready_replicas"] == len(spec.models)
         assert 0.0 <= region["engine"]["kv_cache_usage"] <= 1.0
 
 
-def test_each_region_is_its_own_cluster_and_its_replicas_run_on_its_node(platform):
+def test_each_region_is_its_own_cluster_and_its_replicas_run_on_its_node(spec, platform):
     assert len({cluster.gcs_address for cluster in platform.clusters.values()}) == 2
     for cluster in platform.clusters.values():
         url, params = f"{cluster.dashboard_url}/api/v0/nodes", {"limit": 100}
@@ -167,9 +228,10 @@ def test_each_region_is_its_own_cluster_and_its_replicas_run_on_its_node(platfor
             name: [region_of_node[r["node_id"]] for r in deployment["replicas"]]
             for name, deployment in apps[cluster.slug]["deployments"].items()
         }
-        # The ingress on the head, so the region answers while it has no node; one LLMServer on the region's node.
+        # The ingress on the head, so the region answers while it has no node; one LLMServer
+        # per model on the region's node.
         assert placed.pop("RegionIngress") == [None]
-        assert list(placed.values()) == [[cluster.slug]]
+        assert list(placed.values()) == [[cluster.slug]] * len(spec.models)
 
 
 def redeploy_without(spec: PlatformSpec, platform: PlatformState, slugs: set[str]) -> None:
