@@ -6,9 +6,8 @@ import argparse
 import logging
 import sys
 
-import uvicorn
-
 from geo_router.live.app import create_app
+from geo_router.live.server import DrainingServer
 from meridian_core.spec import SpecError, load_spec
 
 
@@ -23,13 +22,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # else a line per proxied request
-    uvicorn.run(
-        create_app(spec),
-        host=spec.router.host,
-        port=spec.router.port,
-        log_level="warning",
-        access_log=False,
-    )
+    router = spec.router
+    DrainingServer(create_app(spec), router.host, router.port, router.shutdown_grace_s).run()
     return 0
 
 

@@ -35,7 +35,13 @@ from meridian_core.spec import PlatformSpec, RegionSpec, load_spec
 from meridian_host import models, processes
 from meridian_host.platform_state import ClusterState, LocalNodes, PlatformState
 from meridian_host.ray_nodes import BIN, start_head
-from meridian_host.region_tokens import dashboard_headers, ray_auth_env, region_token, token_sha256
+from meridian_host.region_tokens import (
+    dashboard_headers,
+    ray_auth_env,
+    region_token,
+    router_admin_token,
+    token_sha256,
+)
 
 log = logging.getLogger("meridian.launcher")
 # `serve deploy` only submits the config (the app is built afterwards); a minute is ample.
@@ -253,7 +259,7 @@ def start_router(spec: PlatformSpec, state: PlatformState, on_step: ProgressCall
         [sys.executable, "-m", "geo_router", state.spec_path],
         state.logs_dir / "router.log",
         state.platform_id,
-        env=region_tokens(spec, state),
+        env=region_tokens(spec, state) | {spec.router.auth.admin_token_env: router_admin_token(state)},
     )
     state.save()
     wait_for(lambda: _answers(f"{state.router_url}/healthz"), 60, "the router to answer", state.logs_dir / "router.log")
@@ -306,9 +312,10 @@ def region_progress(spec: PlatformSpec, state: PlatformState) -> list[RegionProg
 
 
 def _replicas_to_wait_for(view: RouterRegion) -> int:
-    """A region is up with one ready replica, or none if it may scale to zero."""
+    """A region is up with a ready replica for each model it serves (each model is its
+    own deployment), or none if it may scale to zero."""
     scaling = view.status.autoscaling if view.status else None
-    return 0 if scaling is not None and scaling.min_replicas == 0 else 1
+    return 0 if scaling is not None and scaling.min_replicas == 0 else max(1, len(view.models))
 
 
 def serve_applications(state: PlatformState, cluster: ClusterState) -> dict[str, Any]:
@@ -325,7 +332,8 @@ def serve_applications(state: PlatformState, cluster: ClusterState) -> dict[str,
 def router_regions(state: PlatformState) -> dict[str, RouterRegion]:
     """The router's view of each region by name; empty when the router cannot say."""
     try:
-        response = httpx.get(f"{state.router_url}/regions", timeout=2)
+        admin = {"Authorization": f"Bearer {router_admin_token(state)}"}
+        response = httpx.get(f"{state.router_url}/regions", headers=admin, timeout=2)
         response.raise_for_status()
         return {r.name: r for r in parse(RouterRegions, response.content).regions}
     except httpx.HTTPError:

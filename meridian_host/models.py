@@ -9,7 +9,6 @@ nothing.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -18,24 +17,12 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-from platformdirs import user_cache_dir
-
+from meridian_core.model_files import COMPLETE_MARKER, packaged_model_dir
 from meridian_core.spec import HuggingFaceModelSource, ModelSource, PackagedModelSource, PathModelSource
-
-# Written last into a converted model directory: its presence means the directory is whole.
-COMPLETE_MARKER = ".meridian-complete"
 
 
 class ModelError(RuntimeError):
     pass
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("MERIDIAN_CACHE_DIR") or user_cache_dir("meridian")) / "models"
-
-
-def packaged_model_dir(source: PackagedModelSource) -> Path:
-    return cache_root() / f"{source.package}-{source.version}"
 
 
 def is_pulled(source: ModelSource) -> bool:

@@ -47,6 +47,11 @@ def dashboard_headers(state: PlatformState, cluster: ClusterState) -> dict[str, 
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
+def router_admin_token(state: PlatformState) -> str:
+    """The token the router's operational endpoints require when it has API keys."""
+    return _secret(state.directory / "router-admin-token")
+
+
 def _secret(path: Path) -> str:
     """The random secret kept at `path`, made on first use."""
     if not path.exists():

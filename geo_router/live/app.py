@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -22,13 +23,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from geo_router.live import openapi
-from geo_router.live.auth import ApiKey, KeyRing, key_digest_from
+from geo_router.live.auth import ApiKey, KeyRing, key_digest_from, presents
 from geo_router.live.breaker import CircuitBreaker
+from geo_router.live.drain import Drain
 from geo_router.live.errors import error_response
 from geo_router.live.locate import ClientLocator, open_geoip
 from geo_router.live.metrics import RouterMetrics
 from geo_router.live.middleware import EnvelopeMiddleware, request_id_of
 from geo_router.live.prompt import BLOCK_CHARS, CHARS_PER_TOKEN, prefix_blocks, prompt_text
+from geo_router.live.prompt_tokens import PromptTokens
 from geo_router.live.proxy import Proxy
 from geo_router.live.ratelimit import KeyLimits, TokenBucket
 from geo_router.live.regions import Region, RegionTable
@@ -60,6 +63,8 @@ def create_app(
     settings = spec.router
     metrics = RouterMetrics()
     known_models = {m.id for m in spec.models}
+    max_model_len = {m.id: m.max_model_len for m in spec.models}
+    prompt_counter = PromptTokens(spec.models)
     locate = settings.locate
     locator = ClientLocator(
         locate.order,
@@ -78,7 +83,9 @@ def create_app(
                 r.name,
                 r.location.latlon,
                 spec.region_endpoint(r),
-                CircuitBreaker(settings.breaker_failure_threshold, settings.breaker_open_s),
+                CircuitBreaker(
+                    settings.breaker_failure_threshold, settings.breaker_open_s, settings.breaker_max_open_s
+                ),
                 token=os.environ.get(r.token_env),
                 on_breaker_trip=lambda name: metrics.breaker_trips.labels(name).inc(),
             )
@@ -89,10 +96,13 @@ def create_app(
         interval_s=settings.health_poll_interval_s,
         on_malformed=lambda error: metrics.malformed.labels(contract=error.contract).inc(),
         on_poll_error=lambda _: metrics.background_failures.labels("status_poll").inc(),
+        probe_models=[m.id for m in spec.models],
+        probe_timeout_s=settings.first_byte_timeout_s,
     )
     for name in table.regions:  # exported at 0 from the start, so the first trip shows in increase()
         metrics.breaker_trips.labels(name)
-    proxy = Proxy(upstream, metrics, settings.upstream_timeout_s)
+    drain = Drain()
+    proxy = Proxy(upstream, metrics, settings, drain)
     profiles = {r.name: PROFILES[r.profile] for r in spec.regions}
     memory = RoutingMemory()
     corrector = RttCorrector()
@@ -128,13 +138,15 @@ def create_app(
             poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
+            await table.aclose()
             if owns_client:  # a client passed in belongs to the caller
                 await client.aclose()
                 await upstream.aclose()
 
-    app = FastAPI(title="Meridian geo router", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(title="Meridian geo router", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.regions = table
     app.state.memory = memory
+    app.state.drain = drain
     app.state.metrics = metrics
     app.add_middleware(EnvelopeMiddleware)
 
@@ -151,16 +163,30 @@ def create_app(
         log.exception("unexpected router error")
         return error_response(500, f"internal router error ({type(exc).__name__}); see the router log")
 
-    def request_facts(parsed: InferenceRequest, location: LatLon, session: str | None) -> RequestFacts:
+    def request_facts(
+        parsed: InferenceRequest, location: LatLon, session: str | None, prompt_tokens: int
+    ) -> RequestFacts:
         text = prompt_text(parsed.fields)
         return RequestFacts(
             client=location,
-            prompt_tokens=max(1, len(text) // CHARS_PER_TOKEN),
+            prompt_tokens=max(1, prompt_tokens),
             prefix_blocks=prefix_blocks(text),
             tokens_per_block=BLOCK_CHARS // CHARS_PER_TOKEN,
             session=session,
             cell=(round(location.lat), round(location.lon), parsed.model),
         )
+
+    admin_token = os.environ.get(settings.auth.admin_token_env, "")
+
+    def operator_only(request: Request) -> Response | None:
+        """With API keys set, what the router says of itself (regions, metrics, its API)
+        is for operators: the admin token, or a refusal."""
+        if not keyring.enabled or presents(request.headers.get("authorization"), admin_token):
+            return None
+        if not admin_token:
+            unset = settings.auth.admin_token_env
+            return error_response(403, f"operational endpoints need the admin token, and {unset} is unset")
+        return error_response(401, "this endpoint needs the router's admin token", code="invalid_api_key")
 
     def authenticate(request: Request) -> ApiKey | Response | None:
         """The caller's key, None when the router is open, or the 401 to answer with."""
@@ -190,7 +216,7 @@ def create_app(
         try:
             response = await dispatch(request, path, span)
             streaming = isinstance(response, StreamingResponse)
-            if not streaming:
+            if not streaming and span.is_recording():  # unless the proxy has ended it already
                 end_span(span, response.status_code)
             return response
         finally:
@@ -227,20 +253,36 @@ def create_app(
                 param="model",
                 code="model_not_found",
             )
-        facts = request_facts(parsed, location, session)
+        prompt_tokens = await prompt_counter.count(parsed.model, parsed.fields)
+        cap = completion_cap(path, parsed.fields, prompt_tokens, max_model_len[parsed.model])
+        parsed = dataclasses.replace(parsed, completion_cap=cap)
+        facts = request_facts(parsed, location, session, prompt_tokens)
+        charged, on_usage = prompt_tokens + cap, None
         if key is not None:
-            tokens, now = facts.prompt_tokens + completion_cap(parsed.fields), time.monotonic()
-            wait_s = limits[key.name].admit(tokens, now)
+            now = time.monotonic()
+            key_limits = limits[key.name]
+            wait_s = key_limits.admit(charged, now)
             if wait_s > 0:
                 metrics.requests.labels("none", parsed.model, "429").inc()
-                metrics.rate_limited.labels(limits[key.name].limiting(tokens, now)).inc()
-                retry = "3600" if math.isinf(wait_s) else str(math.ceil(wait_s))
+                metrics.rate_limited.labels(key_limits.limiting(charged, now)).inc()
+                if math.isinf(wait_s):
+                    return error_response(
+                        429,
+                        f"this request may use up to {charged} tokens, more than key '{key.name}' may use in a "
+                        "minute; set max_tokens lower",
+                        code="rate_limit_exceeded",
+                    )
+                retry = str(math.ceil(wait_s))
                 return error_response(
                     429,
                     f"rate limit of key '{key.name}' reached; retry in {retry} s",
                     code="rate_limit_exceeded",
                     headers={"Retry-After": retry},
                 )
+            if key_limits.tokens is not None:  # charged ahead at the most it may use; settled on its usage
+
+                def on_usage(used: int) -> None:
+                    key_limits.settle(charged, used, time.monotonic())
         candidates, panic = table.servable(parsed.model)
         decision = choose(
             [r.load(corrector.correction_for(r.name, time.monotonic())) for r in candidates],
@@ -274,7 +316,9 @@ def create_app(
             span.set_attribute("meridian.region", region.name)
             end_span(span, outcome)
 
-        return await proxy.forward(path, parsed, headers, ranked, started, reason, learn, done)
+        return await proxy.forward(
+            path, parsed, headers, ranked, started, reason, request.receive, learn, done, on_usage
+        )
 
     @app.post("/v1/chat/completions", openapi_extra=openapi.CHAT_COMPLETIONS)
     async def chat_completions(request: Request) -> Response:
@@ -330,16 +374,26 @@ def create_app(
         # The router's own liveness: it answers even when no region is healthy, and
         # fails only when its view of the regions has stopped being refreshed.
         healthy = [r.name for r in table.regions.values() if r.healthy]
+        if drain.draining:
+            return JSONResponse({"status": "shutting_down", "healthy_regions": healthy}, status_code=503)
         if table.poll_is_stale(time.monotonic()):
             return JSONResponse({"status": "stale", "healthy_regions": healthy}, status_code=503)
         return {"status": "ok" if healthy else "degraded", "healthy_regions": healthy}
 
-    @app.get("/regions")
-    async def regions() -> dict:
+    @app.get("/openapi.json", include_in_schema=False, response_model=None)
+    async def openapi_document(request: Request) -> dict | Response:
+        return operator_only(request) or app.openapi()
+
+    @app.get("/regions", response_model=None)
+    async def regions(request: Request) -> dict | Response:
+        if refusal := operator_only(request):
+            return refusal
         return RouterRegions(regions=[r.describe() for r in table.regions.values()]).model_dump(mode="json")
 
     @app.get("/metrics")
-    async def prometheus_metrics() -> Response:
+    async def prometheus_metrics(request: Request) -> Response:
+        if refusal := operator_only(request):
+            return refusal
         for region in table.regions.values():
             metrics.region_healthy.labels(region.name).set(1 if region.healthy else 0)
             metrics.breaker_open.labels(region.name).set(1 if region.breaker.is_open else 0)

@@ -44,6 +44,12 @@ class KeyRing:
         return found
 
 
+def presents(authorization: str | None, token: str) -> bool:
+    """Whether an `Authorization` header carries `token` as its bearer token."""
+    scheme, _, presented = (authorization or "").partition(" ")
+    return bool(token) and scheme.lower() == "bearer" and hmac.compare_digest(digest(presented.strip()), digest(token))
+
+
 def key_digest_from(sha256: str | None, key_env: str | None, environ: Mapping[str, str] = os.environ) -> str:
     """A key's digest, from the spec's `sha256` or the environment variable it names."""
     if sha256:

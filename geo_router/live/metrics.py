@@ -68,6 +68,11 @@ class RouterMetrics:
             ["task"],
             registry=self.registry,
         )
+        self.failovers_refused = Counter(
+            "meridian_router_failovers_refused",
+            "Failovers not tried because the fleet's retry budget was spent.",
+            registry=self.registry,
+        )
         self.breaker_open = Gauge(
             "meridian_router_region_breaker_open",
             "1 while the region's circuit breaker is open.",

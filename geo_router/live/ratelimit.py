@@ -38,6 +38,11 @@ class TokenBucket:
         self._refill(now)
         self.level -= amount
 
+    def give_back(self, amount: float, now: float) -> None:
+        """Return what was taken and not used; a negative amount takes what was used beyond it."""
+        self._refill(now)
+        self.level = min(self.capacity, self.level + amount)
+
 
 # The limits a key may have, as `KeyLimits.limiting` names them.
 LIMITS = ("requests", "tokens")
@@ -62,6 +67,11 @@ class KeyLimits:
             for _, bucket, amount in demands:
                 bucket.take(amount, now)
         return wait
+
+    def settle(self, charged: float, used: float, now: float) -> None:
+        """A request charged `charged` tokens ahead turned out to use `used` (its answer's usage)."""
+        if self.tokens is not None:
+            self.tokens.give_back(charged - used, now)
 
     def limiting(self, tokens: float, now: float) -> str:
         """The limit that keeps a request for `tokens` waiting longest now: the one that refused it."""

@@ -2,9 +2,11 @@
 
 A region is healthy while its circuit breaker is closed and its last poll reported a
 ready replica, or an autoscaler that is starting one (or will, for the first request
-to a region scaled to zero). Failed polls and failed requests open the breaker (at once, with the
-default threshold of 1), so traffic moves before the next poll; a good poll closes it
-again once it has been open for `open_s`.
+to a region scaled to zero). Failed polls and failed requests open the breaker (at once,
+with the default threshold of 1), so traffic moves before the next poll. A good poll
+closes a breaker polls opened once its open time is over; one that failed requests
+opened closes only when an inference probe (one tiny completion, sent once the open time
+is over) or a request is answered (geo_router/live/breaker.py).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import httpx
@@ -101,18 +103,19 @@ class Region:
             cold_start_ms=self.cold_start_remaining_ms(time.monotonic()),
         )
 
-    def mark_down(self, reason: str) -> None:
+    def mark_down(self, reason: str, by_request: bool = False) -> None:
+        """`reason` is the router's own words (never a region's body): it is logged and shown."""
         was_open = self.breaker.is_open
         if not was_open:
             log.warning("region %s failed: %s", self.name, reason)
-        self.breaker.record_failure(time.monotonic())
+        self.breaker.record_failure(time.monotonic(), by_request=by_request)
         if self.breaker.is_open and not was_open:
             self.on_breaker_trip(self.name)
         self.last_error = reason
 
     def mark_answered(self) -> None:
         self.last_answered_at = time.monotonic()
-        self.breaker.record_request_success()
+        self.breaker.record_inference_success(self.last_answered_at)
 
     def poll_timed_out(self, window_s: float) -> None:
         """A slow poll is no evidence against a region that has just answered requests:
@@ -166,6 +169,8 @@ class RegionTable:
         interval_s: float,
         on_malformed: Callable[[MalformedMessage], None] = lambda _: None,
         on_poll_error: Callable[[str], None] = lambda _: None,
+        probe_models: Sequence[str] = (),
+        probe_timeout_s: float = 30.0,
     ):
         self.regions = {r.name: r for r in regions}
         self._client = client
@@ -174,6 +179,10 @@ class RegionTable:
         self._on_malformed = on_malformed
         self._on_poll_error = on_poll_error
         self.last_round_at = time.monotonic()
+        # Generating models, in the spec's order: what an inference probe asks for.
+        self._probe_models = list(probe_models)
+        self._probe_timeout_s = probe_timeout_s
+        self._probes: dict[str, asyncio.Task[None]] = {}
 
     def servable(self, model: str) -> tuple[list[Region], bool]:
         """Regions to route `model` to, and whether this is panic routing: when every
@@ -187,6 +196,40 @@ class RegionTable:
     async def poll_once(self) -> None:
         await asyncio.gather(*(self._poll_guarded(region) for region in self.regions.values()))
         self.last_round_at = time.monotonic()
+
+    async def aclose(self) -> None:
+        for probe in self._probes.values():
+            probe.cancel()
+        await asyncio.gather(*self._probes.values(), return_exceptions=True)
+
+    def _maybe_probe_inference(self, region: Region) -> None:
+        """A breaker failed requests opened closes only on evidence that inference works:
+        once it is half-open, one tiny completion is sent (in the background: a slow
+        answer must not hold the poll)."""
+        if region.name in self._probes or not region.breaker.opened_by_requests:
+            return
+        if not region.breaker.half_open(time.monotonic()):
+            return
+        model = next((m for m in self._probe_models if m in region.models), None)
+        if model is not None:
+            self._probes[region.name] = asyncio.create_task(self._probe_inference(region, model))
+
+    async def _probe_inference(self, region: Region, model: str) -> None:
+        body = {"model": model, "prompt": "ping", "max_tokens": 1, "temperature": 0}
+        try:
+            async with asyncio.timeout(self._probe_timeout_s):
+                response = await self._client.post(
+                    f"{region.endpoint}/v1/completions", json=body, headers=region.auth_headers()
+                )
+            if response.status_code == 200:
+                region.mark_answered()
+                log.info("region %s answered an inference probe", region.name)
+            else:
+                region.mark_down(f"inference probe answered HTTP {response.status_code}", by_request=True)
+        except Exception as error:  # a probe that fails for any reason is a failed probe
+            region.mark_down(f"inference probe failed: {type(error).__name__}", by_request=True)
+        finally:
+            self._probes.pop(region.name, None)
 
     def poll_is_stale(self, now: float) -> bool:
         """Whether the poll has stopped going round: region state would then be frozen."""
@@ -229,6 +272,7 @@ class RegionTable:
             region.mark_down(f"status poll: {error}")
             return
         region.apply_status(status)
+        self._maybe_probe_inference(region)
 
     async def _get_status(self, region: Region) -> tuple[int, bytes]:
         """The status code and at most one byte over the contract's cap of the body."""

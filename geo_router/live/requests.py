@@ -22,6 +22,8 @@ class InferenceRequest:
     stream: bool
     body: bytes  # forwarded byte for byte
     fields: dict[str, Any]
+    # The most completion tokens it may make the engine generate (completion_cap).
+    completion_cap: int = 0
 
 
 # Per endpoint: the field besides `model` that must be present, and its accepted types.
@@ -82,14 +84,21 @@ def session_key(header: str | None, fields: dict[str, Any]) -> str | None:
     return None
 
 
-# Completion tokens reserved against a tokens-per-minute limit when a request sets no max.
-DEFAULT_COMPLETION_RESERVE = 256
+# More choices than this are the engine's to refuse; they are charged as this many.
+MAX_CHOICES = 128
 
 
-def completion_cap(fields: dict[str, Any]) -> int:
-    """The most completion tokens a request may generate, for tokens-per-minute limits."""
+def completion_cap(endpoint: str, fields: dict[str, Any], prompt_tokens: int, max_model_len: int) -> int:
+    """The most completion tokens a request may make the engine generate, over all its
+    `n` choices: each up to its max_tokens, or without one, the rest of the context."""
+    if endpoint == "embeddings":
+        return 0
     cap = fields.get("max_completion_tokens") or fields.get("max_tokens")
-    return cap if isinstance(cap, int) and cap > 0 else DEFAULT_COMPLETION_RESERVE
+    per_choice = cap if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0 else 0
+    per_choice = min(per_choice, max_model_len) or max(1, max_model_len - prompt_tokens)
+    n = fields.get("n", 1)
+    choices = min(n, MAX_CHOICES) if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
+    return choices * per_choice
 
 
 class BodyTooLarge(InvalidRequest):

@@ -19,7 +19,8 @@ CONNECT_TIMEOUT_S = 2.0
 
 
 class UpstreamError(Exception):
-    """The region could not be reached, or the connection broke."""
+    """The region could not be reached, or the connection broke. Its message is the
+    error's type alone: the client library's own message names the region's address."""
 
 
 @dataclass
@@ -63,14 +64,14 @@ class AiohttpUpstream:
                 url, data=body, headers=dict(headers), timeout=timeout, allow_redirects=False
             )
         except (TimeoutError, aiohttp.ClientError) as error:
-            raise UpstreamError(f"{type(error).__name__}: {error}") from None
+            raise UpstreamError(type(error).__name__) from None
 
         async def chunks() -> AsyncIterator[bytes]:
             try:
                 async for chunk in response.content.iter_any():
                     yield chunk
             except (TimeoutError, aiohttp.ClientError) as error:
-                raise UpstreamError(f"{type(error).__name__}: {error}") from None
+                raise UpstreamError(type(error).__name__) from None
 
         async def close() -> None:
             response.release()
@@ -97,14 +98,14 @@ class HttpxUpstream:
         try:
             response = await self._client.send(request, stream=True)
         except httpx.HTTPError as error:
-            raise UpstreamError(f"{type(error).__name__}: {error}") from None
+            raise UpstreamError(type(error).__name__) from None
 
         async def chunks() -> AsyncIterator[bytes]:
             try:
                 async for chunk in response.aiter_raw():
                     yield chunk
             except httpx.HTTPError as error:
-                raise UpstreamError(f"{type(error).__name__}: {error}") from None
+                raise UpstreamError(type(error).__name__) from None
 
         return UpstreamResponse(response.status_code, response.headers, chunks(), response.aclose)
 

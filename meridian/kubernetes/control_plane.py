@@ -13,6 +13,7 @@ from meridian.kubernetes.in_cluster_spec import GEOIP_DIR, ROUTER_PORT, SPEC_DIR
 from meridian.kubernetes.objects import (
     CONTAINER_SECURITY,
     POD_SECURITY,
+    TOKEN_KEY,
     dump_yaml,
     http_probe,
     metadata,
@@ -26,6 +27,7 @@ from meridian_core.kubernetes_spec import PodResources
 from meridian_core.spec import PlatformSpec
 
 SPEC_CONFIG_MAP = "meridian-spec"
+ROUTER_ADMIN_TOKEN_SECRET = "meridian-router-admin-token"
 ROUTER = "meridian-router"
 GLOBAL_LOOP = "meridian-global-loop"
 GLOBAL_LOOP_HEALTH_PORT = 8081
@@ -49,6 +51,8 @@ def router_objects(spec: PlatformSpec) -> list[dict[str, Any]]:
         for key in spec.router.auth.keys
         if key.key_env is not None
     ]
+    if spec.router.auth.keys:  # its operational endpoints then need the admin token (Prometheus's too)
+        env.append(secret_env(spec.router.auth.admin_token_env, ROUTER_ADMIN_TOKEN_SECRET, TOKEN_KEY))
     volumes, mounts = _spec_volume()
     if spec.router.locate.geoip_database is not None:
         volumes.append({"name": "geoip", "persistentVolumeClaim": {"claimName": spec.kubernetes.geoip_claim}})

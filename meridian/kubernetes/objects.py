@@ -24,7 +24,8 @@ POD_SECURITY: dict[str, Any] = {
     "seccompProfile": {"type": "RuntimeDefault"},
 }
 CONTAINER_SECURITY: dict[str, Any] = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
-REGION_TOKEN_KEY = "token"
+# The key a token Secret holds its token under.
+TOKEN_KEY = "token"
 
 
 def selector_labels(spec: PlatformSpec, component: str) -> dict[str, str]:
@@ -68,7 +69,7 @@ def region_token_secret(region: RegionSpec) -> str:
 
 def region_token_env(spec: PlatformSpec) -> list[dict[str, Any]]:
     """Every region's token, under the variable its spec names (`RegionSpec.token_env`)."""
-    return [secret_env(r.token_env, region_token_secret(r), REGION_TOKEN_KEY) for r in spec.regions]
+    return [secret_env(r.token_env, region_token_secret(r), TOKEN_KEY) for r in spec.regions]
 
 
 def http_probe(path: str, port: str | int, period_s: int, failures: int) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from typing import Any
 from meridian.kubernetes.objects import (
     CONTAINER_SECURITY,
     POD_SECURITY,
-    REGION_TOKEN_KEY,
+    TOKEN_KEY,
     RenderError,
     dump_yaml,
     http_probe,
@@ -107,7 +107,7 @@ def ray_service(spec: PlatformSpec, region: RegionSpec) -> dict[str, Any]:
         PodResources(cpu=str(spec.ray.cpus_per_region_node), memory=k8s.worker_memory),
         **({accelerator.resource: "1"} if accelerator else {}),
     )
-    head_env = [secret_env(REGION_TOKEN_VAR, region_token_secret(region), REGION_TOKEN_KEY)]
+    head_env = [secret_env(REGION_TOKEN_VAR, region_token_secret(region), TOKEN_KEY)]
     service_spec: dict[str, Any] = {
         "serveConfigV2": dump_yaml(region_serve_config(spec, region)),
         "rayClusterConfig": {

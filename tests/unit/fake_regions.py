@@ -24,7 +24,8 @@ class FakeRegion:
     name: str
     ready: int = 1
     waiting: int = 0
-    mode: str = "ok"  # ok | refuse | hang | gone | error500 | break_stream | bad_request
+    # ok | refuse | hang | gone | error500 | break_stream | bad_request | ray_error | echo500
+    mode: str = "ok"
     # The region's published scaling decision; None for a fixed replica count.
     autoscaling: ScalingView | None = None
     # What its capacity loop could not place; None when it placed everything.
@@ -108,12 +109,22 @@ class FakeRegions:
             return streamed(500, text="Internal Server Error")
         if region.mode == "bad_request":
             return streamed(400, json_body={"error": {"message": "max_tokens too large", "type": "BadRequestError"}})
+        if region.mode == "ray_error":  # Ray Serve LLM's error shape, its internals included
+            message = (
+                "Message: max_tokens must be at most 1024 (Request ID: 9f2c), Internal exception: "
+                "ray.llm._internal.serve.core.configs.openai_api_models.OpenAIHTTPException (Request ID: 9f2c), "
+                "original exception: OpenAIHTTPException(status_code=400)"
+            )
+            return streamed(400, json_body={"error": {"message": message, "type": "OpenAIHTTPException", "code": 400}})
+        if region.mode == "echo500":  # an error page that repeats the prompt
+            return streamed(500, text="Internal Server Error while handling: " + request.content.decode())
         body = json.loads(request.content)
         if rest == "v1/embeddings":
             return streamed(200, json_body={"object": "list", "data": [{"embedding": [0.5]}], "region": region.name})
         if body.get("stream"):
             return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=self._stream(region))
-        return streamed(200, json_body={"object": "chat.completion", "region": region.name})
+        usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+        return streamed(200, json_body={"object": "chat.completion", "region": region.name, "usage": usage})
 
     async def _stream(self, region: FakeRegion) -> AsyncIterator[bytes]:
         yield b'data: {"choices":[{"delta":{"content":"Par"}}]}\n\n'

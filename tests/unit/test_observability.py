@@ -115,10 +115,12 @@ def exported() -> set[str]:
     fakes = FakeRegions()
     fakes["local-us-east"].mode = "error500"  # answers its polls, fails its requests
     auth = {"Authorization": f"Bearer {KEY}"}
-    with running_router(parse_spec(data), fakes) as router:
-        assert router.post("/v1/chat/completions", json=CHAT, headers=auth).status_code == 200  # from eu-west
-        assert router.post("/v1/chat/completions", json=CHAT, headers=auth).status_code == 429
-        text = router.get("/metrics").text
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MERIDIAN_ROUTER_ADMIN_TOKEN", "admin-token")  # a router with keys shows metrics to operators
+        with running_router(parse_spec(data), fakes) as router:
+            assert router.post("/v1/chat/completions", json=CHAT, headers=auth).status_code == 200  # from eu-west
+            assert router.post("/v1/chat/completions", json=CHAT, headers=auth).status_code == 429
+            text = router.get("/metrics", headers={"Authorization": "Bearer admin-token"}).text
     return {sample.name for family in text_string_to_metric_families(text) for sample in family.samples}
 
 

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import gzip
 import json
+import signal
 import socket
 import threading
 import time
@@ -22,22 +23,23 @@ from dataclasses import dataclass, field
 
 import httpx
 import pytest
-import uvicorn
 import yaml
 from aiohttp import web
 
 from geo_router.live.app import create_app
+from geo_router.live.server import DrainingServer
 from meridian_core.spec import parse_spec
 
 from ..conftest import REPO
 from .fake_regions import CHAT, MODEL
 
-# The router waits this long for a region's first byte (router.upstream_timeout_s).
-UPSTREAM_TIMEOUT_S = 0.5
+# The router waits this long for a region's first byte (router.first_byte_timeout_s).
+FIRST_BYTE_TIMEOUT_S = 0.5
 # Longest a region waits for the test to release it, or hangs: bounds every test when
 # the router misbehaves (a broken adapter then gets a late answer, and the test fails).
 REGION_WAIT_S = 5.0
 CLIENT_TIMEOUT_S = 15.0
+SHUTDOWN_GRACE_S = 2.0
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -51,12 +53,14 @@ class LoopbackRegion:
     name: str
     # ok | gone (404) | error500 | hang (no headers) | hang_body (headers, no body) | break_stream
     # | redirect (307 elsewhere) | gzip (compresses its answer when the caller accepts it)
+    # | hang_watch (no headers; notes whether the router hangs up)
     mode: str = "ok"
     port: int = 0
     calls: list[str] = field(default_factory=list)
     # Streams send their first event, then wait for the test to release them.
     release: asyncio.Event = field(default_factory=asyncio.Event)
     released_by_test: bool | None = None
+    router_hung_up: bool = False
 
     @property
     def slug(self) -> str:
@@ -89,6 +93,14 @@ class LoopbackRegion:
             )
         if self.mode == "hang":
             await self._wait()
+        if self.mode == "hang_watch":
+            deadline = time.monotonic() + REGION_WAIT_S
+            while time.monotonic() < deadline:
+                if request.transport is None or request.transport.is_closing():
+                    self.router_hung_up = True
+                    break
+                await asyncio.sleep(0.02)
+            return web.json_response({"object": "chat.completion", "region": self.name})
         if self.mode == "hang_body":
             response = web.StreamResponse(headers={"content-type": "text/event-stream"})
             await response.prepare(request)
@@ -194,12 +206,11 @@ def router(regions: LoopbackRegions) -> Iterator[httpx.Client]:
     for region in data["regions"]:
         loopback = regions[region["name"].replace("/", "-")]
         region["endpoint"] = f"http://127.0.0.1:{loopback.port}/{loopback.slug}"
-    data["router"]["upstream_timeout_s"] = UPSTREAM_TIMEOUT_S
+    data["router"]["first_byte_timeout_s"] = FIRST_BYTE_TIMEOUT_S
+    data["router"]["output_token_timeout_s"] = 0.0
     app = create_app(parse_spec(data))  # no client: requests go through AiohttpUpstream
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", timeout_graceful_shutdown=2)
-    )
+    server = DrainingServer(app, "127.0.0.1", port, grace_s=SHUTDOWN_GRACE_S)
     thread = threading.Thread(target=server.run, name="router", daemon=True)
     thread.start()
     try:
@@ -208,6 +219,7 @@ def router(regions: LoopbackRegions) -> Iterator[httpx.Client]:
             assert thread.is_alive() and time.monotonic() < deadline, "router did not start"
             time.sleep(0.02)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=CLIENT_TIMEOUT_S) as client:
+            client.server = server  # type: ignore[attr-defined]
             healthy = client.get("/healthz").json()["healthy_regions"]
             assert healthy == ["local/us-east", "local/eu-west"]  # both polled well: any failover is the request's
             yield client
@@ -239,7 +251,7 @@ def test_a_healthy_region_answers_through_aiohttp(router, regions):
 
 @pytest.mark.parametrize(
     "mode, kind",
-    [("gone", "status"), ("error500", "status"), ("hang", "connect"), ("hang_body", "connect")],
+    [("gone", "status"), ("error500", "status"), ("hang", "first_byte_timeout"), ("hang_body", "first_byte_timeout")],
 )
 def test_failover_before_the_first_byte(router, regions, mode, kind):
     regions["local-us-east"].mode = mode
@@ -329,3 +341,44 @@ def test_a_slow_upload_is_not_counted_in_the_regions_time_to_first_byte(router, 
         if line.startswith("meridian_router_time_to_first_byte_seconds_sum") and "local/us-east" in line
     ]
     assert float(line.split()[-1]) < 1.5  # the 2 s upload is not in it
+
+
+def test_a_client_that_hangs_up_before_the_first_byte_frees_the_region(router, regions):
+    regions["local-us-east"].mode = "hang_watch"
+    with pytest.raises(httpx.ReadTimeout):
+        # Gives up, closing its connection, before the router's own first-byte deadline.
+        router.post("/v1/chat/completions", json=CHAT, timeout=FIRST_BYTE_TIMEOUT_S / 3)
+    deadline = time.monotonic() + REGION_WAIT_S
+    while not regions["local-us-east"].router_hung_up:
+        assert time.monotonic() < deadline, "the router kept the region's request open"
+        time.sleep(0.05)
+    lines = metric_lines(router)
+    assert f'meridian_router_requests_total{{model="{MODEL}",region="local/us-east",status="499"}} 1.0' in lines
+    assert 'meridian_router_in_flight_requests{region="local/us-east"} 0.0' in lines
+
+
+def test_a_stream_whose_client_hangs_up_is_counted_as_a_client_disconnect(router, regions):
+    with router.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as response:
+        assert next(response.iter_raw()) == event("Par", "local/us-east")
+    # The client has gone mid-stream; the region is still waiting to send the rest.
+    deadline = time.monotonic() + REGION_WAIT_S
+    wanted = f'meridian_router_requests_total{{model="{MODEL}",region="local/us-east",status="499"}} 1.0'
+    while wanted not in metric_lines(router):
+        assert time.monotonic() < deadline, "the cut stream was not counted as a client disconnect"
+        time.sleep(0.05)
+    assert f'meridian_router_requests_total{{model="{MODEL}",region="local/us-east",status="200"}}' not in (
+        "\n".join(metric_lines(router))
+    )
+
+
+def test_on_sigterm_a_stream_still_open_at_the_end_of_the_grace_is_cut_with_an_error_event(router, regions):
+    with router.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as response:
+        chunks = response.iter_raw()
+        assert next(chunks) == event("Par", "local/us-east")
+
+        router.server.handle_exit(signal.SIGTERM, None)
+        rest = b"".join(chunks)  # the region never sends the rest: the router cuts it
+
+    last = json.loads(rest.strip().removeprefix(b"data: "))
+    assert last["error"]["code"] == "router_shutdown"
+    assert regions["local-us-east"].released_by_test is None  # still waiting when the router cut it

@@ -60,7 +60,8 @@ def test_no_valid_key_is_401_and_reaches_no_region(keyed_router, fakes, headers)
 
 def test_valid_keys_from_spec_digest_and_environment(keyed_router):
     for key in (ALPHA, BETA):
-        response = keyed_router.post("/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {key}"})
+        body = {**CHAT, "max_tokens": 16}
+        response = keyed_router.post("/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"})
         assert response.status_code == 200
     assert keyed_router.get("/v1/models", headers={"Authorization": f"Bearer {ALPHA}"}).status_code == 200
     assert keyed_router.get("/healthz").status_code == 200  # probes need no key
@@ -79,20 +80,53 @@ def test_requests_per_minute_limit_is_429_with_retry_after(keyed_router, fakes):
     assert inference_calls(fakes) == 2
     # Another key is unaffected.
     assert (
-        keyed_router.post("/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {BETA}"}).status_code
+        keyed_router.post(
+            "/v1/chat/completions", json={**CHAT, "max_tokens": 16}, headers={"Authorization": f"Bearer {BETA}"}
+        ).status_code
         == 200
     )
 
 
-def test_tokens_per_minute_limit_counts_prompt_and_completion_cap(keyed_router):
+def test_tokens_per_minute_limit_counts_prompt_and_completion_cap(keyed_router, fakes):
     auth = {"Authorization": f"Bearer {BETA}"}
+    fakes["local-us-east"].mode = fakes["local-eu-west"].mode = "bad_request"  # answers without usage
     small = {**CHAT, "max_tokens": 100}
-    assert keyed_router.post("/v1/chat/completions", json=small, headers=auth).status_code == 200
+    assert keyed_router.post("/v1/chat/completions", json=small, headers=auth).status_code == 400
     big = {**CHAT, "max_tokens": 550}  # with the first, over 600 tokens/minute
     response = keyed_router.post("/v1/chat/completions", json=big, headers=auth)
     assert response.status_code == 429
     never = {**CHAT, "max_tokens": 5000}  # more than the bucket holds: never admissible
-    assert keyed_router.post("/v1/chat/completions", json=never, headers=auth).status_code == 429
+    refused = keyed_router.post("/v1/chat/completions", json=never, headers=auth)
+    assert refused.status_code == 429 and "set max_tokens lower" in refused.json()["error"]["message"]
+
+
+def test_tokens_per_minute_charges_every_choice_and_the_rest_of_the_context_without_a_cap(keyed_router):
+    auth = {"Authorization": f"Bearer {BETA}"}
+    one_choice = {**CHAT, "max_tokens": 100}
+    many_choices = {**one_choice, "n": 64}  # 6,400 completion tokens: more than the key's minute
+    assert keyed_router.post("/v1/chat/completions", json=many_choices, headers=auth).status_code == 429
+    uncapped = dict(CHAT)  # may run to max_model_len (2,048): more than the key's minute
+    assert keyed_router.post("/v1/chat/completions", json=uncapped, headers=auth).status_code == 429
+    float_cap = {**CHAT, "max_tokens": 1.5}  # not a cap the router can count: the rest of the context too
+    assert keyed_router.post("/v1/chat/completions", json=float_cap, headers=auth).status_code == 429
+    assert keyed_router.post("/v1/chat/completions", json=one_choice, headers=auth).status_code == 200
+
+
+def test_prompts_are_counted_in_tokens_not_characters(keyed_router):
+    # 600 Chinese characters: characters ÷ 4 would say 150 tokens; each is at least one.
+    chinese = {**CHAT, "messages": [{"role": "user", "content": "北京是中国的首都。" * 67}], "max_tokens": 10}
+    refused = keyed_router.post("/v1/chat/completions", json=chinese, headers={"Authorization": f"Bearer {BETA}"})
+    assert refused.status_code == 429
+
+
+def test_the_charge_is_settled_on_the_answers_usage(keyed_router):
+    auth = {"Authorization": f"Bearer {BETA}"}
+    body = {**CHAT, "max_tokens": 500}  # charged ~510 ahead; the answer says it used 15
+    assert [keyed_router.post("/v1/chat/completions", json=body, headers=auth).status_code for _ in range(3)] == [
+        200,
+        200,
+        200,
+    ]
 
 
 def test_oversized_body_is_413(repo, monkeypatch, fakes):
@@ -151,3 +185,16 @@ def test_key_limits_take_both_or_nothing():
     assert limits.admit(90, now=0) == 0
     assert limits.admit(20, now=0) > 0  # tokens short: the request is not charged either
     assert limits.requests.level == pytest.approx(9)
+
+
+def test_usage_is_read_from_the_last_usage_object_of_an_answer():
+    from geo_router.live.usage import used_tokens
+
+    stream = (
+        b'data: {"choices":[{"delta":{"content":"Paris"}}],"usage":null}\n\n'
+        b'data: {"choices":[],"usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15,'
+        b'"prompt_tokens_details":{"cached_tokens":8}}}\n\ndata: [DONE]\n\n'
+    )
+    assert used_tokens(stream) == 15
+    assert used_tokens(b'{"id":"x","usage":{"prompt_tokens":7,"completion_tokens":2}}') == 9
+    assert used_tokens(b'data: {"choices":[{"delta":{"content":"usage"}}]}\n\n') is None

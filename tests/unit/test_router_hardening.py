@@ -1,7 +1,11 @@
 """What the router audit found, each fixed at its depth: the health poll survives any
 error (one region's bad answer marks that region down; a failed loop is restarted,
-logged and counted, and /healthz says when the view of the regions is stale), a body
-nested too deeply is a 400, session identifiers are kept as fixed-size keys."""
+logged and counted, and /healthz says when the view of the regions is stale); a breaker
+failed requests opened closes only on answered inference, not on a good /status; a
+request that fails everywhere opens no breaker, and failovers stay within a budget;
+nothing a region said (a prompt it echoed, its stack's internals) reaches clients or the
+router's own status; a body nested too deeply is a 400; session identifiers are kept as
+fixed-size keys."""
 
 from __future__ import annotations
 
@@ -9,10 +13,12 @@ import asyncio
 import time
 
 import pytest
+import yaml
 
 from geo_router.live import supervised
+from geo_router.live.auth import digest
 from geo_router.live.regions import Region
-from meridian_core.spec import load_spec
+from meridian_core.spec import load_spec, parse_spec
 
 from ..conftest import REPO
 from .fake_regions import CHAT, FakeRegions, running_router
@@ -131,3 +137,95 @@ def test_supervise_restarts_with_a_growing_wait_and_stops_when_cancelled(monkeyp
     assert failures[:3] == ["t", "t", "t"]
     gaps = [later - earlier for earlier, later in zip(runs, runs[1:], strict=False)]
     assert gaps[2] > gaps[0]  # 0.01, 0.02, 0.04 s
+
+
+def spec_with(**router):  # type: ignore[no-untyped-def]
+    data = yaml.safe_load((REPO / "configs" / "local.yaml").read_text())
+    data["router"].update(router)
+    return parse_spec(data)
+
+
+def test_a_region_whose_inference_fails_stays_out_until_an_inference_probe_is_answered(fakes):
+    with running_router(spec_with(breaker_open_s=0.05), fakes) as router:
+        east = router.app_state.regions.regions["local/us-east"]
+        fakes["local-us-east"].mode = "error500"  # its /status stays fine
+        assert router.post("/v1/chat/completions", json=CHAT).headers["x-meridian-region"] == "local/eu-west"
+        assert east.breaker.is_open and east.breaker.opened_by_requests
+
+        def probed_until(closed: bool) -> None:
+            deadline = time.monotonic() + 10
+            while east.breaker.is_open != (not closed) or "v1/completions" not in fakes["local-us-east"].calls:
+                assert time.monotonic() < deadline, "no inference probe settled the breaker"
+                east.breaker.opened_at = time.monotonic() - 120  # its open time is over
+                repoll(router)
+                time.sleep(0.02)
+
+        probed_until(closed=False)  # good polls, a failed probe: still open, for longer
+        assert east.breaker.trips >= 2
+        fakes["local-us-east"].mode = "ok"
+        fakes["local-us-east"].calls.clear()
+        probed_until(closed=True)
+        assert router.post("/v1/chat/completions", json=CHAT).headers["x-meridian-region"] == "local/us-east"
+
+
+def test_a_request_that_fails_in_every_region_opens_no_breaker(router, fakes):
+    for slug in ("local-us-east", "local-eu-west"):
+        fakes[slug].mode = "error500"
+    refused = router.post("/v1/chat/completions", json=CHAT)
+    assert refused.status_code == 502
+    assert refused.json()["error"]["code"] == "upstream_error"
+    assert router.get("/healthz").json()["healthy_regions"] == ["local/us-east", "local/eu-west"]
+
+
+def test_failovers_stay_within_the_fleets_retry_budget(fakes):
+    with running_router(spec_with(retry_budget_burst=1, retry_budget_ratio=0.0), fakes) as router:
+        fakes["local-us-east"].mode = "refuse"
+        assert router.post("/v1/chat/completions", json=CHAT).headers["x-meridian-region"] == "local/eu-west"
+        router.app_state.regions.regions["local/us-east"].breaker.record_inference_success(time.monotonic() + 600)
+        refused = router.post("/v1/chat/completions", json=CHAT)
+        assert refused.status_code == 503 and "failover budget is spent" in refused.json()["error"]["message"]
+        assert fakes["local-eu-west"].calls.count("v1/chat/completions") == 1  # no second failover
+        assert metric(router, "meridian_router_failovers_refused_total") == 1
+
+
+def test_a_regions_error_keeps_the_engines_message_without_the_stacks_internals(router, fakes):
+    fakes["local-us-east"].mode = "ray_error"
+    answered = router.post("/v1/chat/completions", json=CHAT)
+    assert answered.status_code == 400
+    assert answered.json()["error"] == {
+        "message": "max_tokens must be at most 1024",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": None,
+    }
+
+
+def test_nothing_a_region_echoed_reaches_the_client_or_the_routers_status(router, fakes, caplog):
+    secret = "my secret prompt"
+    for slug in ("local-us-east", "local-eu-west"):
+        fakes[slug].mode = "echo500"
+    body = {"model": CHAT["model"], "messages": [{"role": "user", "content": secret}]}
+    answered = router.post("/v1/chat/completions", json=body)
+    assert answered.status_code == 502 and secret not in answered.text
+    fakes["local-eu-west"].mode = "ok"
+    assert router.post("/v1/chat/completions", json=body).status_code == 200  # us-east now blamed
+    assert secret not in router.get("/regions").text
+    assert secret not in caplog.text
+
+
+@pytest.mark.parametrize("path", ["/regions", "/metrics", "/openapi.json"])
+def test_with_api_keys_the_operational_endpoints_need_the_admin_token(fakes, monkeypatch, path):
+    data = yaml.safe_load((REPO / "configs" / "local.yaml").read_text())
+    data["router"]["auth"] = {"keys": [{"name": "team", "sha256": digest("sk-team")}]}
+    monkeypatch.delenv("MERIDIAN_ROUTER_ADMIN_TOKEN", raising=False)
+    with running_router(parse_spec(data), fakes) as router:
+        unset = router.get(path, headers={"Authorization": "Bearer sk-team"})
+        assert unset.status_code == 403 and "MERIDIAN_ROUTER_ADMIN_TOKEN is unset" in unset.json()["error"]["message"]
+    monkeypatch.setenv("MERIDIAN_ROUTER_ADMIN_TOKEN", "admin-token")
+    with running_router(parse_spec(data), fakes) as router:
+        for headers in ({}, {"Authorization": "Bearer sk-team"}, {"Authorization": "Bearer wrong"}):
+            assert router.get(path, headers=headers).status_code == 401
+        assert router.get(path, headers={"Authorization": "Bearer admin-token"}).status_code == 200
+        assert router.get("/healthz").status_code == 200  # liveness stays open: it says nothing inside
+    with running_router(load_spec(REPO / "configs" / "local.yaml"), fakes) as router:
+        assert router.get(path).status_code == 200  # no keys: an open router, open about itself

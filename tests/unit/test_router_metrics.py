@@ -18,7 +18,7 @@ from meridian_core.spec import parse_spec
 from .fake_regions import CHAT, FakeRegions, running_router
 
 EAST, WEST = "local/us-east", "local/eu-west"
-ALPHA, BETA = "sk-alpha-0123456789", "sk-beta-9876543210"
+ALPHA, BETA, ADMIN = "sk-alpha-0123456789", "sk-beta-9876543210", "admin-token"
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -31,7 +31,7 @@ def spec_with(repo, **router):
 
 def scrape(router: TestClient) -> dict[tuple[str, frozenset], float]:
     """Every sample on the router's /metrics, by name and labels."""
-    text = router.get("/metrics").text
+    text = router.get("/metrics", headers={"Authorization": f"Bearer {ADMIN}"}).text
     return {
         (s.name, frozenset(s.labels.items())): s.value
         for family in text_string_to_metric_families(text)
@@ -89,7 +89,8 @@ def test_a_trip_is_the_failure_that_opens_the_breaker():
     assert trips == ["r"] and region.breaker.is_open
 
 
-def test_rate_limit_refusals_are_counted_by_the_limit_that_refused(repo, fakes):
+def test_rate_limit_refusals_are_counted_by_the_limit_that_refused(repo, fakes, monkeypatch):
+    monkeypatch.setenv("MERIDIAN_ROUTER_ADMIN_TOKEN", ADMIN)  # with keys, /metrics is for operators
     keys = [
         {"name": "alpha", "sha256": digest(ALPHA), "requests_per_minute": 1},
         {"name": "beta", "sha256": digest(BETA), "tokens_per_minute": 600},

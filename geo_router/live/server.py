@@ -1,0 +1,33 @@
+"""The router under uvicorn, draining on SIGTERM (geo_router/live/drain.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from types import FrameType
+
+import uvicorn
+from fastapi import FastAPI
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn that tells the app when it is asked to stop: uvicorn itself only stops
+    accepting and waits, and the app would not know to end its streams cleanly."""
+
+    def __init__(self, app: FastAPI, host: str, port: int, grace_s: float):
+        super().__init__(
+            uvicorn.Config(
+                app, host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=grace_s
+            )
+        )
+        self._app = app
+        self._grace_s = grace_s
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets=None) -> None:  # type: ignore[no-untyped-def]
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._loop is not None:  # a signal handler: hand the work to the event loop
+            self._loop.call_soon_threadsafe(self._app.state.drain.start, self._grace_s)
+        super().handle_exit(sig, frame)
