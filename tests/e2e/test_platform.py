@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -21,6 +22,7 @@ import openai
 import pytest
 import yaml
 
+from geo_router.live.usage import used_tokens
 from meridian import launcher
 from meridian.serve_config import serve_config
 from meridian_core.spec import PlatformSpec
@@ -140,6 +142,33 @@ def test_chat_completion_with_tools(client, model):
     message = answer.choices[0].message
     assert message.content or message.tool_calls
     assert answer.usage.completion_tokens > 0
+
+
+def test_an_engines_error_keeps_its_message_without_the_serving_stacks_internals(client, model):
+    with pytest.raises(openai.BadRequestError) as error:
+        client.chat.completions.create(model=model, messages=QUESTION, max_tokens=100_000)
+    message = error.value.body["message"]
+    assert message and "2048" in message  # vLLM's own words: the model's context length
+    assert "Internal exception" not in message and "ray." not in message and "Request ID" not in message
+
+
+def test_the_router_reads_the_usage_a_real_answer_reports(client, model):
+    raw = client.chat.completions.with_raw_response.create(model=model, messages=QUESTION, max_tokens=8)
+    assert used_tokens(raw.http_response.content) == raw.parse().usage.total_tokens
+
+
+def test_a_client_gone_before_the_first_byte_frees_the_engine(platform, model):
+    """A long non-streamed generation whose client gives up: the router closes the
+    region's request and vLLM drops it, long before it could have finished."""
+    body = {"model": model, "messages": QUESTION, "max_tokens": 1900, "ignore_eos": True}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{platform.router_url}/v1/chat/completions", json=body, timeout=httpx.Timeout(60, read=2.0))
+    deadline = time.monotonic() + 10  # 1,900 tokens take this engine far longer
+    while (running := launcher.router_regions(platform)["local/us-east"].status.engine.running) > 0:
+        assert time.monotonic() < deadline, f"the engine still runs {running} request(s) for a client that left"
+        time.sleep(0.5)
+    scraped = httpx.get(f"{platform.router_url}/metrics").text
+    assert f'meridian_router_requests_total{{model="{model}",region="local/us-east",status="499"}} 1.0' in scraped
 
 
 def test_responses_api_is_404(client, model):
