@@ -12,16 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    SerializerFunctionWrapHandler,
-    ValidationError,
-    field_validator,
-    model_serializer,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from meridian_core.capacity_spec import CapacitySpec
 from meridian_core.cluster_spec import (
@@ -111,17 +102,6 @@ class ModelSpec(StrictModel):
     engine_options: dict[str, Any] = {}
 
     _engine_options = field_validator("engine_options")(check_engine_options)
-
-    @model_serializer(mode="wrap")
-    def _without_unset_additions(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # A model that uses neither dumps as it did before they existed, so the Serve
-        # configs and manifests rendered from such a spec keep their bytes.
-        data = handler(self)
-        if self.task == "generate":
-            data.pop("task", None)
-        if not self.engine_options:
-            data.pop("engine_options", None)
-        return data
 
 
 class AutoscalingSpec(StrictModel):

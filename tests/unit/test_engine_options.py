@@ -141,10 +141,8 @@ def test_the_mapping_is_bounded():
     )
 
 
-def test_a_model_dumps_the_new_fields_only_when_it_sets_them():
-    # So Serve configs and manifests rendered from specs without them keep their bytes.
-    plain = ModelSpec(id="smol")
-    assert set(plain.model_dump(mode="json")) == {"id", "source", "max_model_len", "kv_cache_gib"}
+def test_a_model_round_trips_through_its_dump():
+    # What `meridian serve-config` writes is what the region app reads back.
     embed = ModelSpec(id="smol", task="embed", engine_options={"enforce_eager": True})
     dumped = embed.model_dump(mode="json")
     assert (dumped["task"], dumped["engine_options"]) == ("embed", {"enforce_eager": True})
