@@ -9,6 +9,7 @@ undercounts, whatever the script (characters ÷ 4 undercounts Chinese 6× and em
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -74,4 +75,9 @@ def _tokenizer_of(model: ModelSpec) -> Tokenizer | None:
     if path is None or not path.is_file():
         log.info("%s: no tokenizer here; its prompts are counted by their UTF-8 bytes", model.id)
         return None
-    return Tokenizer.from_file(str(path))
+    return _load(str(path))
+
+
+@functools.cache  # one per file and process, however many apps are built (0.1 s each)
+def _load(path: str) -> Tokenizer:
+    return Tokenizer.from_file(path)
