@@ -28,10 +28,12 @@ from pathlib import Path
 from capacity.model import Accelerator, Market, Placement
 
 PACKAGED_DIR = Path(__file__).resolve().parent / "data"
-CATALOG_FILES = ("gpu_prices_aws.csv", "gpu_prices_gcp.csv")
-EXTRACT_SOURCE = {
-    "aws": "skypilot-catalog v7 aws/vms.csv @27f67dd4",
-    "gcp": "skypilot-catalog v7 gcp/vms.csv @6f65ab58",
+CATALOG_FILES = ("gpu_prices_aws.csv", "gpu_prices_gcp.csv", "gpu_prices_aws_previous_generation.csv")
+# Where each packaged file's prices come from (data/README.md); a user's file is a "catalog file".
+FILE_SOURCES = {
+    "gpu_prices_aws.csv": "skypilot-catalog v7 aws/vms.csv @27f67dd4",
+    "gpu_prices_gcp.csv": "skypilot-catalog v7 gcp/vms.csv @6f65ab58",
+    "gpu_prices_aws_previous_generation.csv": "AWS on-demand list price",
 }
 
 # GPU memory per device, GiB, from NVIDIA's data sheets (the extract has no memory column).
@@ -209,8 +211,10 @@ def load_catalog(paths: Iterable[Path]) -> Catalog:
     gpu_rows: dict[tuple[str, str, str, int], dict[str, str]] = {}
     offerings: list[Offering] = []
     for path in paths:
+        source = FILE_SOURCES.get(path.name, "catalog file") if path.parent == PACKAGED_DIR else "catalog file"
         with path.open(newline="") as handle:
             for number, row in enumerate(csv.DictReader(handle), start=2):
+                row = {**row, "source": source}
                 try:
                     if not row["instance_type"]:
                         count = int(row["accelerator_count"])
@@ -232,8 +236,8 @@ def default_catalog(extra_files: Iterable[str | Path] = ()) -> Catalog:
     return load_catalog([*(PACKAGED_DIR / name for name in CATALOG_FILES), *map(Path, extra_files)])
 
 
-def _price(cell: str, cloud: str) -> Price | None:
-    return Price(float(cell), None, EXTRACT_SOURCE.get(cloud, "catalog file")) if cell else None
+def _price(cell: str, source: str) -> Price | None:
+    return Price(float(cell), None, source) if cell else None
 
 
 def _accelerator(name: str, count: int) -> Accelerator:
@@ -250,8 +254,8 @@ def _row_offering(row: dict[str, str]) -> Offering:
         accelerator=accelerator,
         vcpus=float(row["vcpus"]),
         memory_gib=float(row["memory_gib"]),
-        on_demand=_price(row["price_per_hour_usd"], row["cloud"]),
-        spot=_price(row["spot_price_per_hour_usd"], row["cloud"]),
+        on_demand=_price(row["price_per_hour_usd"], row["source"]),
+        spot=_price(row["spot_price_per_hour_usd"], row["source"]),
     )
 
 
@@ -269,8 +273,8 @@ def _gcp_joined(host: dict[str, str], gpu_rows: dict[tuple[str, str, str, int], 
         replace(
             base,
             accelerator=_accelerator(name, count),
-            on_demand=_sum(base.on_demand, _price(gpu["price_per_hour_usd"], "gcp")),
-            spot=_sum(base.spot, _price(gpu["spot_price_per_hour_usd"], "gcp")),
+            on_demand=_sum(base.on_demand, _price(gpu["price_per_hour_usd"], gpu["source"])),
+            spot=_sum(base.spot, _price(gpu["spot_price_per_hour_usd"], gpu["source"])),
         )
     ]
 

@@ -8,7 +8,13 @@ the instance types the traces were collected on, priced as follows, first match 
   catalog's spot price for that type in that region; else `DEFAULT_SPOT_FRACTION` of the
   on-demand price.
 - **on-demand**, per zone: `--on-demand-price`; else the catalog's on-demand price for
-  that type in that region; else the public list price in `TRACE_KINDS`.
+  that type in that region; else its price in the catalog's nearest listing.
+
+The instance type comes from the trace set's kind. A GPU kind, in the artifacts'
+convention `<accelerator>[_<memory>gb]_<count>` (`v100_1`, `a100_40gb_8`), is looked up
+in the catalog: the cloud's type with that many of that accelerator (of that memory, when
+named), preferring one listed in the trace's regions, then the smallest. The CPU kinds
+of the artifacts are named by their files, not by a convention, and listed in `CPU_KINDS`.
 
 `DEFAULT_SPOT_FRACTION` = 0.30 is the ratio of the spot price recorded in the p3.2xlarge
 preemption traces (0.918 USD/h, constant in every file that has prices) to the
@@ -18,6 +24,7 @@ prices, stated in the results.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,20 +44,48 @@ class TraceKind:
     source: str
 
 
-# On-demand list prices (USD/h, Linux) in the trace's regions (us-east-1/2, us-west-2; us-central1).
-TRACE_KINDS: dict[str, TraceKind] = {
-    "v100_1": TraceKind("p3.2xlarge", Accelerator("V100", 1, 16), 3.06, "AWS on-demand list price"),
-    "v100_8": TraceKind("p3.16xlarge", Accelerator("V100", 8, 16), 24.48, "AWS on-demand list price"),
-    "k80_1": TraceKind("p2.xlarge", Accelerator("K80", 1, 12), 0.90, "AWS on-demand list price"),
-    "k80_8": TraceKind("p2.8xlarge", Accelerator("K80", 8, 12), 7.20, "AWS on-demand list price"),
+# The CPU kinds of the public spot traces, with their on-demand list prices (USD/h,
+# Linux) in the traces' regions; the GPU catalog lists no CPU types.
+CPU_KINDS: dict[str, TraceKind] = {
     "intel_64": TraceKind("r5.16xlarge", Accelerator("cpu", 0, 0), 4.032, "AWS on-demand list price"),
     # 88 vCPU × 0.03398 + 176 GiB × 0.00455 (GCP C3 us-central1 list rates), rounded.
     "c3-88": TraceKind("c3-highcpu-88", Accelerator("cpu", 0, 0), 3.79, "GCP C3 list rates, computed"),
 }
+GPU_KIND = re.compile(r"^(?P<accelerator>[a-z][a-z0-9]*?)(?:_(?P<memory>\d+)gb)?_(?P<count>\d+)$")
 
 
 class PricingError(ValueError):
     """A trace set whose prices cannot be determined."""
+
+
+def trace_kind(traces: TraceSet, catalog: Catalog) -> TraceKind:
+    """The instance type a trace set's kind names, and its on-demand price."""
+    if traces.kind in CPU_KINDS:
+        return CPU_KINDS[traces.kind]
+    named = GPU_KIND.match(traces.kind)
+    if named is None:
+        raise PricingError(
+            f"{traces.name}: kind {traces.kind!r} is neither <accelerator>[_<memory>gb]_<count> nor one of "
+            f"the CPU kinds {sorted(CPU_KINDS)}"
+        )
+    cloud = traces.zones[0].cloud
+    wanted, memory, count = named["accelerator"], named["memory"], int(named["count"])
+    found = [
+        o
+        for o in catalog.offerings(cloud=cloud, accelerator_count=count)
+        if o.accelerator is not None
+        and o.on_demand is not None
+        and o.accelerator.name.split("-")[0].lower() == wanted
+        and (memory is None or o.accelerator.memory_gib == float(memory))
+    ]
+    if not found:
+        described = f"{count}× {wanted.upper()}" + (f" {memory} GB" if memory else "")
+        raise PricingError(f"{traces.name}: the catalog has no {cloud} type with {described}; pass --on-demand-price")
+    regions = {zone.region for zone in traces.zones}
+    chosen = min(found, key=lambda o: (o.region not in regions, o.vcpus, o.on_demand.usd_per_h, o.instance_type))
+    assert chosen.accelerator is not None and chosen.on_demand is not None
+    price = chosen.on_demand
+    return TraceKind(chosen.instance_type, chosen.accelerator, price.usd_per_h, f"{price.source}, {chosen.region}")
 
 
 @dataclass(frozen=True)
@@ -69,9 +104,14 @@ def zone_prices(
     on_demand_usd_per_h: float | None = None,
     spot_usd_per_h: float | None = None,
 ) -> ZonePrices:
-    kind = TRACE_KINDS.get(traces.kind)
+    try:
+        kind: TraceKind | None = trace_kind(traces, catalog) if catalog is not None else CPU_KINDS.get(traces.kind)
+    except PricingError:
+        if on_demand_usd_per_h is None:
+            raise
+        kind = None
     if kind is None and on_demand_usd_per_h is None:
-        raise PricingError(f"{traces.name}: unknown instance kind {traces.kind!r}; pass --on-demand-price")
+        raise PricingError(f"{traces.name}: kind {traces.kind!r} needs a catalog or --on-demand-price")
     instance_type = kind.instance_type if kind is not None else traces.kind
     accelerator = kind.accelerator if kind is not None else Accelerator(traces.kind, 1, 0)
     on_demand = np.empty(len(traces.zones))

@@ -12,19 +12,21 @@ from capacity.policy.placement import Demand, PlacementDecision, plan
 from capacity.sim.spot_replay import SpotReplayConfig, compare, make_policy
 from capacity.sim.spot_traces import UNLIMITED, TraceError, load_sets, parse_zone
 from capacity.sim.spothedge import SpotHedge
-from capacity.sim.trace_prices import DEFAULT_SPOT_FRACTION, TRACE_KINDS, zone_prices
+from capacity.sim.trace_prices import DEFAULT_SPOT_FRACTION, PricingError, zone_prices
 from capacity.sim.unread_events import ReadMark, unread
 from meridian_core.capacity_spec import CapacitySpec
 
 SPOT = Path(__file__).resolve().parents[3] / "shared" / "data" / "spot" / "skypilot-spot-traces"
 
 
-def write(folder: Path, zone: str, data: list[int], gap: float = 300, prices: list[float] | None = None) -> Path:
+def write(
+    folder: Path, zone: str, data: list[int], gap: float = 300, prices: list[float] | None = None, kind: str = "v100_1"
+) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     body: dict = {"metadata": {"gap_seconds": gap}, "data": data}
     if prices is not None:
         body["prices"] = prices
-    path = folder / f"{zone}_v100_1.json"
+    path = folder / f"{zone}_{kind}.json"
     path.write_text(json.dumps(body))
     return path
 
@@ -45,7 +47,7 @@ def test_all_on_demand_is_always_available_and_saves_nothing(tmp_path: Path) -> 
     assert result.savings_vs_ondemand == 0.0
     assert result.preemptions == 0
     # 3 nodes × 100 steps × 300 s at the p3.2xlarge list price.
-    assert result.cost_usd == pytest.approx(3 * 100 * 300 / 3600 * TRACE_KINDS["v100_1"].on_demand_usd_per_h)
+    assert result.cost_usd == pytest.approx(3 * 100 * 300 / 3600 * 3.06)
 
 
 def test_naive_spot_in_a_zone_down_half_the_time_is_at_most_half_available(tmp_path: Path) -> None:
@@ -174,6 +176,37 @@ def test_trace_prices_win_then_the_documented_default(tmp_path: Path) -> None:
     given = zone_prices(traces, default_catalog(), on_demand_usd_per_h=10.0, spot_usd_per_h=2.0)
     assert given.spot[0].tolist() == [0.5, 0.7] and given.spot[1].tolist() == [2.0, 2.0]
     assert np.all(given.on_demand == 10.0)
+
+
+@pytest.mark.parametrize(
+    "zones, kind, instance_type, on_demand",
+    [
+        (["us-east-1a", "us-west-2b"], "v100_1", "p3.2xlarge", 3.06),
+        (["us-east-1a"], "k80_8", "p2.8xlarge", 7.2),
+        (["us-central1-a", "europe-west4-a"], "a100_40gb_8", "a2-highgpu-8g", None),
+        (["us-central1-a"], "a100_80gb_1", "a2-ultragpu-1g", None),
+        (["us-east1-b"], "l4_1", "g2-standard-4", None),
+    ],
+)
+def test_a_trace_kind_is_priced_from_the_catalog_without_flags(tmp_path, zones, kind, instance_type, on_demand):
+    for zone in zones:
+        write(tmp_path, zone, [1, 0, 1], kind=kind)
+    (traces,) = load_sets([tmp_path])
+    catalog = default_catalog()
+    prices = zone_prices(traces, catalog)
+    assert prices.instance_type == instance_type
+    listed = [o for o in catalog.offerings() if o.instance_type == instance_type and o.region in traces.zones[0].region]
+    expected = on_demand if on_demand is not None else listed[0].on_demand.usd_per_h
+    assert prices.on_demand[0] == pytest.approx(expected)
+    assert np.all(prices.on_demand > 0) and np.all(prices.spot > 0)
+
+
+def test_a_kind_whose_accelerator_the_catalog_lacks_fails_naming_it(tmp_path):
+    write(tmp_path, "us-central1-a", [1, 1], kind="tpu_8")
+    (traces,) = load_sets([tmp_path])
+    with pytest.raises(PricingError, match=r"no gcp type with 8× TPU; pass --on-demand-price"):
+        zone_prices(traces, default_catalog())
+    assert zone_prices(traces, default_catalog(), on_demand_usd_per_h=12.0).on_demand.tolist() == [12.0]
 
 
 GOAL_SETS = (
