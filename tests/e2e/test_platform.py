@@ -225,7 +225,7 @@ def test_a_stopped_capacity_loop_is_restarted_alone_and_loses_no_node(platform):
     platform.clusters["local/us-east"] = restarted  # what the tests after this one stop
 
 
-def test_status_json(spec, platform, every_model_ready):
+def test_status_json(spec, platform):
     result = subprocess.run(
         [str(BIN / "meridian"), "status", str(SPEC_PATH), "--json"], capture_output=True, text=True, check=True
     )
