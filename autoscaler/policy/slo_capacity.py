@@ -6,9 +6,12 @@ n replicas behave like an M/M/n queue whose service time is one prompt's prefill
 waiting time then has the tail P(W > x) = C(n, a) · exp(−(n/S − λ) x) (Erlang C, a = λS),
 so the `attainment` quantile of TTFT is bounded by the waiting quantile plus the
 (exponential) service quantile S · ln(1 / (1 − attainment)). Decode is checked through
-Little's law: each replica runs b = λ/n · (prefill + output · ITL) sequences, the step
-at that batch, stretched by the replica's prefill share λS/n, must stay within the ITL
-target, and b must fit `max_num_seqs` and the KV cache.
+Little's law: each replica runs b = λ/n · (S(b) + output · ITL) sequences, the step at
+that batch, stretched by the replica's prefill share λS(b)/n, must stay within the ITL
+target, and b must fit `max_num_seqs` and the KV cache. b, S and the ITL depend on each
+other: they are taken at their fixed point, and a replica whose batch has none (it
+grows without bound: decode and prefill together need more than the engine's time) is
+overloaded, however light prefill alone looks.
 """
 
 from __future__ import annotations
@@ -20,6 +23,10 @@ from meridian_core.replica_model import ReplicaProfile
 
 # KV cache fraction planned for; the rest absorbs long requests.
 KV_PLANNING_FRACTION = 0.9
+# The batch's fixed point is found by iterating from one sequence; the batch only grows,
+# and one past this many times max_num_seqs has no fixed point the replica can hold.
+FIXED_POINT_ROUNDS = 200
+OVERLOADED_BATCH_FACTOR = 4
 
 
 @dataclass(frozen=True)
@@ -51,16 +58,26 @@ def ttft_quantile_s(servers: int, rate: float, service_s: float, attainment: flo
     return wait_q + service_s * math.log(1.0 / miss)
 
 
-def replica_itl_s(profile: ReplicaProfile, workload: Workload, servers: int, service_s: float) -> tuple[float, float]:
-    """(ITL, running sequences) of one of `servers` replicas sharing `workload`."""
+def replica_itl_s(profile: ReplicaProfile, workload: Workload, servers: int) -> tuple[float, float, float]:
+    """(ITL, running sequences, prefill time) of one of `servers` replicas sharing
+    `workload`, at their fixed point: the batch sets the prefill time and the step, which
+    set the ITL and the prefill's share of the engine, which set the batch (Little's law).
+    Without a fixed point (the batch grows without bound) the replica is overloaded: inf."""
     per_replica = workload.rate_rps / servers
-    share = min(per_replica * service_s, 1.0)
-    itl = profile.itl_s(1.0, share)
     batch = 1.0
-    for _ in range(8):
-        batch = max(per_replica * (service_s + workload.mean_output_tokens * itl), 1.0)
+    for _ in range(FIXED_POINT_ROUNDS):
+        service_s = profile.prefill_s(workload.mean_prompt_tokens, batch)
+        share = per_replica * service_s
+        if share >= 1.0:
+            return math.inf, math.inf, service_s
         itl = profile.itl_s(batch, share)
-    return itl, batch
+        following = max(per_replica * (service_s + workload.mean_output_tokens * itl), 1.0)
+        if following > OVERLOADED_BATCH_FACTOR * profile.max_num_seqs:
+            return math.inf, following, service_s
+        if abs(following - batch) <= 1e-6 * following:
+            return itl, following, service_s
+        batch = following
+    return math.inf, batch, service_s
 
 
 def replicas_needed(
@@ -74,16 +91,15 @@ def replicas_needed(
     """Fewest replicas (≤ `limit`) whose planned TTFT and ITL meet the SLO at `attainment`."""
     if workload.rate_rps <= 0:
         return 0
-    # Prefill shares steps with the decodes already running; start from a light batch.
+    # The first count that could keep up with prefill alone, at a light batch.
     service_s = profile.prefill_s(workload.mean_prompt_tokens, 1.0)
     tokens = workload.mean_prompt_tokens + workload.mean_output_tokens
     first = max(1, math.ceil(workload.rate_rps * service_s))
     for servers in range(first, limit + 1):
-        itl, batch = replica_itl_s(profile, workload, servers, service_s)
-        service_at_batch = profile.prefill_s(workload.mean_prompt_tokens, batch)
-        if ttft_quantile_s(servers, workload.rate_rps, service_at_batch, attainment) > slo_ttft_s:
-            continue
+        itl, batch, service_at_batch = replica_itl_s(profile, workload, servers)
         if itl > slo_itl_s:
+            continue
+        if ttft_quantile_s(servers, workload.rate_rps, service_at_batch, attainment) > slo_ttft_s:
             continue
         if batch > profile.max_num_seqs or batch * tokens > KV_PLANNING_FRACTION * profile.kv_capacity_tokens:
             continue

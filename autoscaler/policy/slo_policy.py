@@ -14,10 +14,11 @@ Each decision:
    before it.
 3. **Capacity** — the fewest replicas whose planned TTFT and ITL meet the SLO at the
    `attainment` quantile (`autoscaler.policy.slo_capacity`: Erlang-C queueing of prefill,
-   decode batch by Little's law, KV cache), multiplied by a correction that grows while
-   the observed p95 TTFT or ITL has broken the SLO for longer than a cold start (a
-   shorter breach is a burst that is over before new replicas are ready) and decays
-   back to 1 when it holds.
+   decode batch by Little's law at its fixed point, KV cache), multiplied by a correction
+   that steps up, once a cold start, while the observed p95 TTFT or ITL breaks the SLO
+   with every planned replica ready (a shorter breach is a burst that is over before new
+   replicas are ready), and steps down only with clear headroom, never below the level
+   that followed one that proved too low (`_correct`).
    Requests the router holds with no replica ready force at least one replica.
    Bursts are sized separately, as a fluid: bin the last `burst_window_s` of arrivals
    at the TTFT target's length; the prompt tokens of the bin that `attainment` of the
@@ -65,6 +66,12 @@ class SloPolicyConfig(BaseModel):
     correction_step: float = Field(default=1.25, gt=1)
     correction_max: float = Field(default=3.0, ge=1)
     correction_decay: float = Field(default=0.97, gt=0, lt=1)
+    # The correction is lowered only while both observed p95s are within this fraction
+    # of their targets: met, but close, holds it.
+    correction_release: float = Field(default=0.85, gt=0, lt=1)
+    # A correction that proved too low is not decayed back below the level that
+    # followed it; that floor fades with this half-life (the workload's mix may change).
+    correction_floor_half_life_s: float = Field(default=3600.0, gt=0)
 
 
 def _bins(demand: tuple[DemandSample, ...], now: float, bin_s: float) -> np.ndarray:
@@ -197,19 +204,7 @@ class SloPolicy:
             source = "burst"
             forecast = burst_rate / max(prompt_mean, 1.0)
 
-        # A breach shorter than a cold start is over before new replicas could help (a
-        # burst); one that outlasts it means the capacity model is off, so correct it.
-        correction = float(state.get("correction", 1.0))
-        breached = (signals.ttft_ms is not None and signals.ttft_ms > config.slo.ttft_p95_ms) or (
-            signals.itl_ms is not None and signals.itl_ms > config.slo.itl_p95_ms
-        )
-        breach_since = state.get("breach_since") if breached else None
-        if breached and breach_since is None:
-            breach_since = now
-        if breach_since is not None and now - breach_since >= signals.cold_start_s:
-            correction = min(correction * config.correction_step, config.correction_max)
-        elif not breached:
-            correction = max(1.0, correction * config.correction_decay)
+        correction, breach_since, floor, floor_at = self._correct(signals, state)
         desired = math.ceil(needed * correction - 1e-9)
         if signals.waiting > 0 and signals.ready == 0:
             desired = max(desired, 1)
@@ -242,7 +237,44 @@ class SloPolicy:
             "recent": recent,
             "correction": correction,
             "breach_since": breach_since,
+            "target": target,
+            "correction_floor": floor,
+            "correction_floor_at": floor_at,
             "prompt_mean": prompt_mean,
             "output_mean": output_mean,
         }
         return ScalingDecision(target, reason), new_state
+
+    def _correct(self, signals: RegionSignals, state: PolicyState) -> tuple[float, float | None, float, float]:
+        """The multiplier on the capacity model's count, learned from observed SLO breaches.
+
+        A breach shorter than a cold start is over before new replicas could help (a
+        burst); one that outlasts it means the capacity model is off: the correction steps
+        up, and the next step waits another cold start, for the replicas it added to be
+        ready and show their effect. It steps down only with clear headroom (both p95s
+        within `correction_release` of their targets), never below the level that
+        followed one that proved too low (that floor fading over hours), and holds
+        otherwise: a steady demand settles on a steady count instead of cycling between
+        too few and too many.
+        """
+        config, now = self.config, signals.now_s
+        slo = config.slo
+        correction = float(state.get("correction", 1.0))
+        floor, floor_at = float(state.get("correction_floor", 1.0)), float(state.get("correction_floor_at", now))
+        floor = 1.0 + (floor - 1.0) * 0.5 ** ((now - floor_at) / config.correction_floor_half_life_s)
+        ttft, itl = signals.ttft_ms, signals.itl_ms
+        breached = (ttft is not None and ttft > slo.ttft_p95_ms) or (itl is not None and itl > slo.itl_p95_ms)
+        # A breach while the replicas planned are still starting is theirs, not the model's.
+        if signals.starting > 0 or signals.ready < int(state.get("target", 0)):
+            return correction, None, floor, now
+        breach_since = state.get("breach_since") if breached else None
+        if breached and breach_since is None:
+            breach_since = now
+        if breach_since is not None and now - breach_since >= signals.cold_start_s:
+            correction = min(correction * config.correction_step, config.correction_max)
+            floor, breach_since = correction, now
+        elif not breached:
+            release = config.correction_release
+            if (ttft is None or ttft <= release * slo.ttft_p95_ms) and (itl is None or itl <= release * slo.itl_p95_ms):
+                correction = max(floor, 1.0, correction * config.correction_decay)
+        return correction, breach_since, floor, now

@@ -182,3 +182,79 @@ def test_goal_on_the_azure_code_trace(azure_lineup: dict[str, DemandReplayResult
     peers = [r for name, r in azure_lineup.items() if name != "meridian" and r.slo_attainment >= 0.99]
     assert peers
     assert meridian.gpu_hours <= 0.7 * min(r.gpu_hours for r in peers)
+
+
+def poisson_trace(rate: float, seconds: float, prompt: int, output: int, seed: int) -> traces.Trace:
+    """Poisson arrivals with lognormal prompt and output lengths of the given means."""
+    rng = np.random.default_rng(seed)
+    arrivals = np.cumsum(rng.exponential(1 / rate, int(rate * seconds * 1.3)))
+    arrivals = arrivals[arrivals < seconds]
+    prompts = rng.lognormal(np.log(prompt) - 0.5, 1.0, len(arrivals)).astype(int).clip(1, 8000)
+    outputs = rng.lognormal(np.log(output) - 0.5, 1.0, len(arrivals)).astype(int).clip(1, 2000)
+    return traces.from_arrays(arrivals, prompts, outputs)
+
+
+# A decode-heavier mix than the code trace (the shape of Azure's 2023 conversation
+# service: ~1,150 prompt and ~210 output tokens), at a flat 60 requests/s on H100s.
+DECODE_HEAVIER = {"rate": 60.0, "seconds": 3600.0, "prompt": 1155, "output": 211, "seed": 0}
+
+
+def test_the_capacity_model_agrees_with_the_simulators_replica_on_a_decode_heavier_mix() -> None:
+    """Prefill alone would fit in five replicas; decode steps take the rest of their time,
+    and five cannot keep up. The model must see that, as the simulated replica does."""
+    from meridian_core.replica_model import H100_LLAMA31_8B
+
+    trace = poisson_trace(**DECODE_HEAVIER)
+    workload = Workload(60.0, float(trace.prompt_tokens.mean()), float(trace.output_tokens.mean()))
+    planned = replicas_needed(H100_LLAMA31_8B, workload, 2.0, 0.2, 0.99, 512)
+    replay = {"profile": H100_LLAMA31_8B, "slo_ttft_s": 2.0, "slo_itl_s": 0.2, "warmup_s": 600.0}
+    static = {
+        n: simulate(trace, StaticPeak(StaticConfig(replicas=n)), DemandReplayConfig(initial_replicas=n, **replay))
+        for n in (planned - 1, planned)
+    }
+    assert static[planned].slo_attainment >= 0.99
+    assert static[planned - 1].slo_attainment < 0.99
+
+
+@pytest.fixture(scope="module")
+def flat_decode_heavier() -> tuple[DemandReplayResult, DemandReplayResult]:
+    """Meridian's policy from one replica, and static provisioning at the model's count,
+    on the flat decode-heavier load."""
+    from meridian_core.replica_model import H100_LLAMA31_8B
+
+    trace = poisson_trace(**DECODE_HEAVIER)
+    replay = {"profile": H100_LLAMA31_8B, "slo_ttft_s": 2.0, "slo_itl_s": 0.2, "warmup_s": 600.0}
+    policy = SloPolicy(
+        SloPolicyConfig(
+            autoscaling=AutoscalingSpec(min_replicas=1, max_replicas=512),
+            slo=SLOSpec(ttft_p95_ms=2000, itl_p95_ms=200),
+            profile=H100_LLAMA31_8B,
+        )
+    )
+    workload = Workload(60.0, float(trace.prompt_tokens.mean()), float(trace.output_tokens.mean()))
+    planned = replicas_needed(H100_LLAMA31_8B, workload, 2.0, 0.2, 0.99, 512)
+    static = simulate(
+        trace, StaticPeak(StaticConfig(replicas=planned)), DemandReplayConfig(initial_replicas=planned, **replay)
+    )
+    return simulate(trace, policy, DemandReplayConfig(**replay)), static
+
+
+def test_meridian_holds_todays_level_on_a_flat_decode_heavier_load(flat_decode_heavier) -> None:
+    """Today's figures: 99.0% attainment and 6.43 GPU-hours against static's 5.0 (the
+    policy before the fixed-point capacity model and the held correction: 68.7%, 9.93).
+    This pins the level reached so that a regression fails."""
+    meridian, static = flat_decode_heavier
+    assert meridian.slo_attainment >= 0.99
+    assert meridian.gpu_hours <= 1.3 * static.gpu_hours
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="goal not met: after the start the count settles at 8, then drifts to 7 as the correction's floor "
+    "fades, where a drop to the model's 6 breaches again (a slow swing of one replica, not yet steady)",
+)
+def test_a_flat_load_settles_on_a_steady_replica_count_without_a_limit_cycle(flat_decode_heavier) -> None:
+    meridian, _ = flat_decode_heavier
+    times, replicas = np.array(meridian.times_s), np.array(meridian.replicas)
+    settled = replicas[times > 1800]  # the second half hour, long after the start from one replica
+    assert settled.min() == settled.max(), f"replicas swing between {settled.min()} and {settled.max()}"
