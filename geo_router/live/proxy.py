@@ -6,9 +6,9 @@ been read from a region, a failure there moves the request to the next region, w
 the fleet's retry budget; after that the request is never sent twice, and a stream
 that breaks ends with an SSE error event in OpenAI's shape.
 
-A region that cannot be reached is marked down at once. One that answers 5xx or sends
-no first byte in time is marked down only once another region has answered the same
-request: a request that fails everywhere is likely the request's fault (a poison
+A region that cannot be reached, has lost its app (404) or redirects is marked down at
+once. One that answers 5xx or sends no first byte in time is marked down only once
+another region has answered the same request: a request that fails everywhere is likely the request's fault (a poison
 request), and must not open every breaker. A client that hangs up while its request
 waits for a region is noticed, and the region's request is closed so the engine drops it.
 """
@@ -218,7 +218,9 @@ class Proxy:
                 url, headers = f"{region.endpoint}/v1/{path}", {**headers, **region.auth_headers()}
                 upstream = await self._upstream.post(url, request.body, headers, self._settings.upstream_timeout_s)
                 if is_retryable_status(upstream.status):
-                    raise RegionFailed("status", f"HTTP {upstream.status}", blames_region=False)
+                    # A 5xx may be this request's doing; a missing app or a redirect is the region's.
+                    blames = upstream.status < 500 and upstream.status != 408
+                    raise RegionFailed("status", f"HTTP {upstream.status}", blames_region=blames)
                 first_chunk = b""
                 async for chunk in upstream.chunks:
                     if chunk:

@@ -229,3 +229,12 @@ def test_with_api_keys_the_operational_endpoints_need_the_admin_token(fakes, mon
         assert router.get("/healthz").status_code == 200  # liveness stays open: it says nothing inside
     with running_router(load_spec(REPO / "configs" / "local.yaml"), fakes) as router:
         assert router.get(path).status_code == 200  # no keys: an open router, open about itself
+
+
+def test_regions_that_lost_their_app_are_blamed_not_the_request(router, fakes):
+    for slug in ("local-us-east", "local-eu-west"):
+        fakes[slug].mode = "gone"  # Serve's 404 for a route prefix it no longer has
+    refused = router.post("/v1/chat/completions", json=CHAT)
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "no_healthy_region"
+    assert int(refused.headers["retry-after"]) >= 1
+    assert router.get("/healthz").json()["healthy_regions"] == []
