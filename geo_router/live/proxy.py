@@ -46,6 +46,8 @@ FORWARDED_RESPONSE_HEADERS = ("content-type", "cache-control")
 MAX_ERROR_BODY = 64 * 1024
 # nginx's status for a request whose client closed the connection first.
 CLIENT_CLOSED = "499"
+# The last event of an OpenAI stream.
+SSE_DONE = b"data: [DONE]\n\n"
 
 
 class RelayResponse(StreamingResponse):
@@ -308,9 +310,12 @@ class Proxy:
                 if attempt.first_chunk:
                     keep_tail(attempt.first_chunk)
                     yield attempt.first_chunk
+                    relayed_whole[0] = attempt.first_chunk.endswith(SSE_DONE)
                 async for chunk in upstream.chunks:
                     keep_tail(chunk)
                     yield chunk
+                    # A client may hang up once it has a stream's last event, before the body's end.
+                    relayed_whole[0] = chunk.endswith(SSE_DONE)
                 relayed_whole[0] = True
             except UpstreamError as error:
                 if cut[0]:

@@ -161,14 +161,21 @@ def test_a_client_gone_before_the_first_byte_frees_the_engine(platform, model):
     """A long non-streamed generation whose client gives up: the router closes the
     region's request and vLLM drops it, long before it could have finished."""
     body = {"model": model, "messages": QUESTION, "max_tokens": 1900, "ignore_eos": True}
+    gone = f'meridian_router_requests_total{{model="{model}",region="local/us-east",status="499"}}'
+    before = metric(httpx.get(f"{platform.router_url}/metrics").text, gone)
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{platform.router_url}/v1/chat/completions", json=body, timeout=httpx.Timeout(60, read=2.0))
     deadline = time.monotonic() + 10  # 1,900 tokens take this engine far longer
     while (running := launcher.router_regions(platform)["local/us-east"].status.engine.running) > 0:
         assert time.monotonic() < deadline, f"the engine still runs {running} request(s) for a client that left"
         time.sleep(0.5)
-    scraped = httpx.get(f"{platform.router_url}/metrics").text
-    assert f'meridian_router_requests_total{{model="{model}",region="local/us-east",status="499"}} 1.0' in scraped
+    assert metric(httpx.get(f"{platform.router_url}/metrics").text, gone) == before + 1
+
+
+def metric(scraped: str, sample: str) -> float:
+    """A sample's value on a /metrics page; 0 when absent."""
+    found = [line.rsplit(" ", 1)[1] for line in scraped.splitlines() if line.startswith(sample + " ")]
+    return float(found[0]) if found else 0.0
 
 
 def test_responses_api_is_404(client, model):

@@ -54,6 +54,7 @@ class LoopbackRegion:
     # ok | gone (404) | error500 | hang (no headers) | hang_body (headers, no body) | break_stream
     # | redirect (307 elsewhere) | gzip (compresses its answer when the caller accepts it)
     # | hang_watch (no headers; notes whether the router hangs up)
+    # | linger (a whole stream, [DONE] included, then a wait before the body's end)
     mode: str = "ok"
     port: int = 0
     calls: list[str] = field(default_factory=list)
@@ -113,6 +114,12 @@ class LoopbackRegion:
             return web.json_response({"object": "chat.completion", "region": self.name})
         response = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await response.prepare(request)
+        if self.mode == "linger":
+            await response.write(event("Paris", self.name) + b"data: [DONE]\n\n")
+            await self._wait()
+            with contextlib.suppress(ConnectionResetError):
+                await response.write_eof()
+            return response
         await response.write(event("Par", self.name))
         await self._wait()
         if self.mode == "break_stream":
@@ -382,3 +389,17 @@ def test_on_sigterm_a_stream_still_open_at_the_end_of_the_grace_is_cut_with_an_e
     last = json.loads(rest.strip().removeprefix(b"data: "))
     assert last["error"]["code"] == "router_shutdown"
     assert regions["local-us-east"].released_by_test is None  # still waiting when the router cut it
+
+
+def test_a_client_that_leaves_after_the_streams_last_event_was_answered_in_full(router, regions):
+    regions["local-us-east"].mode = "linger"
+    with router.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as response:
+        received = b""
+        for chunk in response.iter_raw():
+            received += chunk
+            if received.endswith(b"data: [DONE]\n\n"):
+                break  # as the openai client does: it has the whole answer, and hangs up
+    # Counted once the region ends the body (it lingers up to REGION_WAIT_S).
+    answered = f'meridian_router_requests_total{{model="{MODEL}",region="local/us-east",status="200"}} 1.0'
+    assert_counted(router, answered, within_s=REGION_WAIT_S + 5)
+    assert 'status="499"' not in "\n".join(metric_lines(router))
