@@ -283,6 +283,7 @@ def create_app(
 
                 def on_usage(used: int) -> None:
                     key_limits.settle(charged, used, time.monotonic())
+
         candidates, panic = table.servable(parsed.model)
         decision = choose(
             [r.load(corrector.correction_for(r.name, time.monotonic())) for r in candidates],
