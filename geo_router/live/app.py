@@ -96,7 +96,7 @@ def create_app(
         interval_s=settings.health_poll_interval_s,
         on_malformed=lambda error: metrics.malformed.labels(contract=error.contract).inc(),
         on_poll_error=lambda _: metrics.background_failures.labels("status_poll").inc(),
-        probe_models=[m.id for m in spec.models],
+        probe_models=[m.id for m in spec.models if m.task == "generate"],  # a probe is a completion
         probe_timeout_s=settings.first_byte_timeout_s,
     )
     for name in table.regions:  # exported at 0 from the start, so the first trip shows in increase()

@@ -33,6 +33,8 @@ class FakeRegion:
     # Sent as the /status body instead of a well-formed one.
     status_body: bytes | None = None
     models: list[str] = field(default_factory=lambda: [MODEL])
+    # Embedding models: asked for a completion, they refuse it as vLLM does.
+    embed_models: list[str] = field(default_factory=list)
     calls: list[str] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
 
@@ -119,6 +121,8 @@ class FakeRegions:
         if region.mode == "echo500":  # an error page that repeats the prompt
             return streamed(500, text="Internal Server Error while handling: " + request.content.decode())
         body = json.loads(request.content)
+        if rest in ("v1/completions", "v1/chat/completions") and body.get("model") in region.embed_models:
+            return streamed(400, json_body={"error": {"message": "this model does not generate text"}})
         if rest == "v1/embeddings":
             return streamed(200, json_body={"object": "list", "data": [{"embedding": [0.5]}], "region": region.name})
         if body.get("stream"):

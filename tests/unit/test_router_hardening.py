@@ -238,3 +238,21 @@ def test_regions_that_lost_their_app_are_blamed_not_the_request(router, fakes):
     assert refused.status_code == 503 and refused.json()["error"]["code"] == "no_healthy_region"
     assert int(refused.headers["retry-after"]) >= 1
     assert router.get("/healthz").json()["healthy_regions"] == []
+
+
+def test_an_inference_probe_asks_a_generating_model_never_an_embedding_one(fakes):
+    data = yaml.safe_load((REPO / "configs" / "local.yaml").read_text())
+    data["models"].insert(0, {"id": "embedder", "source": {"kind": "packaged"}, "task": "embed"})
+    fakes["local-us-east"].models = ["embedder", CHAT["model"]]
+    fakes["local-us-east"].embed_models = ["embedder"]
+    data["router"]["breaker_open_s"] = 0.05
+    with running_router(parse_spec(data), fakes) as router:
+        east = router.app_state.regions.regions["local/us-east"]
+        east.mark_down("a failed request", by_request=True)
+        deadline = time.monotonic() + 10
+        while east.breaker.is_open:
+            assert time.monotonic() < deadline, "the probe never closed the breaker"
+            east.breaker.opened_at = time.monotonic() - 120
+            repoll(router)
+            time.sleep(0.02)
+        assert "v1/completions" in fakes["local-us-east"].calls
