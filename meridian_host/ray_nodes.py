@@ -13,14 +13,16 @@ from meridian_core.spec import PORTS_PER_NODE, PlatformSpec, RegionSpec
 from meridian_host import processes
 from meridian_host.platform_state import ClusterState, PlatformState
 from meridian_host.region_tokens import ray_auth_env
+from meridian_host.serve_mode import haproxy_ports_env, serve_mode_env
 
 BIN = Path(sys.executable).parent
 REGION_LABEL = "meridian.io/region"
 NODE_LABEL = "meridian.io/node"
 REGION_RESOURCE_CAPACITY = 1000  # each replica takes 1 unit
 # Ports a Ray node's own components listen on (node manager, object manager, metrics,
-# dashboard agent http + grpc, runtime env agent).
-COMPONENT_PORTS = 6
+# dashboard agent http + grpc, runtime env agent, and on a head its HAProxy's stats and
+# metrics).
+COMPONENT_PORTS = 8
 # Objects passed between Serve actors are small; the default (30% of RAM per node)
 # would reserve most of /dev/shm across several nodes on one machine.
 OBJECT_STORE_BYTES = 256 * 1024**2
@@ -29,11 +31,15 @@ OBJECT_STORE_BYTES = 256 * 1024**2
 HEAD_CPUS = 1
 
 
+def component_ports(block: int) -> list[int]:
+    return [block + PORTS_PER_NODE - COMPONENT_PORTS + k for k in range(COMPONENT_PORTS)]
+
+
 def node_port_flags(block: int) -> list[str]:
     """`ray start` flags that keep a node on this machine inside the ports block
     [block, block + PORTS_PER_NODE): its components at the top, its workers below. Fixed
     and below the ephemeral range, so nothing else can take them between choice and bind."""
-    ports = [block + PORTS_PER_NODE - COMPONENT_PORTS + k for k in range(COMPONENT_PORTS)]
+    ports = component_ports(block)
     flags = {
         "--node-ip-address": "127.0.0.1",
         "--object-store-memory": OBJECT_STORE_BYTES,
@@ -56,9 +62,10 @@ def start_ray_node(
     block_index: int,
     log_name: str,
     role_args: list[str],
+    extra_env: dict[str, str] | None = None,
 ) -> int:
     """Start a node of `cluster` on port block `block_index`, with the cluster's Ray
-    token; return the pid of its `ray start`."""
+    token and Serve's mode (meridian_host/serve_mode.py); return the pid of its `ray start`."""
     flags = node_port_flags(spec.ray.node_ports_from + block_index * PORTS_PER_NODE)
     return processes.spawn(
         [
@@ -71,7 +78,7 @@ def start_ray_node(
         ],
         state.logs_dir / f"{log_name}.log",
         state.platform_id,
-        env=ray_auth_env(state, cluster),
+        env=ray_auth_env(state, cluster) | serve_mode_env(spec.ray.high_throughput) | (extra_env or {}),
     )
 
 
@@ -88,12 +95,15 @@ def start_head(spec: PlatformSpec, state: PlatformState, region: RegionSpec) -> 
         dashboard_url=f"http://127.0.0.1:{ports.dashboard}",
         ray_temp_dir=temp_dir,
     )
+    block = spec.ray.node_ports_from + ports.head_block * PORTS_PER_NODE
+    haproxy_stats, haproxy_metrics = component_ports(block)[-2:]
     cluster.head_pid = start_ray_node(
         spec,
         state,
         cluster,
         block_index=ports.head_block,
         log_name=f"ray-head-{region.slug}",
+        extra_env=haproxy_ports_env(haproxy_stats, haproxy_metrics),
         role_args=[
             "--head",
             "--port",

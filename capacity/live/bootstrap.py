@@ -38,6 +38,8 @@ class RayJoin:
     ray_bin: str = "ray"
     # The cluster's Ray token (RAY_AUTH_MODE=token); None for a cluster without one.
     auth_token: str | None = field(default=None, repr=False)
+    # Environment Ray reads at start on every node of the cluster (Serve's mode).
+    env: Mapping[str, str] = field(default_factory=dict)
 
 
 def ray_join_script(join: RayJoin, *, cloud: str, zone: str, market: str) -> str:
@@ -68,6 +70,7 @@ def ray_join_script(join: RayJoin, *, cloud: str, zone: str, market: str) -> str
                 if join.auth_token
                 else []
             ),
+            *(f"export {name}={shlex.quote(value)}" for name, value in sorted(join.env.items())),
             # Unquoted on purpose: the host's flags are words.
             shlex.join(command) + " ${MERIDIAN_RAY_START_ARGS:-}",
             "",

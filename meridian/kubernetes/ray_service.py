@@ -33,6 +33,7 @@ from meridian.kubernetes.objects import (
 from meridian.serve_config import serve_config
 from meridian_core.kubernetes_spec import PodResources
 from meridian_core.spec import PlatformSpec, RegionSpec, region_resource
+from meridian_host.serve_mode import serve_mode_env
 
 RAY_VERSION = "2.60.0"
 REGION_LABEL = "meridian.io/region"
@@ -40,13 +41,6 @@ REGION_RESOURCE_CAPACITY = "1000"
 # Where the head's ingress reads the region's token (deployments/region_ingress.py).
 REGION_TOKEN_VAR = "MERIDIAN_REGION_TOKEN"
 GCS_PORT, DASHBOARD_PORT, SERVE_PORT, DASHBOARD_AGENT_PORT = 6379, 8265, 8000, 52365
-# Ray Serve LLM's high-throughput settings (KubeRay's ray-service.high-throughput-llm
-# sample), set on head and workers alike.
-HIGH_THROUGHPUT_ENV = {
-    "RAY_SERVE_ENABLE_HA_PROXY": "1",
-    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
-    "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING": "1",
-}
 
 
 @dataclass(frozen=True)
@@ -211,7 +205,9 @@ def _pod(
     ports: list[dict[str, Any]],
     probe: dict[str, Any],
 ) -> dict[str, Any]:
-    throughput = [{"name": key, "value": value} for key, value in sorted(HIGH_THROUGHPUT_ENV.items())]
+    # Serve's mode on head and workers alike (KubeRay's ray-service.high-throughput-llm sample).
+    mode = serve_mode_env(spec.ray.high_throughput)
+    throughput = [{"name": key, "value": value} for key, value in sorted(mode.items())]
     container: dict[str, Any] = {
         "name": name,
         "image": image,

