@@ -78,6 +78,9 @@ class DemandReplayResult:
     demand_tokens_per_s: np.ndarray
     replicas: np.ndarray
     ready: np.ndarray
+    # Per tick: requests arriving in it, and how many of them met the SLO (for attainment over time).
+    arrivals: np.ndarray | None = None
+    met: np.ndarray | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -395,4 +398,6 @@ def simulate(
         demand_tokens_per_s=tokens_per_s,
         replicas=paid,
         ready=ready_series,
+        arrivals=counts,
+        met=np.bincount(tick_of, weights=ok, minlength=n_ticks),
     )

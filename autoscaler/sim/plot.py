@@ -15,6 +15,8 @@ from autoscaler.sim.demand_replay import DemandReplayResult  # noqa: E402
 
 # Demand is drawn as a moving average over this many ticks, to be readable.
 SMOOTH_TICKS = 10
+# Attainment over time is the share of the requests arriving in each window of this many ticks.
+ATTAINMENT_TICKS = 60
 
 
 def _smooth(values: np.ndarray, width: int) -> np.ndarray:
@@ -23,12 +25,40 @@ def _smooth(values: np.ndarray, width: int) -> np.ndarray:
     return np.convolve(values, np.ones(width) / width, mode="same")
 
 
+def windowed_attainment(result: DemandReplayResult, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(start time of each `width`-tick window, share of its arrivals meeting the SLO; NaN without arrivals)."""
+    if result.arrivals is None or result.met is None or not len(result.arrivals):
+        return np.zeros(0), np.zeros(0)
+    index = np.arange(len(result.arrivals)) // max(width, 1)
+    arrived = np.bincount(index, weights=result.arrivals)
+    met = np.bincount(index, weights=result.met)
+    share = np.full(len(arrived), np.nan)
+    np.divide(met, arrived, out=share, where=arrived > 0)
+    return result.times_s[:: max(width, 1)][: len(share)], share
+
+
 def plot_results(results: Sequence[DemandReplayResult], path: Path, title: str) -> Path:
-    """One row per result: prompt+output tokens/s arriving (left axis) and replicas paid
-    for and ready (right axis)."""
-    rows = max(len(results), 1)
-    figure, axes = plt.subplots(rows, 1, figsize=(11, 2.2 * rows), sharex=True, squeeze=False)
-    for axis, result in zip(axes[:, 0], results, strict=False):
+    """Per result: prompt+output tokens/s arriving (left axis) and replicas paid for and
+    ready (right axis); below it, when the result has it, the share of each minute's
+    arrivals that met the SLO."""
+    with_attainment = any(r.met is not None for r in results)
+    per = 2 if with_attainment else 1
+    rows = max(len(results), 1) * per
+    ratios = [3, 1] * (rows // 2) if with_attainment else [1] * rows
+    height = sum(2.2 if r == 3 or not with_attainment else 0.8 for r in ratios)
+    figure, axes = plt.subplots(
+        rows, 1, figsize=(11, height), sharex=True, squeeze=False, gridspec_kw={"height_ratios": ratios}
+    )
+    for row, result in enumerate(results):
+        axis = axes[row * per, 0]
+        if with_attainment:
+            lower = axes[row * per + 1, 0]
+            starts, share = windowed_attainment(result, ATTAINMENT_TICKS)
+            lower.step(starts / 60.0, share, where="post", color="tab:green", linewidth=1.0)
+            lower.axhline(0.99, color="0.4", linewidth=0.6, linestyle="--")
+            lower.set_ylim(min(0.9, float(np.nanmin(share)) if np.isfinite(share).any() else 0.9) - 0.02, 1.01)
+            lower.set_ylabel("SLO met\n(per min)", fontsize=7)
+            lower.tick_params(labelsize=7)
         minutes = result.times_s / 60.0
         axis.fill_between(minutes, _smooth(result.demand_tokens_per_s, SMOOTH_TICKS), color="0.8", step="mid")
         axis.set_ylabel("tokens/s", fontsize=8)
