@@ -347,7 +347,8 @@ class RaySpec(StrictModel):
     # Ray Serve's high-throughput mode (HAProxy ingress, throughput-optimised Serve) on
     # every node of every region's cluster: local, cloud and Kubernetes
     # (meridian_host/serve_mode.py). Off: Serve's Python proxy actor and default settings.
-    high_throughput: bool = True
+    # Off by default until it is measured to pay here (README, "Serve's mode").
+    high_throughput: bool = False
 
     @property
     def blocks_per_cluster(self) -> int:

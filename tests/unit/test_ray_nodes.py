@@ -27,7 +27,7 @@ def started_heads(spec, monkeypatch, tmp_path) -> list[dict[str, str]]:
 
 
 def test_heads_sharing_a_machine_get_their_own_haproxy_ports(monkeypatch, tmp_path):
-    spec = spec_of()
+    spec = spec_of(ray={"high_throughput": True})
     envs = started_heads(spec, monkeypatch, tmp_path)
     assert all(env["RAY_SERVE_ENABLE_HA_PROXY"] == env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1" for env in envs)
     haproxy_ports = [

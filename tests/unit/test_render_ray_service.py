@@ -122,10 +122,21 @@ def test_the_regions_workers_carry_its_label_resource_and_accelerator(repo):
     west = ray_service(spec, spec.regions[1])["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
     assert (west["minReplicas"], west["maxReplicas"]) == (0, 8)  # a region that idles to zero keeps no worker
     assert cluster["authOptions"] == {"mode": "token", "secretName": "meridian-aws-us-east-1-ray-token"}
-    for group in (cluster["headGroupSpec"], workers):
-        env = {item["name"]: item.get("value") for item in group["template"]["spec"]["containers"][0]["env"]}
-        assert env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
-        assert group["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+    fast = spec.model_copy(update={"ray": spec.ray.model_copy(update={"high_throughput": True})})
+    fast_cluster = ray_service(fast, fast.regions[0])["spec"]["rayClusterConfig"]
+    for default_group, fast_group in zip(
+        (cluster["headGroupSpec"], workers),
+        (fast_cluster["headGroupSpec"], *fast_cluster["workerGroupSpecs"]),
+        strict=True,
+    ):
+        assert default_group["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+        default_env, fast_env = (
+            {item["name"]: item.get("value") for item in group["template"]["spec"]["containers"][0]["env"]}
+            for group in (default_group, fast_group)
+        )
+        # Serve's mode is the spec's, on head and workers alike.
+        assert "RAY_SERVE_THROUGHPUT_OPTIMIZED" not in default_env
+        assert fast_env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == fast_env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
 
 
 def test_incremental_upgrade_is_configured_where_the_spec_asks_for_it(repo, ray_service_schema):
