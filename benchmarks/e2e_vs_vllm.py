@@ -46,12 +46,14 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.cpu_accounting import cpu_seconds_by_role, snapshot  # noqa: E402
 from benchmarks.servers import (  # noqa: E402
+    RAW,
     command_line,
     difference,
     machine,
     metric_table,
     pairwise,
     process_tree,
+    publish,
     ratio,
     report_header,
     served,
@@ -65,8 +67,6 @@ from meridian_host.region_tokens import region_token  # noqa: E402
 
 BIN = Path(sys.executable).parent
 VLLM = str(BIN / "meridian-vllm")
-RESULTS = REPO / "benchmarks" / "results"
-RAW = RESULTS / "raw"
 BARE_VLLM_PORT = 28123
 
 # (key, name) in measurement order within every round.
@@ -427,10 +427,7 @@ def main() -> int:
             "total_s": (datetime.now(UTC) - started).total_seconds(),
         },
     }
-    (RAW / "e2e_vs_vllm.json").write_text(json.dumps(results, indent=1, ensure_ascii=False))
-    text = render_report(results)
-    (RESULTS / "e2e_vs_vllm.md").write_text(text)
-    print(text)
+    publish("e2e_vs_vllm", results, render_report(results))
     return 0
 
 

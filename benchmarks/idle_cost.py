@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 import tempfile
 import time
@@ -33,14 +32,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.cpu_accounting import role_of  # noqa: E402
-from benchmarks.servers import command_line, machine, process_tree, report_header  # noqa: E402
+from benchmarks.servers import command_line, machine, process_tree, publish, report_header  # noqa: E402
 from meridian import launcher  # noqa: E402
 from meridian_core.spec import load_spec  # noqa: E402
 from meridian_host import processes  # noqa: E402
 from meridian_host.platform_state import LocalNodes, PlatformState  # noqa: E402
 
-RESULTS = REPO / "benchmarks" / "results"
-RAW = RESULTS / "raw"
 MODES = [("high_throughput", "Serve high-throughput mode", True), ("default", "Serve default mode", False)]
 PLATFORM = "platform (router, global loop)"
 GIB = 2**30
@@ -179,11 +176,7 @@ def main() -> int:
     for key, label, high_throughput in MODES:
         print(f"{label}: up, idle, down", flush=True)
         results["modes"][key] = idle_cost(args.spec, high_throughput, args.settle_seconds, args.idle_seconds)
-    RAW.mkdir(parents=True, exist_ok=True)
-    (RAW / "idle_cost.json").write_text(json.dumps(results, indent=1))
-    text = render_report(results)
-    (RESULTS / "idle_cost.md").write_text(text)
-    print(text)
+    publish("idle_cost", results, render_report(results))
     return 0
 
 

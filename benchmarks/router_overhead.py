@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import sys
 import tempfile
@@ -45,11 +44,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.servers import (  # noqa: E402
+    RAW,
     command_line,
     difference,
     machine,
     metric_table,
     pairwise,
+    publish,
     ratio,
     report_header,
     served,
@@ -58,8 +59,6 @@ from benchmarks.servers import (  # noqa: E402
 )
 
 BIN = Path(sys.executable).parent
-RESULTS = REPO / "benchmarks" / "results"
-RAW = RESULTS / "raw"
 UPSTREAM_PORT, MERIDIAN_PORT, VLLM_ROUTER_PORT = 28301, 28302, 28303
 BODY = b'{"model": "bench-model", "stream": true, "messages": [{"role": "user", "content": "hi"}]}'
 DONE = b"data: [DONE]"
@@ -320,10 +319,7 @@ def main() -> int:
         "log_lines": log_lines,
         "timings": {**timings, "total_s": (datetime.now(UTC) - started).total_seconds()},
     }
-    (RAW / "router_overhead.json").write_text(json.dumps(results, indent=1))
-    text = render_report(results)
-    (RESULTS / "router_overhead.md").write_text(text)
-    print(text)
+    publish("router_overhead", results, render_report(results))
     return 0
 
 

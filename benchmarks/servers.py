@@ -5,6 +5,7 @@ ratios and the header every report starts with."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import shlex
@@ -18,6 +19,9 @@ from pathlib import Path
 
 import httpx
 import psutil
+
+RESULTS = Path(__file__).resolve().parent / "results"
+RAW = RESULTS / "raw"
 
 
 def wait_until_answering(url: str, process: subprocess.Popen, timeout_s: float) -> None:
@@ -173,3 +177,12 @@ def metric_table(label: str, rows: Sequence[tuple[str, Sequence[float], str]]) -
         cells += [format(v, spec) for v in values] + [""] * (repeats - len(values))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
+
+
+def publish(name: str, raw: dict, report: str) -> None:
+    """Keep a run: its figures in results/raw/NAME.json (the report is rendered from
+    them), its report in results/NAME.md; and print the report."""
+    RAW.mkdir(parents=True, exist_ok=True)
+    (RAW / f"{name}.json").write_text(json.dumps(raw, indent=1, ensure_ascii=False))
+    (RESULTS / f"{name}.md").write_text(report)
+    print(report)
