@@ -36,8 +36,12 @@ class CapacitySpec(BaseModel):
     # On-demand nodes each region keeps whatever spot does; the rest is spot when spot is enabled.
     on_demand_base: int = Field(default=0, ge=0)
     spot_enabled: bool = True
-    # Spot nodes held beyond demand, so one preemption does not drop a region below it.
-    spot_spare: int = Field(default=1, ge=0)
+    # The most spot nodes held beyond demand. How many are held follows the demand's zones:
+    # none once they have been calm for `hedge_calm_s`, else the most nodes lost within any
+    # `hedge_burst_s` (zones failing together) among the preemptions of `event_memory_s`.
+    spot_spare: int = Field(default=2, ge=0)
+    hedge_burst_s: float = Field(default=600.0, gt=0)
+    hedge_calm_s: float = Field(default=3600.0, gt=0)
     # Where demand may go, in order of preference, when its region cannot take it.
     fallback: list[FallbackTarget] = Field(default_factory=list)
     # Treat the fallback regions as equal to the home region when spreading (a service that
@@ -53,6 +57,8 @@ class CapacitySpec(BaseModel):
     def _check(self) -> CapacitySpec:
         if self.stockout_backoff_max_s < self.stockout_backoff_s:
             raise ValueError("stockout_backoff_max_s must be at least stockout_backoff_s")
+        if self.hedge_calm_s > self.event_memory_s:
+            raise ValueError("hedge_calm_s must be at most event_memory_s (older preemptions are forgotten)")
         seen: set[tuple[str, str, str]] = set()
         for quota in self.quotas:
             key = (quota.cloud, quota.region, quota.accelerator.lower())

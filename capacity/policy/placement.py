@@ -9,8 +9,12 @@ simulator (`capacity.sim.spot_replay`) call the same function.
 Policy, per region demand of N replicas (one node each):
 
 - **Market mix.** `on_demand_base` (at most N) nodes are on-demand whatever spot does;
-  the other N - base are spot, plus `spot_spare` extra spot nodes so one preemption
-  leaves the region at N. With spot disabled, all N are on-demand.
+  the other N - base are spot. With spot disabled, all N are on-demand.
+- **Adaptive hedge.** Extra spot nodes are held only while the demand's zones misbehave:
+  none after `hedge_calm_s` without a preemption there; otherwise as many as the most
+  nodes lost within any `hedge_burst_s` of the remembered preemptions (zones failing
+  together), at most `spot_spare`. Spares go where the spread puts any node: zones with
+  fewest of ours, then fewest recent preemptions.
 - **Spread.** Each new spot node goes to the usable zone holding fewest of the demand's
   spot nodes, then fewest recent preemptions, then the cheapest spot price.
 - **Backoff.** A zone that stocked out, or preempted us, is skipped for
@@ -19,8 +23,8 @@ Policy, per region demand of N replicas (one node each):
 - **On-demand fills the gap** that spot leaves: nodes spot could not be placed for
   (stockouts, backoff, quota) are bought on demand. A pending spot node counts as
   placed (the cloud granted it: stockouts are refused at launch), so no on-demand is
-  bought for spot that is merely booting; a running on-demand node is kept until ready
-  spot covers it, so releasing it never opens a gap.
+  bought for spot that is merely booting; an on-demand node, booting or running, is kept
+  until ready spot covers it, so releasing it never opens a gap.
 - **Fallback.** When the region has no zone left for a node (stocked out, backed off,
   or out of quota), it goes to the first acceptable `fallback` target that can take
   it; the decision lists a `RegionFallback` so the autoscaler can move traffic. Nodes in
@@ -38,6 +42,7 @@ Policy, per region demand of N replicas (one node each):
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -167,6 +172,7 @@ def plan(
             usable.append(node)
 
     claimed = _claim(demands, usable, accelerators, spec)
+    lost = _preemption_times(recent)
     unclaimed = {n.id for n in usable} - {n.id for group in claimed.values() for n in group}
     for node in usable:
         if node.id in unclaimed:
@@ -176,12 +182,43 @@ def plan(
     fallbacks: list[RegionFallback] = []
     shortfalls: list[Shortfall] = []
     for index, demand in enumerate(demands):
-        outcome = _plan_demand(demand, claimed[index], catalog, spec, backoff, ledger)
+        spare = hedge(_lost_by(demand, lost, spec), spec, now_s)
+        outcome = _plan_demand(demand, claimed[index], catalog, spec, backoff, ledger, spare)
         acquisitions.extend(outcome.acquisitions)
         releases.extend(outcome.releases)
         fallbacks.extend(outcome.fallbacks)
         shortfalls.extend(outcome.shortfalls)
     return PlacementDecision(tuple(acquisitions), tuple(releases), tuple(fallbacks), tuple(shortfalls))
+
+
+def _preemption_times(recent: Sequence[CapacityEvent]) -> dict[tuple[str, str], list[float]]:
+    """When each node was lost (its notice, else its preemption), per (cloud, region), oldest first."""
+    first: dict[str | tuple[str, float], tuple[tuple[str, str], float]] = {}
+    for event in recent:
+        if event.kind in PREEMPTIONS:
+            p = event.placement
+            key = event.node_id if event.node_id is not None else (p.zone, event.at_s)
+            if key not in first or event.at_s < first[key][1]:
+                first[key] = ((p.cloud, p.region), event.at_s)
+    times: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for where, at_s in first.values():
+        times[where].append(at_s)
+    return {where: sorted(ts) for where, ts in times.items()}
+
+
+def _lost_by(demand: Demand, lost: dict[tuple[str, str], list[float]], spec: CapacitySpec) -> list[float]:
+    """Loss times in the regions this demand may hold nodes in, oldest first."""
+    targets = _acceptable(demand, spec)
+    return sorted(t for where, ts in lost.items() if any(_matches(x, *where) for x in targets) for t in ts)
+
+
+def hedge(lost_s: Sequence[float], spec: CapacitySpec, now_s: float) -> int:
+    """Spare spot nodes for a demand whose nodes were lost at `lost_s` (oldest first): none when
+    the zones have been calm for `hedge_calm_s`, else the most lost within any `hedge_burst_s`."""
+    if not lost_s or now_s - lost_s[-1] > spec.hedge_calm_s:
+        return 0
+    burst = max(bisect_right(lost_s, start + spec.hedge_burst_s) - i for i, start in enumerate(lost_s))
+    return min(spec.spot_spare, burst)
 
 
 def _accelerator_of(node: Node, catalog: Catalog) -> tuple[str, int] | None:
@@ -285,12 +322,13 @@ def _plan_demand(
     spec: CapacitySpec,
     backoff: _Backoff,
     ledger: _Ledger,
+    spare: int,
 ) -> _Outcome:
     outcome = _Outcome()
     n = demand.replicas
     base = min(spec.on_demand_base, n) if spec.spot_enabled else n
     spot_needed = n - base
-    spot_target = spot_needed + spec.spot_spare if spot_needed else 0
+    spot_target = spot_needed + spare if spot_needed else 0
 
     spot = [x for x in held if x.placement.market is Market.SPOT]
     on_demand = [x for x in held if x.placement.market is Market.ON_DEMAND]
@@ -311,11 +349,11 @@ def _plan_demand(
     del outcome.shortfalls[first_spot_shortfall:]
 
     # On-demand: the base, plus the spot that could not be placed (stockouts, backoff, quota).
-    # Booting spot counts (the cloud granted it); a running on-demand node stays until ready spot covers it.
+    # Booting spot counts (the cloud granted it); an on-demand node, booting or running, stays
+    # until ready spot covers it: one bought at a preemption notice is ready before later spot.
     launch_target = base + min(spot_needed, max(0, spot_target - placed_spot))
-    keep_running = base + min(spot_needed, max(0, spot_target - ready_spot))
-    running_od = sum(x.state is NodeState.RUNNING for x in on_demand)
-    hold = max(launch_target, min(running_od, keep_running))
+    keep = base + min(spot_needed, max(0, spot_target - ready_spot))
+    hold = max(launch_target, min(len(on_demand), keep))
     if len(on_demand) < launch_target:
         first = len(outcome.shortfalls)
         _acquire(demand, Market.ON_DEMAND, launch_target - len(on_demand), candidates, spec, backoff, ledger, outcome)

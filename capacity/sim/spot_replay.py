@@ -5,7 +5,13 @@ The model (every policy gets the same one):
 - **Time** advances in the trace's steps (`gap_s`); policies act at each step boundary.
 - **Capacity.** A zone's trace value is the number of spot nodes obtainable there at that
   step (`UNLIMITED` for "available" in a 0/1 set). When it drops below the spot nodes we
-  hold in the zone, the newest are preempted at that boundary (no notice). A spot launch
+  hold in the zone, the newest are preempted. **Notices**: the cloud warns `notice_s[cloud]`
+  seconds ahead (AWS 120 s, GCP 30 s by default; 0 = none). The traces only sample
+  availability every `gap_s`, so when the warning came is not in them: the simulator takes
+  the first sample showing the loss as the notice time and ends the node `notice_s` later.
+  A warned node is passed to the policy as DRAINING with a PREEMPTION_NOTICE event (as the
+  live AWS provider reports it), keeps serving until it ends, then a PREEMPTED event follows.
+  With no notice the node ends at the sample, as before. A spot launch
   into a zone already at its value fails at once: a stockout the policy sees, and it may
   try elsewhere in the same step (up to `max_rounds` calls a step). On-demand launches
   always succeed.
@@ -24,7 +30,7 @@ the simulator alone translates the trace into plan's arguments: one `Demand` of 
 replicas, homed in the set's region with the most zones (ties: cheapest on-demand, then
 name), and, when the spec names no fallback, the set's other regions as fallbacks, spread
 over; the nodes held, as `Node`s, PENDING until ready; a `Catalog` of the set's zones whose
-spot prices are refreshed per step by `SpotQuote`s; and the stockouts and preemptions of
+spot prices are refreshed per step by `SpotQuote`s; and the stockouts, notices and preemptions of
 the last `spec.event_memory_s`. The decision's releases are applied, then its acquisitions.
 """
 
@@ -32,8 +38,8 @@ from __future__ import annotations
 
 import math
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -47,6 +53,7 @@ from capacity.sim.trace_prices import ZonePrices
 from meridian_core.capacity_spec import CapacitySpec, FallbackTarget
 
 POLICIES = ("on_demand", "naive_spot", "round_robin", "spothedge", "meridian")
+PREEMPTION_NOTICE_S = {"aws": 120.0, "gcp": 30.0}
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,12 @@ class SpotReplayConfig:
     drain_s: float = 30.0
     spothedge_overprovision: int = 1
     max_rounds: int | None = None  # policy calls per step; default: one per zone, plus one
+    # Seconds of warning before a spot preemption, per cloud (AWS's two-minute interruption
+    # notice; GCP's 30 s preemption notice); a cloud not named gets none.
+    notice_s: Mapping[str, float] = field(default_factory=lambda: dict(PREEMPTION_NOTICE_S))
+
+    def notice_for(self, cloud: str) -> float:
+        return float(self.notice_s.get(cloud, 0.0))
 
 
 @dataclass(frozen=True)
@@ -97,13 +110,21 @@ class _Held:
     placement: Placement
     launched_s: float
     ready_s: float
+    ends_s: float = math.inf  # when a warned node is taken
 
     @property
     def market(self) -> Market:
         return self.placement.market
 
+    @property
+    def warned(self) -> bool:
+        return self.ends_s < math.inf
+
     def node(self, now_s: float) -> Node:
-        state = NodeState.RUNNING if self.ready_s <= now_s else NodeState.PENDING
+        if self.warned:
+            state = NodeState.DRAINING
+        else:
+            state = NodeState.RUNNING if self.ready_s <= now_s else NodeState.PENDING
         return Node(self.id, self.placement, state, self.launched_s)
 
 
@@ -213,20 +234,29 @@ def simulate(
             )
         while events and events[0].at_s < now - spec.event_memory_s:
             events.popleft()
+        for node in [n for n in held.values() if n.ends_s <= now]:
+            del held[node.id]
+            finish(node, node.ends_s)
+            events.append(CapacityEvent(EventKind.PREEMPTED, node.placement, node.ends_s, node.id))
         spot_in = [0] * len(zones)
         for node in held.values():
-            if node.market is Market.SPOT:
+            if node.market is Market.SPOT and not node.warned:
                 spot_in[node.zone] += 1
         for zone, count in enumerate(spot_in):
             if count > cap[zone]:
                 victims = sorted(
-                    (n for n in held.values() if n.market is Market.SPOT and n.zone == zone),
+                    (n for n in held.values() if n.market is Market.SPOT and n.zone == zone and not n.warned),
                     key=lambda n: -n.launched_s,
                 )[: count - cap[zone]]
+                notice = config.notice_for(zones[zone].cloud)
                 for node in victims:
-                    del held[node.id]
-                    finish(node, now)
-                    events.append(CapacityEvent(EventKind.PREEMPTED, node.placement, now, node.id))
+                    if notice > 0:
+                        held[node.id] = replace(node, ends_s=now + notice)
+                        events.append(CapacityEvent(EventKind.PREEMPTION_NOTICE, node.placement, now, node.id))
+                    else:
+                        del held[node.id]
+                        finish(node, now)
+                        events.append(CapacityEvent(EventKind.PREEMPTED, node.placement, now, node.id))
                 preemptions += len(victims)
                 spot_in[zone] = cap[zone]
 
@@ -236,8 +266,8 @@ def simulate(
             for release in decision.releases:
                 node = held.pop(release.node_id)
                 serving = node.ready_s <= now
-                finish(node, now + (config.drain_s if release.drain_first and serving else 0.0))
-                if node.market is Market.SPOT:
+                finish(node, min(node.ends_s, now + (config.drain_s if release.drain_first and serving else 0.0)))
+                if node.market is Market.SPOT and not node.warned:
                     spot_in[node.zone] -= 1
             refused = False
             for acquisition in decision.acquisitions:
@@ -272,13 +302,18 @@ def simulate(
 
 
 def _covered(nodes: Iterable[_Held], target: int, lo: float, hi: float) -> float:
-    """Seconds of [lo, hi) with at least `target` nodes serving (nodes only become ready inside a step)."""
+    """Seconds of [lo, hi) with at least `target` nodes serving; a node serves from ready until it ends."""
     if target <= 0:
         return hi - lo
-    ready = sorted(n.ready_s for n in nodes)
-    if len(ready) < target:
-        return 0.0
-    return max(0.0, hi - max(lo, ready[target - 1]))
+    spans = [(max(lo, n.ready_s), min(hi, n.ends_s)) for n in nodes]
+    changes = sorted([(a, 1) for a, b in spans if a < b] + [(b, -1) for a, b in spans if a < b])
+    covered, serving, since = 0.0, 0, lo
+    for at, delta in changes:
+        if serving >= target:
+            covered += at - since
+        serving += delta
+        since = at
+    return covered
 
 
 def compare(

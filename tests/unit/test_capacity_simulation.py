@@ -9,7 +9,7 @@ import pytest
 from capacity.catalog import Catalog, Offering, Price, default_catalog
 from capacity.model import Accelerator, CapacityEvent, EventKind, Market, Node, NodeState, Placement
 from capacity.policy.placement import Demand, PlacementDecision, plan
-from capacity.sim.spot_replay import SpotReplayConfig, compare, make_policy
+from capacity.sim.spot_replay import SpotReplayConfig, compare, make_policy, simulate
 from capacity.sim.spot_traces import UNLIMITED, TraceError, load_sets, parse_zone
 from capacity.sim.spothedge import SpotHedge
 from capacity.sim.trace_prices import DEFAULT_SPOT_FRACTION, PricingError, zone_prices
@@ -53,7 +53,7 @@ def test_all_on_demand_is_always_available_and_saves_nothing(tmp_path: Path) -> 
 def test_naive_spot_in_a_zone_down_half_the_time_is_at_most_half_available(tmp_path: Path) -> None:
     write(tmp_path, "us-east-1a", ([1] * 10 + [0] * 10) * 10)
     write(tmp_path, "us-east-1b", [1] * 200)
-    result = run(tmp_path, 2, ["naive_spot"])["naive_spot"]
+    result = run(tmp_path, 2, ["naive_spot"], notice_s={})["naive_spot"]
     assert result.availability <= 0.5
     assert result.preemptions == 2 * 10  # both nodes, at every 1 → 0 edge
     assert result.savings_vs_ondemand > 0.5
@@ -82,10 +82,10 @@ def test_meridian_reaches_the_target_when_zones_fail_one_at_a_time(tmp_path: Pat
 def test_meridian_falls_back_to_on_demand_when_spot_is_gone(tmp_path: Path) -> None:
     write(tmp_path, "us-east-1a", [1] * 50 + [0] * 150)
     write(tmp_path, "us-east-1b", [1] * 50 + [0] * 150)
-    result = run(tmp_path, 2, ["meridian"])["meridian"]
+    result = run(tmp_path, 2, ["meridian"], notice_s={})["meridian"]
     assert result.on_demand_node_hours > 0
-    assert result.availability > 0.99  # one provisioning delay of outage, at the 50th step
-    assert result.preemptions == 3  # 2 + spare
+    assert result.availability > 0.99  # no notice: one provisioning delay of outage, at the 50th step
+    assert result.preemptions == 2  # zones calm until then: no spare
 
 
 def test_meridian_in_the_simulator_is_plan_itself() -> None:
@@ -209,11 +209,45 @@ def test_a_kind_whose_accelerator_the_catalog_lacks_fails_naming_it(tmp_path):
     assert zone_prices(traces, default_catalog(), on_demand_usd_per_h=12.0).on_demand.tolist() == [12.0]
 
 
+def test_a_replacement_bought_at_the_notice_keeps_availability_through_one_preemption(tmp_path: Path) -> None:
+    # Two zones, target 2: one node in each (calm, so no spare). Zone a is lost at step 10 (600 s).
+    write(tmp_path, "us-east-1a", [1] * 10 + [0] * 30, gap=60)
+    write(tmp_path, "us-east-1b", [1] * 40, gap=60)
+    measured = 40 * 60 - 120  # after the first boot
+    warned = run(tmp_path, 2, ["meridian"])["meridian"]  # AWS: 120 s notice, 120 s boot
+    assert warned.preemptions == 1
+    assert warned.availability == 1.0  # the replacement in b is ready as the node in a goes
+    short_notice = run(tmp_path, 2, ["meridian"], notice_s={"aws": 30.0})["meridian"]
+    assert short_notice.availability == pytest.approx(1 - 90 / measured)  # a 90 s gap is left
+    unwarned = run(tmp_path, 2, ["meridian"], notice_s={})["meridian"]
+    assert unwarned.availability == pytest.approx(1 - 120 / measured)  # a whole boot of outage
+
+
+def test_a_warned_node_is_draining_to_the_policy_and_preempted_when_the_notice_runs_out(tmp_path: Path) -> None:
+    write(tmp_path, "us-east-1a", [1] * 4 + [0] * 6, gap=60)
+    seen: list[tuple[float, tuple[NodeState, ...], tuple[EventKind, ...]]] = []
+
+    def spy(demands, nodes, catalog, spec, events, now_s):
+        seen.append((now_s, tuple(n.state for n in nodes), tuple(e.kind for e in events)))
+        return plan(demands, nodes, catalog, spec, events, now_s)
+
+    (traces,) = load_sets([tmp_path])
+    prices = zone_prices(traces, default_catalog())
+    config = SpotReplayConfig(target=1, spot_delay_s=0, on_demand_delay_s=0)
+    result = simulate(traces, prices, "spy", spy, config, CapacitySpec())
+    at = {now: (states, kinds) for now, states, kinds in seen}
+    assert NodeState.DRAINING in at[240.0][0] and EventKind.PREEMPTION_NOTICE in at[240.0][1]
+    assert EventKind.PREEMPTED in at[360.0][1]  # 120 s after the notice
+    assert result.availability == 1.0  # on demand, bought at the notice, took over at once
+
+
 GOAL_SETS = (
     "availability/1-node/aws-02-15-2023",
     "preemption/4-node/aws-08-03-2023",
     "availability/16-node/aws-08-27-2023",
 )
+# The 2022 8-GPU sets: spot is missing from both zones for much of them (capacity.md's savings bound).
+SPARSE_SETS = ("availability/1-node/aws-10-26-2022",)
 
 
 @pytest.fixture(scope="module")
@@ -224,20 +258,18 @@ def goal_results():
     for name in GOAL_SETS:
         (traces,) = load_sets([SPOT / name])
         prices = zone_prices(traces, default_catalog())
-        results = compare(traces, prices, SpotReplayConfig(target=4), CapacitySpec(), ["spothedge", "meridian"])
+        policies = ["round_robin", "spothedge", "meridian"]
+        results = compare(traces, prices, SpotReplayConfig(target=4), CapacitySpec(), policies)
         out[name] = {r.policy: r for r in results}
     return out
 
 
-# Today's availability per set (benchmarks/results/capacity.md), rounded down: the goal
-# (99.9%) is not met, and these pin the level reached so that a regression fails.
+# Today's availability per set (benchmarks/results/capacity.md, with AWS's 120 s notice), rounded down.
 TODAYS_AVAILABILITY = {
-    "availability/1-node/aws-02-15-2023": 0.995,
-    "preemption/4-node/aws-08-03-2023": 0.995,
-    "availability/16-node/aws-08-27-2023": 0.994,
+    "availability/1-node/aws-02-15-2023": 0.9999,
+    "preemption/4-node/aws-08-03-2023": 0.9999,
+    "availability/16-node/aws-08-27-2023": 0.9999,
 }
-# Savings count only at an availability a user would accept.
-REQUIRED_AVAILABILITY = 0.995
 
 
 @pytest.mark.parametrize("name", GOAL_SETS)
@@ -246,24 +278,33 @@ def test_meridian_holds_todays_availability(goal_results, name: str) -> None:
 
 
 @pytest.mark.parametrize("name", GOAL_SETS)
-def test_meridian_beats_spothedge_savings_at_better_availability(goal_results, name: str) -> None:
-    meridian, spothedge = goal_results[name]["meridian"], goal_results[name]["spothedge"]
-    assert meridian.availability >= spothedge.availability
-    assert meridian.savings_vs_ondemand > spothedge.savings_vs_ondemand
+@pytest.mark.parametrize("peer", ["spothedge", "round_robin"])
+def test_meridian_saves_more_than_a_peer_at_least_as_available(goal_results, name: str, peer: str) -> None:
+    meridian, other = goal_results[name]["meridian"], goal_results[name][peer]
+    assert other.availability < meridian.availability or meridian.savings_vs_ondemand > other.savings_vs_ondemand
 
 
-@pytest.mark.parametrize("name", GOAL_SETS[:2])
+@pytest.mark.parametrize("name", GOAL_SETS)
 def test_meridian_saves_half_against_on_demand(goal_results, name: str) -> None:
-    meridian = goal_results[name]["meridian"]
-    assert meridian.availability >= REQUIRED_AVAILABILITY
-    assert meridian.savings_vs_ondemand >= 0.5
+    assert goal_results[name]["meridian"].savings_vs_ondemand >= 0.5
+
+
+@pytest.mark.parametrize("name", GOAL_SETS)
+def test_meridian_reaches_three_nines(goal_results, name: str) -> None:
+    assert goal_results[name]["meridian"].availability >= 0.999
 
 
 @pytest.mark.xfail(
     strict=True,
     raises=AssertionError,
-    reason="Goal not met: 99.9% availability is not reached (see capacity.md)",
+    reason="Goal not met: under 50% savings where spot is missing from every zone much of the time (capacity.md)",
 )
-@pytest.mark.parametrize("name", GOAL_SETS)
-def test_meridian_reaches_three_nines(goal_results, name: str) -> None:
-    assert goal_results[name]["meridian"].availability >= 0.999
+@pytest.mark.parametrize("kind", ["k80_8", "v100_8"])
+def test_meridian_saves_half_on_the_sparse_8_gpu_sets(kind: str) -> None:
+    if not SPOT.is_dir():
+        pytest.skip("shared/data/spot not present")
+    (traces,) = [t for t in load_sets([SPOT / SPARSE_SETS[0]]) if t.kind == kind]
+    prices = zone_prices(traces, default_catalog())
+    (meridian,) = compare(traces, prices, SpotReplayConfig(target=4), CapacitySpec(), ["meridian"])
+    assert meridian.availability >= 0.999
+    assert meridian.savings_vs_ondemand >= 0.5
