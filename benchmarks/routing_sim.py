@@ -1,108 +1,193 @@
-"""Replay the Mooncake conversation trace under every routing policy at several cache
-sizes; write benchmarks/results/routing_simulation.md from that one run.
+"""Run the routing evaluation suite (geo_router/sim/routing_suite.py) under every routing
+policy; write benchmarks/results/routing_simulation.md from that one run.
 
-    .venv/bin/python benchmarks/routing_sim.py [--trace PATH] [--regions SPEC] [--profile NAME]
-        [--cache-blocks 500 2000 8000]
+    .venv/bin/python benchmarks/routing_sim.py [--quick] [--requests N] [--trace PATH] [--profile NAME]
 
-Each cache size is what `meridian simulate routing --profile NAME --cache-blocks N --json`
-prints; every figure in the report is computed here from those results. The replicas serve
-by the profile named explicitly (the simulator's truth, which Meridian's policy also
-estimates with): by default `llama-3.1-8b-h100`, since the Mooncake trace was served on GPUs.
+Cells: arrival pattern {trace, poisson} × regions {3, 5, 8} × load {0.3, 0.6, 0.9} ×
+cache blocks per replica {250, 500, 2000, 8000}; `--quick` runs 3 and 8 regions at 250
+and 8000 blocks. Every policy runs in every cell; Meridian with the
+`router.scoring` of configs/sim-global.yaml (its typical prompt is the Mooncake trace's
+size; the rest are the spec's defaults), one configuration for the whole suite. The replicas serve by the
+profile named (the simulator's truth, which Meridian's policy also estimates with): by
+default `llama-3.1-8b-h100`, since the Mooncake trace was served on GPUs.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import itertools
+import os
+import platform
 import shlex
-import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 RESULTS = REPO / "benchmarks" / "results"
 sys.path.insert(0, str(REPO))
 
-from meridian_core.replica_model import H100_LLAMA31_8B, PROFILES  # noqa: E402
-from meridian_core.shared_data import MOONCAKE_TRACE  # noqa: E402
+from geo_router.sim.routing_replay import TraceRequest, load_mooncake  # noqa: E402
+from geo_router.sim.routing_suite import (  # noqa: E402
+    ARRIVALS,
+    REPLICAS_PER_REGION,
+    Cell,
+    CellResult,
+    Site,
+    choose_sites,
+    load_sites,
+    provision,
+    run_cell,
+)
+from meridian_core.replica_model import H100_LLAMA31_8B, PROFILES, ReplicaProfile  # noqa: E402
+from meridian_core.shared_data import MOONCAKE_TRACE, SHARED_DATA_DIR  # noqa: E402
+from meridian_core.spec import ScoringSpec, load_spec  # noqa: E402
+
+REGION_LIST = SHARED_DATA_DIR / "regions" / "regions.csv"
+SCORING_SPEC = REPO / "configs" / "sim-global.yaml"  # its router.scoring: the workload the policy assumes
+RTT_LIMIT = 1.10  # Meridian's mean RTT at most this times nearest-only's
 
 
-def simulate(trace: Path, regions: Path, profile: str, cache_blocks: int) -> list[dict]:
-    command = [
-        str(BIN / "meridian"), "simulate", "routing", "--trace", str(trace), "--regions", str(regions),
-        "--profile", profile, "--cache-blocks", str(cache_blocks), "--json",
-    ]  # fmt: skip
-    return json.loads(subprocess.run(command, capture_output=True, text=True, check=True, cwd=REPO).stdout)
+def cells(quick: bool) -> list[Cell]:
+    regions, caches = ((3, 8), (250, 8000)) if quick else ((3, 5, 8), (250, 500, 2000, 8000))
+    return [Cell(*values) for values in itertools.product(ARRIVALS, regions, (0.3, 0.6, 0.9), caches)]
 
 
-def best(rows: list[dict], key: str) -> str:
-    return min(rows, key=lambda row: row[key])["policy"]
+def verdict(result: CellResult) -> dict[str, bool | str]:
+    rows = {row.policy: row for row in result.results}
+    meridian, nearest = rows["meridian"], rows["nearest"]
+    others = [row for row in result.results if row.policy != "meridian"]
+    best_mean = min(others, key=lambda row: row.ttft_mean_ms)
+    best_p99 = min(others, key=lambda row: row.ttft_p99_ms)
+    return {
+        "mean": meridian.ttft_mean_ms < best_mean.ttft_mean_ms,
+        "p99": meridian.ttft_p99_ms < best_p99.ttft_p99_ms,
+        "rtt": meridian.mean_rtt_ms <= RTT_LIMIT * nearest.mean_rtt_ms,
+        "best_mean": best_mean.policy,
+        "best_p99": best_p99.policy,
+    }
 
 
-def render(command: str, trace: Path, regions: Path, profile: str, runs: dict[int, list[dict]], seconds: float) -> str:
-    replica = PROFILES[profile]
-    lines = [
-        "# Routing policies on a request trace (simulated)",
-        "",
-        f"    {command}",
-        "",
-        f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {seconds:.0f} s. Trace `{trace.name}`, regions and "
-        f"`router.scoring` from `{regions.relative_to(REPO) if regions.is_relative_to(REPO) else regions}`. "
-        f"Every replica serves by the `{profile}` profile (`meridian_core/replica_model.py`: "
-        f"{replica.accelerator}, prefill {replica.prefill_tokens_per_s:,.0f} tok/s first come first served, decode "
-        f"step {replica.decode_base_s * 1000:g} ms + {replica.decode_per_seq_s * 1000:g} ms/seq, "
-        f"{replica.max_num_seqs} sequences, KV {replica.kv_capacity_tokens:,} tokens): the simulator's truth, and "
-        "what Meridian's policy estimates with. "
-        "The simulator is deterministic; its model is described in `geo_router/sim/routing_replay.py`. The Meridian "
-        "policy is the live router's scorer (`geo_router/policy/scoring.py`).",
-        "",
-        "| cache blocks / replica | policy | TTFT mean ms | TTFT p99 ms | cache hit rate | spill rate | mean RTT ms |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    verdicts = []
-    for blocks, rows in runs.items():
-        lowest = {key: best(rows, key) for key in ("ttft_mean_ms", "ttft_p99_ms")}
-        for row in rows:
-            mean = f"{row['ttft_mean_ms']:.0f}"
-            p99 = f"{row['ttft_p99_ms']:.0f}"
-            mean = f"**{mean}**" if lowest["ttft_mean_ms"] == row["policy"] else mean
-            p99 = f"**{p99}**" if lowest["ttft_p99_ms"] == row["policy"] else p99
-            lines.append(
-                f"| {blocks} | {row['policy']} | {mean} | {p99} | {row['cache_hit_rate']:.1%} "
-                f"| {row['spill_rate']:.1%} | {row['mean_rtt_ms']:.1f} |"
-            )
-        by_policy = {row["policy"]: row for row in rows}
-        meridian, nearest = by_policy["meridian"], by_policy["nearest"]
-        rtt_over = meridian["mean_rtt_ms"] / nearest["mean_rtt_ms"] - 1
-        verdicts.append(
-            f"- {blocks} blocks: lowest mean TTFT {lowest['ttft_mean_ms']}, lowest p99 {lowest['ttft_p99_ms']}; "
-            f"Meridian's mean RTT {rtt_over:+.1%} over nearest-only."
+def why(result: CellResult, checks: dict[str, bool | str]) -> str:
+    """What the cell measured where Meridian misses a goal."""
+    rows = {row.policy: row for row in result.results}
+    meridian, nearest = rows["meridian"], rows["nearest"]
+    notes = []
+    if not checks["mean"]:
+        peer = rows[str(checks["best_mean"])]
+        notes.append(
+            f"mean {meridian.ttft_mean_ms:.0f} vs {peer.policy} {peer.ttft_mean_ms:.0f} ms "
+            f"(spill {meridian.spill_rate:.0%} vs {peer.spill_rate:.0%}, "
+            f"RTT ×{peer.mean_rtt_ms / nearest.mean_rtt_ms:.2f})"
         )
-    lines += ["", "Bold: the lowest of each column at that cache size.", "", *verdicts]
+    if not checks["p99"]:
+        peer = rows[str(checks["best_p99"])]
+        notes.append(f"p99 {meridian.ttft_p99_ms:.0f} vs {peer.policy} {peer.ttft_p99_ms:.0f} ms")
+    if not checks["rtt"]:
+        notes.append(f"RTT ×{meridian.mean_rtt_ms / nearest.mean_rtt_ms:.2f} at spill {meridian.spill_rate:.0%}")
+    return "; ".join(notes)
+
+
+def fleet_lines(sites: list[Site], trace: list[TraceRequest], profile: ReplicaProfile, counts: set[int]) -> list[str]:
+    return [
+        f"- {count} regions: "
+        + ", ".join(f"{r.name} ×{r.replicas}" for r in provision(choose_sites(sites, count), trace, profile))
+        for count in sorted(counts)
+    ]
+
+
+def cell_name(cell: Cell) -> str:
+    return f"{cell.arrivals} | {cell.regions} | {cell.load:g} | {cell.cache_blocks}"
+
+
+def render(header: list[str], fleets: list[str], results: list[CellResult], scoring: ScoringSpec, requests: int) -> str:
+    lines = [
+        *header,
+        "",
+        "Meridian's `router.scoring` (configs/sim-global.yaml's, one configuration for every cell): "
+        + ", ".join(f"`{key}` {value:g}" for key, value in scoring.model_dump().items())
+        + f". {requests:,} requests a cell. Fleets ({REPLICAS_PER_REGION} replicas a region on average):",
+        "",
+        *fleets,
+        "",
+        "## Goal: lowest mean and p99 TTFT of all policies, mean RTT ≤ 1.10× nearest-only",
+        "",
+        "| arrivals | regions | load | cache blocks | lowest mean | lowest p99 | RTT ≤ 1.10× "
+        "| where it loses, measured |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    tally = {"mean": 0, "p99": 0, "rtt": 0, "all": 0}
+    for result in results:
+        checks = verdict(result)
+        met = {key: bool(checks[key]) for key in ("mean", "p99", "rtt")}
+        for key, value in met.items():
+            tally[key] += value
+        tally["all"] += all(met.values())
+        marks = " | ".join("yes" if met[key] else "no" for key in ("mean", "p99", "rtt"))
+        lines.append(f"| {cell_name(result.cell)} | {marks} | {why(result, checks)} |")
+    total = len(results)
+    lines += [
+        "",
+        f"Met in {tally['all']} of {total} cells (lowest mean {tally['mean']}, lowest p99 {tally['p99']}, "
+        f"RTT within 10% {tally['rtt']}).",
+        "",
+        "## Every policy in every cell",
+        "",
+        "| arrivals | regions | load | cache blocks | policy | TTFT mean ms | TTFT p99 ms | cache hit | spill "
+        "| mean RTT ms | RTT vs nearest |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for result in results:
+        nearest = next(row for row in result.results if row.policy == "nearest")
+        for row in result.results:
+            lines.append(
+                f"| {cell_name(result.cell)} | {row.policy} | {row.ttft_mean_ms:.0f} | {row.ttft_p99_ms:.0f} "
+                f"| {row.cache_hit_rate:.1%} | {row.spill_rate:.1%} | {row.mean_rtt_ms:.1f} "
+                f"| ×{row.mean_rtt_ms / nearest.mean_rtt_ms:.2f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trace", type=Path, default=MOONCAKE_TRACE)
-    parser.add_argument("--regions", type=Path, default=REPO / "configs" / "sim-global.yaml")
     parser.add_argument("--profile", choices=sorted(PROFILES), default=H100_LLAMA31_8B.name)
-    parser.add_argument("--cache-blocks", type=int, nargs="+", default=[500, 2000, 8000])
+    parser.add_argument("--requests", type=int, default=1500, help="the trace's first N requests")
+    parser.add_argument("--quick", action="store_true", help="3 and 8 regions, 250 and 8000 blocks")
+    parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS / "routing_simulation.md")
     args = parser.parse_args()
     if not args.trace.is_file():
         raise SystemExit(f"no trace at {args.trace} (pass --trace PATH)")
     began = time.monotonic()
-    runs = {}
-    for blocks in args.cache_blocks:
-        print(f"cache {blocks} blocks ...", flush=True)
-        runs[blocks] = simulate(args.trace, args.regions.resolve(), args.profile, blocks)
+    trace = load_mooncake(args.trace, args.requests)
+    sites = load_sites(REGION_LIST)
+    profile, scoring = PROFILES[args.profile], load_spec(SCORING_SPEC).router.scoring
+    suite = cells(args.quick)
+    run = partial(run_cell, trace=trace, sites=sites, profile=profile, scoring=scoring)
+    with ProcessPoolExecutor(args.workers) as pool:
+        results = list(pool.map(run, suite))
+    seconds = time.monotonic() - began
     command = shlex.join(["python", "benchmarks/routing_sim.py", *sys.argv[1:]])
-    report = render(command, args.trace, args.regions.resolve(), args.profile, runs, time.monotonic() - began)
-    args.out.write_text(report)
+    header = [
+        "# Routing policies over the evaluation suite (simulated)",
+        "",
+        f"    {command}",
+        "",
+        f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node()} ({os.cpu_count()} cores, "
+        f"{platform.machine()}, Python {platform.python_version()}), {seconds:.0f} s for {len(suite)} cells "
+        f"with {args.workers} workers. Trace `{args.trace.name}`; regions chosen from `regions.csv` and replicas, "
+        "loads and arrival patterns as `geo_router/sim/routing_suite.py` describes; the replay model is "
+        f"`geo_router/sim/routing_replay.py`. Every replica serves by the `{profile.name}` profile "
+        f"({profile.accelerator}, prefill {profile.prefill_tokens_per_s:,.0f} tok/s): the simulator's truth and "
+        "what Meridian's policy (`geo_router/policy/scoring.py`, the live router's scorer) estimates with. "
+        "Deterministic.",
+    ]
+    fleets = fleet_lines(sites, trace, profile, {cell.regions for cell in suite})
+    args.out.write_text(render(header, fleets, results, scoring, len(trace)))
     print(f"wrote {args.out}")
 
 

@@ -269,6 +269,10 @@ class ScoringSpec(StrictModel):
     affinity_margin_ms: float = Field(default=50.0, ge=0)
     # The region a client area used last must be beaten by this much to be left.
     hysteresis_ms: float = Field(default=20.0, ge=0)
+    # Leaving the nearest region costs its extra RTT this many times over in the score: the
+    # first byte pays it once, and the conversation's later turns follow their cached prefix
+    # there and pay it again (geo_router/policy/scoring.py, `choose`).
+    spill_rtt_factor: float = Field(default=4.0, ge=1)
     # A typical request queued ahead of a new one: the prompt tokens it prefills and the
     # output tokens it decodes (it then holds a sequence slot and its KV cache).
     typical_prompt_tokens: int = Field(default=512, ge=1)

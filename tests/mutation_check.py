@@ -136,7 +136,13 @@ MUTATIONS = (
     ),
     Mutation(
         "geo_router/policy/scoring.py",
-        "    if sticky is not None and sticky[0] != best and cost(sticky[0]) <= cost(best) "
+        "        return ttft(name) + (scoring.spill_rtt_factor - 1.0) * max(0.0, estimates[name].rtt_ms - home_rtt)",
+        "        return ttft(name)",
+        "leaving the nearest region costs its extra RTT only once",
+    ),
+    Mutation(
+        "geo_router/policy/scoring.py",
+        "    if sticky is not None and sticky[0] != best and held(sticky[0]) <= held(best) "
         "+ scoring.affinity_margin_ms",
         "    if False",
         "no prefix or session affinity",

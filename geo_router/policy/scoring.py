@@ -209,14 +209,24 @@ def choose(
     }
     previous = memory.last_choice.get(request.cell) if request.cell is not None else None
 
-    def cost(name: str) -> float:
+    home_rtt = estimates[nearest].rtt_ms
+
+    def ttft(name: str) -> float:
         return estimates[name].ttft_ms - (scoring.hysteresis_ms if name == previous else 0.0)
+
+    def cost(name: str) -> float:
+        """TTFT, with the RTT added by leaving the nearest region counted `spill_rtt_factor` times."""
+        return ttft(name) + (scoring.spill_rtt_factor - 1.0) * max(0.0, estimates[name].rtt_ms - home_rtt)
 
     order = sorted((name for name in estimates if name not in too_cold), key=lambda name: (cost(name), name))
     best = order[0]
     reason = "nearest" if best == nearest else "load"
     sticky = _sticky_region(request, memory, {n: e for n, e in estimates.items() if n not in too_cold})
-    if sticky is not None and sticky[0] != best and cost(sticky[0]) <= cost(best) + scoring.affinity_margin_ms:
+    # A session stays where it is while its TTFT is within the margin of the best's; a cached
+    # prefix pulls only within the margin of the best's cost, so it does not drag a request away
+    # from its nearest region that the spill price would keep home.
+    held = ttft if sticky is not None and sticky[1] == "session" else cost
+    if sticky is not None and sticky[0] != best and held(sticky[0]) <= held(best) + scoring.affinity_margin_ms:
         best, reason = sticky
         order.remove(best)
         order.insert(0, best)

@@ -1,9 +1,12 @@
+import math
+
 import pytest
 
 from geo_router.policy.scoring import (
     PrefixIndex,
     RegionLoad,
     RequestFacts,
+    RouteDecision,
     RoutingMemory,
     RttCorrector,
     choose,
@@ -14,6 +17,8 @@ from meridian_core.replica_model import CPU_SMOLLM2_135M, H100_LLAMA31_8B
 from meridian_core.spec import ScoringSpec
 
 ASHBURN, DUBLIN, PARIS, BOSTON = LatLon(39.04, -77.49), LatLon(53.35, -6.26), LatLon(48.85, 2.35), LatLon(42.36, -71.06)
+# Nearer Dublin than Ashburn, but by only a few ms of RTT.
+MID_ATLANTIC = LatLon(47.0, -42.0)
 # Both regions run the CPU replica: 2,500 prompt tokens/s, a ~50 ms decode step.
 PROFILE = CPU_SMOLLM2_135M
 PROFILES = {"us-east": PROFILE, "eu-west": PROFILE}
@@ -104,11 +109,17 @@ def test_prefix_affinity_holds_within_margin_only():
     blocks = ("b1",)
     memory.prefixes.record("us-east", blocks)
     # From Paris eu-west is ~80 ms nearer; us-east's cached 64 tokens save only ~26 ms.
+    # (The extra RTT counted once: the spill price has its own test below.)
     decision = choose(
-        regions(), facts(prompt=256, blocks=blocks), memory, PROFILES, ScoringSpec(affinity_margin_ms=150)
+        regions(),
+        facts(prompt=256, blocks=blocks),
+        memory,
+        PROFILES,
+        ScoringSpec(affinity_margin_ms=150, spill_rtt_factor=1.0),
     )
     assert decision.ranked[0] == "us-east" and decision.reason == "affinity"
-    strict = choose(regions(), facts(prompt=256, blocks=blocks), memory, PROFILES, ScoringSpec(affinity_margin_ms=0))
+    no_margin = ScoringSpec(affinity_margin_ms=0, spill_rtt_factor=1.0)
+    strict = choose(regions(), facts(prompt=256, blocks=blocks), memory, PROFILES, no_margin)
     assert strict.ranked[0] == "eu-west"
 
 
@@ -241,3 +252,65 @@ def test_every_region_cold_means_wait_for_the_soonest_never_nothing():
     west = {"ready_replicas": 0, "cold_start_ms": 120_000.0}
     decision = choose(regions(east=east, west=west), facts(), RoutingMemory(), PROFILES, ScoringSpec(max_hold_ms=1_000))
     assert decision.ranked == ("us-east", "eu-west") and decision.reason == "hold"
+
+
+GPU_PROFILES = {"us-east": H100_LLAMA31_8B, "eu-west": H100_LLAMA31_8B}
+
+
+def _home_and_away(waiting: int, scoring: ScoringSpec) -> tuple[RouteDecision, float, float]:
+    """A Paris client whose nearest region (eu-west) has `waiting` requests queued; us-east idle.
+    Returns the decision, the queue wait eu-west's estimate adds and the RTT us-east adds."""
+    fleet = regions(west={"running": 1, "waiting": waiting})
+    decision = choose(fleet, facts(), RoutingMemory(), GPU_PROFILES, scoring)
+    by_name = {e.region: e for e in decision.estimates}
+    saved = by_name["eu-west"].queue_ms - by_name["us-east"].queue_ms
+    added = by_name["us-east"].rtt_ms - by_name["eu-west"].rtt_ms
+    return decision, saved, added
+
+
+def test_an_idle_fleet_stays_nearest_whatever_the_spill_price():
+    for factor in (1.0, 4.0, 10.0):
+        decision = choose(regions(), facts(), RoutingMemory(), PROFILES, ScoringSpec(spill_rtt_factor=factor))
+        assert decision.ranked[0] == "eu-west" and decision.reason == "nearest"
+
+
+def test_spills_only_when_the_wait_saved_exceeds_the_rtt_added_times_the_factor():
+    scoring = ScoringSpec(spill_rtt_factor=3.0)
+    # The estimate's queue per request waiting: ~33 ms on an H100, fine steps against ~80 ms of RTT.
+    per_waiting = 1000 * H100_LLAMA31_8B.prefill_s(scoring.typical_prompt_tokens, 1)
+    added = _home_and_away(0, scoring)[2]
+    # The smallest queue whose wait exceeds 3× the RTT to us-east (one profile: prefill cancels).
+    threshold = math.floor(3.0 * added / per_waiting) + 1
+    below, saved_below, _ = _home_and_away(threshold - 1, scoring)
+    above, saved_above, _ = _home_and_away(threshold, scoring)
+    assert added < saved_below <= 3.0 * added  # it would pay once, not three times: stay home
+    assert below.ranked[0] == "eu-west" and below.reason == "nearest"
+    assert saved_above > 3.0 * added and above.ranked[0] == "us-east" and above.reason == "load"
+    # Counted once (factor 1), the same smaller queue already sends the request away.
+    assert _home_and_away(threshold - 1, ScoringSpec(spill_rtt_factor=1.0))[0].ranked[0] == "us-east"
+
+
+def test_a_session_keeps_its_far_region_while_its_ttft_is_within_the_margin():
+    memory = RoutingMemory()
+    memory.remember("us-east", facts(session="s"))
+    scoring = ScoringSpec(spill_rtt_factor=4.0)
+    decision = choose(regions(), facts(session="s"), memory, PROFILES, scoring)
+    by_name = {e.region: e for e in decision.estimates}
+    extra = by_name["us-east"].ttft_ms - by_name["eu-west"].ttft_ms
+    assert extra > scoring.affinity_margin_ms and decision.ranked[0] == "eu-west"  # too far: it moves
+    near_memory = RoutingMemory()
+    near_memory.remember("us-east", facts(client=MID_ATLANTIC, session="s"))
+    near = choose(regions(), facts(client=MID_ATLANTIC, session="s"), near_memory, PROFILES, scoring)
+    assert near.ranked[0] == "us-east" and near.reason == "session"
+
+
+def test_a_prefix_cached_far_away_pulls_only_within_the_margin_of_the_spill_priced_cost():
+    memory = RoutingMemory()
+    memory.remember("us-east", facts(blocks=(1, 2)))
+    request = facts(prompt=200, blocks=(1, 2))  # 128 of its 200 tokens cached in us-east
+    counted_once = choose(regions(), request, memory, PROFILES, ScoringSpec(spill_rtt_factor=1.0))
+    by_name = {e.region: e for e in counted_once.estimates}
+    assert by_name["us-east"].ttft_ms - by_name["eu-west"].ttft_ms <= SCORING.affinity_margin_ms
+    assert counted_once.ranked[0] == "us-east" and counted_once.reason == "affinity"
+    priced = choose(regions(), request, memory, PROFILES, ScoringSpec(spill_rtt_factor=4.0))
+    assert priced.ranked[0] == "eu-west" and priced.reason == "nearest"
