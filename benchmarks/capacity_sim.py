@@ -227,7 +227,9 @@ def main() -> None:
             "  only on the VM's metadata server, `capacity/live/gcp.py`), so on GCP the live path today matches",
             "  the no-notice table. SpotHedge (SkyServe) and round-robin get the same node states and events;",
             "  as published they act on losses, not notices, except that SpotHedge's on-demand top-up counts",
-            "  only ready spot, so it also buys on demand at a notice.",
+            "  only ready spot, so it also buys on demand at a notice. Every policy is called again the moment",
+            "  a warned node is taken, as a live loop hears of it, so acting on losses costs one provisioning",
+            "  delay, not the rest of the sample's gap.",
             f"- Provisioning {config.spot_delay_s:g} s (spot) and {config.on_demand_delay_s:g} s (on-demand), "
             "SpotHedge's evaluation cold start.",
             f"  A released running node is billed {config.drain_s:g} s more (drain) for every policy.",

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from capacity.catalog import Offering, default_catalog
 from capacity.model import Market
-from capacity.sim.spot_replay import POLICIES, SpotReplayConfig, SpotReplayResult, compare
+from capacity.sim.spot_replay import POLICIES, PREEMPTION_NOTICE_S, SpotReplayConfig, SpotReplayResult, compare
 from capacity.sim.spot_traces import TraceError, TraceSet, load_sets
 from capacity.sim.trace_prices import PricingError, ZonePrices, zone_prices
 from meridian_core.capacity_spec import CapacitySpec
@@ -116,6 +116,13 @@ def simulate_capacity(
     overprovision: Annotated[int, typer.Option(min=0, help="SpotHedge's extra spot replicas")] = 1,
     on_demand_price: Annotated[float | None, typer.Option(min=0, help="on-demand USD/h for every zone")] = None,
     spot_price: Annotated[float | None, typer.Option(min=0, help="spot USD/h where a trace has no prices")] = None,
+    notices: Annotated[
+        bool,
+        typer.Option(
+            help="warn of each preemption as the cloud does (AWS 120 s, GCP 30 s ahead); "
+            "--no-notices takes every node at the sample that shows its loss"
+        ),
+    ] = True,
     as_json: Annotated[bool, typer.Option("--json", help="print machine-readable JSON")] = False,
 ) -> None:
     """Replay spot availability traces under capacity policies: availability, cost, preemptions."""
@@ -134,7 +141,14 @@ def simulate_capacity(
     except (TraceError, PricingError) as error:
         errors.print(f"[red]{error}[/red]")
         raise typer.Exit(2) from None
-    config = SpotReplayConfig(target, spot_delay_s, on_demand_delay_s, drain_s, overprovision)
+    config = SpotReplayConfig(
+        target,
+        spot_delay_s,
+        on_demand_delay_s,
+        drain_s,
+        overprovision,
+        notice_s=dict(PREEMPTION_NOTICE_S) if notices else {},
+    )
     report = []
     runs = len(priced) * len(dict.fromkeys(["on_demand", *names]))
     with Progress(console=errors, transient=True, disable=as_json) as progress:
@@ -142,14 +156,14 @@ def simulate_capacity(
         for traces, prices in priced:
             progress.update(task, description=traces.name)
             results = compare(traces, prices, config, CapacitySpec(), names, on_done=lambda _: progress.advance(task))
-            report.append(_set_report(traces, prices, target, results))
+            report.append(_set_report(traces, prices, config, results))
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
     for entry in report:
         table = Table(
             title=f"{entry['set']}: {len(entry['zones'])} zones × {entry['steps']} steps of {entry['gap_s']:g} s, "
-            f"target {target}"
+            f"target {target}, {_notices_text(config)}"
         )
         for column in ("policy", "availability", "cost USD", "savings vs on-demand", "preemptions", "stockouts"):
             table.add_column(column)
@@ -165,15 +179,22 @@ def simulate_capacity(
         console.print(table)
 
 
+def _notices_text(config: SpotReplayConfig) -> str:
+    if not config.notice_s:
+        return "no preemption notices"
+    return "notices " + ", ".join(f"{cloud.upper()} {seconds:g} s" for cloud, seconds in config.notice_s.items())
+
+
 def _set_report(
-    traces: TraceSet, prices: ZonePrices, target: int, results: list[SpotReplayResult]
+    traces: TraceSet, prices: ZonePrices, config: SpotReplayConfig, results: list[SpotReplayResult]
 ) -> dict[str, object]:
     return {
         "set": traces.name,
         "gap_s": traces.gap_s,
         "steps": traces.steps,
         "zones": [z.zone for z in traces.zones],
-        "target": target,
+        "target": config.target,
+        "notice_s": dict(config.notice_s),
         "pricing": list(prices.notes),
         "results": [r.as_dict() for r in results],
     }

@@ -2,7 +2,8 @@
 
 The model (every policy gets the same one):
 
-- **Time** advances in the trace's steps (`gap_s`); policies act at each step boundary.
+- **Time** advances in the trace's steps (`gap_s`); policies act at each step boundary and
+  at the moment a warned node is taken.
 - **Capacity.** A zone's trace value is the number of spot nodes obtainable there at that
   step (`UNLIMITED` for "available" in a 0/1 set). When it drops below the spot nodes we
   hold in the zone, the newest are preempted. **Notices**: the cloud warns `notice_s[cloud]`
@@ -223,6 +224,49 @@ def simulate(
         else:
             od_hours += hours
 
+    def end_warned(at_s: float) -> None:
+        for node in [n for n in held.values() if n.ends_s <= at_s]:
+            del held[node.id]
+            finish(node, node.ends_s)
+            events.append(CapacityEvent(EventKind.PREEMPTED, node.placement, node.ends_s, node.id))
+
+    def act(at_s: float, cap: list[int], spot_in: list[int]) -> None:
+        nonlocal stockouts, next_id
+        for _ in range(rounds):
+            nodes = [n.node(at_s) for n in held.values()]
+            decision = policy([demand], nodes, catalog, spec, tuple(events), at_s)
+            for release in decision.releases:
+                node = held.pop(release.node_id)
+                serving = node.ready_s <= at_s
+                finish(node, min(node.ends_s, at_s + (config.drain_s if release.drain_first and serving else 0.0)))
+                if node.market is Market.SPOT and not node.warned:
+                    spot_in[node.zone] -= 1
+            refused = False
+            for acquisition in decision.acquisitions:
+                placement = acquisition.placement
+                zone = zone_index[placement.zone]
+                if placement.market is Market.SPOT:
+                    if spot_in[zone] >= cap[zone]:
+                        refused = True
+                        stockouts += 1
+                        events.append(CapacityEvent(EventKind.STOCKOUT, placement, at_s))
+                        continue
+                    spot_in[zone] += 1
+                    delay = config.spot_delay_s
+                else:
+                    delay = config.on_demand_delay_s
+                node_id = f"n{next_id}"
+                next_id += 1
+                held[node_id] = _Held(node_id, zone, placement, at_s, at_s + delay)
+            if not refused:
+                break
+
+    def cover(lo: float, hi: float) -> None:
+        nonlocal available
+        lo = max(lo, warmup)
+        if hi > lo:
+            available += _covered(held.values(), config.target, lo, hi)
+
     for step in range(traces.steps):
         now = step * gap
         cap = capacity[step]
@@ -234,10 +278,7 @@ def simulate(
             )
         while events and events[0].at_s < now - spec.event_memory_s:
             events.popleft()
-        for node in [n for n in held.values() if n.ends_s <= now]:
-            del held[node.id]
-            finish(node, node.ends_s)
-            events.append(CapacityEvent(EventKind.PREEMPTED, node.placement, node.ends_s, node.id))
+        end_warned(now)
         spot_in = [0] * len(zones)
         for node in held.values():
             if node.market is Market.SPOT and not node.warned:
@@ -259,40 +300,16 @@ def simulate(
                         events.append(CapacityEvent(EventKind.PREEMPTED, node.placement, now, node.id))
                 preemptions += len(victims)
                 spot_in[zone] = cap[zone]
-
-        for _ in range(rounds):
-            nodes = [n.node(now) for n in held.values()]
-            decision = policy([demand], nodes, catalog, spec, tuple(events), now)
-            for release in decision.releases:
-                node = held.pop(release.node_id)
-                serving = node.ready_s <= now
-                finish(node, min(node.ends_s, now + (config.drain_s if release.drain_first and serving else 0.0)))
-                if node.market is Market.SPOT and not node.warned:
-                    spot_in[node.zone] -= 1
-            refused = False
-            for acquisition in decision.acquisitions:
-                placement = acquisition.placement
-                zone = zone_index[placement.zone]
-                if placement.market is Market.SPOT:
-                    if spot_in[zone] >= cap[zone]:
-                        refused = True
-                        stockouts += 1
-                        events.append(CapacityEvent(EventKind.STOCKOUT, placement, now))
-                        continue
-                    spot_in[zone] += 1
-                    delay = config.spot_delay_s
-                else:
-                    delay = config.on_demand_delay_s
-                node_id = f"n{next_id}"
-                next_id += 1
-                held[node_id] = _Held(node_id, zone, placement, now, now + delay)
-            if not refused:
-                break
-
-        lo = max(now, warmup)
-        hi = now + gap
-        if hi > lo:
-            available += _covered(held.values(), config.target, lo, hi)
+        act(now, cap, spot_in)
+        # A warned node taken inside the step reaches every policy then, as the live loop hears
+        # of it, not at the next sample: a policy acting on losses alone is not charged the gap.
+        at = now
+        while (taken := min((n.ends_s for n in held.values() if at < n.ends_s < now + gap), default=None)) is not None:
+            cover(at, taken)
+            at = taken
+            end_warned(at)
+            act(at, cap, spot_in)
+        cover(at, now + gap)
 
     for node in held.values():
         finish(node, end)

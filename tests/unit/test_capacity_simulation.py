@@ -241,6 +241,30 @@ def test_a_warned_node_is_draining_to_the_policy_and_preempted_when_the_notice_r
     assert result.availability == 1.0  # on demand, bought at the notice, took over at once
 
 
+def test_a_policy_acting_on_losses_hears_of_a_warned_node_when_it_is_taken_not_at_the_next_sample(
+    tmp_path: Path,
+) -> None:
+    # 300 s samples; zone a is lost at step 10. Round-robin acts on losses, not notices.
+    write(tmp_path, "us-east-1a", [1] * 10 + [0] * 30, gap=300)
+    write(tmp_path, "us-east-1b", [1] * 40, gap=300)
+    measured = 40 * 300 - 120
+    warned = run(tmp_path, 2, ["round_robin"])["round_robin"]
+    unwarned = run(tmp_path, 2, ["round_robin"], notice_s={})["round_robin"]
+    # One boot of outage either way; acting at the next sample would have cost 300 s.
+    assert warned.availability == pytest.approx(1 - 120 / measured)
+    assert unwarned.availability == pytest.approx(1 - 120 / measured)
+
+    seen: list[float] = []
+
+    def spy(demands, nodes, catalog, spec, events, now_s):
+        seen.append(now_s)
+        return plan(demands, nodes, catalog, spec, events, now_s)
+
+    (traces,) = load_sets([tmp_path])
+    simulate(traces, zone_prices(traces, default_catalog()), "spy", spy, SpotReplayConfig(target=2), CapacitySpec())
+    assert 3000.0 + 120.0 in seen  # called when the node warned at 3000 s is taken
+
+
 GOAL_SETS = (
     "availability/1-node/aws-02-15-2023",
     "preemption/4-node/aws-08-03-2023",

@@ -49,7 +49,7 @@ def test_simulate_capacity_runs_every_policy(tmp_path: Path) -> None:
     for zone, data in (("us-east-1a", [1] * 40 + [0] * 20 + [1] * 40), ("us-east-1b", [1] * 100)):
         (folder / f"{zone}_v100_1.json").write_text(json.dumps({"metadata": {"gap_seconds": 300}, "data": data}))
     report = invoke("capacity", "--spot-traces", str(folder), "--target", "2")
-    rows = report[0]["results"] if isinstance(report, list) else report["sets"][0]["results"]
+    rows = report[0]["results"]
     by_policy = {row["policy"]: row for row in rows}
     assert set(by_policy) == set(CAPACITY_POLICIES)
     assert by_policy["on_demand"]["availability"] == 1.0
@@ -57,6 +57,13 @@ def test_simulate_capacity_runs_every_policy(tmp_path: Path) -> None:
     for name in ("spothedge", "meridian"):
         assert by_policy[name]["savings_vs_ondemand"] > 0.3
         assert by_policy[name]["availability"] > 0.95
+    assert report[0]["notice_s"] == {"aws": 120.0, "gcp": 30.0}
+
+    unwarned = invoke("capacity", "--spot-traces", str(folder), "--target", "2", "--no-notices")
+    assert unwarned[0]["notice_s"] == {}
+    by_policy_unwarned = {row["policy"]: row for row in unwarned[0]["results"]}
+    # Bought at the notice, SpotHedge's replacement is ready as the node goes; without one it is a boot late.
+    assert by_policy["spothedge"]["availability"] > by_policy_unwarned["spothedge"]["availability"]
 
 
 def test_simulate_routing_runs_every_policy(tmp_path: Path) -> None:
