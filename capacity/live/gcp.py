@@ -14,11 +14,12 @@ error from the insert itself (the usual way for quota):
 `ZONE_RESOURCE_POOL_EXHAUSTED[_WITH_DETAILS]` is a STOCKOUT, `QUOTA_EXCEEDED` (HTTP
 reason `quotaExceeded`) is QUOTA_EXCEEDED.
 
-`events()` reports PREEMPTED for every `compute.instances.preempted` zone operation
-that names one of this provider's nodes, plus LAUNCHED/TERMINATED for its own
-acquisitions and releases. GCE gives no preemption notice through the API (the 30 s
-warning is only on the VM's metadata server), so there are no PREEMPTION_NOTICE
-events from GCP. Accelerator-optimized machine types (a2, a3, g2) come with their
+`events()` reads the `compute.instances.preempted` zone operations that name this
+provider's nodes, plus LAUNCHED/TERMINATED for its own acquisitions and releases. GCE
+starts that operation when it sends the VM its preemption signal and finishes it when the
+VM stops, up to 30 s later: an operation not yet DONE is a PREEMPTION_NOTICE (the node is
+DRAINING, RUNNING or STOPPING, until it goes), a DONE one is PREEMPTED. The poll may miss
+a short notice; then PREEMPTED is the first word. Accelerator-optimized machine types (a2, a3, g2) come with their
 GPUs; N1 + guest accelerators are not supported here.
 """
 
@@ -53,6 +54,8 @@ LIVE_STATES = {
     "STAGING": NodeState.PENDING,
     "RUNNING": NodeState.RUNNING,
 }
+# A warned VM keeps serving while GCE stops it.
+WARNED_STATES = frozenset({"RUNNING", "STOPPING"})
 
 
 class GcpOperationError(RuntimeError):
@@ -119,7 +122,8 @@ class GcpProvider:
         self._regions = compute_v1.RegionsClient(credentials=credentials, client_options=options)
         self._zones: list[str] | None = None
         self._known: dict[str, Placement] = {}  # node id -> placement, for nodes GCE may already have deleted
-        self._seen_operations: set[str] = set()
+        self._seen_operations: set[str] = set()  # DONE preemptions already reported
+        self._noticed: set[str] = set()  # node ids warned of a preemption
         self._queued: list[CapacityEvent] = []
 
     @_sdk_errors_named("instances.insert")
@@ -164,7 +168,8 @@ class GcpProvider:
                 filter=f'(labels.{MANAGED_LABEL} = "true") (labels.{PLATFORM_LABEL} = "{self.platform}")',
             )
             for instance in self._instances.list(request=request):
-                if self._owns(instance) and instance.status in LIVE_STATES:
+                warned = f"{zone}/{instance.name}" in self._noticed and instance.status in WARNED_STATES
+                if self._owns(instance) and (instance.status in LIVE_STATES or warned):
                     node = self._node(zone, instance)
                     self._known[node.id] = node.placement
                     found.append(node)
@@ -182,11 +187,16 @@ class GcpProvider:
                 node_id = f"{zone}/{operation.target_link.rsplit('/', 1)[-1]}"
                 if node_id not in self._known or operation.name in self._seen_operations:
                     continue
-                self._seen_operations.add(operation.name)
-                message = operation.status_message or PREEMPTED_OPERATION
-                observed.append(
-                    CapacityEvent(EventKind.PREEMPTED, self._known[node_id], self._clock(), node_id, message)
-                )
+                if operation.status != compute_v1.Operation.Status.DONE:
+                    if node_id in self._noticed:
+                        continue
+                    self._noticed.add(node_id)
+                    kind, message = EventKind.PREEMPTION_NOTICE, f"{PREEMPTED_OPERATION} started"
+                else:
+                    self._seen_operations.add(operation.name)
+                    self._noticed.discard(node_id)
+                    kind, message = EventKind.PREEMPTED, operation.status_message or PREEMPTED_OPERATION
+                observed.append(CapacityEvent(kind, self._known[node_id], self._clock(), node_id, message))
         events, self._queued = self._queued + observed, []
         return events
 
@@ -278,9 +288,12 @@ class GcpProvider:
         return Placement(self.cloud, self.region, zone, instance.machine_type.rsplit("/", 1)[-1], market)
 
     def _node(self, zone: str, instance: compute_v1.Instance) -> Node:
+        node_id = f"{zone}/{instance.name}"
         state = LIVE_STATES.get(instance.status, NodeState.TERMINATED)
+        if node_id in self._noticed and instance.status in WARNED_STATES:
+            state = NodeState.DRAINING
         launched = datetime.fromisoformat(instance.creation_timestamp).timestamp()
-        return Node(f"{zone}/{instance.name}", self._placement(zone, instance), state, launched)
+        return Node(node_id, self._placement(zone, instance), state, launched)
 
 
 def refusal_kind(codes: list[str]) -> EventKind | None:

@@ -117,15 +117,36 @@ class FakeComputeApi:
         with self._lock:
             return copy.deepcopy(self.instances)
 
+    def warn_of_preemption(self, zone: str, name: str) -> None:
+        """What GCE does when it starts reclaiming a spot VM: the preemption operation runs
+        and the VM stops, for up to 30 s, until `preempt`."""
+        with self._lock:
+            instance = self.instances[(zone, name)]
+            instance["status"] = "STOPPING"
+            operation = self._operation(zone, "compute.instances.preempted", instance, user="system@google.com")
+            operation.update(status="RUNNING", progress=0)
+
     def preempt(self, zone: str, name: str) -> None:
-        """What GCE does to a spot VM it reclaims: stop or delete it, and say so in an operation."""
+        """What GCE does to a spot VM it reclaims: stop or delete it, and say so in an operation
+        (the one `warn_of_preemption` started, or a new one)."""
         with self._lock:
             instance = self.instances[(zone, name)]
             if instance["scheduling"].get("instanceTerminationAction") == "STOP":
                 instance["status"] = "TERMINATED"
             else:
                 del self.instances[(zone, name)]
-            operation = self._operation(zone, "compute.instances.preempted", instance, user="system@google.com")
+            running = [
+                operation
+                for operation in self.operations.values()
+                if operation["operationType"] == "compute.instances.preempted"
+                and operation["targetLink"] == instance["selfLink"]
+                and operation["status"] != "DONE"
+            ]
+            operation = (
+                running[0]
+                if running
+                else self._operation(zone, "compute.instances.preempted", instance, user="system@google.com")
+            )
             operation.update(status="DONE", progress=100, statusMessage="Instance was preempted.", endTime=NOW)
 
     # Each route returns the JSON body; errors are ApiError.

@@ -248,6 +248,27 @@ def test_preemption_is_reported_once(fresh: FakeComputeApi, provider: GcpProvide
     assert [node.id for node in provider.nodes()] == [kept.id]
 
 
+def test_a_preemption_under_way_is_a_notice_and_the_node_drains_until_it_goes(
+    fresh: FakeComputeApi, provider: GcpProvider
+) -> None:
+    kept, warned = provider.acquire(spot("us-central1-c"), count=2)
+    provider.events()
+
+    fresh.warn_of_preemption("us-central1-c", warned.id.split("/")[1])
+
+    events = provider.events()
+    assert [(event.kind, event.node_id) for event in events] == [(EventKind.PREEMPTION_NOTICE, warned.id)]
+    assert provider.events() == []  # once
+    states = {node.id: node.state for node in provider.nodes()}
+    assert states == {kept.id: NodeState.RUNNING, warned.id: NodeState.DRAINING}
+
+    fresh.preempt("us-central1-c", warned.id.split("/")[1])
+
+    assert [(event.kind, event.node_id) for event in provider.events()] == [(EventKind.PREEMPTED, warned.id)]
+    assert provider.events() == []
+    assert [node.id for node in provider.nodes()] == [kept.id]
+
+
 def test_preemption_of_someone_elses_vm_is_not_reported(fresh: FakeComputeApi, provider: GcpProvider) -> None:
     (foreign,) = make_provider(fresh, "another-platform").acquire(spot("us-central1-b"))
     provider.acquire(spot("us-central1-b"))
