@@ -88,20 +88,28 @@ def replicas_needed(
     attainment: float,
     limit: int,
 ) -> int:
-    """Fewest replicas (≤ `limit`) whose planned TTFT and ITL meet the SLO at `attainment`."""
+    """Fewest replicas (≤ `limit`) whose planned TTFT and ITL meet the SLO at `attainment`.
+    When a prompt's service time alone, even at the lightest batch, misses the TTFT target
+    at that quantile, no count meets it: the fewest replicas that bring the waiting
+    quantile to zero instead (more only shrink the batch's small share of each prefill)."""
     if workload.rate_rps <= 0:
         return 0
     # The first count that could keep up with prefill alone, at a light batch.
     service_s = profile.prefill_s(workload.mean_prompt_tokens, 1.0)
     tokens = workload.mean_prompt_tokens + workload.mean_output_tokens
     first = max(1, math.ceil(workload.rate_rps * service_s))
+    # Even at the lightest batch, one prompt's service quantile misses the target.
+    unreachable = service_s * math.log(1.0 / (1.0 - attainment)) > slo_ttft_s
     for servers in range(first, limit + 1):
         itl, batch, service_at_batch = replica_itl_s(profile, workload, servers)
         if itl > slo_itl_s:
             continue
-        if ttft_quantile_s(servers, workload.rate_rps, service_at_batch, attainment) > slo_ttft_s:
-            continue
         if batch > profile.max_num_seqs or batch * tokens > KV_PLANNING_FRACTION * profile.kv_capacity_tokens:
             continue
-        return servers
+        if ttft_quantile_s(servers, workload.rate_rps, service_at_batch, attainment) <= slo_ttft_s:
+            return servers
+        if unreachable and erlang_c(servers, workload.rate_rps * service_at_batch) <= 1.0 - attainment:
+            # The wait quantile is zero: what is left is the service time, which more
+            # replicas cannot bring under the target. The floor, not the limit.
+            return servers
     return limit

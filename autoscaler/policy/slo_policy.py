@@ -19,7 +19,10 @@ Each decision:
    with every planned replica ready (a shorter breach is a burst that is over before new
    replicas are ready), and steps down only with clear headroom, never below the level
    that followed one that proved too low (`_correct`).
-   Requests the router holds with no replica ready force at least one replica.
+   Requests the router holds with no replica ready force at least one replica. A backlog
+   (requests waiting) is work no forecast of arrivals counts: what the ready replicas'
+   spare prefill time (beyond the corrected forecast's) will not clear within the horizon
+   gets replicas of its own.
    Bursts are sized separately, as a fluid: bin the last `burst_window_s` of arrivals
    at the TTFT target's length; the prompt tokens of the bin that `attainment` of the
    requests arrived in (a request-weighted quantile) must prefill within one bin.
@@ -29,7 +32,9 @@ Each decision:
 4. **Scale-down with hysteresis** — scale-up is immediate; the target is the largest
    desired count over the last `scale_down_after_s` (unset: one cold start — an
    idle replica is kept as long as restarting it would cost, the ski-rental break-even),
-   and the simulator/adapter drains the replicas it stops.
+   and the simulator/adapter drains the replicas it stops. A policy with no state yet
+   (a new or restarted controller) counts the replicas running as desired now, so a
+   running fleet is not dropped before the policy has a window of demand.
 5. **Scale to zero** — with `min_replicas` 0, after `idle_to_zero_s` without arrivals.
 """
 
@@ -205,7 +210,12 @@ class SloPolicy:
             forecast = burst_rate / max(prompt_mean, 1.0)
 
         correction, breach_since, floor, floor_at = self._correct(signals, state)
-        desired = math.ceil(needed * correction - 1e-9)
+        # A backlog is work no forecast of arrivals counts. What the ready replicas' spare
+        # prefill time will not clear within one horizon gets replicas of its own.
+        service_s = config.profile.prefill_s(max(prompt_mean, 1.0), 1.0)
+        spare = max(signals.ready - forecast * service_s * correction, 0.0)
+        backlog = max(signals.waiting * service_s / horizon - spare, 0.0)
+        desired = math.ceil(needed * correction + backlog - 1e-9)
         if signals.waiting > 0 and signals.ready == 0:
             desired = max(desired, 1)
         reason = (
@@ -214,11 +224,16 @@ class SloPolicy:
         )
         if correction > 1.0:
             reason += f" × {correction:.2f} (observed SLO breach)"
+        if backlog > 0:
+            reason += f" + {backlog:.1f} for {signals.waiting} waiting"
         if period:
             reason += f"; period {period * config.bin_s:.0f} s"
 
         hold_s = signals.cold_start_s if scaling.scale_down_after_s is None else scaling.scale_down_after_s
-        recent = [entry for entry in state.get("recent", []) if entry[0] > now - hold_s]
+        # A fresh policy (a restarted controller) does not know why the fleet has its size: it
+        # holds what is running for one scale-down window rather than drop it on an empty history.
+        opening = [[now, signals.ready + signals.starting]]
+        recent = [entry for entry in state.get("recent", opening) if entry[0] > now - hold_s]
         recent.append([now, desired])
         target = max(entry[1] for entry in recent)
         if target > desired:

@@ -120,6 +120,21 @@ def test_holds_during_hysteresis_then_scales_down_after_sustained_low_demand() -
     assert held[-1][1] == max(needed(2.0), 1) < peak
 
 
+def test_a_fresh_policy_holds_a_running_fleet_for_a_scale_down_window_before_it_has_demand() -> None:
+    # A restarted controller: 20 replicas serve, and the policy has no state and no history yet.
+    p = policy()
+    decision, state = p.decide(signals([0.0] * 5, 20), {})
+    assert decision.target == 20
+    rates = [0.0] * 5
+    for _ in range(int(COLD_START // 5) - 2):
+        rates += [0.0] * 5
+        decision, state = p.decide(signals(rates, 20), state)
+        assert decision.target == 20
+    rates += [0.0] * int(COLD_START)
+    decision, _ = p.decide(signals(rates, 20), state)
+    assert decision.target == 1  # past the window, the empty demand is believed
+
+
 def test_scales_to_zero_only_after_idle_time() -> None:
     p = policy(min_replicas=0, idle_to_zero_s=120, burst_window_s=30)
     rates = [5.0] * 60
@@ -175,7 +190,7 @@ def test_only_a_breach_longer_than_a_cold_start_adds_replicas_beyond_the_model()
 
 @pytest.mark.parametrize(("rate", "expected"), [(0.0, 2), (1000.0, 6)])
 def test_respects_min_and_max(rate: float, expected: int) -> None:
-    decision, _ = policy(min_replicas=2, max_replicas=6).decide(signals([rate] * 300, 3), {})
+    decision, _ = policy(min_replicas=2, max_replicas=6).decide(signals([rate] * 300, 1), {})
     assert decision.target == expected
 
 
@@ -206,3 +221,43 @@ def test_bursts_shorter_than_a_cold_start_are_sized_as_a_fluid() -> None:
     replica_tokens_per_s = PROMPT / H100_LLAMA31_8B.prefill_s(PROMPT, 1.0)
     assert burst.target == math.ceil(60 * PROMPT / 2.0 / replica_tokens_per_s)
     assert burst.target > calm.target
+
+
+def test_when_service_time_alone_misses_the_ttft_target_it_stops_where_the_wait_reaches_zero() -> None:
+    """12,000-token prompts at 2 req/s: one prefill takes 12000/20000 s + 2 chunks × 6.5 ms
+    ≈ 0.613 s, so the 99th percentile of service alone is 0.613 · ln 100 ≈ 2.82 s > 2 s and
+    no count meets the SLO. Offered load a = 2 × 0.613 ≈ 1.23; Erlang C (probability of
+    waiting) is 0.039 at 4 replicas, 0.0088 ≤ 1% at 5: from 5 on the wait quantile is zero
+    and more replicas change nothing. The answer is 5, not the 512 limit."""
+    service_s = 12000 / 20000 + 2 * 0.0065
+    assert service_s * math.log(100) > 2.0
+
+    def waits(n: int, a: float) -> float:  # Erlang C from its closed form
+        top = a**n / math.factorial(n) * n / (n - a)
+        return top / (sum(a**k / math.factorial(k) for k in range(n)) + top)
+
+    offered = 2.0 * service_s
+    assert waits(4, offered) > 0.01 >= waits(5, offered)
+    assert replicas_needed(H100_LLAMA31_8B, Workload(2.0, 12000, 300), 2.0, 0.2, 0.99, 512) == 5
+    # A looser target that the service time does meet is sized by the quantile as before:
+    # at 5 replicas the TTFT quantile is 2.81 s (wait 0), at 4 it is 3.11 s.
+    assert replicas_needed(H100_LLAMA31_8B, Workload(2.0, 12000, 300), 3.0, 0.2, 0.99, 512) == 5
+    assert replicas_needed(H100_LLAMA31_8B, Workload(2.0, 12000, 300), 3.2, 0.2, 0.99, 512) == 4
+
+
+def test_a_backlog_the_ready_replicas_cannot_clear_within_a_cold_start_gets_replicas_of_its_own() -> None:
+    rates = [10.0] * 300
+    calm, _ = policy().decide(signals(rates, needed(10)), {})
+    assert calm.target == needed(10)
+    service_s = H100_LLAMA31_8B.prefill_s(PROMPT, 1.0)
+    horizon = COLD_START + 5.0  # a cold start and a decision interval
+    # The ready replicas' prefill time beyond what 10 req/s use.
+    spare = calm.target - 10 * service_s
+    # A queue the spare clears within the horizon changes nothing.
+    cleared = math.floor(spare * horizon / service_s)
+    decision, _ = policy().decide(signals(rates, calm.target, waiting=cleared), {})
+    assert decision.target == calm.target
+    # One worth 3 replicas' prefill time more over the horizon gets those 3.
+    backlog = math.floor((spare + 3) * horizon / service_s)
+    decision, _ = policy().decide(signals(rates, calm.target, waiting=backlog), {})
+    assert decision.target == calm.target + 3
