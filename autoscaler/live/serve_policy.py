@@ -27,13 +27,20 @@ from meridian_core.spec import AutoscalingSpec, SLOSpec
 log = logging.getLogger(__name__)
 # Decisions whose arrivals count as "recent" for where the fleet keeps replicas warm.
 RECENT_SAMPLES = 60
+REPORT_FIELDS = frozenset(ReplicaReport.model_fields)
 
 
 def latest_reports(raw_metrics: Mapping[str, Mapping[Hashable, list]] | None) -> dict[Hashable, ReplicaReport]:
     """Per replica, the newest value of every metric it reported, as its `ReplicaReport`;
-    a replica whose report breaks the contract is left out (logged and counted)."""
+    a replica whose report breaks the contract is left out (logged and counted).
+
+    Metrics that are not the report's fields are Serve's own, not the replica's: under
+    Serve's high-throughput mode every replica also pushes `running_requests`. A replica
+    that reported none of the report's fields yet is left out, not read as idle."""
     newest: dict[Hashable, dict[str, float]] = {}
     for name, per_replica in (raw_metrics or {}).items():
+        if name not in REPORT_FIELDS:
+            continue
         for replica, series in per_replica.items():
             if series:
                 newest.setdefault(replica, {})[name] = max(series, key=lambda point: point.timestamp).value

@@ -95,11 +95,17 @@ def test_latest_reports_take_each_replicas_newest_point():
     assert latest_reports(None) == {}
 
 
-def test_a_replica_report_that_breaks_its_contract_is_dropped_not_fatal(published):
+def test_serves_own_metrics_beside_a_report_are_not_the_replicas_and_do_not_void_it():
+    # Serve's high-throughput mode pushes `running_requests` with every replica's stats.
     raw = {
-        "running": {"r1": [Point(1.0, 5.0)], "r2": [Point(1.0, float("inf"))]},
-        "bogus_metric": {"r3": [Point(1.0, 1.0)]},
+        "running_requests": {"r1": [Point(1.0, 7.0)], "r2": [Point(1.0, 3.0)]},
+        "running": {"r1": [Point(1.0, 5.0)]},
     }
+    assert latest_reports(raw) == {"r1": ReplicaReport(running=5.0)}
+
+
+def test_a_replica_report_that_breaks_its_contract_is_dropped_not_fatal(published):
+    raw = {"running": {"r1": [Point(1.0, 5.0)], "r2": [Point(1.0, float("inf"))]}}
     assert latest_reports(raw) == {"r1": ReplicaReport(running=5.0)}
     scaler = policy()
     target, _ = scaler(context(100.0, 1, 1, {"r1": load(0, 0, 0), "r2": {**load(0, 0, 0), "waiting": float("nan")}}))
