@@ -8,8 +8,9 @@ reader logs it, counts it in its metrics and drops the message: one bad message 
 stops a loop.
 
 - `RegionStatus`: a region's `GET /status` (deployments/region_ingress.py → the router).
-- `ScalingView`: a region policy's latest decision, published in Ray's KV
-  (autoscaler/live/serve_policy.py → the region's /status and the capacity loop).
+- `ScalingView`: a model's policy's latest decision in a region, published in Ray's KV
+  (autoscaler/live/serve_policy.py → the region's /status and the capacity loop, which
+  read the sum over the region's models).
 - `ReplicaReport`: what each LLM replica reports to Serve's autoscaler
   (deployments/region_server.py → autoscaler/live/serve_policy.py).
 - `CapacityReport`: what a region's capacity loop could not place in the region, in

@@ -222,6 +222,12 @@ MUTATIONS = (
         "a published target past max_replicas buys nodes for it",
     ),
     Mutation(
+        "autoscaler/policy/region_view.py",
+        "if view.at >= newest - STALE_AFTER_S}",
+        "if True}",
+        "a model no longer deployed keeps its region's nodes",
+    ),
+    Mutation(
         "autoscaler/live/global_loop.py",
         "RegionView(region.name, scaling.own_target,",
         "RegionView(region.name, scaling.target,",

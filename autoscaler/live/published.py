@@ -1,6 +1,6 @@
-"""What a region's loops tell each other, in its cluster's internal KV: the region's
-latest scaling decision (`ScalingView`, written by its policy in Serve's controller,
-read by the region's `/status` and its capacity loop), what its capacity loop could not
+"""What a region's loops tell each other, in its cluster's internal KV: each model's
+latest scaling decision (`ScalingView`, written by that model's policy in Serve's
+controller; the region's `/status` and its capacity loop read their sum), what its capacity loop could not
 place (`CapacityReport`, read by `/status`, whence the global loop), and the floor the
 global loop sets for it (`FleetFloor`, written by the region's ingress, read by its policy).
 
@@ -13,13 +13,18 @@ from __future__ import annotations
 import functools
 import logging
 
-from meridian_core.contracts import CapacityReport, FleetFloor, MalformedMessage, ScalingView, parse
+from autoscaler.policy.region_view import region_view
+from meridian_core.contracts import MAX_MODELS, CapacityReport, FleetFloor, MalformedMessage, ScalingView, parse
 
 KV_NAMESPACE = "meridian"
 
 
-def decision_key(app_name: str) -> str:
-    return f"autoscale:{app_name}"
+def decisions_prefix(app_name: str) -> str:
+    return f"autoscale:{app_name}:"
+
+
+def decision_key(app_name: str, model: str) -> str:
+    return decisions_prefix(app_name) + model
 
 
 def floor_key(app_name: str) -> str:
@@ -30,17 +35,25 @@ def capacity_key(app_name: str) -> str:
     return f"capacity:{app_name}"
 
 
-def publish(app_name: str, view: ScalingView) -> None:
+def publish(app_name: str, model: str, view: ScalingView) -> None:
+    """One model's decision, beside the other models' of its region."""
     from ray.experimental.internal_kv import _internal_kv_put
 
-    _internal_kv_put(decision_key(app_name), view.model_dump_json(), overwrite=True, namespace=KV_NAMESPACE)
+    _internal_kv_put(decision_key(app_name, model), view.model_dump_json(), overwrite=True, namespace=KV_NAMESPACE)
 
 
 def read_published(app_name: str) -> ScalingView | None:
-    from ray.experimental.internal_kv import _internal_kv_get
+    """The region's decision: the sum of its models' (autoscaler/policy/region_view.py).
+    One model's view that breaks its contract raises: a sum without it is no stand-in."""
+    from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_list
 
-    raw = _internal_kv_get(decision_key(app_name), namespace=KV_NAMESPACE)
-    return parse(ScalingView, raw) if raw else None
+    prefix = decisions_prefix(app_name)
+    views: dict[str, ScalingView] = {}
+    for key in _internal_kv_list(prefix, namespace=KV_NAMESPACE)[:MAX_MODELS]:
+        raw = _internal_kv_get(key, namespace=KV_NAMESPACE)
+        if raw:
+            views[key.decode(errors="replace").removeprefix(prefix)] = parse(ScalingView, raw)
+    return region_view(views)
 
 
 def publish_floor(app_name: str, floor: FleetFloor | None) -> None:

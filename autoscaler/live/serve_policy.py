@@ -5,9 +5,10 @@ deployment and calls it on every control-loop tick with an `AutoscalingContext`.
 Every `decision_interval_s` this adapter turns the replicas' reports into
 `RegionSignals`, asks the pure policy (autoscaler/policy/slo_policy.py, the same code the
 simulator runs) for a target, and publishes the target and its reason in Ray's
-internal KV, where the region's `/status` reads it for the router and `meridian
-status`. Serve's own delays are set to zero in the deployment's config (see
-deployments/region_app.py), so hysteresis is the policy's alone.
+internal KV, one entry per model, whose sum the region's `/status` reads for the router
+and `meridian status`, and its capacity loop for nodes. Serve's own delays are set to
+zero in the deployment's config (see deployments/region_app.py), so hysteresis is the
+policy's alone.
 """
 
 from __future__ import annotations
@@ -51,6 +52,11 @@ def latest_reports(raw_metrics: Mapping[str, Mapping[Hashable, list]] | None) ->
         except MalformedMessage as error:
             drop_malformed(error, "autoscaler", log)
     return reports
+
+
+def model_of(deployment_name: str) -> str:
+    """The model a Serve LLM deployment serves: its name is `<server class>:<model id>`."""
+    return deployment_name.rpartition(":")[2]
 
 
 class RegionAutoscalingPolicy:
@@ -114,7 +120,7 @@ class RegionAutoscalingPolicy:
             at=float(now),
         )
         try:
-            publish(ctx.app_name, view)
+            publish(ctx.app_name, model_of(ctx.deployment_name), view)
         except Exception as error:  # the decision stands even if nobody can read it
             log.warning("could not publish the autoscaling decision: %s", error)
         return decision.target, {**ctx.policy_state, "meridian": state}

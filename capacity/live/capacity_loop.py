@@ -67,10 +67,11 @@ def catalog_region(region: RegionSpec) -> str:
     return region.slug if region.capacity.provider == "local" else region.capacity.region
 
 
-def wanted_replicas(region: RegionSpec, target: int | None) -> int:
-    """The replicas the region's nodes are for: its published target (a fixed region's
-    `replicas`), never past the spec's `max_replicas`, whatever was published."""
-    bound = region.autoscaling.max_replicas if region.autoscaling else region.replicas
+def wanted_replicas(spec: PlatformSpec, region: RegionSpec, target: int | None) -> int:
+    """The replicas the region's nodes are for: its published target, the sum over its
+    models (a fixed region's `replicas`), never past `max_replicas` for each model,
+    whatever was published."""
+    bound = region.autoscaling.max_replicas * len(spec.models) if region.autoscaling else region.replicas
     return min(region.replicas if target is None else target, bound)
 
 
@@ -163,7 +164,7 @@ class CapacityLoop:
             self.on_malformed(error)
             return None
         target = view.target if view else None
-        replicas = wanted_replicas(self.region, target)
+        replicas = wanted_replicas(self.spec, self.region, target)
         self._note_over_bound(target, replicas)
         demand = node_demand(self.spec, self.region, replicas)
         recent = self.ledger.events(since_s=now - self.spec.capacity.event_memory_s)

@@ -124,8 +124,12 @@ def test_node_demand_fits_replicas_to_nodes_and_keeps_one_warm(spec):
 
 
 def test_a_published_target_is_never_taken_past_max_replicas(spec):
-    assert wanted_replicas(spec.regions[0], 500) == 4
-    assert node_demand(spec, spec.regions[0], wanted_replicas(spec.regions[0], 500)).replicas == 2  # not 250 nodes
+    assert wanted_replicas(spec, spec.regions[0], 500) == 4
+    assert node_demand(spec, spec.regions[0], wanted_replicas(spec, spec.regions[0], 500)).replicas == 2  # not 250
+    # Every model of a region scales on its own up to max_replicas: the region's bound is their sum.
+    two_models = parse_spec({**SPEC, "models": [{"id": "m"}, {"id": "e"}]})
+    assert wanted_replicas(two_models, two_models.regions[0], 500) == 8
+    assert wanted_replicas(two_models, two_models.regions[0], 6) == 6
 
 
 def test_the_loop_buys_what_its_region_needs_and_records_it(spec, tmp_path):

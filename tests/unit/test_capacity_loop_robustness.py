@@ -36,7 +36,12 @@ def kv(monkeypatch) -> dict[str, bytes]:
     from ray.experimental import internal_kv
 
     table: dict[str, bytes] = {}
-    monkeypatch.setattr(internal_kv, "_internal_kv_get", lambda key, namespace=None: table.get(key))
+
+    def keys(prefix: str, namespace=None) -> list[bytes]:
+        return [key.encode() for key in table if key.startswith(prefix)]
+
+    monkeypatch.setattr(internal_kv, "_internal_kv_list", keys)
+    monkeypatch.setattr(internal_kv, "_internal_kv_get", lambda key, namespace=None: table.get(key.decode()))
     return table
 
 
@@ -194,8 +199,8 @@ def test_a_broken_view_holds_that_regions_nodes_for_the_tick_and_the_other_regio
             on_malformed=malformed.append,
         )
     east, west = (region.slug for region in spec.regions)
-    kv[decision_key(east)] = view(4).model_dump_json().encode()
-    kv[decision_key(west)] = view(2).model_dump_json().encode()
+    kv[decision_key(east, "m")] = view(4).model_dump_json().encode()
+    kv[decision_key(west, "m")] = view(2).model_dump_json().encode()
     for loop in loops.values():
         loop.tick()
     held = dict(providers[east].held)
@@ -204,17 +209,41 @@ def test_a_broken_view_holds_that_regions_nodes_for_the_tick_and_the_other_regio
     broken = view(1).model_dump()
     del broken["target"]
     broken["own_target"] = "s3cret"
-    kv[decision_key(east)] = TypeAdapter(dict).dump_json(broken)
-    kv[decision_key(west)] = view(4).model_dump_json().encode()
+    kv[decision_key(east, "m")] = TypeAdapter(dict).dump_json(broken)
+    kv[decision_key(west, "m")] = view(4).model_dump_json().encode()
     assert loops[east].tick() is None  # not planned from a fallback count: nothing bought, nothing released
     loops[west].tick()
     assert providers[east].held == held and len(providers[west].nodes()) == 2
     (error,) = malformed
     assert error.contract == "ScalingView" and "own_target, target" in str(error) and "s3cret" not in str(error)
 
-    kv[decision_key(east)] = view(1).model_dump_json().encode()
+    kv[decision_key(east, "m")] = view(1).model_dump_json().encode()
     loops[east].tick()  # a readable view again: the region follows it
     assert len(providers[east].nodes()) == 1
+
+
+def test_a_region_with_several_autoscaled_models_gets_nodes_for_all_of_them(tmp_path, kv):
+    # Each model's deployment runs its own policy; before, they shared one key and the
+    # model that wrote last decided the region's nodes.
+    spec = parse_spec({**SPEC, "models": [{"id": "chat"}, {"id": "embed"}]})
+    region = spec.regions[0]
+    provider = ProviderDouble(spec)
+    loop = CapacityLoop(
+        spec,
+        region,
+        provider,
+        Ledger(tmp_path),
+        local_catalog(spec, region),
+        scaling=lambda: published_scaling(region),
+        report=lambda report: None,
+        clock=lambda: 100.0,
+    )
+    kv[decision_key(region.slug, "chat")] = view(3).model_copy(update={"at": 100.0}).model_dump_json().encode()
+    kv[decision_key(region.slug, "embed")] = view(2).model_copy(update={"at": 98.0}).model_dump_json().encode()
+    # A model no longer deployed: its last view stays in the KV but is long stale.
+    kv[decision_key(region.slug, "retired")] = view(4).model_copy(update={"at": 10.0}).model_dump_json().encode()
+    loop.tick()
+    assert len(provider.nodes()) == 3  # 5 replicas, two a node
 
 
 # 3. A target past the region's bound.

@@ -28,7 +28,11 @@ def floors(monkeypatch) -> dict[str, FleetFloor]:
 @pytest.fixture
 def published(monkeypatch, floors) -> list[dict]:
     views: list[dict] = []
-    monkeypatch.setattr(serve_policy, "publish", lambda app, view: views.append({"app": app, **view.model_dump()}))
+
+    def publish(app: str, model: str, view) -> None:
+        views.append({"app": app, "model": model, **view.model_dump()})
+
+    monkeypatch.setattr(serve_policy, "publish", publish)
     return views
 
 
@@ -68,6 +72,7 @@ def context(now: float, ready: int, target: int, reports: dict[str, dict[str, fl
             raw.setdefault(name, {})[replica] = [Point(now - 3, 0.0), Point(now - 1, value)]
     return SimpleNamespace(
         app_name="local-us-east",
+        deployment_name="RegionLLMServer:m",
         current_time=now,
         current_num_replicas=ready,
         target_num_replicas=target,
@@ -119,7 +124,7 @@ def test_heavy_demand_scales_up_and_the_decision_is_published(published):
     # 60 requests of 1,000 prompt tokens in 5 s: 12,000 prompt tok/s, ~5x a CPU replica.
     target, state = scaler(context(105.0, 1, 1, {"r1": load(60, 60_000, 1_000, waiting=40)}, state))
     assert target == 4  # capped at max_replicas
-    assert published[-1]["target"] == 4 and published[-1]["app"] == "local-us-east"
+    assert published[-1]["target"] == 4 and published[-1]["app"] == "local-us-east" and published[-1]["model"] == "m"
     assert published[-1]["reason"] and published[-1]["starting"] == 0
     assert "meridian" in state  # the pure policy's state rides in Serve's policy_state
 
