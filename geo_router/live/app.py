@@ -46,6 +46,7 @@ from geo_router.live.requests import (
 from geo_router.live.supervised import supervise
 from geo_router.live.tracing import tracer_provider
 from geo_router.live.upstream import AiohttpUpstream, HttpxUpstream, Upstream
+from geo_router.live.usage import asks_for_usage, body_asking_for_usage
 from geo_router.policy.scoring import RequestFacts, RoutingMemory, RttCorrector, choose
 from meridian_core.contracts import RouterRegions
 from meridian_core.geo import LatLon
@@ -284,6 +285,12 @@ def create_app(
                 def on_usage(used: int) -> None:
                     key_limits.settle(charged, used, time.monotonic())
 
+        # A stream is settled on its usage too: asked for it, which the client that did not
+        # ask never sees.
+        hide_usage = on_usage is not None and parsed.stream and not asks_for_usage(parsed.fields)
+        if hide_usage:
+            parsed = dataclasses.replace(parsed, body=body_asking_for_usage(parsed.fields))
+
         candidates, panic = table.servable(parsed.model)
         decision = choose(
             [r.load(corrector.correction_for(r.name, time.monotonic())) for r in candidates],
@@ -318,7 +325,7 @@ def create_app(
             end_span(span, outcome)
 
         return await proxy.forward(
-            path, parsed, headers, ranked, started, reason, request.receive, learn, done, on_usage
+            path, parsed, headers, ranked, started, reason, request.receive, learn, done, on_usage, hide_usage
         )
 
     @app.post("/v1/chat/completions", openapi_extra=openapi.CHAT_COMPLETIONS)

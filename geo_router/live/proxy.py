@@ -34,7 +34,7 @@ from geo_router.live.regions import Region
 from geo_router.live.requests import InferenceRequest
 from geo_router.live.retry_budget import RetryBudget
 from geo_router.live.upstream import Upstream, UpstreamError, UpstreamResponse
-from geo_router.live.usage import USAGE_TAIL_BYTES, used_tokens
+from geo_router.live.usage import USAGE_TAIL_BYTES, UsageEventFilter, used_tokens
 from meridian_core.spec import RouterSpec
 
 log = logging.getLogger(__name__)
@@ -129,6 +129,7 @@ class Proxy:
         on_first_byte: Callable[[Region, float], None],
         on_done: Callable[[Region, str], None],
         on_usage: Callable[[int], None] | None = None,
+        hide_usage: bool = False,
     ) -> Response:
         """Try `ranked` regions in order; answer from the first that produces a byte.
 
@@ -136,7 +137,8 @@ class Proxy:
         hears which region answered and how soon, `on_done(region, outcome)` when its
         last byte has been relayed (outcome: the HTTP status, `stream_broken`, or 499
         when the client hung up first), `on_usage(tokens)` the tokens the answer says
-        it used, when it says (a stream says only if the client asked it to).
+        it used, when it says (a stream says only if asked to). With `hide_usage` the
+        stream's usage event, asked for by the router alone, is read but not relayed.
         """
         forwarded = {k: v for k, v in headers.items() if k in FORWARDED_REQUEST_HEADERS}
         # The answer is relayed as it comes, with no Content-Encoding: it must come plain.
@@ -175,7 +177,7 @@ class Proxy:
                 self._metrics.decisions.labels(region.name, reason if position == 0 else "failover").inc()
                 self._metrics.ttfb.labels(region.name, request.model).observe(ttfb_s)
                 on_first_byte(region, ttfb_s)
-                return await self._respond(attempt, request, started, on_done, on_usage)
+                return await self._respond(attempt, request, started, on_done, on_usage, hide_usage)
         finally:
             gone.cancel()
         return self._failed(suspects, tried, budget_spent)
@@ -257,6 +259,7 @@ class Proxy:
         started: float,
         on_done: Callable[[Region, str], None],
         on_usage: Callable[[int], None] | None,
+        hide_usage: bool,
     ) -> Response:
         region, upstream = attempt.region, attempt.upstream
         status = str(upstream.status)
@@ -305,17 +308,25 @@ class Proxy:
                 if len(tail) > 2 * USAGE_TAIL_BYTES:
                     del tail[:-USAGE_TAIL_BYTES]
 
+        usage_filter = UsageEventFilter() if hide_usage and request.stream else None
+
+        def for_client(chunk: bytes) -> bytes:
+            keep_tail(chunk)
+            return usage_filter.feed(chunk) if usage_filter is not None else chunk
+
         async def relay() -> AsyncIterator[bytes]:
             try:
                 if attempt.first_chunk:
-                    keep_tail(attempt.first_chunk)
-                    yield attempt.first_chunk
+                    if relayed := for_client(attempt.first_chunk):
+                        yield relayed
                     relayed_whole[0] = attempt.first_chunk.endswith(SSE_DONE)
                 async for chunk in upstream.chunks:
-                    keep_tail(chunk)
-                    yield chunk
+                    if relayed := for_client(chunk):
+                        yield relayed
                     # A client may hang up once it has a stream's last event, before the body's end.
                     relayed_whole[0] = chunk.endswith(SSE_DONE)
+                if usage_filter is not None and (rest := usage_filter.rest()):
+                    yield rest
                 relayed_whole[0] = True
             except UpstreamError as error:
                 if cut[0]:

@@ -22,7 +22,7 @@ import openai
 import pytest
 import yaml
 
-from geo_router.live.usage import used_tokens
+from geo_router.live.usage import UsageEventFilter, used_tokens
 from meridian import launcher
 from meridian.serve_config import serve_config
 from meridian_core.spec import PlatformSpec
@@ -155,6 +155,20 @@ def test_an_engines_error_keeps_its_message_without_the_serving_stacks_internals
 def test_the_router_reads_the_usage_a_real_answer_reports(client, model):
     raw = client.chat.completions.with_raw_response.create(model=model, messages=QUESTION, max_tokens=8)
     assert used_tokens(raw.http_response.content) == raw.parse().usage.total_tokens
+
+
+def test_a_real_streams_usage_event_is_read_and_is_the_only_event_taken_out(platform, model):
+    """What the router relies on to settle a stream's token charge for a client that did
+    not ask for usage: vLLM's usage event, alone in having no choices."""
+    body = {"model": model, "messages": QUESTION, "max_tokens": 8, "stream": True}
+    asked = {**body, "stream_options": {"include_usage": True}}
+    raw = httpx.post(f"{platform.router_url}/v1/chat/completions", json=asked, timeout=60).content
+    events = UsageEventFilter()
+    kept = events.feed(raw) + events.rest()
+    chunks = [json.loads(e.removeprefix(b"data: ")) for e in raw.split(b"\n\n") if e and e != b"data: [DONE]"]
+    assert used_tokens(raw) == chunks[-1]["usage"]["total_tokens"] > 8 and chunks[-1]["choices"] == []
+    kept_chunks = [json.loads(e.removeprefix(b"data: ")) for e in kept.split(b"\n\n") if e and e != b"data: [DONE]"]
+    assert kept_chunks == chunks[:-1] and kept.endswith(b"data: [DONE]\n\n")
 
 
 def test_a_client_gone_before_the_first_byte_frees_the_engine(platform, model):

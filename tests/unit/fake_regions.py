@@ -126,16 +126,23 @@ class FakeRegions:
         if rest == "v1/embeddings":
             return streamed(200, json_body={"object": "list", "data": [{"embedding": [0.5]}], "region": region.name})
         if body.get("stream"):
-            return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=self._stream(region))
+            usage = (body.get("stream_options") or {}).get("include_usage") is True
+            return httpx.Response(
+                200, headers={"content-type": "text/event-stream"}, content=self._stream(region, usage)
+            )
         usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
         return streamed(200, json_body={"object": "chat.completion", "region": region.name, "usage": usage})
 
-    async def _stream(self, region: FakeRegion) -> AsyncIterator[bytes]:
+    async def _stream(self, region: FakeRegion, usage: bool) -> AsyncIterator[bytes]:
         yield b'data: {"choices":[{"delta":{"content":"Par"}}]}\n\n'
         if region.mode == "break_stream":
             raise httpx.ReadError("peer closed connection")
         yield b'data: {"choices":[{"delta":{"content":"is"}}]}\n\n'
-        yield b"data: [DONE]\n\n"
+        if usage:  # as vLLM sends it: its own event, cut across two reads, [DONE] right behind
+            yield b'data: {"choices":[],"usage":{"prompt_tokens":10,'
+            yield b'"completion_tokens":5,"total_tokens":15}}\n\ndata: [DONE]\n\n'
+        else:
+            yield b"data: [DONE]\n\n"
 
 
 @contextmanager

@@ -129,6 +129,24 @@ def test_the_charge_is_settled_on_the_answers_usage(keyed_router):
     ]
 
 
+def test_a_stream_is_settled_on_its_usage_which_a_client_that_did_not_ask_never_sees(keyed_router):
+    auth = {"Authorization": f"Bearer {BETA}"}
+    body = {**CHAT, "max_tokens": 500, "stream": True}  # charged ~510 ahead of each; 600 a minute
+    answers = [keyed_router.post("/v1/chat/completions", json=body, headers=auth) for _ in range(3)]
+    assert [answer.status_code for answer in answers] == [200, 200, 200]  # the region said 15 each
+    for answer in answers:
+        events = [event for event in answer.text.split("\n\n") if event]
+        assert [json.loads(e.removeprefix("data: "))["choices"][0]["delta"]["content"] for e in events[:-1]] == [
+            "Par",
+            "is",
+        ]
+        assert events[-1] == "data: [DONE]"
+
+    asked = {**body, "stream_options": {"include_usage": True}}
+    answer = keyed_router.post("/v1/chat/completions", json=asked, headers=auth)
+    assert answer.status_code == 200 and '"choices":[],"usage":{"prompt_tokens":10,' in answer.text
+
+
 def test_oversized_body_is_413(repo, monkeypatch, fakes):
     with running_router(spec_with(repo, monkeypatch, max_body_bytes=2048), fakes) as router:
         big = {**CHAT, "messages": [{"role": "user", "content": "x" * 4096}]}
