@@ -200,7 +200,7 @@ class RegionIngress(OpenAiIngress):
         loads = []
         for answer in answers:
             try:
-                loads.append(parse(EngineLoad, answer))
+                loads.append(parse(EngineLoad, answer).model_copy(update={"model": model_id}))
             except MalformedMessage as error:
                 drop_malformed(error, "region status", log)
         return loads

@@ -88,6 +88,8 @@ class EngineLoad(Contract):
     running: Count = 0
     waiting: Count = 0
     kv_cache_usage: Fraction = 0.0
+    # In a region's `per_replica`: the model the replica serves.
+    model: Name | None = None
 
 
 class ReplicaCounts(Contract):

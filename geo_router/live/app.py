@@ -293,7 +293,7 @@ def create_app(
 
         candidates, panic = table.servable(parsed.model)
         decision = choose(
-            [r.load(corrector.correction_for(r.name, time.monotonic())) for r in candidates],
+            [r.load(corrector.correction_for(r.name, time.monotonic()), parsed.model) for r in candidates],
             facts,
             memory,
             profiles,

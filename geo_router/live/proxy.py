@@ -90,7 +90,8 @@ def is_retryable_status(status: int) -> bool:
 
 def first_byte_deadline_s(settings: RouterSpec, request: InferenceRequest, region: Region) -> float:
     """How long `region` may take to send the first byte of its answer to `request`."""
-    deadline = settings.first_byte_timeout_s + region.cold_start_remaining_ms(time.monotonic()) / 1000
+    ready = region.model_load(request.model).ready_replicas
+    deadline = settings.first_byte_timeout_s + region.cold_start_remaining_ms(time.monotonic(), ready) / 1000
     if not request.stream:  # the whole answer comes before its first byte
         deadline += request.completion_cap * settings.output_token_timeout_s
     return deadline

@@ -35,6 +35,36 @@ from meridian_core.geo import LatLon
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class ModelLoad:
+    """The replicas of one model in a region, and their engines' load."""
+
+    ready_replicas: int
+    running: int
+    waiting: int
+    kv_cache_usage: float
+
+
+def model_loads(status: RegionStatus) -> dict[str, ModelLoad]:
+    """Per model the region serves, its replicas' load: a region's embedding replicas are
+    no slots for its chat requests. Empty when a replica does not say which model it
+    serves (an older region), or the replicas listed are not the ready ones; then the
+    region's totals stand for every model."""
+    listed = status.per_replica
+    if not listed or len(listed) != status.replicas.ready or any(replica.model is None for replica in listed):
+        return {}
+    loads = {}
+    for model in status.models:
+        replicas = [replica for replica in status.per_replica if replica.model == model]
+        loads[model] = ModelLoad(
+            len(replicas),
+            sum(replica.running for replica in replicas),
+            sum(replica.waiting for replica in replicas),
+            max((replica.kv_cache_usage for replica in replicas), default=0.0),
+        )
+    return loads
+
+
 @dataclass
 class Region:
     name: str
@@ -49,6 +79,7 @@ class Region:
     running: int = 0
     waiting: int = 0
     kv_cache_usage: float = 0.0
+    per_model: dict[str, ModelLoad] = field(default_factory=dict)
     last_error: str | None = None
     last_poll_at: float = 0.0
     last_answered_at: float = -math.inf
@@ -78,9 +109,10 @@ class Region:
         """Without a ready replica, whether a request here is served once one starts."""
         return self.autoscaled and not self.out_of_capacity
 
-    def cold_start_remaining_ms(self, now: float) -> float:
-        """How long a request sent now waits for a replica to be ready."""
-        if self.ready_replicas > 0:
+    def cold_start_remaining_ms(self, now: float, ready_replicas: int | None = None) -> float:
+        """How long a request sent now waits for a replica to be ready (of its model, given
+        how many of that model's are)."""
+        if (self.ready_replicas if ready_replicas is None else ready_replicas) > 0:
             return 0.0
         if self.cold_since is None:  # scaled to zero: the request itself starts one
             return self.cold_start_s * 1000
@@ -90,17 +122,24 @@ class Region:
     def can_serve(self, model: str) -> bool:
         return self.healthy and model in self.models
 
-    def load(self, rtt_correction_ms: float = 0.0) -> RegionLoad:
+    def model_load(self, model: str | None) -> ModelLoad:
+        """`model`'s replicas and their load; the region's totals when it does not say."""
+        own = self.per_model.get(model) if model is not None else None
+        return own or ModelLoad(self.ready_replicas, self.running, self.waiting, self.kv_cache_usage)
+
+    def load(self, rtt_correction_ms: float = 0.0, model: str | None = None) -> RegionLoad:
+        """The region as a request for `model` sees it: that model's replicas and their load."""
+        own = self.model_load(model)
         return RegionLoad(
             self.name,
             self.location,
-            self.ready_replicas,
-            running=self.running,
-            waiting=self.waiting,
+            own.ready_replicas,
+            running=own.running,
+            waiting=own.waiting,
             in_flight=self.in_flight,
-            kv_cache_usage=self.kv_cache_usage,
+            kv_cache_usage=own.kv_cache_usage,
             rtt_correction_ms=rtt_correction_ms,
-            cold_start_ms=self.cold_start_remaining_ms(time.monotonic()),
+            cold_start_ms=self.cold_start_remaining_ms(time.monotonic(), own.ready_replicas),
         )
 
     def mark_down(self, reason: str, by_request: bool = False) -> None:
@@ -131,6 +170,7 @@ class Region:
         self.running = status.engine.running
         self.waiting = status.engine.waiting
         self.kv_cache_usage = status.engine.kv_cache_usage
+        self.per_model = model_loads(status)
         scaling = status.autoscaling
         self.autoscaled = scaling is not None
         self.cold_start_s = scaling.cold_start_s if scaling else 0.0

@@ -157,6 +157,18 @@ def test_the_router_reads_the_usage_a_real_answer_reports(client, model):
     assert used_tokens(raw.http_response.content) == raw.parse().usage.total_tokens
 
 
+def test_a_regions_status_says_which_model_each_replica_serves(platform):
+    """What the router counts a model's slots from: not the region's embedding replicas."""
+    deadline = time.monotonic() + 30  # a poll whose engine stats timed out lists fewer
+    while True:
+        status = launcher.router_regions(platform)["local/us-east"].status
+        served = sorted(replica.model for replica in status.per_replica)
+        if served == sorted(status.models) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert served == sorted(status.models)  # one replica of each model
+
+
 def test_a_real_streams_usage_event_is_read_and_is_the_only_event_taken_out(platform, model):
     """What the router relies on to settle a stream's token charge for a client that did
     not ask for usage: vLLM's usage event, alone in having no choices."""

@@ -35,6 +35,8 @@ class FakeRegion:
     models: list[str] = field(default_factory=lambda: [MODEL])
     # Embedding models: asked for a completion, they refuse it as vLLM does.
     embed_models: list[str] = field(default_factory=list)
+    # Each ready replica's engine load as /status lists it; None lists none.
+    per_replica: list[dict] | None = None
     calls: list[str] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
 
@@ -105,6 +107,7 @@ class FakeRegions:
                     "autoscaling": region.autoscaling.model_dump() if region.autoscaling else None,
                     "capacity": region.capacity.model_dump() if region.capacity else None,
                     "engine": {"running": min(region.waiting, 16), "waiting": region.waiting, "kv_cache_usage": 0.1},
+                    "per_replica": region.per_replica or [],
                 },
             )
         if region.mode == "error500":

@@ -17,6 +17,7 @@ from meridian_core.spec import load_spec, parse_spec
 from .fake_regions import CHAT, MODEL, FakeRegions, running_router, scaled_to_zero
 
 PARIS = "48.85,2.35"
+WAITING = 4  # the busy replica's queue; a spill when it is one replica's, not four's
 
 
 @pytest.fixture
@@ -148,6 +149,23 @@ def test_no_healthy_region_is_503_with_retry_after(router, fakes):
     assert_openai_error(response, 503)
     assert int(response.headers["retry-after"]) >= 1
     assert router.get("/healthz").json() == {"status": "degraded", "healthy_regions": []}
+
+
+@pytest.mark.parametrize("labelled", [True, False])
+def test_a_regions_embedding_replicas_are_no_slots_for_its_chat_requests(router, fakes, labelled):
+    # The nearest region: one busy chat replica and three idle embedding replicas.
+    busy = {"running": 16, "waiting": WAITING, "kv_cache_usage": 0.1, "model": MODEL}
+    idle = {"running": 0, "waiting": 0, "kv_cache_usage": 0.0, "model": "embed"}
+    replicas = [busy, idle, idle, idle]
+    if not labelled:  # a region that does not say which model each replica serves
+        replicas = [{k: v for k, v in replica.items() if k != "model"} for replica in replicas]
+    paris = fakes["local-eu-west"]
+    paris.models, paris.ready, paris.waiting, paris.per_replica = [MODEL, "embed"], 4, WAITING, replicas
+    repoll(router)
+    response = router.post("/v1/chat/completions", json=CHAT, headers={"X-Client-Location": PARIS})
+    assert response.status_code == 200
+    # Counted as four slots, the queue looks short enough to wait in; it is one replica's.
+    assert response.headers["x-meridian-region"] == ("local/us-east" if labelled else "local/eu-west")
 
 
 def test_a_region_scaled_to_zero_spills_its_clients_to_a_warm_region(router, fakes):
