@@ -1,8 +1,9 @@
 """What a region's loops tell each other, in its cluster's internal KV: each model's
 latest scaling decision (`ScalingView`, written by that model's policy in Serve's
-controller; the region's `/status` and its capacity loop read their sum), what its capacity loop could not
-place (`CapacityReport`, read by `/status`, whence the global loop), and the floor the
-global loop sets for it (`FleetFloor`, written by the region's ingress, read by its policy).
+controller; the region's `/status` and its capacity loop read their sum), what its
+capacity loop could not place (`CapacityReport`, read by `/status`, whence the global
+loop), and the floor the global loop sets for it (`FleetFloor`, written by the region's
+ingress, read by its policy).
 
 Readers get the typed message or None; a malformed one raises `MalformedMessage`, which
 the reader logs, counts and drops.

@@ -53,14 +53,14 @@ def model_loads(status: RegionStatus) -> dict[str, ModelLoad]:
     listed = status.per_replica
     if not listed or len(listed) != status.replicas.ready or any(replica.model is None for replica in listed):
         return {}
-    loads = {}
-    for model in status.models:
-        replicas = [replica for replica in status.per_replica if replica.model == model]
-        loads[model] = ModelLoad(
-            len(replicas),
-            sum(replica.running for replica in replicas),
-            sum(replica.waiting for replica in replicas),
-            max((replica.kv_cache_usage for replica in replicas), default=0.0),
+    loads = {model: ModelLoad(0, 0, 0, 0.0) for model in status.models}
+    for replica in listed:
+        load = loads.get(replica.model, ModelLoad(0, 0, 0, 0.0))
+        loads[replica.model] = ModelLoad(
+            load.ready_replicas + 1,
+            load.running + replica.running,
+            load.waiting + replica.waiting,
+            max(load.kv_cache_usage, replica.kv_cache_usage),
         )
     return loads
 
@@ -109,10 +109,10 @@ class Region:
         """Without a ready replica, whether a request here is served once one starts."""
         return self.autoscaled and not self.out_of_capacity
 
-    def cold_start_remaining_ms(self, now: float, ready_replicas: int | None = None) -> float:
-        """How long a request sent now waits for a replica to be ready (of its model, given
-        how many of that model's are)."""
-        if (self.ready_replicas if ready_replicas is None else ready_replicas) > 0:
+    def cold_start_remaining_ms(self, now: float, ready_replicas: int) -> float:
+        """How long a request sent now waits for a replica of its model to be ready, given
+        how many of that model's are."""
+        if ready_replicas > 0:
             return 0.0
         if self.cold_since is None:  # scaled to zero: the request itself starts one
             return self.cold_start_s * 1000
