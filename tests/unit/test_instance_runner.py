@@ -143,6 +143,15 @@ def dead(process: psutil.Process) -> bool:
         return True
 
 
+def only_daemons(marker: str) -> list[psutil.Process]:
+    """The processes carrying `marker` once every one of them is the boot script's `sleep` daemon."""
+    processes = marked_processes(marker)
+    try:
+        return processes if processes and all(process.name() == "sleep" for process in processes) else []
+    except psutil.NoSuchProcess:
+        return []
+
+
 def boot_args(logs_dir: Path, name: str) -> str:
     log = logs_dir / f"boot-{name}.log"
     return eventually(lambda: log.exists() and log.read_text().partition("args: ")[2].strip(), f"{log} shows args")
@@ -158,8 +167,8 @@ def test_an_aws_instance_boots_its_user_data_and_dies_with_the_instance(
     runner = start_runner(ec2=moto_ec2(proxy))
     instance_id = launch(ec2)
 
-    (daemon,) = eventually(lambda: marked_processes(f"aws:{instance_id}"), "the instance's daemon runs")
-    assert daemon.name() == "sleep"
+    # The boot script and the subshell that becomes the daemon are marked too until they exit or exec.
+    (daemon,) = eventually(lambda: only_daemons(f"aws:{instance_id}"), "the instance's daemon alone runs")
     assert runner.booted() == {instance_id}
     assert boot_args(tmp_path, f"aws-{instance_id}") == start_args(block_index=0, vcpus=4)
 
