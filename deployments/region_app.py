@@ -65,8 +65,7 @@ def deployment_config_for(args: RegionAppArgs) -> dict[str, Any]:
     config["autoscaling_config"] = {
         "min_replicas": scaling.min_replicas,
         "max_replicas": scaling.max_replicas,
-        # A region that may idle to zero still starts warm.
-        "initial_replicas": max(1, scaling.min_replicas),
+        "initial_replicas": scaling.initial_replicas,
         # Hysteresis and drain are the policy's; Serve's own delays would add to them.
         "upscale_delay_s": 0.0,
         "downscale_delay_s": 0.0,

@@ -119,6 +119,11 @@ class AutoscalingSpec(StrictModel):
     # Replicas stay sized for the bursts seen this far back (autoscaler/policy/slo_policy.py).
     burst_window_s: float = Field(default=900.0, gt=0)
 
+    @property
+    def initial_replicas(self) -> int:
+        """What each model starts with: a region that may idle to zero still starts warm."""
+        return max(1, self.min_replicas)
+
     @model_validator(mode="after")
     def _bounds(self) -> AutoscalingSpec:
         if self.min_replicas > self.max_replicas:
@@ -433,7 +438,7 @@ class PlatformSpec(StrictModel):
 
     @model_validator(mode="after")
     def _warm_minimum_fits(self) -> PlatformSpec:
-        room = sum((r.autoscaling.max_replicas if r.autoscaling else r.replicas) for r in self.regions)
+        room = sum(self.replica_bounds(region)[1] for region in self.regions)
         if self.fleet.min_warm_replicas > room:
             raise ValueError(
                 f"fleet.min_warm_replicas: {self.fleet.min_warm_replicas} exceeds the {room} replicas the regions allow"
@@ -462,6 +467,15 @@ class PlatformSpec(StrictModel):
         if region.endpoint:
             return region.endpoint
         return f"http://127.0.0.1:{self.cluster_ports(region).serve}/{region.slug}"
+
+    def replica_bounds(self, region: RegionSpec) -> tuple[int, int]:
+        """The fewest and the most replicas `region` runs, over all its models: each model
+        is its own deployment, with the region's `replicas` or autoscaling bounds."""
+        models = len(self.models)
+        scaling = region.autoscaling
+        if scaling is None:
+            return region.replicas * models, region.replicas * models
+        return scaling.min_replicas * models, scaling.max_replicas * models
 
     def region(self, name: str) -> RegionSpec:
         for region in self.regions:

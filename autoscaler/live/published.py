@@ -43,9 +43,9 @@ def publish(app_name: str, model: str, view: ScalingView) -> None:
     _internal_kv_put(decision_key(app_name, model), view.model_dump_json(), overwrite=True, namespace=KV_NAMESPACE)
 
 
-def read_published(app_name: str) -> ScalingView | None:
-    """The region's decision: the sum of its models' (autoscaler/policy/region_view.py).
-    One model's view that breaks its contract raises: a sum without it is no stand-in."""
+def read_views(app_name: str) -> dict[str, ScalingView]:
+    """Each model's latest decision, by model. One that breaks its contract raises: a sum
+    or a split without it is no stand-in."""
     from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_list
 
     prefix = decisions_prefix(app_name)
@@ -54,7 +54,12 @@ def read_published(app_name: str) -> ScalingView | None:
         raw = _internal_kv_get(key, namespace=KV_NAMESPACE)
         if raw:
             views[key.decode(errors="replace").removeprefix(prefix)] = parse(ScalingView, raw)
-    return region_view(views)
+    return views
+
+
+def read_published(app_name: str) -> ScalingView | None:
+    """The region's decision: the sum of its models' (autoscaler/policy/region_view.py)."""
+    return region_view(read_views(app_name))
 
 
 def publish_floor(app_name: str, floor: FleetFloor | None) -> None:

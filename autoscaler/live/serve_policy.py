@@ -17,8 +17,9 @@ import logging
 from collections.abc import Hashable, Mapping
 from typing import Any
 
-from autoscaler.live.published import drop_malformed, publish, read_floor
+from autoscaler.live.published import drop_malformed, publish, read_floor, read_views
 from autoscaler.live.replica_reports import ColdStartClock, ReplicaCounts, ReplicaReportTracker
+from autoscaler.policy.region_view import model_floor
 from autoscaler.policy.signals import ScalingDecision
 from autoscaler.policy.slo_policy import SloPolicy, SloPolicyConfig
 from meridian_core.contracts import MAX_REASON, MalformedMessage, ReplicaReport, ScalingView, parse
@@ -102,14 +103,11 @@ class RegionAutoscalingPolicy:
         )
         signals = self._tracker.signals(now, latest_reports(ctx.raw_metrics), counts, self._cold_start.last_s)
         own, state = self._policy.decide(signals, dict(ctx.policy_state.get("meridian", {})))
-        decision = self._with_floor(ctx.app_name, own)
-        if decision != self._decision:
-            log.info("autoscale %s: %d -> %d (%s)", ctx.app_name, ready, decision.target, decision.reason)
-        self._decision = decision
-        view = ScalingView(
-            target=decision.target,
+        model = model_of(ctx.deployment_name)
+        own_view = ScalingView(
+            target=own.target,
             own_target=own.target,
-            reason=decision.reason[:MAX_REASON],
+            reason=own.reason[:MAX_REASON],
             ready=counts.ready,
             starting=counts.starting,
             cold_start_s=round(self._cold_start.last_s, 1),
@@ -119,22 +117,32 @@ class RegionAutoscalingPolicy:
             recent_requests=sum(sample.requests for sample in signals.demand[-RECENT_SAMPLES:]),
             at=float(now),
         )
+        decision = self._with_floor(ctx.app_name, model, own_view)
+        if decision != self._decision:
+            log.info("autoscale %s: %d -> %d (%s)", ctx.app_name, ready, decision.target, decision.reason)
+        self._decision = decision
+        view = own_view.model_copy(update={"target": decision.target, "reason": decision.reason[:MAX_REASON]})
         try:
-            publish(ctx.app_name, model_of(ctx.deployment_name), view)
+            publish(ctx.app_name, model, view)
         except Exception as error:  # the decision stands even if nobody can read it
             log.warning("could not publish the autoscaling decision: %s", error)
         return decision.target, {**ctx.policy_state, "meridian": state}
 
-    def _with_floor(self, app_name: str, decision: ScalingDecision) -> ScalingDecision:
-        """The global loop's floor wins over a lower target (autoscaler/policy/fleet_floors.py)."""
+    def _with_floor(self, app_name: str, model: str, own: ScalingView) -> ScalingDecision:
+        """The global loop's floor wins over a lower target (autoscaler/policy/fleet_floors.py).
+        The floor is the region's, over all its models; this model takes its share of it."""
+        decision = ScalingDecision(own.own_target, own.reason)
         try:
             floor = read_floor(app_name)
+            if floor is None or floor.replicas <= own.own_target:
+                return decision
+            share = model_floor(floor.replicas, model, {**read_views(app_name), model: own})
         except MalformedMessage as error:
             drop_malformed(error, "autoscaler", log)
             return decision
         except Exception as error:  # GCS away: the region's own decision stands
             log.warning("could not read the fleet floor: %s", error)
             return decision
-        if floor is None or floor.replicas <= decision.target:
+        if share <= own.own_target:
             return decision
-        return ScalingDecision(min(floor.replicas, self._max_replicas), floor.reason)
+        return ScalingDecision(min(share, self._max_replicas), floor.reason)

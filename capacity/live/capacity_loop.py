@@ -68,11 +68,15 @@ def catalog_region(region: RegionSpec) -> str:
 
 
 def wanted_replicas(spec: PlatformSpec, region: RegionSpec, target: int | None) -> int:
-    """The replicas the region's nodes are for: its published target, the sum over its
-    models (a fixed region's `replicas`), never past `max_replicas` for each model,
-    whatever was published."""
-    bound = region.autoscaling.max_replicas * len(spec.models) if region.autoscaling else region.replicas
-    return min(region.replicas if target is None else target, bound)
+    """The replicas the region's nodes are for, over all its models: a fixed region's
+    count; an autoscaled one's published target, never past its bound whatever was
+    published, and before it publishes what each model starts with."""
+    _, most = spec.replica_bounds(region)
+    if region.autoscaling is None:
+        return most
+    if target is None:
+        return region.autoscaling.initial_replicas * len(spec.models)
+    return min(target, most)
 
 
 def node_demand(spec: PlatformSpec, region: RegionSpec, replicas: int) -> Demand:

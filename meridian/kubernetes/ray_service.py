@@ -93,9 +93,7 @@ def region_serve_config(spec: PlatformSpec, region: RegionSpec) -> dict[str, Any
 def ray_service(spec: PlatformSpec, region: RegionSpec) -> dict[str, Any]:
     index = spec.regions.index(region)
     accelerator = _accelerator(region, index)
-    scaling = region.autoscaling
-    fewest = scaling.min_replicas if scaling else region.replicas
-    most = scaling.max_replicas if scaling else region.replicas
+    fewest, most = spec.replica_bounds(region)  # one worker per replica
     k8s = spec.kubernetes
     worker_size = resources(
         PodResources(cpu=str(spec.ray.cpus_per_region_node), memory=k8s.worker_memory),

@@ -130,6 +130,16 @@ def test_a_published_target_is_never_taken_past_max_replicas(spec):
     two_models = parse_spec({**SPEC, "models": [{"id": "m"}, {"id": "e"}]})
     assert wanted_replicas(two_models, two_models.regions[0], 500) == 8
     assert wanted_replicas(two_models, two_models.regions[0], 6) == 6
+    # Before the first decision each model runs its initial replica.
+    assert wanted_replicas(two_models, two_models.regions[0], None) == 2
+
+
+def test_a_fixed_regions_nodes_are_for_its_replicas_of_every_model():
+    fixed = {"name": "local/us-east", "location": {"lat": 39.0, "lon": -77.5}, "replicas": 3}
+    spec = parse_spec({**SPEC, "models": [{"id": "m"}, {"id": "e"}], "regions": [fixed]})
+    assert spec.replica_bounds(spec.regions[0]) == (6, 6)
+    assert wanted_replicas(spec, spec.regions[0], None) == 6
+    assert node_demand(spec, spec.regions[0], 6).replicas == 3  # two replicas a node
 
 
 def test_the_loop_buys_what_its_region_needs_and_records_it(spec, tmp_path):

@@ -121,6 +121,10 @@ def test_the_regions_workers_carry_its_label_resource_and_accelerator(repo):
     assert cluster["enableInTreeAutoscaling"] is True  # KubeRay adds workers as Serve asks for replicas
     west = ray_service(spec, spec.regions[1])["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
     assert (west["minReplicas"], west["maxReplicas"]) == (0, 8)  # a region that idles to zero keeps no worker
+    # Each model is its own deployment with the region's bounds: a worker for each replica of each.
+    two_models = spec.model_copy(update={"models": [*spec.models, spec.models[0].model_copy(update={"id": "second"})]})
+    doubled = ray_service(two_models, two_models.regions[0])["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
+    assert (doubled["replicas"], doubled["minReplicas"], doubled["maxReplicas"]) == (2, 2, 16)
     assert cluster["authOptions"] == {"mode": "token", "secretName": "meridian-aws-us-east-1-ray-token"}
     fast = spec.model_copy(update={"ray": spec.ray.model_copy(update={"high_throughput": True})})
     fast_cluster = ray_service(fast, fast.regions[0])["spec"]["rayClusterConfig"]

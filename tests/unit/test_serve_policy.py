@@ -11,7 +11,7 @@ import pytest
 from autoscaler.live import serve_policy
 from autoscaler.live.serve_policy import RegionAutoscalingPolicy, latest_reports
 from meridian.serve_config import serve_config
-from meridian_core.contracts import FleetFloor, ReplicaReport
+from meridian_core.contracts import FleetFloor, ReplicaReport, ScalingView
 from meridian_core.spec import AutoscalingSpec, parse_spec
 
 Point = namedtuple("Point", "timestamp value")
@@ -26,7 +26,15 @@ def floors(monkeypatch) -> dict[str, FleetFloor]:
 
 
 @pytest.fixture
-def published(monkeypatch, floors) -> list[dict]:
+def other_models(monkeypatch) -> dict[str, ScalingView]:
+    """The views the region's other models published, as the adapter reads them back."""
+    views: dict[str, ScalingView] = {}
+    monkeypatch.setattr(serve_policy, "read_views", lambda app: dict(views))
+    return views
+
+
+@pytest.fixture
+def published(monkeypatch, floors, other_models) -> list[dict]:
     views: list[dict] = []
 
     def publish(app: str, model: str, view) -> None:
@@ -144,6 +152,25 @@ def test_between_decisions_the_current_target_stands(published):
     decisions = len(published)
     target, _ = scaler(context(102.0, 1, 3, {"r1": load(60, 60_000, 1_000)}))
     assert target == 3 and len(published) == decisions
+
+
+def test_a_region_floor_is_shared_with_the_regions_other_models(published, floors, other_models):
+    scaler = policy(min_replicas=0, max_replicas=4)
+    _, state = scaler(context(100.0, 0, 0, {}))
+    assert published[-1]["own_target"] == 1  # not idle for idle_to_zero_s yet
+    # The region's other model runs 2 of at most 3 and has seen the requests this one has not.
+    other = {"own_target": 2, "target": 2, "max_replicas": 3, "recent_requests": 20, "at": 106.0}
+    mine = {key: value for key, value in published[-1].items() if key not in ("app", "model")}
+    other_models["e"] = ScalingView.model_validate({**mine, **other})
+    # A region floor of 4 adds one replica to the 3 the models want, and it falls to the
+    # other model: this one stays at 1 (it took the whole floor, 4, before floors were shared).
+    floors["local-us-east"] = FleetFloor(replicas=4, reason="fleet minimum of 4 warm")
+    target, state = scaler(context(106.0, 1, 1, {}, state))
+    assert target == 1 and published[-1]["target"] == 1
+    # A floor of 5 adds two: the other model can take one more, this one the last.
+    floors["local-us-east"] = FleetFloor(replicas=5, reason="fleet minimum of 5 warm")
+    target, _ = scaler(context(112.0, 1, 1, {}, state))
+    assert target == 2 and published[-1]["reason"] == "fleet minimum of 5 warm"
 
 
 def test_a_fleet_floor_raises_an_idle_regions_target_up_to_its_maximum(published, floors):
