@@ -20,7 +20,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
 from geo_router.live import openapi
 from geo_router.live.auth import ApiKey, KeyRing, key_digest_from, presents
@@ -32,7 +32,7 @@ from geo_router.live.metrics import RouterMetrics
 from geo_router.live.middleware import EnvelopeMiddleware, request_id_of
 from geo_router.live.prompt import BLOCK_CHARS, CHARS_PER_TOKEN, prefix_blocks, prompt_text
 from geo_router.live.prompt_tokens import PromptTokens
-from geo_router.live.proxy import Proxy
+from geo_router.live.proxy import Proxy, RelayResponse
 from geo_router.live.ratelimit import KeyLimits, TokenBucket
 from geo_router.live.regions import Region, RegionTable
 from geo_router.live.requests import (
@@ -216,7 +216,7 @@ def create_app(
         streaming = False
         try:
             response = await dispatch(request, path, span)
-            streaming = isinstance(response, StreamingResponse)
+            streaming = isinstance(response, RelayResponse)
             if not streaming and span.is_recording():  # unless the proxy has ended it already
                 end_span(span, response.status_code)
             return response

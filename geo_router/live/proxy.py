@@ -21,9 +21,8 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from geo_router.live.drain import Drain
@@ -50,19 +49,38 @@ CLIENT_CLOSED = "499"
 SSE_DONE = b"data: [DONE]\n\n"
 
 
-class RelayResponse(StreamingResponse):
-    """A streamed answer whose clean-up runs once however it ends: relayed whole,
-    broken, or the client gone before the first chunk was even sent (when the body
-    generator never starts, so a `finally` inside it would never run)."""
+class RelayResponse(Response):
+    """A streamed answer relayed chunk by chunk, whose clean-up runs once however it ends:
+    relayed whole, broken, or the client gone (even before the first chunk was sent, when
+    the body generator never starts, so a `finally` inside it would never run).
 
-    def __init__(self, content: AsyncIterator[bytes], on_close: Callable[[], Awaitable[None]], **kwargs: Any):
-        super().__init__(content, **kwargs)
+    Starlette's StreamingResponse runs a task group per response to hear a client hang
+    up; here the watcher the request already has (`client_gone`, reading `receive`) ends
+    the relay instead, by closing the region's answer (see `Proxy._respond`)."""
+
+    def __init__(
+        self,
+        content: AsyncIterator[bytes],
+        on_close: Callable[[], Awaitable[None]],
+        client_gone: asyncio.Future,
+        status_code: int,
+        headers: dict[str, str],
+    ):
+        self.body_iterator = content
+        self.status_code = status_code
+        self.background = None
+        self.init_headers(headers)
         self._on_close = on_close
+        self._client_gone = client_gone
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await super().__call__(scope, receive, send)
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            async for chunk in self.body_iterator:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
+            self._client_gone.cancel()
             await self._on_close()
 
 
@@ -149,6 +167,7 @@ class Proxy:
         tried: list[str] = []
         budget_spent = False
         gone = asyncio.ensure_future(client_disconnected(receive))
+        relaying = False  # once a relay has the watcher, the relay ends it
         try:
             for position, region in enumerate(ranked):
                 if position > 0 and not self._budget.withdraw():
@@ -178,9 +197,12 @@ class Proxy:
                 self._metrics.decisions.labels(region.name, reason if position == 0 else "failover").inc()
                 self._metrics.ttfb.labels(region.name, request.model).observe(ttfb_s)
                 on_first_byte(region, ttfb_s)
-                return await self._respond(attempt, request, started, on_done, on_usage, hide_usage)
+                response = await self._respond(attempt, request, started, on_done, on_usage, hide_usage, gone)
+                relaying = isinstance(response, RelayResponse)
+                return response
         finally:
-            gone.cancel()
+            if not relaying:
+                gone.cancel()
         return self._failed(suspects, tried, budget_spent)
 
     def _failed(self, suspects: list[tuple[Region, RegionFailed]], tried: list[str], budget_spent: bool) -> Response:
@@ -261,6 +283,7 @@ class Proxy:
         on_done: Callable[[Region, str], None],
         on_usage: Callable[[int], None] | None,
         hide_usage: bool,
+        client_gone: asyncio.Future,
     ) -> Response:
         region, upstream = attempt.region, attempt.upstream
         status = str(upstream.status)
@@ -290,6 +313,9 @@ class Proxy:
             asyncio.ensure_future(upstream.close())  # the relay's next read fails, and it ends
 
         stop_watching = self._drain.on_cut(cut_by_shutdown)
+        # The client hung up mid-answer: closing the region's answer ends the relay at its
+        # next read, and the region's engine drops the request.
+        client_gone.add_done_callback(lambda watcher: watcher.cancelled() or asyncio.ensure_future(upstream.close()))
 
         async def finish() -> None:
             stop_watching()
@@ -330,6 +356,8 @@ class Proxy:
                     yield rest
                 relayed_whole[0] = True
             except UpstreamError as error:
+                if client_gone.done() and not client_gone.cancelled():
+                    return  # nobody to tell; finish() counts the answer as the client's hang-up
                 if cut[0]:
                     outcome[0] = "router_shutdown"
                     if request.stream:
@@ -342,4 +370,4 @@ class Proxy:
                 if request.stream:
                     yield sse_error_event(502, f"the stream from region {region.name} broke", "stream_broken")
 
-        return RelayResponse(relay(), finish, status_code=upstream.status, headers=headers)
+        return RelayResponse(relay(), finish, client_gone, status_code=upstream.status, headers=headers)
