@@ -27,6 +27,7 @@ from geo_router.live.auth import ApiKey, KeyRing, key_digest_from, presents
 from geo_router.live.breaker import CircuitBreaker
 from geo_router.live.drain import Drain
 from geo_router.live.errors import error_response
+from geo_router.live.inference_path import InferencePath
 from geo_router.live.locate import ClientLocator, open_geoip
 from geo_router.live.metrics import RouterMetrics
 from geo_router.live.middleware import EnvelopeMiddleware, request_id_of
@@ -149,7 +150,13 @@ def create_app(
     app.state.memory = memory
     app.state.drain = drain
     app.state.metrics = metrics
-    app.add_middleware(EnvelopeMiddleware)
+
+    def unexpected(error: Exception) -> JSONResponse:
+        log.exception("unexpected router error")
+        return error_response(500, f"internal router error ({type(error).__name__}); see the router log")
+
+    app.add_middleware(InferencePath, handle=lambda request, path: route(request, path), on_error=unexpected)
+    app.add_middleware(EnvelopeMiddleware)  # added last: outermost of the two
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -161,8 +168,7 @@ def create_app(
 
     @app.exception_handler(Exception)
     async def unexpected_error(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected router error")
-        return error_response(500, f"internal router error ({type(exc).__name__}); see the router log")
+        return unexpected(exc)
 
     def request_facts(
         parsed: InferenceRequest, location: LatLon, session: str | None, prompt_tokens: int
@@ -328,6 +334,7 @@ def create_app(
             path, parsed, headers, ranked, started, reason, request.receive, learn, done, on_usage, hide_usage
         )
 
+    # Served by InferencePath before FastAPI routes anything; declared here for the OpenAPI document.
     @app.post("/v1/chat/completions", openapi_extra=openapi.CHAT_COMPLETIONS)
     async def chat_completions(request: Request) -> Response:
         return await route(request, "chat/completions")

@@ -256,3 +256,19 @@ def test_an_inference_probe_asks_a_generating_model_never_an_embedding_one(fakes
             repoll(router)
             time.sleep(0.02)
         assert "v1/completions" in fakes["local-us-east"].calls
+
+
+def test_an_unexpected_error_in_an_inference_request_is_an_openai_shaped_500_with_nothing_internal(
+    router, monkeypatch, caplog
+):
+    # Inference requests take their own way past FastAPI's routing (geo_router/live/inference_path.py).
+    def broken_scorer(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("scorer state at 0xdeadbeef")
+
+    monkeypatch.setattr("geo_router.live.app.choose", broken_scorer)
+    answered = router.post("/v1/chat/completions", json=CHAT, headers={"X-Request-Id": "req-1"})
+    assert answered.status_code == 500 and answered.headers["x-request-id"] == "req-1"
+    error = answered.json()["error"]
+    assert error["message"] == "internal router error (RuntimeError); see the router log"
+    assert "0xdeadbeef" not in answered.text and "Traceback" not in answered.text
+    assert "unexpected router error" in caplog.text
