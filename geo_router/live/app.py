@@ -16,7 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from opentelemetry import trace
 from opentelemetry.sdk.trace import SpanProcessor
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -45,7 +45,7 @@ from geo_router.live.requests import (
     session_key,
 )
 from geo_router.live.supervised import supervise
-from geo_router.live.tracing import tracer_provider
+from geo_router.live.tracing import router_tracer
 from geo_router.live.upstream import AiohttpUpstream, HttpxUpstream, Upstream
 from geo_router.live.usage import asks_for_usage, body_asking_for_usage
 from geo_router.policy.scoring import RequestFacts, RoutingMemory, RttCorrector, choose
@@ -108,7 +108,7 @@ def create_app(
     profiles = {r.name: PROFILES[r.profile] for r in spec.regions}
     memory = RoutingMemory()
     corrector = RttCorrector()
-    tracer = tracer_provider(span_processor).get_tracer("geo_router")
+    tracer = router_tracer(span_processor)
     trace_context = TraceContextTextMapPropagator()
     keyring = KeyRing(
         [
@@ -212,11 +212,15 @@ def create_app(
 
     async def route(request: Request, path: str) -> Response:
         """Serve one inference request inside a server span that lasts until its last byte."""
-        span = tracer.start_span(
-            f"POST /v1/{path}",
-            context=trace_context.extract(request.headers),
-            kind=SpanKind.SERVER,
-            attributes={"http.request.method": "POST", "url.path": f"/v1/{path}"},
+        span = (
+            INVALID_SPAN  # untraced: the client's trace context goes on as it came
+            if tracer is None
+            else tracer.start_span(
+                f"POST /v1/{path}",
+                context=trace_context.extract(request.headers),
+                kind=SpanKind.SERVER,
+                attributes={"http.request.method": "POST", "url.path": f"/v1/{path}"},
+            )
         )
         span.set_attribute("meridian.request_id", request_id_of(request.scope))
         streaming = False

@@ -59,3 +59,17 @@ def test_rejected_requests_get_an_error_span_and_a_fresh_trace(repo):
     assert span.status.status_code == StatusCode.ERROR
     assert span.attributes["http.response.status_code"] == 404
     assert span.parent is None
+
+
+def test_with_nowhere_to_send_spans_the_router_makes_none_and_passes_the_callers_context_on(repo, monkeypatch):
+    for variable in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        monkeypatch.delenv(variable, raising=False)
+    fakes = FakeRegions()
+    client = httpx.AsyncClient(transport=httpx.MockTransport(fakes.handle))
+    with TestClient(create_app(load_spec(repo / "configs" / "local.yaml"), client=client)) as router:
+        traced = router.post("/v1/chat/completions", json=CHAT, headers={"traceparent": TRACEPARENT})
+        untraced = router.post("/v1/chat/completions", json=CHAT)
+    assert traced.status_code == untraced.status_code == 200
+    first, second = fakes["local-us-east"].headers[-2:]
+    assert first["traceparent"] == TRACEPARENT
+    assert "traceparent" not in second
