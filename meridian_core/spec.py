@@ -356,8 +356,7 @@ class RaySpec(StrictModel):
     # Ray Serve's high-throughput mode (HAProxy ingress, throughput-optimised Serve) on
     # every node of every region's cluster: local, cloud and Kubernetes
     # (meridian_host/serve_mode.py). Off: Serve's Python proxy actor and default settings.
-    # Off by default until it is measured to pay here (README, "Serve's mode").
-    high_throughput: bool = False
+    high_throughput: bool = True
 
     @property
     def blocks_per_cluster(self) -> int:

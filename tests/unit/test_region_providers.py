@@ -68,12 +68,12 @@ def test_each_region_gets_the_provider_and_catalog_its_settings_name():
     assert {o.zone for o in gcp_catalog.offerings()} <= set(GCP["zones"]) and len(gcp_catalog) >= 1
     # New nodes join the region's own cluster, in the spec's Serve mode.
     assert aws.join.head_address == "127.0.0.1:6380" and aws.join.region_slug == "aws-us-east-1"
-    assert aws.join.env == gcp.join.env == {}  # Serve's default mode
-    fast = parse_spec(
-        {"models": [{"id": "m"}], "regions": [region("aws/us-east-1", AWS)], "ray": {"high_throughput": True}}
-    )
     high_throughput = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
-    assert provider_for(fast, fast.regions[0], state_for(fast))[0].join.env == high_throughput
+    assert aws.join.env == gcp.join.env == high_throughput  # the default mode
+    default_mode = parse_spec(
+        {"models": [{"id": "m"}], "regions": [region("aws/us-east-1", AWS)], "ray": {"high_throughput": False}}
+    )
+    assert provider_for(default_mode, default_mode.regions[0], state_for(default_mode))[0].join.env == {}
 
 
 CPU_CATALOG = """cloud,instance_type,accelerator,accelerator_count,vcpus,memory_gib,region,zone,\

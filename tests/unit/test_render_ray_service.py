@@ -126,21 +126,21 @@ def test_the_regions_workers_carry_its_label_resource_and_accelerator(repo):
     doubled = ray_service(two_models, two_models.regions[0])["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
     assert (doubled["replicas"], doubled["minReplicas"], doubled["maxReplicas"]) == (2, 2, 16)
     assert cluster["authOptions"] == {"mode": "token", "secretName": "meridian-aws-us-east-1-ray-token"}
-    fast = spec.model_copy(update={"ray": spec.ray.model_copy(update={"high_throughput": True})})
-    fast_cluster = ray_service(fast, fast.regions[0])["spec"]["rayClusterConfig"]
-    for default_group, fast_group in zip(
+    plain = spec.model_copy(update={"ray": spec.ray.model_copy(update={"high_throughput": False})})
+    plain_cluster = ray_service(plain, plain.regions[0])["spec"]["rayClusterConfig"]
+    for fast_group, plain_group in zip(
         (cluster["headGroupSpec"], workers),
-        (fast_cluster["headGroupSpec"], *fast_cluster["workerGroupSpecs"]),
+        (plain_cluster["headGroupSpec"], *plain_cluster["workerGroupSpecs"]),
         strict=True,
     ):
-        assert default_group["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
-        default_env, fast_env = (
+        assert fast_group["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+        fast_env, plain_env = (
             {item["name"]: item.get("value") for item in group["template"]["spec"]["containers"][0]["env"]}
-            for group in (default_group, fast_group)
+            for group in (fast_group, plain_group)
         )
-        # Serve's mode is the spec's, on head and workers alike.
-        assert "RAY_SERVE_THROUGHPUT_OPTIMIZED" not in default_env
+        # Serve's mode is the spec's (high-throughput by default), on head and workers alike.
         assert fast_env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == fast_env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+        assert "RAY_SERVE_THROUGHPUT_OPTIMIZED" not in plain_env
 
 
 def test_incremental_upgrade_is_configured_where_the_spec_asks_for_it(repo, ray_service_schema):
