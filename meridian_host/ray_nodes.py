@@ -11,9 +11,10 @@ import httpx
 
 from meridian_core.spec import PORTS_PER_NODE, PlatformSpec, RegionSpec
 from meridian_host import processes
+from meridian_host.node_env import node_env
 from meridian_host.platform_state import ClusterState, PlatformState
 from meridian_host.region_tokens import ray_auth_env
-from meridian_host.serve_mode import haproxy_ports_env, serve_mode_env
+from meridian_host.serve_mode import haproxy_ports_env
 
 BIN = Path(sys.executable).parent
 REGION_LABEL = "meridian.io/region"
@@ -78,7 +79,7 @@ def start_ray_node(
         ],
         state.logs_dir / f"{log_name}.log",
         state.platform_id,
-        env=ray_auth_env(state, cluster) | serve_mode_env(spec.ray.high_throughput) | (extra_env or {}),
+        env=ray_auth_env(state, cluster) | node_env(spec.ray.high_throughput) | (extra_env or {}),
     )
 
 

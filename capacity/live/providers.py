@@ -17,9 +17,9 @@ from capacity.live.local import LocalProvider, local_catalog
 from capacity.model import Provider
 from meridian_core.cluster_spec import AwsCapacity, GcpCapacity
 from meridian_core.spec import PlatformSpec, RegionSpec
+from meridian_host.node_env import node_env
 from meridian_host.platform_state import PlatformState
 from meridian_host.region_tokens import cluster_ray_token
-from meridian_host.serve_mode import serve_mode_env
 
 
 def region_catalog(catalog: Catalog, cloud: str, region: str, types: set[str], zones: set[str]) -> Catalog:
@@ -69,7 +69,7 @@ def provider_for(spec: PlatformSpec, region: RegionSpec, state: PlatformState) -
         head_address=cluster.gcs_address,
         region_slug=region.slug,
         auth_token=cluster_ray_token(state, cluster),
-        env=serve_mode_env(spec.ray.high_throughput),
+        env=node_env(spec.ray.high_throughput),
     )
     if isinstance(settings, AwsCapacity):
         provider = AwsProvider(

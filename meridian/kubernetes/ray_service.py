@@ -33,7 +33,7 @@ from meridian.kubernetes.objects import (
 from meridian.serve_config import serve_config
 from meridian_core.kubernetes_spec import PodResources
 from meridian_core.spec import PlatformSpec, RegionSpec, region_resource
-from meridian_host.serve_mode import serve_mode_env
+from meridian_host.node_env import node_env
 
 RAY_VERSION = "2.60.0"
 REGION_LABEL = "meridian.io/region"
@@ -204,12 +204,11 @@ def _pod(
     probe: dict[str, Any],
 ) -> dict[str, Any]:
     # Serve's mode on head and workers alike (KubeRay's ray-service.high-throughput-llm sample).
-    mode = serve_mode_env(spec.ray.high_throughput)
-    throughput = [{"name": key, "value": value} for key, value in sorted(mode.items())]
+    node = [{"name": key, "value": value} for key, value in sorted(node_env(spec.ray.high_throughput).items())]
     container: dict[str, Any] = {
         "name": name,
         "image": image,
-        "env": throughput + env,
+        "env": node + env,
         "resources": size,
         # Ray's health endpoints answer without its token.
         "readinessProbe": probe,

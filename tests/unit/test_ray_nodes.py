@@ -51,3 +51,5 @@ def test_serves_default_mode_sets_no_throughput_variable(monkeypatch, tmp_path):
     assert not any(
         key in env for env in envs for key in ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_THROUGHPUT_OPTIMIZED")
     )
+    # In either mode idle Python workers are let go (meridian_host/node_env.py).
+    assert all(env["RAY_num_workers_soft_limit"] == "0" for env in envs)

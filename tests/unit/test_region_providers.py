@@ -68,12 +68,14 @@ def test_each_region_gets_the_provider_and_catalog_its_settings_name():
     assert {o.zone for o in gcp_catalog.offerings()} <= set(GCP["zones"]) and len(gcp_catalog) >= 1
     # New nodes join the region's own cluster, in the spec's Serve mode.
     assert aws.join.head_address == "127.0.0.1:6380" and aws.join.region_slug == "aws-us-east-1"
+    # Idle Python workers are let go on every node (meridian_host/node_env.py).
+    lean = {"RAY_num_workers_soft_limit": "0"}
     high_throughput = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
-    assert aws.join.env == gcp.join.env == high_throughput  # the default mode
+    assert aws.join.env == gcp.join.env == high_throughput | lean  # the default mode
     default_mode = parse_spec(
         {"models": [{"id": "m"}], "regions": [region("aws/us-east-1", AWS)], "ray": {"high_throughput": False}}
     )
-    assert provider_for(default_mode, default_mode.regions[0], state_for(default_mode))[0].join.env == {}
+    assert provider_for(default_mode, default_mode.regions[0], state_for(default_mode))[0].join.env == lean
 
 
 CPU_CATALOG = """cloud,instance_type,accelerator,accelerator_count,vcpus,memory_gib,region,zone,\
