@@ -155,9 +155,6 @@ def create_app(
         log.exception("unexpected router error")
         return error_response(500, f"internal router error ({type(error).__name__}); see the router log")
 
-    app.add_middleware(InferencePath, handle=lambda request, path: route(request, path), on_error=unexpected)
-    app.add_middleware(EnvelopeMiddleware)  # added last: outermost of the two
-
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
@@ -337,6 +334,9 @@ def create_app(
         return await proxy.forward(
             path, parsed, headers, ranked, started, reason, request.receive, learn, done, on_usage, hide_usage
         )
+
+    app.add_middleware(InferencePath, handle=route, on_error=unexpected)
+    app.add_middleware(EnvelopeMiddleware)  # added last: outermost of the two
 
     # Served by InferencePath before FastAPI routes anything; declared here for the OpenAPI document.
     @app.post("/v1/chat/completions", openapi_extra=openapi.CHAT_COMPLETIONS)

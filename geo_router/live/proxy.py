@@ -51,8 +51,7 @@ SSE_DONE = b"data: [DONE]\n\n"
 
 class RelayResponse(Response):
     """A streamed answer relayed chunk by chunk, whose clean-up runs once however it ends:
-    relayed whole, broken, or the client gone (even before the first chunk was sent, when
-    the body generator never starts, so a `finally` inside it would never run).
+    relayed whole, broken, or the client gone.
 
     Starlette's StreamingResponse runs a task group per response to hear a client hang
     up; here the watcher the request already has (`client_gone`, reading `receive`) ends
@@ -313,9 +312,14 @@ class Proxy:
             asyncio.ensure_future(upstream.close())  # the relay's next read fails, and it ends
 
         stop_watching = self._drain.on_cut(cut_by_shutdown)
-        # The client hung up mid-answer: closing the region's answer ends the relay at its
-        # next read, and the region's engine drops the request.
-        client_gone.add_done_callback(lambda watcher: watcher.cancelled() or asyncio.ensure_future(upstream.close()))
+
+        def on_client_gone(watcher: asyncio.Future) -> None:
+            """The client hung up mid-answer: closing the region's answer ends the relay at
+            its next read, and the region's engine drops the request."""
+            if not watcher.cancelled():  # cancelled: the relay is over
+                asyncio.ensure_future(upstream.close())
+
+        client_gone.add_done_callback(on_client_gone)
 
         async def finish() -> None:
             stop_watching()
