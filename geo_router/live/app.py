@@ -326,6 +326,7 @@ def create_app(
         headers = {**request.headers, "x-request-id": request_id_of(request.scope)}
         trace_context.inject(headers, context=trace.set_span_in_context(span))  # W3C traceparent to the region
         ranked = [table.regions[name] for name in decision.ranked]
+        ranked += table.reserve(parsed.model, decision.ranked, facts.client)
 
         def done(region: Region, outcome: str) -> None:
             span.set_attribute("meridian.region", region.name)

@@ -6,7 +6,9 @@ to a region scaled to zero). Failed polls and failed requests open the breaker (
 with the default threshold of 1), so traffic moves before the next poll. A good poll
 closes a breaker polls opened once its open time is over; one that failed requests
 opened closes only when an inference probe (one tiny completion, sent once the open time
-is over) or a request is answered (geo_router/live/breaker.py).
+is over) or a request is answered (geo_router/live/breaker.py). An open breaker puts a
+region last, not out: one that last reported a ready replica is still tried when every
+healthy region has failed a request before its first byte (`RegionTable.reserve`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 import httpx
@@ -30,7 +32,7 @@ from meridian_core.contracts import (
     RouterRegion,
     parse,
 )
-from meridian_core.geo import LatLon
+from meridian_core.geo import LatLon, haversine_km
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +234,18 @@ class RegionTable:
         if healthy:
             return healthy, False
         return [r for r in self.regions.values() if (r.ready_replicas > 0 or r.may_start) and model in r.models], True
+
+    def reserve(self, model: str, chosen: Collection[str], client: LatLon) -> list[Region]:
+        """Regions an open breaker keeps out of `chosen` whose last status had a ready
+        replica of `model`, nearest `client` first: tried only once every chosen region has
+        failed before a first byte. A breaker may be wrong (one slow poll of an idle region
+        on a busy machine opens one); a 503 surely is."""
+        held_back = [
+            r
+            for r in self.regions.values()
+            if r.name not in chosen and r.breaker.is_open and model in r.models and r.model_load(model).ready_replicas
+        ]
+        return sorted(held_back, key=lambda r: (haversine_km(client, r.location), r.name))
 
     async def poll_once(self) -> None:
         await asyncio.gather(*(self._poll_guarded(region) for region in self.regions.values()))

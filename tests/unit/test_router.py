@@ -370,6 +370,29 @@ def test_every_breaker_open_means_panic_routing_not_a_blanket_503(router, fakes)
     )
 
 
+def test_a_region_a_slow_poll_held_back_serves_when_the_only_healthy_region_fails(router, fakes):
+    # On a busy machine one slow poll of an idle region opens its breaker; meanwhile the
+    # nearest region loses its only node, and its ingress answers 5xx.
+    router.app_state.regions.regions["local/eu-west"].poll_timed_out(window_s=1.5)
+    assert [r["healthy"] for r in router.get("/regions").json()["regions"]] == [True, False]
+    fakes["local-us-east"].mode = "error500"
+    response = router.post("/v1/chat/completions", json=CHAT)
+    assert response.status_code == 200
+    assert response.headers["x-meridian-region"] == "local/eu-west"
+    assert 'meridian_router_routing_decisions_total{reason="failover",region="local/eu-west"} 1.0' in (
+        router.get("/metrics").text
+    )
+
+
+def test_a_region_with_no_ready_replica_is_no_reserve(router, fakes):
+    fakes["local-eu-west"].ready = 0
+    repoll(router)
+    router.app_state.regions.regions["local/eu-west"].poll_timed_out(window_s=1.5)
+    fakes["local-us-east"].mode = "error500"
+    assert_openai_error(router.post("/v1/chat/completions", json=CHAT), 503)
+    assert "v1/chat/completions" not in fakes["local-eu-west"].calls
+
+
 def test_a_slow_poll_does_not_drop_a_region_that_is_answering():
     from geo_router.live.regions import Region
     from meridian_core.geo import LatLon
