@@ -401,11 +401,11 @@ def render_report(results: dict) -> str:
                 else:
                     rows.append((f"{names[a]} − {names[b]}", pairwise(values_a, values_b, difference), "+.2f"))
             lines += ["", f"### {load}: {label}", "", *metric_table("target / comparison", rows)]
-        lines += cpu_table(load, runs, names)
+        lines += cpu_table(load, runs, names, shape["requests"])
     return "\n".join(lines) + "\n"
 
 
-def cpu_table(load: str, runs: dict[str, list[dict]], names: dict[str, str]) -> list[str]:
+def cpu_table(load: str, runs: dict[str, list[dict]], names: dict[str, str], requests: int) -> list[str]:
     processes = list(next(iter(runs.values()))[0]["cpu_s"])
 
     def cell(values: list[float]) -> str:
@@ -428,6 +428,18 @@ def cpu_table(load: str, runs: dict[str, list[dict]], names: dict[str, str]) -> 
         )
     lines.append(
         "| measurement wall time (s) | " + " | ".join(cell([r["seconds"] for r in runs[key]]) for key in runs) + " |"
+    )
+    # When every process shares the machine's cores and they are nearly all busy, requests/s
+    # is cores busy ÷ CPU per request: only the CPU a router spends per request moves it.
+    lines.append(
+        "| all processes: cores busy (CPU s ÷ wall s) | "
+        + " | ".join(cell([sum(r["cpu_s"].values()) / r["seconds"] for r in runs[key]]) for key in runs)
+        + " |"
+    )
+    lines.append(
+        "| all processes: CPU ms per request | "
+        + " | ".join(cell([1000 * sum(r["cpu_s"].values()) / requests for r in runs[key]]) for key in runs)
+        + " |"
     )
     return lines
 
