@@ -117,7 +117,7 @@ class AutoscalingSpec(StrictModel):
     # How long replicas are kept after demand falls; unset: one measured cold start.
     scale_down_after_s: float | None = Field(default=None, ge=0)
     # Replicas stay sized for the bursts seen this far back (autoscaler/policy/slo_policy.py).
-    burst_window_s: float = Field(default=900.0, gt=0)
+    burst_window_s: float = Field(default=1800.0, gt=0)
 
     @property
     def initial_replicas(self) -> int:

@@ -42,9 +42,27 @@ MUTATIONS = (
     # The autoscaler's policy.
     Mutation(
         "autoscaler/policy/slo_policy.py",
-        "    counts = bins[:, 0]\n    total = counts.sum()\n",
-        "    return 0.0\n    counts = bins[:, 0]\n    total = counts.sum()\n",
-        "burst sizing removed (_burst_tokens_per_s returns 0)",
+        "        if burst_needed > needed:\n",
+        "        if False:\n",
+        "burst sizing removed (the fluid's count is never used)",
+    ),
+    Mutation(
+        "autoscaler/policy/slo_capacity.py",
+        "        backlog = np.maximum(backlog + drift, 0.0)\n",
+        "        backlog = np.zeros(counts)\n",
+        "the fluid carries no backlog from one interval to the next",
+    ),
+    Mutation(
+        "autoscaler/policy/slo_policy.py",
+        "    if slope <= 0:\n        return growth\n",
+        "    return growth\n",
+        "bursts recorded at a lower level are not grown to the level ahead",
+    ),
+    Mutation(
+        "autoscaler/policy/slo_policy.py",
+        "            step = min(config.correction_step ** (2**streak), config.correction_step_max)",
+        "            step = config.correction_step",
+        "steps in a row do not grow: a model far off is caught slowly",
     ),
     Mutation(
         "autoscaler/policy/slo_policy.py",
@@ -54,7 +72,7 @@ MUTATIONS = (
     ),
     Mutation(
         "autoscaler/policy/slo_policy.py",
-        "            correction = min(correction * config.correction_step, config.correction_max)",
+        "            correction = min(correction * step, config.correction_max)",
         "            correction = correction",
         "no correction after a breach longer than a cold start",
     ),

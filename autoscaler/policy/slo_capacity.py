@@ -19,6 +19,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from meridian_core.replica_model import ReplicaProfile
 
 # KV cache fraction planned for; the rest absorbs long requests.
@@ -113,3 +115,49 @@ def replicas_needed(
             # replicas cannot bring under the target. The floor, not the limit.
             return servers
     return limit
+
+
+def fluid_replicas_needed(
+    durations_s: np.ndarray,
+    requests: np.ndarray,
+    prompt_tokens: np.ndarray,
+    replica_tokens_per_s: float,
+    wait_budget_s: float,
+    attainment: float,
+    limit: int,
+) -> int:
+    """Fewest replicas (≤ `limit`) that keep `attainment` of the requests in a recorded
+    arrival history within `wait_budget_s` of queueing, replaying it through one pooled
+    prefill queue as a fluid: least-loaded assignment pools the replicas, and a prompt's
+    prefill is short beside a TTFT, so the work ahead of a request is the queue's backlog
+    over the fleet's prefill rate. Arrivals are spread evenly within each interval.
+
+    Bursts are why: traffic is far burstier than Poisson at the scale of a TTFT and a
+    burst is over before any cold start, so the count must already carry the backlog a
+    burst builds, and a backlog carried between intervals is as real as the burst itself."""
+    total = float(requests.sum())
+    if total <= 0 or replica_tokens_per_s <= 0:
+        return 0
+    busy = durations_s > 0
+    peak_rate = float((prompt_tokens[busy] / durations_s[busy]).max(initial=0.0))
+    # A count that outruns the busiest interval never builds a backlog: no need to look past it.
+    counts = min(limit, math.ceil(peak_rate / replica_tokens_per_s) + 1)
+    capacity = np.arange(1, counts + 1, dtype=np.float64) * replica_tokens_per_s
+    allowed = capacity * max(wait_budget_s, 0.0)
+    backlog = np.zeros(counts)
+    met = np.zeros(counts)
+    for duration, count, tokens in zip(durations_s.tolist(), requests.tolist(), prompt_tokens.tolist(), strict=True):
+        if duration <= 0:
+            continue
+        drift = (tokens / duration - capacity) * duration  # backlog change over the interval
+        if count > 0:
+            # The backlog moves linearly within the interval: the share of it spent at or
+            # below the allowed backlog is the share of its (evenly spread) arrivals met.
+            with np.errstate(divide="ignore", invalid="ignore"):
+                rising = np.clip((allowed - backlog) / drift, 0.0, 1.0)
+                falling = 1.0 - np.clip((backlog - allowed) / -drift, 0.0, 1.0)
+            flat = (backlog <= allowed).astype(np.float64)
+            met += count * np.where(drift > 0, rising, np.where(drift < 0, falling, flat))
+        backlog = np.maximum(backlog + drift, 0.0)
+    enough = met >= attainment * total - 1e-9
+    return int(np.argmax(enough)) + 1 if enough.any() else limit

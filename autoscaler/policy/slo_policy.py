@@ -9,26 +9,30 @@ Each decision:
    start later, so the plan covers the horizon `cold_start_s + interval_s` with the
    largest of: the short- and long-window rates; a linear trend over `trend_window_s`
    extrapolated to the end of the horizon (rising only); and, when the history has a
-   clear period (autocorrelation ≥ `season_min_corr`), the rates one period ago over
-   the same horizon, so a periodic burst is met by replicas started a cold start
-   before it.
+   clear period (autocorrelation ≥ `season_min_corr`), the peak rate (smoothed over
+   `short_window_s`) one period ago over the same horizon, so a periodic surge is met by
+   replicas started a cold start before it.
 3. **Capacity** — the fewest replicas whose planned TTFT and ITL meet the SLO at the
    `attainment` quantile (`autoscaler.policy.slo_capacity`: Erlang-C queueing of prefill,
    decode batch by Little's law at its fixed point, KV cache), multiplied by a correction
    that steps up, once a cold start, while the observed p95 TTFT or ITL breaks the SLO
    with every planned replica ready (a shorter breach is a burst that is over before new
-   replicas are ready), and steps down only with clear headroom, never below the level
-   that followed one that proved too low (`_correct`).
+   replicas are ready), by a step squared with each step in a row, and steps down only
+   with clear headroom, never below the level that followed one that proved too low
+   (`_correct`).
    Requests the router holds with no replica ready force at least one replica. A backlog
-   (requests waiting) is work no forecast of arrivals counts: what the ready replicas'
-   spare prefill time (beyond the corrected forecast's) will not clear within the horizon
-   gets replicas of its own.
-   Bursts are sized separately, as a fluid: bin the last `burst_window_s` of arrivals
-   at the TTFT target's length; the prompt tokens of the bin that `attainment` of the
-   requests arrived in (a request-weighted quantile) must prefill within one bin.
-   Traffic is far burstier than Poisson at the scale of a TTFT, the SLO counts
-   requests, and a burst is over before any cold start, so standing capacity follows
-   the bursts that recent requests actually arrived in.
+   (requests waiting) is work no forecast of arrivals counts: when the ready replicas
+   cannot prefill it within the TTFT target, what the replicas beyond the steady plan's
+   will not clear within the horizon gets replicas of its own.
+   Bursts are sized separately, as a fluid (`slo_capacity.fluid_replicas_needed`): the
+   recorded arrivals are replayed through the fleet's pooled prefill queue, and the count
+   is the fewest that keeps `attainment` of them within the TTFT target, over the spec's
+   `burst_window_s` and over the last `recent_burst_window_s` (a 99% over a long window
+   leaves its newest, highest bursts to the 1%). While the level rises (an exponential
+   trend that clears its own noise), bursts recorded earlier are replayed grown to the
+   level a cold start ahead. Traffic is far burstier than Poisson at the scale of a TTFT,
+   the SLO counts requests, and a burst is over before any cold start, so standing
+   capacity must already carry the backlog the bursts recent requests arrived in build.
 4. **Scale-down with hysteresis** — scale-up is immediate; the target is the largest
    desired count over the last `scale_down_after_s` (unset: one cold start — an
    idle replica is kept as long as restarting it would cost, the ski-rental break-even),
@@ -46,7 +50,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from autoscaler.policy.signals import DemandSample, PolicyState, RegionSignals, ScalingDecision
-from autoscaler.policy.slo_capacity import Workload, replicas_needed
+from autoscaler.policy.slo_capacity import Workload, fluid_replicas_needed, replicas_needed
 from meridian_core.replica_model import ReplicaProfile
 from meridian_core.spec import AutoscalingSpec, SLOSpec
 
@@ -62,13 +66,23 @@ class SloPolicyConfig(BaseModel):
     # Fraction of requests the capacity plan keeps within both targets.
     attainment: float = Field(default=0.99, gt=0.5, lt=1)
     interval_s: float = Field(default=5.0, gt=0)
+    # Bursts are replayed over the spec's burst window and over this recent one: a 99%
+    # over a long window leaves the newest (highest) bursts to the 1%.
+    recent_burst_window_s: float = Field(default=300.0, gt=0)
+    # A rising level scales recorded bursts to the level ahead (`_level_growth`).
+    growth_bin_s: float = Field(default=60.0, gt=0)
+    growth_confidence: float = Field(default=1.5, ge=0)
+    growth_max: float = Field(default=1.5, ge=1)
     bin_s: float = Field(default=10.0, gt=0)
     short_window_s: float = Field(default=30.0, gt=0)
     long_window_s: float = Field(default=120.0, gt=0)
     trend_window_s: float = Field(default=300.0, gt=0)
     season_min_corr: float = Field(default=0.6, gt=0, le=1)
     season_min_period_s: float = Field(default=60.0, gt=0)
-    correction_step: float = Field(default=1.25, gt=1)
+    # A breach that outlasts a cold start steps the correction up by `correction_step`,
+    # squared with every step in a row that still finds the count too low, up to the max.
+    correction_step: float = Field(default=1.1, gt=1)
+    correction_step_max: float = Field(default=1.5, gt=1)
     correction_max: float = Field(default=3.0, ge=1)
     correction_decay: float = Field(default=0.97, gt=0, lt=1)
     # The correction is lowered only while both observed p95s are within this fraction
@@ -97,8 +111,11 @@ def _bins(demand: tuple[DemandSample, ...], now: float, bin_s: float) -> np.ndar
     return out
 
 
-def _season_forecast(rates: np.ndarray, horizon_bins: int, min_lag: int, min_corr: float) -> tuple[float, int]:
-    """Peak rate over the horizon one period ago, and the period in bins (0 when none is clear)."""
+def _season_forecast(
+    rates: np.ndarray, horizon_bins: int, min_lag: int, min_corr: float, smooth_bins: int
+) -> tuple[float, int]:
+    """Peak rate over the horizon one period ago, averaged over `smooth_bins` (a burst
+    shorter than that is the fluid's to size), and the period in bins (0 when none is clear)."""
     n = len(rates)
     if n < 2 * min_lag + horizon_bins:
         return 0.0, 0
@@ -116,23 +133,33 @@ def _season_forecast(rates: np.ndarray, horizon_bins: int, min_lag: int, min_cor
     if not best_lag:
         return 0.0, 0
     start = n - best_lag
-    window = rates[start : start + horizon_bins + 1]
+    smoothed = np.convolve(rates, np.ones(smooth_bins) / smooth_bins, mode="valid")
+    window = smoothed[max(start - smooth_bins + 1, 0) : start + horizon_bins + 1]
     return float(window.max()) if len(window) else 0.0, best_lag
 
 
-def _burst_tokens_per_s(bins: np.ndarray, bin_s: float, attainment: float) -> float:
-    """The prompt-token rate of the bin that `attainment` of the requests in `bins`
-    arrived in or below (a request-weighted quantile): traffic is burstier than Poisson
-    at the scale of a TTFT, the SLO counts requests, and a burst outruns any cold start,
-    so standing capacity follows the bursts most requests actually arrive in."""
-    counts = bins[:, 0]
-    total = counts.sum()
-    if total <= 0:
-        return 0.0
-    order = np.argsort(bins[:, 1], kind="stable")
-    cumulative = np.cumsum(counts[order]) / total
-    index = min(int(np.searchsorted(cumulative, attainment)), len(order) - 1)
-    return float(bins[order[index], 1]) / bin_s
+def _level_growth(
+    durations: np.ndarray, counts: np.ndarray, ahead_s: float, bin_s: float, confidence: float, most: float
+) -> np.ndarray:
+    """Per sample, how much the arrival rate will have grown from then to `ahead_s` past
+    the last sample, by the exponential trend of the rate in `bin_s` bins: the slope's
+    lower bound `confidence` standard errors down, so only growth the data bears out
+    counts. At least 1 (a falling level keeps its bursts), at most `most`."""
+    ends = np.cumsum(durations)
+    growth = np.ones(len(durations))
+    bins = int(ends[-1] // bin_s) if len(ends) else 0
+    if bins < 3:
+        return growth
+    index = np.minimum((ends - 1e-9) // bin_s, bins - 1).astype(np.int64)
+    rates = np.bincount(index, weights=counts, minlength=bins) / bin_s
+    if (rates <= 0).any():
+        return growth
+    times = (np.arange(bins) + 0.5) * bin_s
+    (slope, _), covariance = np.polyfit(times, np.log(rates), 1, cov=True)
+    slope = float(slope) - confidence * math.sqrt(max(float(covariance[0, 0]), 0.0))
+    if slope <= 0:
+        return growth
+    return np.minimum(np.exp(slope * (ends[-1] + ahead_s - (ends - durations / 2))), most)
 
 
 class SloPolicy:
@@ -175,7 +202,11 @@ class SloPolicy:
                 trend = float(intercept + slope * (trend_n - 1 + horizon_bins))
 
         season, period = _season_forecast(
-            rates, horizon_bins, max(int(config.season_min_period_s / config.bin_s), 2), config.season_min_corr
+            rates,
+            horizon_bins,
+            max(int(config.season_min_period_s / config.bin_s), 2),
+            config.season_min_corr,
+            max(int(round(config.short_window_s / config.bin_s)), 1),
         )
         candidates = {"short": short, "long": long, "trend": trend, "season": season}
         source = max(candidates, key=lambda key: candidates[key])
@@ -197,31 +228,58 @@ class SloPolicy:
             scaling.max_replicas,
         )
 
-        # Bursts, as a fluid: the prompt tokens of a TTFT-long burst must prefill within it.
-        durations = [sample.duration_s for sample in signals.demand[-16:]]
-        burst_bin_s = max(slo_ttft_s, max(durations, default=0.0))
-        recent_demand = tuple(d for d in signals.demand if d.start_s >= now - scaling.burst_window_s)
-        burst_rate = _burst_tokens_per_s(_bins(recent_demand, now, burst_bin_s), burst_bin_s, config.attainment)
-        replica_tokens_per_s = max(prompt_mean, 1.0) / config.profile.prefill_s(max(prompt_mean, 1.0), 1.0)
-        burst_needed = min(math.ceil(burst_rate / replica_tokens_per_s - 1e-9), scaling.max_replicas)
+        # Bursts, as a fluid: replay the recent arrivals through the fleet's pooled prefill
+        # queue, over the burst window and over the recent one, their level grown to the one ahead.
+        service_s = config.profile.prefill_s(max(prompt_mean, 1.0), 1.0)
+        recent = [sample for sample in signals.demand if sample.start_s >= now - scaling.burst_window_s]
+        starts = np.fromiter((sample.start_s for sample in recent), np.float64, len(recent))
+        durations = np.fromiter((sample.duration_s for sample in recent), np.float64, len(recent))
+        counts = np.fromiter((sample.requests for sample in recent), np.float64, len(recent))
+        tokens = np.fromiter((sample.prompt_tokens for sample in recent), np.float64, len(recent))
+        tokens *= _level_growth(
+            durations, counts, horizon, config.growth_bin_s, config.growth_confidence, config.growth_max
+        )
+        burst_needed, burst_span_s = 0, 0.0
+        for span_s in (scaling.burst_window_s, config.recent_burst_window_s) if slo_ttft_s > service_s else ():
+            first = int(np.searchsorted(starts, now - span_s))
+            replicas = fluid_replicas_needed(
+                durations[first:],
+                counts[first:],
+                tokens[first:],
+                max(prompt_mean, 1.0) / service_s,
+                slo_ttft_s - service_s,
+                config.attainment,
+                scaling.max_replicas,
+            )
+            if replicas > burst_needed:
+                burst_needed, burst_span_s = replicas, span_s
+        steady_needed = needed
         if burst_needed > needed:
             needed = burst_needed
             source = "burst"
-            forecast = burst_rate / max(prompt_mean, 1.0)
 
-        correction, breach_since, floor, floor_at = self._correct(signals, state)
-        # A backlog is work no forecast of arrivals counts. What the ready replicas' spare
-        # prefill time will not clear within one horizon gets replicas of its own.
-        service_s = config.profile.prefill_s(max(prompt_mean, 1.0), 1.0)
-        spare = max(signals.ready - forecast * service_s * correction, 0.0)
+        corrected = self._correct(signals, state)
+        correction = corrected["correction"]
+        # A backlog is work no forecast of arrivals counts. What the ready replicas beyond
+        # the steady demand's (prefill and decode) will not clear within one horizon gets
+        # replicas of its own.
+        spare = max(signals.ready - steady_needed * correction, 0.0)
         backlog = max(signals.waiting * service_s / horizon - spare, 0.0)
+        if signals.waiting * service_s <= max(signals.ready, 1) * (slo_ttft_s - service_s):
+            backlog = 0.0  # the queue prefills within the TTFT target: the plan's headroom
+        planned = math.ceil(needed * correction - 1e-9)
         desired = math.ceil(needed * correction + backlog - 1e-9)
         if signals.waiting > 0 and signals.ready == 0:
             desired = max(desired, 1)
-        reason = (
-            f"{source} forecast {forecast:.2f} req/s × {prompt_mean:.0f}+{output_mean:.0f} tok"
-            f" over {horizon:.0f} s → {needed}"
-        )
+        if source == "burst":
+            reason = (
+                f"bursts of the last {burst_span_s:.0f} s replayed × {prompt_mean:.0f}+{output_mean:.0f} tok → {needed}"
+            )
+        else:
+            reason = (
+                f"{source} forecast {forecast:.2f} req/s × {prompt_mean:.0f}+{output_mean:.0f} tok"
+                f" over {horizon:.0f} s → {needed}"
+            )
         if correction > 1.0:
             reason += f" × {correction:.2f} (observed SLO breach)"
         if backlog > 0:
@@ -250,23 +308,25 @@ class SloPolicy:
         new_state: PolicyState = {
             "last_arrival": last_arrival,
             "recent": recent,
-            "correction": correction,
-            "breach_since": breach_since,
             "target": target,
-            "correction_floor": floor,
-            "correction_floor_at": floor_at,
+            "planned": planned,
             "prompt_mean": prompt_mean,
             "output_mean": output_mean,
+            **corrected,
         }
         return ScalingDecision(target, reason), new_state
 
-    def _correct(self, signals: RegionSignals, state: PolicyState) -> tuple[float, float | None, float, float]:
-        """The multiplier on the capacity model's count, learned from observed SLO breaches.
+    def _correct(self, signals: RegionSignals, state: PolicyState) -> PolicyState:
+        """The multiplier on the capacity model's count, learned from observed SLO breaches,
+        with the state it keeps: the correction, when the current breach began, the floor
+        and when it was set, and how many steps in a row found the count still too low.
 
         A breach shorter than a cold start is over before new replicas could help (a
         burst); one that outlasts it means the capacity model is off: the correction steps
         up, and the next step waits another cold start, for the replicas it added to be
-        ready and show their effect. It steps down only with clear headroom (both p95s
+        ready and show their effect. Steps in a row square the step each time (1.1, 1.21,
+        1.46, within `correction_step_max`): a near miss costs one small step, a model
+        far off is caught in a few. It steps down only with clear headroom (both p95s
         within `correction_release` of their targets), never below the level that
         followed one that proved too low (that floor fading over hours), and holds
         otherwise: a steady demand settles on a steady count instead of cycling between
@@ -275,21 +335,30 @@ class SloPolicy:
         config, now = self.config, signals.now_s
         slo = config.slo
         correction = float(state.get("correction", 1.0))
+        streak = int(state.get("correction_streak", 0))
         floor, floor_at = float(state.get("correction_floor", 1.0)), float(state.get("correction_floor_at", now))
         floor = 1.0 + (floor - 1.0) * 0.5 ** ((now - floor_at) / config.correction_floor_half_life_s)
         ttft, itl = signals.ttft_ms, signals.itl_ms
         breached = (ttft is not None and ttft > slo.ttft_p95_ms) or (itl is not None and itl > slo.itl_p95_ms)
-        # A breach while the replicas planned are still starting is theirs, not the model's.
-        if signals.starting > 0 or signals.ready < int(state.get("target", 0)):
-            return correction, None, floor, now
         breach_since = state.get("breach_since") if breached else None
         if breached and breach_since is None:
             breach_since = now
-        if breach_since is not None and now - breach_since >= signals.cold_start_s:
-            correction = min(correction * config.correction_step, config.correction_max)
-            floor, breach_since = correction, now
+        # A breach while the replicas planned are still starting is theirs, not the model's.
+        if signals.ready < int(state.get("planned", state.get("target", 0))):
+            breach_since = None
+        elif breach_since is not None and now - breach_since >= signals.cold_start_s:
+            step = min(config.correction_step ** (2**streak), config.correction_step_max)
+            correction = min(correction * step, config.correction_max)
+            floor, breach_since, streak = correction, now, streak + 1
         elif not breached:
+            streak = 0
             release = config.correction_release
             if (ttft is None or ttft <= release * slo.ttft_p95_ms) and (itl is None or itl <= release * slo.itl_p95_ms):
                 correction = max(floor, 1.0, correction * config.correction_decay)
-        return correction, breach_since, floor, now
+        return {
+            "correction": correction,
+            "breach_since": breach_since,
+            "correction_streak": streak,
+            "correction_floor": floor,
+            "correction_floor_at": now,
+        }

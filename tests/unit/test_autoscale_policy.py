@@ -204,9 +204,8 @@ def test_state_is_json_able() -> None:
 
 def test_bursts_shorter_than_a_cold_start_are_sized_as_a_fluid() -> None:
     """Two demands with the same mean rate, 2 req/s: one smooth, one arriving as 60
-    requests at once every 30 s. Every window, trend and period the forecast reads sees
-    the same rate; only burst sizing tells them apart. The burst's prompt tokens must
-    prefill within one TTFT-long bin, which takes more replicas than the mean rate."""
+    requests within one second every 30 s. Every window, trend and period the forecast
+    reads sees the same rate; only burst sizing tells them apart."""
     seconds = 600
     smooth = [2.0] * seconds
     bursty = [60.0 if i % 30 == 0 else 0.0 for i in range(1, seconds + 1)]
@@ -216,11 +215,55 @@ def test_bursts_shorter_than_a_cold_start_are_sized_as_a_fluid() -> None:
     burst, _ = policy(**knobs).decide(signals(bursty, 1), {})
     assert calm.target == needed(2.0)
     assert "burst" in burst.reason and "burst" not in calm.reason
-    # 60 prompts of 2048 tokens in one 2 s bin (the TTFT target), at one replica's
-    # prefill speed for a 2048-token prompt.
-    replica_tokens_per_s = PROMPT / H100_LLAMA31_8B.prefill_s(PROMPT, 1.0)
-    assert burst.target == math.ceil(60 * PROMPT / 2.0 / replica_tokens_per_s)
+    # Each burst's backlog grows through its second at 60 prompts/s minus the fleet's
+    # prefill rate C; a request waits backlog / C. The share of a burst whose wait stays
+    # within the TTFT target less its own prefill, b, is C·b / (60·P − C): 99% of it
+    # needs C ≥ 0.99 · 60·P / (b + 0.99).
+    service_s = H100_LLAMA31_8B.prefill_s(PROMPT, 1.0)
+    budget_s = 2.0 - service_s
+    fleet_tokens_per_s = 0.99 * 60 * PROMPT / (budget_s + 0.99)
+    assert burst.target == math.ceil(fleet_tokens_per_s / (PROMPT / service_s))
     assert burst.target > calm.target
+
+
+def test_a_burst_recorded_at_a_lower_level_is_grown_to_the_level_ahead() -> None:
+    """The same 60-request burst every 30 s, on a base rate doubling every 10 minutes:
+    replayed as recorded, the early (smaller-base) bursts would set the count; grown to
+    the level ahead, the policy holds more than for the same bursts on a flat base."""
+    seconds = 1800
+
+    def demand_with_base(base_at: object) -> list[float]:
+        return [(60.0 if i % 30 == 0 else 0.0) + base_at(i) for i in range(1, seconds + 1)]
+
+    flat = demand_with_base(lambda i: 8.0)
+    rising = demand_with_base(lambda i: 8.0 * 2 ** ((i - seconds) / 600))
+    knobs = {"season_min_corr": 1.0, "trend_window_s": 10.0, "recent_burst_window_s": 10.0, "burst_window_s": 1800}
+    held_flat, _ = policy(**knobs).decide(signals(flat, 1), {})
+    held_rising, _ = policy(**knobs).decide(signals(rising, 1), {})
+    blind, _ = policy(**knobs, growth_max=1.0).decide(signals(rising, 1), {})
+    # Both end at the same level (8 req/s now); grown, the rising base's bursts come back
+    # at the level a cold start ahead, above it.
+    assert held_rising.target > held_flat.target >= blind.target
+    assert "burst" in held_rising.reason
+
+
+def test_steps_in_a_row_square_the_correction_step() -> None:
+    """A breach that outlasts a cold start, again and again with every planned replica
+    ready: each step waits a cold start, and each squares the one before (1.1, 1.21,
+    1.4641), so a near miss costs one small step and a model far off is caught in three."""
+    p = policy(burst_window_s=30)
+    config = p.config
+    rates = [10.0] * 300
+    decision, state = p.decide(signals(rates, needed(10)), {})
+    corrections = []
+    for _ in range(100):  # 500 s of breach; the fleet is always what was asked
+        rates += [10.0] * 5
+        decision, state = p.decide(signals(rates, decision.target, ttft_ms=5000.0), state)
+        corrections.append(state["correction"])
+    steps = sorted(set(corrections))
+    assert steps[:4] == pytest.approx([1.0, 1.1, 1.1 * 1.21, 1.1 * 1.21 * 1.4641])
+    assert config.correction_step == 1.1
+    assert corrections[-1] == pytest.approx(config.correction_max)
 
 
 def test_when_service_time_alone_misses_the_ttft_target_it_stops_where_the_wait_reaches_zero() -> None:
@@ -247,17 +290,19 @@ def test_when_service_time_alone_misses_the_ttft_target_it_stops_where_the_wait_
 
 def test_a_backlog_the_ready_replicas_cannot_clear_within_a_cold_start_gets_replicas_of_its_own() -> None:
     rates = [10.0] * 300
-    calm, _ = policy().decide(signals(rates, needed(10)), {})
+    calm, settled = policy().decide(signals(rates, needed(10)), {})
     assert calm.target == needed(10)
     service_s = H100_LLAMA31_8B.prefill_s(PROMPT, 1.0)
     horizon = COLD_START + 5.0  # a cold start and a decision interval
-    # The ready replicas' prefill time beyond what 10 req/s use.
-    spare = calm.target - 10 * service_s
-    # A queue the spare clears within the horizon changes nothing.
-    cleared = math.floor(spare * horizon / service_s)
-    decision, _ = policy().decide(signals(rates, calm.target, waiting=cleared), {})
+    # A queue the ready replicas prefill within the TTFT target is the plan's headroom.
+    within = math.floor(calm.target * (2.0 - service_s) / service_s)
+    decision, _ = policy().decide(signals(rates, calm.target, waiting=within), {})
     assert decision.target == calm.target
-    # One worth 3 replicas' prefill time more over the horizon gets those 3.
-    backlog = math.floor((spare + 3) * horizon / service_s)
+    # Beyond it, with the ready replicas all the steady demand's: a queue worth 3
+    # replicas' prefill time over the horizon gets those 3.
+    backlog = math.floor(3 * horizon / service_s)
     decision, _ = policy().decide(signals(rates, calm.target, waiting=backlog), {})
     assert decision.target == calm.target + 3
+    # Two ready replicas beyond the steady demand's take two of them.
+    decision, _ = policy().decide(signals(rates, calm.target + 2, waiting=backlog), settled)
+    assert decision.target == calm.target + 1
