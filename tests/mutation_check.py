@@ -60,6 +60,12 @@ MUTATIONS = (
     ),
     Mutation(
         "autoscaler/policy/slo_policy.py",
+        "    if bins > recent:\n",
+        "    if False:\n",
+        "a climb out of a trough that has levelled off still counts as growth",
+    ),
+    Mutation(
+        "autoscaler/policy/slo_policy.py",
         "            step = min(config.correction_step ** (2**streak), config.correction_step_max)",
         "            step = config.correction_step",
         "steps in a row do not grow: a model far off is caught slowly",

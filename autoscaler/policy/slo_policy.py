@@ -29,10 +29,11 @@ Each decision:
    is the fewest that keeps `attainment` of them within the TTFT target, over the spec's
    `burst_window_s` and over the last `recent_burst_window_s` (a 99% over a long window
    leaves its newest, highest bursts to the 1%). While the level rises (an exponential
-   trend that clears its own noise), bursts recorded earlier are replayed grown to the
-   level a cold start ahead. Traffic is far burstier than Poisson at the scale of a TTFT,
-   the SLO counts requests, and a burst is over before any cold start, so standing
-   capacity must already carry the backlog the bursts recent requests arrived in build.
+   trend that clears its own noise and still holds over the last `growth_recent_s`),
+   bursts recorded earlier are replayed grown to the level a cold start ahead. Traffic is
+   far burstier than Poisson at the scale of a TTFT, the SLO counts requests, and a burst
+   is over before any cold start, so standing capacity must already carry the backlog
+   the bursts recent requests arrived in build.
 4. **Scale-down with hysteresis** — scale-up is immediate; the target is the largest
    desired count over the last `scale_down_after_s` (unset: one cold start — an
    idle replica is kept as long as restarting it would cost, the ski-rental break-even),
@@ -71,6 +72,7 @@ class SloPolicyConfig(BaseModel):
     recent_burst_window_s: float = Field(default=300.0, gt=0)
     # A rising level scales recorded bursts to the level ahead (`_level_growth`).
     growth_bin_s: float = Field(default=60.0, gt=0)
+    growth_recent_s: float = Field(default=600.0, gt=0)
     growth_confidence: float = Field(default=1.5, ge=0)
     growth_max: float = Field(default=1.5, ge=1)
     bin_s: float = Field(default=10.0, gt=0)
@@ -139,12 +141,19 @@ def _season_forecast(
 
 
 def _level_growth(
-    durations: np.ndarray, counts: np.ndarray, ahead_s: float, bin_s: float, confidence: float, most: float
+    durations: np.ndarray,
+    counts: np.ndarray,
+    ahead_s: float,
+    bin_s: float,
+    recent_s: float,
+    confidence: float,
+    most: float,
 ) -> np.ndarray:
     """Per sample, how much the arrival rate will have grown from then to `ahead_s` past
     the last sample, by the exponential trend of the rate in `bin_s` bins: the slope's
     lower bound `confidence` standard errors down, so only growth the data bears out
-    counts. At least 1 (a falling level keeps its bursts), at most `most`."""
+    counts, and no steeper than the trend of the last `recent_s`. At least 1 (a falling
+    level keeps its bursts), at most `most`."""
     ends = np.cumsum(durations)
     growth = np.ones(len(durations))
     bins = int(ends[-1] // bin_s) if len(ends) else 0
@@ -157,6 +166,10 @@ def _level_growth(
     times = (np.arange(bins) + 0.5) * bin_s
     (slope, _), covariance = np.polyfit(times, np.log(rates), 1, cov=True)
     slope = float(slope) - confidence * math.sqrt(max(float(covariance[0, 0]), 0.0))
+    # Still rising now: a climb out of a trough that has since levelled off is no growth.
+    recent = max(int(recent_s // bin_s), 3)
+    if bins > recent:
+        slope = min(slope, float(np.polyfit(times[-recent:], np.log(rates[-recent:]), 1)[0]))
     if slope <= 0:
         return growth
     return np.minimum(np.exp(slope * (ends[-1] + ahead_s - (ends - durations / 2))), most)
@@ -237,7 +250,13 @@ class SloPolicy:
         counts = np.fromiter((sample.requests for sample in recent), np.float64, len(recent))
         tokens = np.fromiter((sample.prompt_tokens for sample in recent), np.float64, len(recent))
         tokens *= _level_growth(
-            durations, counts, horizon, config.growth_bin_s, config.growth_confidence, config.growth_max
+            durations,
+            counts,
+            horizon,
+            config.growth_bin_s,
+            config.growth_recent_s,
+            config.growth_confidence,
+            config.growth_max,
         )
         burst_needed, burst_span_s = 0, 0.0
         for span_s in (scaling.burst_window_s, config.recent_burst_window_s) if slo_ttft_s > service_s else ():

@@ -247,6 +247,21 @@ def test_a_burst_recorded_at_a_lower_level_is_grown_to_the_level_ahead() -> None
     assert "burst" in held_rising.reason
 
 
+def test_a_climb_that_has_levelled_off_is_no_growth() -> None:
+    """The same bursts on a base that stepped from 1 to 8 req/s 13 minutes ago and has
+    been flat since: fitted over the half hour the climb is steep, but the level is no
+    longer rising, so the bursts are replayed as recorded, as on a flat base."""
+    seconds = 1800
+    knobs = {"season_min_corr": 1.0, "trend_window_s": 10.0, "recent_burst_window_s": 10.0, "burst_window_s": 1800}
+    flat = [(60.0 if i % 30 == 0 else 0.0) + 8.0 for i in range(1, seconds + 1)]
+    climbed = [(60.0 if i % 30 == 0 else 0.0) + (1.0 if i < 1000 else 8.0) for i in range(1, seconds + 1)]
+    held_flat, _ = policy(**knobs).decide(signals(flat, 1), {})
+    held_climbed, _ = policy(**knobs).decide(signals(climbed, 1), {})
+    whole_half_hour, _ = policy(**knobs, growth_recent_s=seconds).decide(signals(climbed, 1), {})
+    assert held_climbed.target == held_flat.target
+    assert whole_half_hour.target > held_flat.target
+
+
 def test_steps_in_a_row_square_the_correction_step() -> None:
     """A breach that outlasts a cold start, again and again with every planned replica
     ready: each step waits a cold start, and each squares the one before (1.1, 1.21,
