@@ -244,11 +244,11 @@ class SloPolicy:
         # Bursts, as a fluid: replay the recent arrivals through the fleet's pooled prefill
         # queue, over the burst window and over the recent one, their level grown to the one ahead.
         service_s = config.profile.prefill_s(max(prompt_mean, 1.0), 1.0)
-        recent = [sample for sample in signals.demand if sample.start_s >= now - scaling.burst_window_s]
-        starts = np.fromiter((sample.start_s for sample in recent), np.float64, len(recent))
-        durations = np.fromiter((sample.duration_s for sample in recent), np.float64, len(recent))
-        counts = np.fromiter((sample.requests for sample in recent), np.float64, len(recent))
-        tokens = np.fromiter((sample.prompt_tokens for sample in recent), np.float64, len(recent))
+        burst_demand = [sample for sample in signals.demand if sample.start_s >= now - scaling.burst_window_s]
+        starts = np.fromiter((sample.start_s for sample in burst_demand), np.float64, len(burst_demand))
+        durations = np.fromiter((sample.duration_s for sample in burst_demand), np.float64, len(burst_demand))
+        counts = np.fromiter((sample.requests for sample in burst_demand), np.float64, len(burst_demand))
+        tokens = np.fromiter((sample.prompt_tokens for sample in burst_demand), np.float64, len(burst_demand))
         tokens *= _level_growth(
             durations,
             counts,
