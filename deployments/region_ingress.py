@@ -26,6 +26,7 @@ from ray.serve.handle import DeploymentHandle
 from ray.serve.llm.ingress import OpenAiIngress
 
 from autoscaler.live.published import drop_malformed, publish_floor, read_capacity, read_floor, read_published
+from deployments.shared_poll import SharedPoll
 from meridian_core.contracts import (
     MAX_MESSAGE_BYTES,
     EngineLoad,
@@ -46,9 +47,12 @@ STATUS_ENDPOINTS = {
     "set_fleet_floor": lambda app: app.put("/fleet-floor"),
     "lift_fleet_floor": lambda app: app.delete("/fleet-floor"),
 }
-# A replica that does not report within this long counts as not ready; it must be
-# well under the router's health-poll timeout so /status itself always answers.
+# A poll waits this long for the replicas' load; it must be well under the router's
+# health-poll timeout so /status itself always answers.
 STATS_TIMEOUT_S = 0.5
+# A poll the replicas miss reports their last load while it is younger than this: Serve
+# itself gives a replica's health check 30 s before it counts the replica gone.
+STATS_KEPT_S = 30.0
 
 
 def _refusal(status: int, message: str) -> JSONResponse:
@@ -108,8 +112,7 @@ class RegionIngress(OpenAiIngress):
         self._region = region
         self._control_digest = region_token_digest(control_token_sha256, control_token_env, os.environ)
         _REGION_TOKEN_DIGEST["sha256"] = self._control_digest
-        # One broadcast at a time per model: polls that arrive meanwhile share it.
-        self._pending: dict[str, asyncio.Task] = {}
+        self._engine_loads = SharedPoll(self._broadcast_engine_stats, STATS_TIMEOUT_S, STATS_KEPT_S)
         self._app_name = serve.get_replica_context().app_name
 
     async def status(self) -> dict[str, Any]:
@@ -185,22 +188,13 @@ class RegionIngress(OpenAiIngress):
             return None
 
     async def _model_stats(self, model_id: str) -> list[EngineLoad]:
-        task = self._pending.get(model_id)
-        if task is None or task.done():
-            handle = self._default_serve_handles[model_id]
-            task = asyncio.ensure_future(asyncio.to_thread(broadcast, handle, "engine_stats"))
-            self._pending[model_id] = task
-        try:
-            answers = list(await asyncio.wait_for(asyncio.shield(task), STATS_TIMEOUT_S))
-        except TimeoutError:
-            return []
-        except Exception as error:  # a replica died mid-call: report what is known, not a 500
-            log.warning("engine stats for %s failed: %s", model_id, error)
-            return []
         loads = []
-        for answer in answers:
+        for answer in await self._engine_loads.answers(model_id):
             try:
                 loads.append(parse(EngineLoad, answer).model_copy(update={"model": model_id}))
             except MalformedMessage as error:
                 drop_malformed(error, "region status", log)
         return loads
+
+    async def _broadcast_engine_stats(self, model_id: str) -> list[Any]:
+        return list(await asyncio.to_thread(broadcast, self._default_serve_handles[model_id], "engine_stats"))

@@ -361,6 +361,12 @@ MUTATIONS = (
         "a region with a token answers requests without it",
     ),
     Mutation(
+        "deployments/shared_poll.py",
+        "            return self._recent(key)",
+        "            return []",
+        "a region whose replicas are slow to report their load reports none ready, and loses its traffic",
+    ),
+    Mutation(
         "geo_router/live/proxy.py",
         'url, headers = f"{region.endpoint}/v1/{path}", {**headers, **region.auth_headers()}',
         'url, headers = f"{region.endpoint}/v1/{path}", headers',
