@@ -43,7 +43,7 @@ class SharedPoll(Generic[Answer]):
             task.add_done_callback(lambda done: self._keep(key, done))
             self._running[key] = task
         try:
-            return list(await asyncio.wait_for(asyncio.shield(task), self._timeout_s))
+            return await asyncio.wait_for(asyncio.shield(task), self._timeout_s)
         except TimeoutError:
             return self._recent(key)
         except Exception as error:  # a replica died mid-call: nothing known is current
@@ -54,10 +54,10 @@ class SharedPoll(Generic[Answer]):
         if done.cancelled() or done.exception() is not None:
             self._last.pop(key, None)
         else:
-            self._last[key] = (self._clock(), list(done.result()))
+            self._last[key] = (self._clock(), done.result())
 
     def _recent(self, key: str) -> list[Answer]:
         kept = self._last.get(key)
         if kept is None or self._clock() - kept[0] > self._keep_s:
             return []
-        return list(kept[1])
+        return kept[1]
