@@ -160,9 +160,15 @@ MUTATIONS = (
     ),
     Mutation(
         "geo_router/policy/scoring.py",
-        "        return ttft(name) + (scoring.spill_rtt_factor - 1.0) * max(0.0, estimates[name].rtt_ms - home_rtt)",
+        "        return ttft(name) + (factor - 1.0) * max(0.0, estimates[name].rtt_ms - home_rtt)",
         "        return ttft(name)",
         "leaving the nearest region costs its extra RTT only once",
+    ),
+    Mutation(
+        "geo_router/policy/scoring.py",
+        "        factor = scoring.spill_rtt_factor * memory.spill_price.markup",
+        "        factor = scoring.spill_rtt_factor",
+        "spills ignore the mean RTT budget",
     ),
     Mutation(
         "geo_router/policy/scoring.py",

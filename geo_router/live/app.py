@@ -318,7 +318,7 @@ def create_app(
         reason = "panic" if panic else decision.reason
 
         def learn(region: Region, ttfb_s: float) -> None:
-            memory.remember(region.name, facts)
+            memory.remember(region.name, facts, decision)
             if parsed.stream:  # only a stream's first byte is its first token
                 corrector.observe(region.name, predicted_ms[region.name], ttfb_s * 1000, time.monotonic())
 

@@ -88,6 +88,14 @@ class RouteDecision:
     ranked: tuple[str, ...]  # best first: the order to try regions in
     reason: str  # nearest | load | affinity | session | hold | spill
     estimates: tuple[Estimate, ...]
+    home_rtt_ms: float = 0.0  # the nearest region's, which a spill's extra RTT is counted from
+    # The extra RTT the answer may add on the mean: `mean_rtt_budget` of the nearest region's.
+    rtt_allowance_ms: float = 0.0
+
+    def extra_rtt_ms(self, region: str) -> float:
+        """The RTT answering from `region` adds over the nearest region's."""
+        rtt = next((e.rtt_ms for e in self.estimates if e.region == region), self.home_rtt_ms)
+        return max(0.0, rtt - self.home_rtt_ms)
 
 
 def estimate(
@@ -160,15 +168,42 @@ class PrefixIndex:
             self._regions_of_block.put(block, (regions or frozenset()) | {region})
 
 
+class SpillPrice:
+    """A markup on `spill_rtt_factor`, kept so that the mean RTT of the answers stays within
+    the spec's `mean_rtt_budget` of the nearest regions' mean RTT.
+
+    The markup is the price of the budget's constraint, found as a Lagrange multiplier is:
+    each answer moves its logarithm by `step` times what it spent over its allowance (the
+    budget's share of its nearest region's RTT), in units of the recent mean allowance, so
+    it stops moving where spills spend the allowance on average. It never falls below 1,
+    and one answer moves it by a factor of at most e^`max_move`. Spills then go where they
+    buy the most TTFT per millisecond of RTT, whatever the load and the fleet's geography."""
+
+    def __init__(self, window: int = 200, step: float = 0.02, max_move: float = 0.5, ceiling: float = 1024.0):
+        self.markup = 1.0
+        self._window, self._step, self._max_move, self._ceiling = window, step, max_move, ceiling
+        self._allowance_ms = 0.0  # a running mean over about `window` answers
+
+    def observe(self, extra_ms: float, allowance_ms: float) -> None:
+        self._allowance_ms += (allowance_ms - self._allowance_ms) / self._window
+        overspent = (extra_ms - allowance_ms) / max(1.0, self._allowance_ms)
+        move = max(-self._max_move, min(self._max_move, self._step * overspent))
+        self.markup = max(1.0, min(self._ceiling, self.markup * math.exp(move)))
+
+
 class RoutingMemory:
-    """What the scorer remembers between requests: prefixes, sessions, last choices."""
+    """What the scorer remembers between requests: prefixes, sessions, last choices, and
+    the price of spilling."""
 
     def __init__(self, capacity: int = 100_000):
         self.prefixes = PrefixIndex(capacity)
         self.sessions = LruMap(capacity)
         self.last_choice = LruMap(capacity)
+        self.spill_price = SpillPrice()
 
-    def remember(self, region: str, request: RequestFacts) -> None:
+    def remember(self, region: str, request: RequestFacts, decision: RouteDecision) -> None:
+        """`region` answered `request`, routed by `decision`."""
+        self.spill_price.observe(decision.extra_rtt_ms(region), decision.rtt_allowance_ms)
         self.prefixes.record(region, request.prefix_blocks)
         if request.session is not None:
             self.sessions.put(request.session, region)
@@ -215,8 +250,10 @@ def choose(
         return estimates[name].ttft_ms - (scoring.hysteresis_ms if name == previous else 0.0)
 
     def cost(name: str) -> float:
-        """TTFT, with the RTT added by leaving the nearest region counted `spill_rtt_factor` times."""
-        return ttft(name) + (scoring.spill_rtt_factor - 1.0) * max(0.0, estimates[name].rtt_ms - home_rtt)
+        """TTFT, with the RTT added by leaving the nearest region counted `spill_rtt_factor`
+        times, marked up while spills run over the mean RTT budget."""
+        factor = scoring.spill_rtt_factor * memory.spill_price.markup
+        return ttft(name) + (factor - 1.0) * max(0.0, estimates[name].rtt_ms - home_rtt)
 
     order = sorted((name for name in estimates if name not in too_cold), key=lambda name: (cost(name), name))
     best = order[0]
@@ -238,7 +275,13 @@ def choose(
     elif nearest in cold:
         reason = "spill"
     order += sorted(too_cold, key=lambda name: (cost(name), name))
-    return RouteDecision(tuple(order), reason, tuple(estimates[name] for name in order))
+    return RouteDecision(
+        tuple(order),
+        reason,
+        tuple(estimates[name] for name in order),
+        home_rtt,
+        scoring.mean_rtt_budget * home_rtt,
+    )
 
 
 def _sticky_region(

@@ -261,7 +261,7 @@ def meridian_policy(scoring: ScoringSpec) -> Policy:
             scoring,
         )
         region = decision.ranked[0]
-        memory.remember(region, facts)
+        memory.remember(region, facts, decision)
         return prefix_aware(world.replicas[region], request, replica_memory, request.arrival_ms)
 
     return route

@@ -9,6 +9,7 @@ from geo_router.policy.scoring import (
     RouteDecision,
     RoutingMemory,
     RttCorrector,
+    SpillPrice,
     choose,
     estimate,
 )
@@ -34,6 +35,14 @@ def regions(east: dict | None = None, west: dict | None = None) -> list[RegionLo
 
 def facts(client=PARIS, prompt=200, blocks=(), session=None, cell=None) -> RequestFacts:
     return RequestFacts(client, prompt, tuple(blocks), tokens_per_block=64, session=session, cell=cell)
+
+
+def answered(memory: RoutingMemory, region: str, request: RequestFacts) -> None:
+    """`region` answered `request`, routed on an idle fleet with a mean RTT budget that
+    covers any spill: the spill price stays as it was."""
+    unbounded = ScoringSpec(mean_rtt_budget=100.0)
+    memory.remember(region, request, choose(regions(), request, memory, PROFILES, unbounded))
+    assert memory.spill_price.markup == 1.0
 
 
 def test_idle_regions_nearest_wins():
@@ -125,7 +134,7 @@ def test_prefix_affinity_holds_within_margin_only():
 
 def test_session_sticks_within_margin():
     memory = RoutingMemory()
-    memory.remember("us-east", facts(session="conversation-7"))
+    answered(memory, "us-east", facts(session="conversation-7"))
     decision = choose(regions(), facts(session="conversation-7"), memory, PROFILES, ScoringSpec(affinity_margin_ms=150))
     assert decision.ranked[0] == "us-east" and decision.reason == "session"
     # A session pinned to a region that is now drowning moves.
@@ -138,7 +147,7 @@ def test_hysteresis_keeps_a_near_tie_where_it_was():
     cell = (45, -40)  # mid-Atlantic: both regions about equally far
     middle = LatLon(46.0, -41.5)
     first = choose(regions(), facts(client=middle, cell=cell), memory, PROFILES, SCORING)
-    memory.remember(first.ranked[0], facts(client=middle, cell=cell))
+    memory.remember(first.ranked[0], facts(client=middle, cell=cell), first)
     other = first.ranked[1]
     # The first choice gets 25 ms slower: less than the hysteresis, so no flap.
     nudged = regions(**{("east" if first.ranked[0] == "us-east" else "west"): {"rtt_correction_ms": 25.0}})
@@ -292,21 +301,21 @@ def test_spills_only_when_the_wait_saved_exceeds_the_rtt_added_times_the_factor(
 
 def test_a_session_keeps_its_far_region_while_its_ttft_is_within_the_margin():
     memory = RoutingMemory()
-    memory.remember("us-east", facts(session="s"))
+    answered(memory, "us-east", facts(session="s"))
     scoring = ScoringSpec(spill_rtt_factor=4.0)
     decision = choose(regions(), facts(session="s"), memory, PROFILES, scoring)
     by_name = {e.region: e for e in decision.estimates}
     extra = by_name["us-east"].ttft_ms - by_name["eu-west"].ttft_ms
     assert extra > scoring.affinity_margin_ms and decision.ranked[0] == "eu-west"  # too far: it moves
     near_memory = RoutingMemory()
-    near_memory.remember("us-east", facts(client=MID_ATLANTIC, session="s"))
+    answered(near_memory, "us-east", facts(client=MID_ATLANTIC, session="s"))
     near = choose(regions(), facts(client=MID_ATLANTIC, session="s"), near_memory, PROFILES, scoring)
     assert near.ranked[0] == "us-east" and near.reason == "session"
 
 
 def test_a_prefix_cached_far_away_pulls_only_within_the_margin_of_the_spill_priced_cost():
     memory = RoutingMemory()
-    memory.remember("us-east", facts(blocks=(1, 2)))
+    answered(memory, "us-east", facts(blocks=(1, 2)))
     request = facts(prompt=200, blocks=(1, 2))  # 128 of its 200 tokens cached in us-east
     counted_once = choose(regions(), request, memory, PROFILES, ScoringSpec(spill_rtt_factor=1.0))
     by_name = {e.region: e for e in counted_once.estimates}
@@ -314,3 +323,45 @@ def test_a_prefix_cached_far_away_pulls_only_within_the_margin_of_the_spill_pric
     assert counted_once.ranked[0] == "us-east" and counted_once.reason == "affinity"
     priced = choose(regions(), request, memory, PROFILES, ScoringSpec(spill_rtt_factor=4.0))
     assert priced.ranked[0] == "eu-west" and priced.reason == "nearest"
+
+
+def _spill_rates(scoring: ScoringSpec, requests: int = 2000) -> tuple[float, float, float]:
+    """Paris clients while eu-west's queue would have them wait longer than crossing to
+    us-east, answered where the scorer sends them: (spilled fraction, mean RTT added, the
+    mean RTT added the budget allows), in the scorer's own RTT estimates."""
+    memory, spilled, added, allowed = RoutingMemory(), 0, 0.0, 0.0
+    overloaded = regions(west={"running": 16, "waiting": 40})
+    for _ in range(requests):
+        decision = choose(overloaded, facts(), memory, PROFILES, scoring)
+        memory.remember(decision.ranked[0], facts(), decision)
+        spilled += decision.ranked[0] == "us-east"
+        added += decision.extra_rtt_ms(decision.ranked[0])
+        allowed += decision.rtt_allowance_ms
+    return spilled / requests, added / requests, allowed / requests
+
+
+def test_spills_stop_where_the_mean_rtt_budget_is_spent():
+    scoring = ScoringSpec(mean_rtt_budget=0.5)
+    spilled, added, allowed = _spill_rates(scoring)
+    # Each spill adds ~3x eu-west's RTT: a budget of half its RTT spills about one in six.
+    assert 0.05 < spilled < 0.5
+    assert added <= 1.05 * allowed
+    # With room for every spill, every request spills: the budget is what held them.
+    assert _spill_rates(ScoringSpec(mean_rtt_budget=10.0))[0] == 1.0
+
+
+def test_the_spill_markup_moves_by_the_overspend_and_holds_where_spills_spend_the_allowance():
+    price = SpillPrice(window=10, step=0.1)
+    for _ in range(200):  # within the allowance: the markup stays at 1
+        price.observe(extra_ms=0.0, allowance_ms=10.0)
+    assert price.markup == 1.0
+    price.observe(extra_ms=30.0, allowance_ms=10.0)  # two allowances over
+    assert price.markup == pytest.approx(math.exp(0.1 * 2), rel=1e-6)
+    raised = price.markup
+    for _ in range(10):  # one spill of 50 ms in five answers: 10 ms each on average
+        price.observe(extra_ms=50.0, allowance_ms=10.0)
+        for _ in range(4):
+            price.observe(extra_ms=0.0, allowance_ms=10.0)
+    assert price.markup == pytest.approx(raised, rel=1e-6)
+    price.observe(extra_ms=1e6, allowance_ms=10.0)  # one answer moves it by e^0.5 at most
+    assert price.markup == pytest.approx(raised * math.exp(0.5), rel=1e-6)
