@@ -280,7 +280,7 @@ class ScoringSpec(StrictModel):
     spill_rtt_factor: float = Field(default=4.0, ge=1)
     # Spills keep the mean RTT within this fraction above the nearest regions' alone: while
     # they run over it, a spill's extra RTT counts more than `spill_rtt_factor` times
-    # (geo_router/policy/scoring.py, `SpillPrice`). The account runs on the router's RTT
+    # (geo_router/policy/scoring.py, `SpillPrice`). The price is kept on the router's RTT
     # estimates, so 0.09 leaves a point of a 10% bound for their error.
     mean_rtt_budget: float = Field(default=0.09, ge=0)
     # A typical request queued ahead of a new one: the prompt tokens it prefills and the

@@ -166,8 +166,8 @@ MUTATIONS = (
     ),
     Mutation(
         "geo_router/policy/scoring.py",
-        "        factor = scoring.spill_rtt_factor * memory.spill_price.markup",
-        "        factor = scoring.spill_rtt_factor",
+        "    factor = scoring.spill_rtt_factor * memory.spill_price.markup",
+        "    factor = scoring.spill_rtt_factor",
         "spills ignore the mean RTT budget",
     ),
     Mutation(

@@ -249,10 +249,12 @@ def choose(
     def ttft(name: str) -> float:
         return estimates[name].ttft_ms - (scoring.hysteresis_ms if name == previous else 0.0)
 
+    # Leaving the nearest region costs its extra RTT this many times over: `spill_rtt_factor`,
+    # marked up while spills run over the mean RTT budget.
+    factor = scoring.spill_rtt_factor * memory.spill_price.markup
+
     def cost(name: str) -> float:
-        """TTFT, with the RTT added by leaving the nearest region counted `spill_rtt_factor`
-        times, marked up while spills run over the mean RTT budget."""
-        factor = scoring.spill_rtt_factor * memory.spill_price.markup
+        """TTFT, with the RTT added by leaving the nearest region counted `factor` times."""
         return ttft(name) + (factor - 1.0) * max(0.0, estimates[name].rtt_ms - home_rtt)
 
     order = sorted((name for name in estimates if name not in too_cold), key=lambda name: (cost(name), name))
