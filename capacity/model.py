@@ -33,6 +33,9 @@ class EventKind(StrEnum):
     PREEMPTED = "preempted"  # spot node is gone
     LAUNCHED = "launched"
     TERMINATED = "terminated"
+    # Missing from its region's Ray cluster for `capacity.join_timeout_s` (its boot
+    # failed, or Ray on it died): released, and bought again.
+    JOIN_FAILED = "join_failed"
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,9 @@ class Node:
     placement: Placement
     state: NodeState
     launched_at_s: float  # seconds since the epoch
+    # The value of the node's `meridian.io/node` Ray label, by which the capacity loop
+    # finds it among its cluster's nodes; None when the provider cannot tell.
+    ray_label: str | None = None
 
 
 @dataclass(frozen=True)

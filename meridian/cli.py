@@ -158,7 +158,7 @@ def capacity_report(
     spec: SpecArg = DEFAULT_SPEC,
     as_json: Annotated[bool, typer.Option("--json", help="print machine-readable JSON")] = False,
 ) -> None:
-    """Held nodes, cost, utilisation, last hour's stockouts and preemptions, quota left."""
+    """Held nodes, cost, utilisation, last hour's stockouts, preemptions and failed joins, quota left."""
     platform = _load(spec)
     now = time.time()
     ledgers = [Ledger(cluster_dir(platform.name, region.slug)) for region in platform.regions]
@@ -177,7 +177,7 @@ def capacity_report(
         return
     table = Table(title=f"capacity of {platform.name}, {now - snapshot.at_s:.0f} s ago")
     columns = ("cloud", "region", "kind", "nodes od+spot", "accel.", "$/h", "$/day", "util.")
-    for column in (*columns, "stockout+ preempt 1h", "quota left"):
+    for column in (*columns, "stockout+ preempt+ no-join 1h", "quota left"):
         table.add_column(column, no_wrap=column in ("cloud", "region"), min_width=len(column.split()[0]))
     for row in rows:
         table.add_row(
@@ -189,7 +189,7 @@ def capacity_report(
             f"{row['usd_per_hour']:.2f}",
             f"{row['projected_usd_per_day']:.2f}",
             "-" if row["utilisation"] is None else f"{row['utilisation']:.0%}",
-            f"{row['stockouts_1h']}+{row['preemptions_1h']}",
+            f"{row['stockouts_1h']}+{row['preemptions_1h']}+{row['failed_joins_1h']}",
             "-" if row["quota_headroom"] is None else str(row["quota_headroom"]),
         )
     console.print(table)

@@ -52,6 +52,10 @@ class CapacitySpec(BaseModel):
     stockout_backoff_s: float = Field(default=300.0, gt=0)
     stockout_backoff_max_s: float = Field(default=3600.0, gt=0)
     event_memory_s: float = Field(default=3600.0, gt=0)
+    # A bought node missing from its region's Ray cluster this long, counted from when
+    # the capacity loop first listed it or last found it there (its boot failed, or Ray
+    # on it died), is released and bought again.
+    join_timeout_s: float = Field(default=600.0, gt=0)
 
     @model_validator(mode="after")
     def _check(self) -> CapacitySpec:

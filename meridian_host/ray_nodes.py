@@ -36,13 +36,13 @@ def component_ports(block: int) -> list[int]:
     return [block + PORTS_PER_NODE - COMPONENT_PORTS + k for k in range(COMPONENT_PORTS)]
 
 
-def node_port_flags(block: int) -> list[str]:
+def node_port_flags(block: int, node_ip: str = "127.0.0.1") -> list[str]:
     """`ray start` flags that keep a node on this machine inside the ports block
     [block, block + PORTS_PER_NODE): its components at the top, its workers below. Fixed
     and below the ephemeral range, so nothing else can take them between choice and bind."""
     ports = component_ports(block)
     flags = {
-        "--node-ip-address": "127.0.0.1",
+        "--node-ip-address": node_ip,
         "--object-store-memory": OBJECT_STORE_BYTES,
         "--node-manager-port": ports[0],
         "--object-manager-port": ports[1],
@@ -124,18 +124,20 @@ def start_head(spec: PlatformSpec, state: PlatformState, region: RegionSpec) -> 
     return cluster
 
 
-def alive_nodes_labelled(dashboard_url: str, label: str, headers: dict[str, str]) -> dict[str, str]:
-    """Alive Ray nodes carrying `label`: its value -> Ray node id."""
+def alive_nodes_labelled(dashboard_url: str, label: str, headers: dict[str, str]) -> dict[str, str] | None:
+    """Alive Ray nodes carrying `label`: its value -> Ray node id; None when the state
+    API does not answer, which is not the same as no node."""
     try:
         response = httpx.get(f"{dashboard_url}/api/v0/nodes", params={"limit": 1000}, headers=headers, timeout=5)
+        response.raise_for_status()
         nodes = response.json()["data"]["result"]["result"]
-    except (httpx.HTTPError, ValueError, KeyError, TypeError):
-        return {}
-    return {
-        n["labels"][label]: n["node_id"]
-        for n in nodes
-        if n.get("state") == "ALIVE" and label in (n.get("labels") or {})
-    }
+        return {
+            n["labels"][label]: n["node_id"]
+            for n in nodes
+            if n.get("state") == "ALIVE" and label in (n.get("labels") or {})
+        }
+    except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def nodes_running_actors(dashboard_url: str, headers: dict[str, str]) -> set[str] | None:

@@ -402,6 +402,18 @@ MUTATIONS = (
         "        return self.autoscaled",
         "the router holds requests for a region that cannot place a replica",
     ),
+    Mutation(
+        "capacity/live/capacity_loop.py",
+        "now if joined is None or node.ray_label in joined else",
+        "now if True else",
+        "a bought node that never joins its region's cluster is held for ever",
+    ),
+    Mutation(
+        "capacity/live/capacity_loop.py",
+        "now if joined is None or node.ray_label in joined else",
+        "now if node.ray_label in (joined or set()) else",
+        "an outage of Ray's state API releases every node",
+    ),
 )
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ParamSpec, TypeVar
 
@@ -43,6 +44,8 @@ from capacity.model import CapacityError, CapacityEvent, EventKind, Market, Node
 MANAGED_TAG = "meridian:managed"
 PLATFORM_TAG = "meridian:platform"
 REGION_TAG = "meridian:region"
+# The node's `meridian.io/node` Ray label: EC2 names an instance only once it launched.
+NODE_TAG = "meridian:node"
 
 STOCKOUT_CODES = frozenset(
     {"InsufficientInstanceCapacity", "InsufficientHostCapacity", "InsufficientReservedInstanceCapacity"}
@@ -135,7 +138,12 @@ class AwsProvider:
         """Launch up to `count` instances (at least one) in `placement`'s zone and market."""
         if placement.cloud != self.cloud or placement.region != self.region:
             raise ValueError(f"{self.cloud}/{self.region} provider cannot place {placement}")
-        script = ray_join_script(self.join, cloud=self.cloud, zone=placement.zone, market=placement.market)
+        # One label for the instances of one call: the capacity loop buys one at a time.
+        label = f"meridian-{self.join.region_slug}-{uuid.uuid4().hex[:10]}"[:63]
+        script = ray_join_script(
+            self.join, cloud=self.cloud, zone=placement.zone, market=placement.market, node_label=label
+        )
+        tags = [*self._ownership_tags(), {"Key": NODE_TAG, "Value": label}]
         params: dict[str, Any] = {
             "ImageId": self.image_id,
             "InstanceType": placement.instance_type,
@@ -146,9 +154,7 @@ class AwsProvider:
             "UserData": script,
             # IMDSv2 only: the instance metadata answers no request without a session token.
             "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
-            "TagSpecifications": [
-                {"ResourceType": kind, "Tags": self._ownership_tags()} for kind in ("instance", "volume")
-            ],
+            "TagSpecifications": [{"ResourceType": kind, "Tags": tags} for kind in ("instance", "volume")],
         }
         if placement.market is Market.SPOT:
             params["InstanceMarketOptions"] = {
@@ -296,7 +302,8 @@ class AwsProvider:
         state = LIVE_STATES.get(instance["State"]["Name"], NodeState.TERMINATED)
         if state is NodeState.RUNNING and instance["InstanceId"] in self._noticed:
             state = NodeState.DRAINING
-        return Node(instance["InstanceId"], self._placement(instance), state, instance["LaunchTime"].timestamp())
+        label = next((tag["Value"] for tag in instance.get("Tags", []) if tag["Key"] == NODE_TAG), None)
+        return Node(instance["InstanceId"], self._placement(instance), state, instance["LaunchTime"].timestamp(), label)
 
 
 def refusal_kind(code: str) -> EventKind | None:

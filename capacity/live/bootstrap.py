@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from meridian_core.spec import region_resource
-from meridian_host.ray_nodes import REGION_LABEL, REGION_RESOURCE_CAPACITY
+from meridian_host.ray_nodes import NODE_LABEL, REGION_LABEL, REGION_RESOURCE_CAPACITY
 
 CLOUD_LABEL = "meridian.io/cloud"
 ZONE_LABEL = "meridian.io/zone"
@@ -42,10 +42,12 @@ class RayJoin:
     env: Mapping[str, str] = field(default_factory=dict)
 
 
-def ray_join_script(join: RayJoin, *, cloud: str, zone: str, market: str) -> str:
-    """A bash script that starts Ray on the node and joins it to `join.head_address`."""
+def ray_join_script(join: RayJoin, *, cloud: str, zone: str, market: str, node_label: str) -> str:
+    """A bash script that starts Ray on the node and joins it to `join.head_address`,
+    labelled `meridian.io/node=<node_label>`: how the capacity loop tells that the node joined."""
     labels = {
         REGION_LABEL: join.region_slug,
+        NODE_LABEL: node_label,
         CLOUD_LABEL: cloud,
         ZONE_LABEL: zone,
         MARKET_LABEL: market,

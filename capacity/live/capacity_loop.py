@@ -13,6 +13,11 @@ in the region (stockouts, quota, backoff) is not bought elsewhere: the loop repo
 as a `CapacityReport` in the cluster's KV, the region's /status carries it, and the
 global loop (autoscaler/live/global_loop.py) turns it into floors in other regions.
 
+A node missing from the region's cluster for `capacity.join_timeout_s` since the loop
+first listed it or last found it there (its boot failed, or Ray on it died) carries no
+replica: the loop releases it, records a `join_failed` event, counts it, and buys again
+in the same tick.
+
 Run as `python -m capacity.live.capacity_loop SPEC REGION`; the launcher starts one per
 region. Releases go through the provider's drain, which refuses a node still running
 something, so a replica is never killed under its requests; another idle node of the
@@ -38,11 +43,22 @@ from autoscaler.live.published import drop_malformed, publish_capacity, read_pub
 from capacity.catalog import Catalog, SpotQuote
 from capacity.live.ledger import Ledger, Snapshot, log_malformed
 from capacity.live.providers import provider_for, spot_quotes_for
-from capacity.model import CapacityError, Node, NodeBusy, Provider, ProviderError
+from capacity.model import (
+    CapacityError,
+    CapacityEvent,
+    EventKind,
+    Node,
+    NodeBusy,
+    NodeState,
+    Provider,
+    ProviderError,
+)
 from capacity.policy.placement import Demand, PlacementDecision, plan
 from meridian_core.contracts import MAX_REASON, CapacityReport, MalformedMessage, ScalingView
 from meridian_core.spec import PlatformSpec, RegionSpec, load_spec
 from meridian_host.platform_state import PlatformState
+from meridian_host.ray_nodes import NODE_LABEL, alive_nodes_labelled
+from meridian_host.region_tokens import dashboard_headers
 
 log = logging.getLogger("meridian.capacity")
 INTERVAL_S = 5.0
@@ -112,6 +128,34 @@ def unplaced(
     )
 
 
+class JoinWatch:
+    """Since when each held node has been missing from its region's Ray cluster, on the
+    loop's own clock: from the tick that first lists it or last found it there. While the
+    cluster cannot say which nodes it has, every node counts as found, so an outage of
+    Ray's state API never releases a node. Only pending and running nodes the provider
+    labels are watched; a draining one is on its way out."""
+
+    def __init__(self) -> None:
+        self._missing_since: dict[str, float] = {}  # node id -> s; only the nodes held now
+
+    def overdue(self, nodes: list[Node], joined: set[str] | None, now: float, timeout_s: float) -> list[Node]:
+        """The watched nodes missing from the cluster for over `timeout_s`, given the Ray
+        labels of its alive nodes (`joined`; None when it cannot say)."""
+        watched = [
+            node
+            for node in nodes
+            if node.state in (NodeState.PENDING, NodeState.RUNNING) and node.ray_label is not None
+        ]
+        self._missing_since = {
+            node.id: now if joined is None or node.ray_label in joined else self._missing_since.get(node.id, now)
+            for node in watched
+        }
+        return [node for node in watched if now - self._missing_since[node.id] > timeout_s]
+
+    def missing_for(self, node_id: str, now: float) -> float:
+        return now - self._missing_since[node_id]
+
+
 class CapacityLoop:
     def __init__(
         self,
@@ -125,6 +169,9 @@ class CapacityLoop:
         spot_quotes: Callable[[], list[SpotQuote]] = list,
         clock: Callable[[], float] = time.time,
         on_malformed: Callable[[MalformedMessage], None] = log_malformed,
+        # The Ray labels of the cluster's alive nodes; None when the cluster cannot say.
+        joined: Callable[[], set[str] | None] = lambda: None,
+        count_unjoined: Callable[[], None] = lambda: None,
     ):
         self.spec = spec
         self.region = region
@@ -136,6 +183,9 @@ class CapacityLoop:
         self.spot_quotes = spot_quotes
         self.clock = clock
         self.on_malformed = on_malformed
+        self.joined = joined
+        self.count_unjoined = count_unjoined
+        self._join_watch = JoinWatch()
         self._prices_at = -math.inf
         self._over_bound = False
 
@@ -160,7 +210,7 @@ class CapacityLoop:
         the target it lost."""
         now = self.clock()
         self.refresh_prices(now)
-        nodes = self.provider.nodes()
+        nodes = self._release_unjoined(self.provider.nodes(), now)
         self.ledger.record_events(self.provider.events())
         try:
             view = self.scaling()
@@ -193,6 +243,24 @@ class CapacityLoop:
         self.ledger.record_snapshot(Snapshot(now, tuple(self.provider.nodes()), {demand.home: demand.replicas}))
         return decision
 
+    def _release_unjoined(self, nodes: list[Node], now: float) -> list[Node]:
+        """`nodes` less those released for having been missing from the cluster too long."""
+        timeout_s = self.spec.capacity.join_timeout_s
+        gone: set[str] = set()
+        for node in self._join_watch.overdue(nodes, self.joined(), now, timeout_s):
+            missing_s = self._join_watch.missing_for(node.id, now)
+            log.warning("%s has not been in the region's Ray cluster for %.0f s: releasing it", node.id, missing_s)
+            try:
+                self.provider.release(node.id)
+            except (NodeBusy, KeyError) as refused:
+                log.warning("could not release %s: %s", node.id, refused)
+                continue
+            message = f"not in the region's Ray cluster for {missing_s:.0f} s (join_timeout_s {timeout_s:g})"
+            self.ledger.record_events([CapacityEvent(EventKind.JOIN_FAILED, node.placement, now, node.id, message)])
+            self.count_unjoined()
+            gone.add(node.id)
+        return [node for node in nodes if node.id not in gone]
+
     def _note_over_bound(self, target: int | None, replicas: int) -> None:
         """Warn when a published target starts being over the region's bound, not every tick it stays there."""
         over = target is not None and target > replicas
@@ -215,6 +283,12 @@ class CapacityLoop:
             log.info("released %s: %s", candidate, reason)
             released.add(candidate)
             return
+
+
+def joined_labels(dashboard_url: str, headers: dict[str, str]) -> set[str] | None:
+    """The `meridian.io/node` labels of the cluster's alive nodes; None when Ray's state API does not answer."""
+    alive = alive_nodes_labelled(dashboard_url, NODE_LABEL, headers)
+    return None if alive is None else set(alive)
 
 
 def supervised_tick(loop: CapacityLoop, count_failure: Callable[[str], None]) -> None:
@@ -248,6 +322,19 @@ def main(argv: list[str]) -> None:
 
     ray.init(address=cluster.gcs_address, logging_level=logging.WARNING, log_to_driver=False)
     provider, catalog = provider_for(spec, region, state)
+    headers = dashboard_headers(state, cluster)
+    from ray.util.metrics import Counter
+
+    failures = Counter(
+        "meridian_capacity_tick_failures",
+        description="Capacity-loop ticks that failed, by region and kind (provider: the cloud refused a call).",
+        tag_keys=("region", "kind"),
+    )
+    unjoined_nodes = Counter(
+        "meridian_capacity_unjoined_nodes",
+        description="Nodes released for not joining their region's Ray cluster within capacity.join_timeout_s.",
+        tag_keys=("region",),
+    )
     dropped = partial(drop_malformed, reader="capacity loop", log=log)
     loop = CapacityLoop(
         spec,
@@ -259,13 +346,8 @@ def main(argv: list[str]) -> None:
         report=lambda report: publish_capacity(region.slug, report),
         spot_quotes=spot_quotes_for(provider, region),
         on_malformed=dropped,
-    )
-    from ray.util.metrics import Counter
-
-    failures = Counter(
-        "meridian_capacity_tick_failures",
-        description="Capacity-loop ticks that failed, by region and kind (provider: the cloud refused a call).",
-        tag_keys=("region", "kind"),
+        joined=lambda: joined_labels(cluster.dashboard_url, headers),
+        count_unjoined=lambda: unjoined_nodes.inc(1, tags={"region": region.name}),
     )
     while True:
         supervised_tick(loop, lambda kind: failures.inc(1, tags={"region": region.name, "kind": kind}))

@@ -233,7 +233,9 @@ class GcpProvider:
         return node
 
     def _instance(self, name: str, placement: Placement) -> compute_v1.Instance:
-        script = ray_join_script(self.join, cloud=self.cloud, zone=placement.zone, market=placement.market)
+        script = ray_join_script(
+            self.join, cloud=self.cloud, zone=placement.zone, market=placement.market, node_label=name
+        )
         if placement.market is Market.SPOT:
             scheduling = compute_v1.Scheduling(
                 provisioning_model="SPOT",
@@ -293,7 +295,7 @@ class GcpProvider:
         if node_id in self._noticed and instance.status in WARNED_STATES:
             state = NodeState.DRAINING
         launched = datetime.fromisoformat(instance.creation_timestamp).timestamp()
-        return Node(node_id, self._placement(zone, instance), state, launched)
+        return Node(node_id, self._placement(zone, instance), state, launched, ray_label=instance.name)
 
 
 def refusal_kind(codes: list[str]) -> EventKind | None:

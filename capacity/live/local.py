@@ -99,7 +99,10 @@ class LocalProvider:
         draining, and a replica must end by scaling down, not by eviction."""
         held = self._held()
         record = held.nodes[node_id]
-        ray_node = alive_nodes_labelled(self._cluster.dashboard_url, NODE_LABEL, self._headers).get(node_id)
+        alive = alive_nodes_labelled(self._cluster.dashboard_url, NODE_LABEL, self._headers)
+        if alive is None:
+            raise NodeBusy(f"cannot tell whether {node_id} runs actors: Ray's state API did not answer")
+        ray_node = alive.get(node_id)
         if ray_node is not None:
             busy = nodes_running_actors(self._cluster.dashboard_url, self._headers)
             if busy is None or ray_node in busy:
@@ -121,7 +124,7 @@ class LocalProvider:
                 event = CapacityEvent(EventKind.PREEMPTED, self._placement(), time.time(), node_id, "exited")
                 self._events.append(event)
                 continue
-            nodes.append(Node(node_id, self._placement(), NodeState.RUNNING, record.launched_at_s))
+            nodes.append(Node(node_id, self._placement(), NodeState.RUNNING, record.launched_at_s, ray_label=node_id))
         return nodes
 
     def events(self) -> list[CapacityEvent]:
@@ -178,7 +181,7 @@ class LocalProvider:
         held.nodes[node_id] = LocalNode(pid=pid, block=block, launched_at_s=launched)
         self._keep(held)
         deadline = time.monotonic() + self._join_timeout_s
-        while node_id not in alive_nodes_labelled(self._cluster.dashboard_url, NODE_LABEL, self._headers):
+        while node_id not in (alive_nodes_labelled(self._cluster.dashboard_url, NODE_LABEL, self._headers) or {}):
             if time.monotonic() > deadline or not processes.is_running(pid):
                 del held.nodes[node_id]
                 processes.terminate_group(pid)
@@ -188,7 +191,7 @@ class LocalProvider:
                 raise RuntimeError(f"Ray node {node_id} did not join the cluster; {log}:\n{tail}")
             time.sleep(0.5)
         self._events.append(CapacityEvent(EventKind.LAUNCHED, placement, launched, node_id))
-        return Node(node_id, placement, NodeState.RUNNING, launched)
+        return Node(node_id, placement, NodeState.RUNNING, launched, ray_label=node_id)
 
     def _drain(self, ray_node_id: str, node_id: str) -> None:
         """Ask Ray to drain the node for idle termination, which it grants only to a node

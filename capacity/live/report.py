@@ -1,6 +1,7 @@
 """`meridian capacity report`: per cloud, region and accelerator, what is held, what it
-costs, how busy it is, what went wrong in the last hour and how much quota is left.
-Pure: a ledger snapshot, events, the catalog and the spec in; rows out."""
+costs, how busy it is, what went wrong in the last hour (stockouts, preemptions, nodes
+that never joined their cluster) and how much quota is left. Pure: a ledger snapshot,
+events, the catalog and the spec in; rows out."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ def report_rows(
                 "unpriced_nodes": 0,
                 "stockouts_1h": 0,
                 "preemptions_1h": 0,
+                "failed_joins_1h": 0,
             },
         )
 
@@ -64,6 +66,8 @@ def report_rows(
             entry["stockouts_1h"] += 1
         elif event.kind in PREEMPTIONS:
             entry["preemptions_1h"] += 1
+        elif event.kind is EventKind.JOIN_FAILED:
+            entry["failed_joins_1h"] += 1
 
     for (cloud, region, accelerator), entry in rows.items():
         wanted = snapshot.demand.get((cloud, region), 0)

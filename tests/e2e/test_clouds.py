@@ -8,8 +8,9 @@ script, which joins the region's cluster as a real Ray node where vLLM serves th
 packaged model.
 
 The tests run in file order: routing from both sides of the Atlantic, a spot
-interruption while spot is stocked out, a quota refusal that becomes a floor in the
-other region, and a `down` that leaves no instance and no process.
+interruption while spot is stocked out (whose first replacement never joins), a quota
+refusal that becomes a floor in the other region, and a `down` that leaves no instance
+and no process.
 """
 
 from __future__ import annotations
@@ -269,6 +270,8 @@ class SteadyLoad:
 def test_a_spot_interruption_with_spot_stocked_out_fails_no_request_and_is_replaced_on_demand(
     clouds, spec, platform, client
 ):
+    """...and the first on-demand replacement's boot fails: it never joins the cluster, so
+    the capacity loop releases it after `join_timeout_s` and buys another."""
     (spot,) = aws_instances(clouds)
     with SteadyLoad(client, spec.models[0].id) as load:
         eventually(lambda: load.answered_from(US, 0) >= 3, 120, "US requests answered from us-east-1")
@@ -277,9 +280,10 @@ def test_a_spot_interruption_with_spot_stocked_out_fails_no_request_and_is_repla
             ec2_error("InsufficientInstanceCapacity", "There is no Spot capacity available.", 500),
             when=spot_launch,
         )
+        clouds.runner.fail_next_boot(lambda instance: instance.cloud == "aws")
         notice_interruption(clouds.aws, spot["InstanceId"])
         # The two-minute notice: the loop tries spot (stocked out everywhere), then buys on demand.
-        replacement = eventually(
+        unjoined = eventually(
             lambda: [i for i in aws_instances(clouds, ("running",)) if i.get("InstanceLifecycle") != "spot"],
             120,
             "an on-demand replacement",
@@ -289,8 +293,9 @@ def test_a_spot_interruption_with_spot_stocked_out_fails_no_request_and_is_repla
         eventually(lambda: load.answered_from(EU, interrupted_at) >= 1, 120, "US requests moved to europe-west4")
         eventually(lambda: load.answered_from(US, interrupted_at) >= 3, REPLICA_START_S, "us-east-1 serving again")
     assert load.failed == []
+    (replacement,) = aws_instances(clouds)
+    assert replacement["InstanceId"] != unjoined["InstanceId"] and replacement.get("InstanceLifecycle") != "spot"
     assert replacement["InstanceType"] == "m7i.2xlarge"
-    assert [i["InstanceId"] for i in aws_instances(clouds)] == [replacement["InstanceId"]]
 
     report = cli_json(platform, "capacity", "report", str(clouds.spec_path))
     rows = {(r["cloud"], r["region"]): r for r in report["rows"]}
@@ -300,7 +305,7 @@ def test_a_spot_interruption_with_spot_stocked_out_fails_no_request_and_is_repla
     assert aws["usd_per_hour"] == pytest.approx(catalog_price("m7i.2xlarge", zone, "on-demand"))
     (vm,) = gcp_running(clouds)
     assert gcp["usd_per_hour"] == pytest.approx(catalog_price("n2-standard-8", zone_of(vm), "spot"))
-    assert aws["stockouts_1h"] >= 1 and aws["preemptions_1h"] >= 1
+    assert aws["stockouts_1h"] >= 1 and aws["preemptions_1h"] >= 1 and aws["failed_joins_1h"] >= 1
 
 
 def test_a_quota_refusal_becomes_a_floor_in_the_other_region(clouds, spec, platform, client):

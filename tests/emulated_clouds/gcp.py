@@ -23,12 +23,18 @@ import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 BASE = "https://www.googleapis.com/compute/v1"
-NOW = "2026-11-22T07:16:01.123-08:00"
+
+
+def now_rfc3339() -> str:
+    """The time now as GCE writes it (RFC 3339 with its offset): instances and operations are stamped when made."""
+    return datetime.now(timezone(timedelta(hours=-8))).isoformat(timespec="milliseconds")
+
 
 InsertFilter = Callable[[str, dict[str, Any]], bool]  # (zone, insert body) -> does a refusal apply
 
@@ -147,7 +153,8 @@ class FakeComputeApi:
                 if running
                 else self._operation(zone, "compute.instances.preempted", instance, user="system@google.com")
             )
-            operation.update(status="DONE", progress=100, statusMessage="Instance was preempted.", endTime=NOW)
+            done_at = now_rfc3339()
+            operation.update(status="DONE", progress=100, statusMessage="Instance was preempted.", endTime=done_at)
 
     # Each route returns the JSON body; errors are ApiError.
 
@@ -198,7 +205,7 @@ class FakeComputeApi:
             "status": "PROVISIONING",
             "zone": f"{BASE}/projects/{project}/zones/{zone}",
             "selfLink": f"{BASE}/projects/{project}/zones/{zone}/instances/{name}",
-            "creationTimestamp": NOW,
+            "creationTimestamp": now_rfc3339(),
         }
         operation = self._operation(zone, "insert", instance)
         if refusal:
@@ -251,7 +258,7 @@ class FakeComputeApi:
                 self._pending[name] = (left - 1, done)
             else:
                 done()
-                operation.update(status="DONE", progress=100, endTime=NOW)
+                operation.update(status="DONE", progress=100, endTime=now_rfc3339())
         return operation
 
     def _region(self, project: str, region: str, query: dict, body: dict) -> dict[str, Any]:
@@ -300,8 +307,8 @@ class FakeComputeApi:
             "status": "PENDING",
             "user": user,
             "progress": 0,
-            "insertTime": NOW,
-            "startTime": NOW,
+            "insertTime": now_rfc3339(),
+            "startTime": now_rfc3339(),
             "selfLink": f"{BASE}/projects/{self.project}/zones/{zone}/operations/{name}",
         }
         self.operations[(zone, name)] = operation

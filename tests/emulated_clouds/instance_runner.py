@@ -15,12 +15,23 @@ script's `ray start` returns once Ray's daemons run, so the node outlives the ba
 process, and the marker is how the runner finds it again. When the instance stops
 running (terminated, preempted, stopped, deleted), the runner SIGKILLs every process
 carrying its marker: the machine disappears, as it does in a preemption.
+
+Each machine gets an address of its own on the loopback network (127.0.2.1, 127.0.2.2,
+...), as each VM has its own IP: a Ray node's address is never that of a machine gone
+before it. Ray's GCS keeps a connection to a lost node's address in gRPC's reconnect
+backoff for minutes, and health-checks a new node at the same address through it, so a
+node that took a killed machine's address and ports was declared dead 17 s after it
+joined. Port blocks are still handed out lowest free first.
+
+`fail_next_boot` makes the next matching instance boot with a script that fails before
+Ray starts, as a VM whose image or network is broken: it runs, and never joins.
 """
 
 from __future__ import annotations
 
 import base64
 import functools
+import ipaddress
 import logging
 import os
 import re
@@ -45,6 +56,7 @@ from tests.emulated_clouds.gcp import FakeComputeApi
 MARKER_VARIABLE = "MERIDIAN_EMULATED_INSTANCE"
 VENV_BIN = Path(sys.executable).parent
 KILL_TIMEOUT_S = 10.0
+FAILING_BOOT_SCRIPT = "#!/bin/bash\necho 'emulated boot failure: Ray is not started' >&2\nexit 1\n"
 JOIN_TIMEOUT_S = 15.0
 
 log = logging.getLogger(__name__)
@@ -62,10 +74,23 @@ class RunningInstance:
         return f"{self.cloud}:{self.instance_id}"
 
 
+# 127.0.2.0/24 and on: loopback addresses no other process here uses (Debian gives 127.0.1.1 to the hostname).
+FIRST_MACHINE_ADDRESS = ipaddress.IPv4Address("127.0.2.1")
+MACHINE_ADDRESSES = 250 * 256
+
+
+def machine_address(index: int) -> str:
+    """The loopback address of the `index`th machine booted (0-based)."""
+    if not 0 <= index < MACHINE_ADDRESSES:
+        raise ValueError(f"the instance runner has no loopback address for machine {index}")
+    return str(FIRST_MACHINE_ADDRESS + index)
+
+
 @dataclass
 class EmulatedMachine:
     instance: RunningInstance
     block_index: int  # of the ports blocks the runner hands out
+    address: str  # its own loopback address
     script: subprocess.Popen[bytes]  # bash running the boot script
 
 
@@ -173,6 +198,8 @@ class InstanceRunner:
         if gcp is not None:
             self._listers["gcp"] = functools.partial(running_on_gcp, gcp)
         self._machines: dict[str, EmulatedMachine] = {}  # by marker
+        self._failing: Callable[[RunningInstance], bool] | None = None
+        self._booted_count = 0  # machines booted so far, for their addresses
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._poll_until_stopped, name="instance-runner", daemon=True)
@@ -198,6 +225,11 @@ class InstanceRunner:
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
     ) -> None:
         self.stop()
+
+    def fail_next_boot(self, matches: Callable[[RunningInstance], bool]) -> None:
+        """Boot the next instance that `matches` with a script that exits before starting Ray."""
+        with self._lock:
+            self._failing = matches
 
     def booted(self) -> set[str]:
         """The ids of the instances booted and not yet killed."""
@@ -232,6 +264,10 @@ class InstanceRunner:
 
     def _boot(self, instance: RunningInstance) -> None:
         script = instance.read_boot_script()
+        with self._lock:
+            if self._failing is not None and self._failing(instance):
+                self._failing = None
+                script = FAILING_BOOT_SCRIPT
         vcpus = self.vcpus_by_instance_type[instance.instance_type]
         name = f"{instance.cloud}-{re.sub(r'[^A-Za-z0-9._-]', '-', instance.instance_id)}"
         script_path = self.logs_dir / f"boot-{name}.sh"
@@ -242,11 +278,13 @@ class InstanceRunner:
             taken = {machine.block_index for machine in self._machines.values()}
             block_index = next(index for index in range(len(taken) + 1) if index not in taken)
             block = self.ports_from + block_index * PORTS_PER_NODE
+            address = machine_address(self._booted_count)
+            self._booted_count += 1
             env = {
                 **os.environ,
                 "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
                 "MERIDIAN_BOOT_LOG": str(self.logs_dir / f"boot-{name}.log"),
-                "MERIDIAN_RAY_START_ARGS": " ".join([*node_port_flags(block), "--num-cpus", str(vcpus)]),
+                "MERIDIAN_RAY_START_ARGS": " ".join([*node_port_flags(block, address), "--num-cpus", str(vcpus)]),
                 MARKER_VARIABLE: instance.marker,
             }
             # What the script prints before redirecting itself to MERIDIAN_BOOT_LOG: the VM's console.
@@ -260,8 +298,9 @@ class InstanceRunner:
                     cwd=self.logs_dir,
                     start_new_session=True,
                 )
-            self._machines[instance.marker] = EmulatedMachine(instance, block_index, process)
-        log.info("booted %s (%s, %d vCPUs, ports from %d)", instance.marker, instance.instance_type, vcpus, block)
+            self._machines[instance.marker] = EmulatedMachine(instance, block_index, address, process)
+        kind = instance.instance_type
+        log.info("booted %s (%s, %d vCPUs, %s, ports from %d)", instance.marker, kind, vcpus, address, block)
 
     def _kill(self, marker: str) -> None:
         """The machine disappears: every process it ran, at once. Call holding the lock."""

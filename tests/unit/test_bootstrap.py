@@ -22,7 +22,7 @@ def boot(tmp_path, join: RayJoin, host_flags: str) -> list[str]:
     bin_dir.mkdir()
     (bin_dir / "ray").write_text(RECORDING_RAY)
     (bin_dir / "ray").chmod(0o755)
-    script = ray_join_script(join, cloud="aws", zone="us-east-1a", market="spot")
+    script = ray_join_script(join, cloud="aws", zone="us-east-1a", market="spot", node_label="n-1")
     env = {
         "PATH": f"{bin_dir}:{os.environ['PATH']}",
         "MERIDIAN_BOOT_LOG": str(tmp_path / "boot.log"),
@@ -41,8 +41,8 @@ def test_the_node_joins_with_the_clusters_token_and_the_hosts_flags(tmp_path):
         "start",
         "--address=10.0.0.5:6379",
         '--resources={"region:aws-us-east-1": 1000}',
-        "--labels=meridian.io/region=aws-us-east-1,meridian.io/cloud=aws,meridian.io/zone=us-east-1a,"
-        "meridian.io/market=spot",
+        "--labels=meridian.io/region=aws-us-east-1,meridian.io/node=n-1,meridian.io/cloud=aws,"
+        "meridian.io/zone=us-east-1a,meridian.io/market=spot",
         "--num-cpus",
         "8",
         "--node-manager-port",
@@ -53,7 +53,7 @@ def test_the_node_joins_with_the_clusters_token_and_the_hosts_flags(tmp_path):
 def test_a_cluster_without_a_token_is_joined_without_one(tmp_path):
     recorded = boot(tmp_path, RayJoin(head_address="10.0.0.5:6379", region_slug="aws-us-east-1"), "")
     assert recorded[0] == "mode= token="
-    assert "RAY_AUTH" not in ray_join_script(RayJoin("h:1", "s"), cloud="aws", zone="z", market="spot")
+    assert "RAY_AUTH" not in ray_join_script(RayJoin("h:1", "s"), cloud="aws", zone="z", market="spot", node_label="n")
 
 
 def test_the_node_starts_ray_in_the_clusters_serve_mode(tmp_path):

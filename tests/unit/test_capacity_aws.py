@@ -159,7 +159,10 @@ def test_user_data_is_the_ray_join_script(cloud: Cloud, provider: AwsProvider) -
     encoded = cloud.ec2.describe_instance_attribute(InstanceId=node.id, Attribute="userData")["UserData"]["Value"]
     script = base64.b64decode(encoded).decode()
 
-    assert script == ray_join_script(JOIN, cloud="aws", zone="us-east-1c", market="spot")
+    # The node joins Ray under the label it is listed with, which is how the capacity loop finds it there.
+    assert node.ray_label is not None and node.ray_label.startswith("meridian-aws-us-east-1-")
+    assert script == ray_join_script(JOIN, cloud="aws", zone="us-east-1c", market="spot", node_label=node.ray_label)
+    assert [n.ray_label for n in provider.nodes()] == [node.ray_label]
     assert script.startswith("#!/bin/bash\n")
     assert "--address=10.0.0.5:6379" in script
     assert '{"region:aws-us-east-1": 1000}' in script

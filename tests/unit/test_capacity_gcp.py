@@ -85,7 +85,11 @@ def test_spot_insert_body(fresh: FakeComputeApi, provider: GcpProvider) -> None:
     assert body["labels"][PLATFORM_LABEL] == provider.platform
     (item,) = body["metadata"]["items"]
     assert item["key"] == "startup-script"
-    assert item["value"] == ray_join_script(JOIN, cloud="gcp", zone="us-central1-a", market="spot")
+    # The node joins Ray labelled with its VM name, which is how the capacity loop finds it there.
+    assert node.ray_label == body["name"] and [n.ray_label for n in provider.nodes()] == [body["name"]]
+    assert item["value"] == ray_join_script(
+        JOIN, cloud="gcp", zone="us-central1-a", market="spot", node_label=body["name"]
+    )
     assert "--address=10.128.0.2:6379" in item["value"]
     assert node.placement == spot()
     # No external IP: an interface with no access config reaches only the VPC.

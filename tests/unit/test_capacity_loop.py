@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from capacity.catalog import Catalog, Offering, Price, SpotQuote
-from capacity.live.capacity_loop import PRICE_REFRESH_S, CapacityLoop, node_demand, wanted_replicas
+from capacity.live.capacity_loop import PRICE_REFRESH_S, CapacityLoop, JoinWatch, node_demand, wanted_replicas
 from capacity.live.ledger import Ledger, Snapshot, fleet_ledger
 from capacity.live.local import local_catalog, placement_for
 from capacity.live.report import report_rows
@@ -70,12 +70,14 @@ class ProviderDouble:
         self.refuse = refuse
         self.pending_events: list[CapacityEvent] = []
         self.acquired: list[Placement] = []
+        self.launched_at_s = 0.0
 
     def acquire(self, placement: Placement, count: int = 1) -> list[Node]:
         self.acquired.append(placement)
         if placement.region in self.refuse:
             raise CapacityError(CapacityEvent(EventKind.STOCKOUT, placement, 50.0, message="no port block"))
-        node = Node(f"{placement.region}-{len(self.held) + 1}", placement, NodeState.RUNNING, 0.0)
+        node_id = f"{placement.region}-{len(self.acquired)}"
+        node = Node(node_id, placement, NodeState.RUNNING, self.launched_at_s, ray_label=f"label-{node_id}")
         self.held[node.id] = node
         self.pending_events.append(CapacityEvent(EventKind.LAUNCHED, placement, 50.0, node.id))
         return [node]
@@ -192,6 +194,71 @@ def test_a_release_refused_by_drain_falls_to_an_idle_node_of_the_same_kind(spec,
     assert len(provider.nodes()) == 1
 
 
+def test_a_node_missing_from_its_cluster_past_the_join_timeout_is_released_counted_and_bought_again(spec, tmp_path):
+    provider = ProviderDouble(spec)
+    home = spec.region("local/us-east")
+    timeout_s = spec.capacity.join_timeout_s
+    now = {"s": 100.0}
+    joined: dict[str, set[str] | None] = {"labels": set()}
+    counted: list[int] = []
+    loop = CapacityLoop(
+        spec,
+        home,
+        provider,
+        Ledger(tmp_path),
+        local_catalog(spec, home),
+        scaling=lambda: view(1),
+        report=lambda report: None,
+        clock=lambda: now["s"],
+        joined=lambda: joined["labels"],
+        count_unjoined=lambda: counted.append(1),
+    )
+    loop.tick()  # buys the node
+    (first,) = provider.nodes()
+    loop.tick()  # first lists it, missing
+    now["s"] += timeout_s
+    loop.tick()  # missing for exactly the timeout: not yet
+    assert provider.nodes() == [first] and counted == []
+    joined["labels"] = {first.ray_label, "label-of-the-head"}
+    now["s"] += 10
+    loop.tick()  # it joined: the clock starts again whenever it is found
+    joined["labels"] = None
+    now["s"] += 5 * timeout_s
+    loop.tick()  # the cluster cannot say which nodes it has: every node counts as found
+    assert provider.nodes() == [first] and counted == []
+
+    joined["labels"] = {"label-of-the-head"}  # Ray on it died
+    now["s"] += 10
+    loop.tick()
+    now["s"] += timeout_s + 1
+    loop.tick()
+    (second,) = provider.nodes()  # bought again in the same tick
+    assert second.id != first.id and counted == [1]
+    (failed,) = [e for e in Ledger(tmp_path).events() if e.kind is EventKind.JOIN_FAILED]
+    # Missing since the tick that last counted it as found (10 s before the one that missed it).
+    assert failed.node_id == first.id and f"for {timeout_s + 11:.0f} s" in failed.message
+    now["s"] += 10
+    loop.tick()  # the new node has its own time to join
+    assert provider.nodes() == [second] and counted == [1]
+
+
+def test_only_pending_or_running_nodes_a_provider_labels_are_watched_and_only_while_held():
+    placement = Placement("aws", "us-east-1", "us-east-1a", "m7i.2xlarge", Market.SPOT)
+    nodes = [
+        Node("pending", placement, NodeState.PENDING, 0.0, "p"),
+        Node("running", placement, NodeState.RUNNING, 0.0, "r"),
+        Node("joined", placement, NodeState.RUNNING, 0.0, "j"),
+        Node("draining", placement, NodeState.DRAINING, 0.0, "d"),
+        Node("unlabelled", placement, NodeState.RUNNING, 0.0),
+    ]
+    watch = JoinWatch()
+    assert watch.overdue(nodes, {"j"}, 0.0, 600.0) == []
+    assert [n.id for n in watch.overdue(nodes, {"j"}, 601.0, 600.0)] == ["pending", "running"]
+    assert watch.overdue(nodes[1:2], {"j"}, 602.0, 600.0) == nodes[1:2]
+    # A node it stopped holding is forgotten: listed again, its clock starts again.
+    assert watch.overdue(nodes[:1], {"j"}, 603.0, 600.0) == []
+
+
 def test_a_fallback_to_another_region_is_not_bought_but_reported_unplaced(tmp_path):
     """A region's replicas cannot run on another region's nodes: what placement would move
     elsewhere goes to the global loop as unplaced demand."""
@@ -226,15 +293,16 @@ def test_report_rows_sum_nodes_prices_events_and_quota_across_the_regions_ledger
             CapacityEvent(EventKind.STOCKOUT, here, 5_000.0),
             CapacityEvent(EventKind.PREEMPTED, here, 5_100.0, "c"),
             CapacityEvent(EventKind.STOCKOUT, here, 100.0),  # over an hour ago
+            CapacityEvent(EventKind.JOIN_FAILED, here, 5_150.0, "d"),
         ]
     )
     snapshot, events = fleet_ledger([Ledger(tmp_path / "east"), Ledger(tmp_path / "west")], since_s=5_200.0 - 3600)
-    assert snapshot.at_s == 5_100.0 and len(snapshot.nodes) == 3 and len(events) == 2
+    assert snapshot.at_s == 5_100.0 and len(snapshot.nodes) == 3 and len(events) == 3
     quotas = CapacitySpec(quotas=[Quota(cloud="local", region="local-us-east", accelerator="cpu", limit=5)])
     rows = {row["region"]: row for row in report_rows(snapshot, events, catalog, quotas, 5_200.0)}
     row = rows["local-us-east"]
     assert row["nodes"] == {str(Market.ON_DEMAND): 2, str(Market.SPOT): 0}
-    assert (row["gpus"], row["stockouts_1h"], row["preemptions_1h"]) == (2, 1, 1)
+    assert (row["gpus"], row["stockouts_1h"], row["preemptions_1h"], row["failed_joins_1h"]) == (2, 1, 1, 1)
     assert row["quota_headroom"] == 3
     assert row["usd_per_hour"] == 0.0 and row["projected_usd_per_day"] == 0.0
     assert rows["local-eu-west"]["utilisation"] == 1.0

@@ -157,8 +157,9 @@ def boot_args(logs_dir: Path, name: str) -> str:
     return eventually(lambda: log.exists() and log.read_text().partition("args: ")[2].strip(), f"{log} shows args")
 
 
-def start_args(block_index: int, vcpus: int) -> str:
-    return " ".join([*node_port_flags(PORTS_FROM + block_index * PORTS_PER_NODE), "--num-cpus", str(vcpus)])
+def start_args(block_index: int, vcpus: int, address: str) -> str:
+    flags = node_port_flags(PORTS_FROM + block_index * PORTS_PER_NODE, address)
+    return " ".join([*flags, "--num-cpus", str(vcpus)])
 
 
 def test_an_aws_instance_boots_its_user_data_and_dies_with_the_instance(
@@ -170,7 +171,7 @@ def test_an_aws_instance_boots_its_user_data_and_dies_with_the_instance(
     # The boot script and the subshell that becomes the daemon are marked too until they exit or exec.
     (daemon,) = eventually(lambda: only_daemons(f"aws:{instance_id}"), "the instance's daemon alone runs")
     assert runner.booted() == {instance_id}
-    assert boot_args(tmp_path, f"aws-{instance_id}") == start_args(block_index=0, vcpus=4)
+    assert boot_args(tmp_path, f"aws-{instance_id}") == start_args(block_index=0, vcpus=4, address="127.0.2.1")
 
     ec2.terminate_instances(InstanceIds=[instance_id])
 
@@ -208,7 +209,7 @@ def test_instances_without_meridians_tag_are_never_booted(
     assert marked_processes(f"aws:{untagged}") == marked_processes(f"aws:{foreign}") == []
 
 
-def test_a_port_block_is_reused_once_its_instance_is_gone(
+def test_a_port_block_is_reused_once_its_instance_is_gone_but_never_an_address(
     ec2: Any, proxy: FaultProxy, start_runner: Callable[..., InstanceRunner], tmp_path: Path
 ) -> None:
     runner = start_runner(ec2=moto_ec2(proxy))
@@ -216,14 +217,15 @@ def test_a_port_block_is_reused_once_its_instance_is_gone(
     eventually(lambda: first in runner.booted(), "the first instance boots")
     second = launch(ec2)
     eventually(lambda: second in runner.booted(), "the second instance boots")
-    assert boot_args(tmp_path, f"aws-{second}") == start_args(block_index=1, vcpus=4)
+    assert boot_args(tmp_path, f"aws-{second}") == start_args(block_index=1, vcpus=4, address="127.0.2.2")
 
     ec2.terminate_instances(InstanceIds=[first])
     eventually(lambda: first not in runner.booted(), "the first instance is killed")
     third = launch(ec2)
 
     eventually(lambda: third in runner.booted(), "the third instance boots")
-    assert boot_args(tmp_path, f"aws-{third}") == start_args(block_index=0, vcpus=4)
+    # Its first's ports, but a machine's address of its own, as a new VM's.
+    assert boot_args(tmp_path, f"aws-{third}") == start_args(block_index=0, vcpus=4, address="127.0.2.3")
 
 
 def test_an_instance_type_of_unknown_size_is_a_counted_error_not_a_dead_runner(
@@ -248,7 +250,7 @@ def test_a_gcp_instance_boots_its_startup_script_and_dies_when_preempted(
 
     eventually(lambda: marked_processes(f"gcp:{node_id}"), "the instance's daemon runs")
     assert runner.booted() == {node_id}
-    assert boot_args(tmp_path, f"gcp-{ZONE}-meridian-vm-1") == start_args(block_index=0, vcpus=8)
+    assert boot_args(tmp_path, f"gcp-{ZONE}-meridian-vm-1") == start_args(block_index=0, vcpus=8, address="127.0.2.1")
     assert marked_processes(f"gcp:{unlabeled}") == []
 
     compute.preempt(ZONE, "meridian-vm-1")
