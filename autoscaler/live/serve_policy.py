@@ -26,7 +26,9 @@ from meridian_core.contracts import MAX_REASON, MalformedMessage, ReplicaReport,
 from meridian_core.replica_model import PROFILES
 from meridian_core.spec import AutoscalingSpec, SLOSpec
 
-log = logging.getLogger(__name__)
+# Under Serve's logger, which the controller writes to its log file: each change of target
+# with its reason sits there beside Serve's own scaling lines.
+log = logging.getLogger("ray.serve.meridian")
 # Decisions whose arrivals count as "recent" for where the fleet keeps replicas warm.
 RECENT_SAMPLES = 60
 REPORT_FIELDS = frozenset(ReplicaReport.model_fields)

@@ -125,7 +125,8 @@ def test_a_replica_report_that_breaks_its_contract_is_dropped_not_fatal(publishe
     assert target == 1 and published[-1]["ready"] == 1  # the decision is made on what could be read
 
 
-def test_heavy_demand_scales_up_and_the_decision_is_published(published):
+def test_heavy_demand_scales_up_and_the_decision_is_published(published, caplog):
+    caplog.set_level("INFO", logger="ray.serve")
     scaler = policy()
     target, state = scaler(context(100.0, 1, 1, {"r1": load(0, 0, 0)}))
     assert target == 1
@@ -135,6 +136,9 @@ def test_heavy_demand_scales_up_and_the_decision_is_published(published):
     assert published[-1]["target"] == 4 and published[-1]["app"] == "local-us-east" and published[-1]["model"] == "m"
     assert published[-1]["reason"] and published[-1]["starting"] == 0
     assert "meridian" in state  # the pure policy's state rides in Serve's policy_state
+    # The change and its reason go to Serve's logger, so the controller's log file has them.
+    (change,) = [r for r in caplog.records if r.getMessage().startswith("autoscale local-us-east: 1 -> 4")]
+    assert change.name.startswith("ray.serve.") and published[-1]["reason"] in change.getMessage()
 
 
 def test_the_region_s_profile_plans_its_replicas(published):
