@@ -120,7 +120,7 @@ class RegionAutoscalingPolicy:
             at=float(now),
         )
         decision = self._with_floor(ctx.app_name, model, own_view)
-        if decision != self._decision:
+        if decision.target != self._decision.target:  # a reason's figures move every decision; the target seldom
             log.info("autoscale %s: %d -> %d (%s)", ctx.app_name, ready, decision.target, decision.reason)
         self._decision = decision
         view = own_view.model_copy(update={"target": decision.target, "reason": decision.reason[:MAX_REASON]})

@@ -137,8 +137,15 @@ def test_heavy_demand_scales_up_and_the_decision_is_published(published, caplog)
     assert published[-1]["reason"] and published[-1]["starting"] == 0
     assert "meridian" in state  # the pure policy's state rides in Serve's policy_state
     # The change and its reason go to Serve's logger, so the controller's log file has them.
-    (change,) = [r for r in caplog.records if r.getMessage().startswith("autoscale local-us-east: 1 -> 4")]
-    assert change.name.startswith("ray.serve.") and published[-1]["reason"] in change.getMessage()
+    changes = [r for r in caplog.records if r.getMessage().startswith("autoscale local-us-east:")]
+    assert [r.getMessage().split(" (")[0] for r in changes] == [
+        "autoscale local-us-east: 1 -> 1",
+        "autoscale local-us-east: 1 -> 4",
+    ]
+    assert changes[-1].name.startswith("ray.serve.") and published[-1]["reason"] in changes[-1].getMessage()
+    scaler(context(110.0, 1, 4, {"r1": load(120, 120_000, 2_000, waiting=40)}, state))
+    assert published[-1]["at"] == 110.0 and published[-1]["target"] == 4  # decided again, to the same target...
+    assert len([r for r in caplog.records if r.getMessage().startswith("autoscale")]) == 2  # ...so no line
 
 
 def test_the_region_s_profile_plans_its_replicas(published):
