@@ -90,7 +90,6 @@ def machine_address(index: int) -> str:
 class EmulatedMachine:
     instance: RunningInstance
     block_index: int  # of the ports blocks the runner hands out
-    address: str  # its own loopback address
     script: subprocess.Popen[bytes]  # bash running the boot script
 
 
@@ -298,7 +297,7 @@ class InstanceRunner:
                     cwd=self.logs_dir,
                     start_new_session=True,
                 )
-            self._machines[instance.marker] = EmulatedMachine(instance, block_index, address, process)
+            self._machines[instance.marker] = EmulatedMachine(instance, block_index, process)
         kind = instance.instance_type
         log.info("booted %s (%s, %d vCPUs, %s, ports from %d)", instance.marker, kind, vcpus, address, block)
 

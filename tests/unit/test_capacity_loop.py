@@ -6,6 +6,7 @@ the capacity report built from what the ledgers hold."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -102,8 +103,9 @@ def spec() -> PlatformSpec:
 
 
 def loop_for(
-    spec: PlatformSpec, region: str, provider: ProviderDouble, directory: Path, target: int | None
+    spec: PlatformSpec, region: str, provider: ProviderDouble, directory: Path, target: int | None, **options: Any
 ) -> tuple[CapacityLoop, list[CapacityReport]]:
+    """The region's loop, its ledger in `directory/<slug>`, at 100 s unless `options` give a clock."""
     reports: list[CapacityReport] = []
     home = spec.region(region)
     loop = CapacityLoop(
@@ -114,7 +116,7 @@ def loop_for(
         local_catalog(spec, home),
         scaling=lambda: None if target is None else view(target),
         report=reports.append,
-        clock=lambda: 100.0,
+        **{"clock": lambda: 100.0, **options},
     )
     return loop, reports
 
@@ -196,19 +198,16 @@ def test_a_release_refused_by_drain_falls_to_an_idle_node_of_the_same_kind(spec,
 
 def test_a_node_missing_from_its_cluster_past_the_join_timeout_is_released_counted_and_bought_again(spec, tmp_path):
     provider = ProviderDouble(spec)
-    home = spec.region("local/us-east")
     timeout_s = spec.capacity.join_timeout_s
     now = {"s": 100.0}
     joined: dict[str, set[str] | None] = {"labels": set()}
     counted: list[int] = []
-    loop = CapacityLoop(
+    loop, _ = loop_for(
         spec,
-        home,
+        "local/us-east",
         provider,
-        Ledger(tmp_path),
-        local_catalog(spec, home),
-        scaling=lambda: view(1),
-        report=lambda report: None,
+        tmp_path,
+        target=1,
         clock=lambda: now["s"],
         joined=lambda: joined["labels"],
         count_unjoined=lambda: counted.append(1),
@@ -234,7 +233,7 @@ def test_a_node_missing_from_its_cluster_past_the_join_timeout_is_released_count
     loop.tick()
     (second,) = provider.nodes()  # bought again in the same tick
     assert second.id != first.id and counted == [1]
-    (failed,) = [e for e in Ledger(tmp_path).events() if e.kind is EventKind.JOIN_FAILED]
+    (failed,) = [e for e in Ledger(tmp_path / "local-us-east").events() if e.kind is EventKind.JOIN_FAILED]
     # Missing since the tick that last counted it as found (10 s before the one that missed it).
     assert failed.node_id == first.id and f"for {timeout_s + 11:.0f} s" in failed.message
     now["s"] += 10
