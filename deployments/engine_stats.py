@@ -50,6 +50,11 @@ class EngineCounters:
     ttft: Buckets
     itl: Buckets
 
+    @property
+    def first_tokens(self) -> float:
+        """Requests that reached their first token: the TTFT histogram's count."""
+        return self.ttft.get(float("inf"), 0.0)
+
 
 def read_engine_counters(registry: CollectorRegistry = REGISTRY) -> EngineCounters:
     counters = {FINISHED: 0.0, PROMPT_TOKENS: 0.0, GENERATION_TOKENS: 0.0}

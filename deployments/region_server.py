@@ -39,6 +39,7 @@ class RegionLLMServer(LLMServer):
             arrived_total=float(counters.finished + load.running + load.waiting),
             prompt_tokens_total=float(counters.prompt_tokens),
             output_tokens_total=float(counters.generation_tokens),
+            first_tokens_total=counters.first_tokens,
             ttft_p95_s=NOT_OBSERVED if ttft is None else float(ttft),
             itl_p95_s=NOT_OBSERVED if itl is None else float(itl),
         )

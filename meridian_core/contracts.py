@@ -159,6 +159,8 @@ class ReplicaReport(Contract):
     arrived_total: Tokens = 0.0
     prompt_tokens_total: Tokens = 0.0
     output_tokens_total: Tokens = 0.0
+    # Requests that reached their first token: the engine counts a prompt's tokens then.
+    first_tokens_total: Tokens = 0.0
     ttft_p95_s: Percentile = NOT_OBSERVED
     itl_p95_s: Percentile = NOT_OBSERVED
 

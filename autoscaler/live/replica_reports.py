@@ -57,19 +57,24 @@ class ReplicaReportTracker:
     ) -> RegionSignals:
         """The region's signals at `now_s`, adding one demand sample since the last call."""
         current = {
-            replica: (report.arrived_total, report.prompt_tokens_total, report.output_tokens_total)
+            replica: (
+                report.arrived_total,
+                report.prompt_tokens_total,
+                report.output_tokens_total,
+                report.first_tokens_total,
+            )
             for replica, report in reports.items()
         }
-        deltas = [0.0, 0.0, 0.0]
+        deltas = [0.0, 0.0, 0.0, 0.0]
         for replica, values in current.items():
-            before = self._previous.get(replica, (0.0, 0.0, 0.0))
+            before = self._previous.get(replica, (0.0, 0.0, 0.0, 0.0))
             for i, (now_value, before_value) in enumerate(zip(values, before, strict=True)):
                 # A counter that went down belongs to a restarted replica: count afresh.
                 deltas[i] += now_value - before_value if now_value >= before_value else now_value
         self._previous = current
         if self._last_s is not None and now_s > self._last_s:
-            requests, prompt, output = (max(0, round(d)) for d in deltas)
-            self._demand.append(DemandSample(self._last_s, now_s - self._last_s, requests, prompt, output))
+            requests, prompt, output, prefilled = (max(0, round(d)) for d in deltas)
+            self._demand.append(DemandSample(self._last_s, now_s - self._last_s, requests, prompt, output, prefilled))
         self._last_s = now_s
         while self._demand and self._demand[0].start_s < now_s - self.history_s:
             self._demand.popleft()

@@ -17,13 +17,20 @@ PolicyState = dict[str, Any]
 
 @dataclass(frozen=True)
 class DemandSample:
-    """Arrivals in one interval [start_s, start_s + duration_s)."""
+    """Arrivals in one interval [start_s, start_s + duration_s), and the tokens counted in it.
+
+    A trace counts a request's tokens when it arrives. A live engine counts its prompt
+    at its first token and its output as it is generated, so the interval's tokens
+    belong to the `prefilled` requests, not to its arrivals: per-request means divide
+    by `prefilled`, which a trace sets to `requests`.
+    """
 
     start_s: float
     duration_s: float
     requests: int
     prompt_tokens: int
     output_tokens: int
+    prefilled: int
 
 
 @dataclass(frozen=True)

@@ -96,19 +96,20 @@ class SloPolicyConfig(BaseModel):
 
 
 def _bins(demand: tuple[DemandSample, ...], now: float, bin_s: float) -> np.ndarray:
-    """Arrivals per bin, oldest first, ending at `now`: rows (requests, prompt, output)."""
+    """Arrivals per bin, oldest first, ending at `now`: rows (requests, prompt, output, prefilled)."""
     if not demand:
-        return np.zeros((0, 3))
+        return np.zeros((0, 4))
     n = len(demand)
     starts = np.fromiter((s.start_s for s in demand), np.float64, n)
-    values = np.empty((n, 3))
+    values = np.empty((n, 4))
     values[:, 0] = np.fromiter((s.requests for s in demand), np.float64, n)
     values[:, 1] = np.fromiter((s.prompt_tokens for s in demand), np.float64, n)
     values[:, 2] = np.fromiter((s.output_tokens for s in demand), np.float64, n)
+    values[:, 3] = np.fromiter((s.prefilled for s in demand), np.float64, n)
     count = max(int(math.ceil((now - starts[0]) / bin_s - 1e-9)), 1)
     index = count - 1 - ((now - starts - 1e-9) // bin_s).astype(np.int64)
     keep = index >= 0
-    out = np.zeros((count, 3))
+    out = np.zeros((count, 4))
     np.add.at(out, index[keep], values[keep])
     return out
 
@@ -226,11 +227,11 @@ class SloPolicy:
         forecast = candidates[source]
 
         sized = bins[-max(int(round(config.long_window_s / config.bin_s)), 1) :]
-        if sized[:, 0].sum() == 0:
+        if sized[:, 3].sum() == 0:
             sized = bins
-        requests = float(sized[:, 0].sum())
-        prompt_mean = float(sized[:, 1].sum()) / requests if requests else state.get("prompt_mean", 0.0)
-        output_mean = float(sized[:, 2].sum()) / requests if requests else state.get("output_mean", 0.0)
+        prefilled = float(sized[:, 3].sum())
+        prompt_mean = float(sized[:, 1].sum()) / prefilled if prefilled else state.get("prompt_mean", 0.0)
+        output_mean = float(sized[:, 2].sum()) / prefilled if prefilled else state.get("output_mean", 0.0)
 
         needed = replicas_needed(
             config.profile,

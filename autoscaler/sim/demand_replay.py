@@ -330,7 +330,9 @@ def simulate(
             ]
         deciding = now + 1e-9 >= next_decision
         if k > 0 and (deciding or now - pending[0] + 1e-9 >= config.demand_sample_s):
-            history.append(DemandSample(pending[0], now - pending[0], pending[1], int(pending[2]), int(pending[3])))
+            history.append(
+                DemandSample(pending[0], now - pending[0], pending[1], int(pending[2]), int(pending[3]), pending[1])
+            )
             pending = [now, 0, 0.0, 0.0]
         if deciding:
             next_decision = now + interval

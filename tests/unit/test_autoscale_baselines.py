@@ -18,7 +18,7 @@ from autoscaler.sim.peer_autoscalers import (
 
 
 def signals(now: float, ready: int, ongoing: int = 0, rps: float = 0.0) -> RegionSignals:
-    demand = tuple(DemandSample(now - 120 + i, 1.0, round(rps), 0, 0) for i in range(120))
+    demand = tuple(DemandSample(now - 120 + i, 1.0, round(rps), 0, 0, round(rps)) for i in range(120))
     return RegionSignals(
         now_s=now,
         demand=demand,

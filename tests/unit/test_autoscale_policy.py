@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -20,7 +21,8 @@ COLD_START = 90.0
 def demand(rates: list[float]) -> tuple[DemandSample, ...]:
     """One 1-second sample per rate, ending at len(rates)."""
     return tuple(
-        DemandSample(float(i), 1.0, round(r), round(r) * PROMPT, round(r) * OUTPUT) for i, r in enumerate(rates)
+        DemandSample(float(i), 1.0, round(r), round(r) * PROMPT, round(r) * OUTPUT, round(r))
+        for i, r in enumerate(rates)
     )
 
 
@@ -321,3 +323,21 @@ def test_a_backlog_the_ready_replicas_cannot_clear_within_a_cold_start_gets_repl
     # Two ready replicas beyond the steady demand's take two of them.
     decision, _ = policy().decide(signals(rates, calm.target + 2, waiting=backlog), settled)
     assert decision.target == calm.target + 1
+
+
+def test_arrivals_whose_tokens_the_engine_has_not_counted_yet_do_not_shrink_the_mean_prompt() -> None:
+    """A live engine counts a prompt's tokens at its first token. A region back from an
+    outage: 30 min at 30 req/s, 200 s down, then 5 s of arrivals none of which has reached
+    its first token. Dividing tokens by arrivals gave a mean prompt of 0 tokens, and the
+    burst replay sized the earlier 30 min at that prompt's per-request overhead: 406 replicas."""
+    history = [DemandSample(float(i), 1.0, 30, 30 * PROMPT, 30 * OUTPUT, 30) for i in range(1800)]
+    history += [DemandSample(float(i), 1.0, 0, 0, 0, 0) for i in range(1800, 2000)]
+
+    def back(prompt: int, output: int, prefilled: int) -> RegionSignals:
+        arriving = [DemandSample(float(i), 1.0, 30, prompt, output, prefilled) for i in range(2000, 2005)]
+        return dataclasses.replace(signals([], 1), now_s=2005.0, demand=tuple(history + arriving))
+
+    counted_on_arrival, _ = policy().decide(back(30 * PROMPT, 30 * OUTPUT, 30), {})
+    not_counted_yet, _ = policy().decide(back(0, 0, 0), {})
+    assert counted_on_arrival.target == not_counted_yet.target == needed(30)
+    assert f"× {PROMPT}+{OUTPUT} tok" in not_counted_yet.reason

@@ -8,17 +8,29 @@ from meridian_core.contracts import ReplicaReport
 COUNTS = ReplicaCounts(ready=2, starting=0, stopping=0)
 
 
-def report(arrived: float, prompt: float = 0.0, **extra: float) -> ReplicaReport:
-    return ReplicaReport(arrived_total=arrived, prompt_tokens_total=prompt, output_tokens_total=0.0, **extra)
+def report(arrived: float, prompt: float = 0.0, first_tokens: float = 0.0, **extra: float) -> ReplicaReport:
+    return ReplicaReport(
+        arrived_total=arrived,
+        prompt_tokens_total=prompt,
+        output_tokens_total=0.0,
+        first_tokens_total=first_tokens,
+        **extra,
+    )
 
 
 def test_demand_is_the_sum_of_per_replica_increases():
     tracker = ReplicaReportTracker(history_s=60)
-    first = tracker.signals(100.0, {"a": report(10.0, 1000.0), "b": report(4.0, 400.0)}, COUNTS, 90.0)
+    first = tracker.signals(100.0, {"a": report(10.0, 1000.0, 9.0), "b": report(4.0, 400.0, 4.0)}, COUNTS, 90.0)
     assert first.demand == ()  # nothing to difference against yet
-    second = tracker.signals(105.0, {"a": report(13, 1300), "b": report(5, 500)}, COUNTS, 90.0)
+    second = tracker.signals(105.0, {"a": report(13, 1300, 11), "b": report(5, 500, 5)}, COUNTS, 90.0)
     (sample,) = second.demand
-    assert (sample.start_s, sample.duration_s, sample.requests, sample.prompt_tokens) == (100.0, 5.0, 4, 400)
+    assert (sample.start_s, sample.duration_s, sample.requests, sample.prompt_tokens, sample.prefilled) == (
+        100.0,
+        5.0,
+        4,
+        400,
+        3,
+    )
 
 
 def test_a_new_replica_counts_from_zero_and_a_restarted_one_afresh():

@@ -94,6 +94,7 @@ def load(arrived: float, prompt: float, output: float, waiting: float = 0.0) -> 
         "arrived_total": arrived,
         "prompt_tokens_total": prompt,
         "output_tokens_total": output,
+        "first_tokens_total": arrived,
         "running": 16.0,
         "waiting": waiting,
         "kv_cache_usage": 0.3,
