@@ -414,6 +414,18 @@ MUTATIONS = (
         "now if node.ray_label in (joined or set()) else",
         "an outage of Ray's state API releases every node",
     ),
+    Mutation(
+        "autoscaler/policy/slo_policy.py",
+        "prefilled = float(sized[:, 3].sum())",
+        "prefilled = float(sized[:, 0].sum())",
+        "token means divide by arrivals, not by the requests whose tokens were counted",
+    ),
+    Mutation(
+        "autoscaler/live/replica_reports.py",
+        "report.first_tokens_total,",
+        "report.arrived_total,",
+        "the live tracker counts arrivals as prefilled",
+    ),
 )
 
 
