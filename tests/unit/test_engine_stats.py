@@ -40,6 +40,7 @@ def test_counters_and_latency_histograms_are_read_cumulatively():
     counters = read_engine_counters(registry)
     assert (counters.finished, counters.prompt_tokens, counters.generation_tokens) == (4, 512, 0)
     assert counters.ttft == {0.1: 1, 1.0: 2, float("inf"): 2}
+    assert counters.first_tokens == 2  # the requests whose prompt tokens are counted
     assert counters.itl == {}
 
 
