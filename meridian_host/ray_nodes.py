@@ -74,12 +74,11 @@ def start_ray_node(
             "start",
             *role_args,
             "--block",
-            "--disable-usage-stats",
             *flags,
         ],
         state.logs_dir / f"{log_name}.log",
         state.platform_id,
-        env=ray_auth_env(state, cluster) | node_env(spec.ray.high_throughput) | (extra_env or {}),
+        env=ray_auth_env(state, cluster) | node_env(spec.ray) | (extra_env or {}),
     )
 
 

@@ -69,7 +69,7 @@ def provider_for(spec: PlatformSpec, region: RegionSpec, state: PlatformState) -
         head_address=cluster.gcs_address,
         region_slug=region.slug,
         auth_token=cluster_ray_token(state, cluster),
-        env=node_env(spec.ray.high_throughput),
+        env=node_env(spec.ray),
     )
     if isinstance(settings, AwsCapacity):
         provider = AwsProvider(

@@ -204,7 +204,7 @@ def _pod(
     probe: dict[str, Any],
 ) -> dict[str, Any]:
     # Serve's mode on head and workers alike (KubeRay's ray-service.high-throughput-llm sample).
-    node = [{"name": key, "value": value} for key, value in sorted(node_env(spec.ray.high_throughput).items())]
+    node = [{"name": key, "value": value} for key, value in sorted(node_env(spec.ray).items())]
     container: dict[str, Any] = {
         "name": name,
         "image": image,

@@ -296,6 +296,20 @@ def test_each_region_is_its_own_cluster_and_its_replicas_run_on_its_node(spec, p
         assert list(placed.values()) == [[cluster.slug]] * len(spec.models)
 
 
+def test_with_usage_stats_off_no_cluster_runs_ray_serve_llms_telemetry_actor(spec, platform):
+    assert not spec.ray.usage_stats
+    for cluster in platform.clusters.values():
+        listed = httpx.get(
+            f"{cluster.dashboard_url}/api/v0/actors",
+            params={"limit": 1000},
+            headers=dashboard_headers(platform, cluster),
+            timeout=10,
+        ).json()
+        alive = {actor["class_name"] for actor in listed["data"]["result"]["result"] if actor["state"] == "ALIVE"}
+        assert "ServeController" in alive  # the listing is the cluster's
+        assert "TelemetryAgent" not in alive
+
+
 def redeploy_without(spec: PlatformSpec, platform: PlatformState, slugs: set[str]) -> None:
     """Deploy to each named region's cluster its Serve config without its app; Serve
     deletes an app its config omits, draining the replicas' requests first."""

@@ -51,5 +51,9 @@ def test_serves_default_mode_sets_no_throughput_variable(monkeypatch, tmp_path):
     assert not any(
         key in env for env in envs for key in ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_THROUGHPUT_OPTIMIZED")
     )
-    # In either mode idle Python workers are let go (meridian_host/node_env.py).
+    # In either mode idle Python workers are let go, and Ray's usage stats are off unless
+    # the spec turns them on (meridian_host/node_env.py).
     assert all(env["RAY_num_workers_soft_limit"] == "0" for env in envs)
+    assert all(env["RAY_USAGE_STATS_ENABLED"] == "0" for env in envs)
+    shared = started_heads(spec_of(ray={"usage_stats": True}), monkeypatch, tmp_path)
+    assert all(env["RAY_USAGE_STATS_ENABLED"] == "1" for env in shared)

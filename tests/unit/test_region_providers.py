@@ -69,7 +69,8 @@ def test_each_region_gets_the_provider_and_catalog_its_settings_name():
     # New nodes join the region's own cluster, in the spec's Serve mode.
     assert aws.join.head_address == "127.0.0.1:6380" and aws.join.region_slug == "aws-us-east-1"
     # Idle Python workers are let go on every node (meridian_host/node_env.py).
-    lean = {"RAY_num_workers_soft_limit": "0"}
+    # Ray's usage stats are off by default, on every node.
+    lean = {"RAY_num_workers_soft_limit": "0", "RAY_USAGE_STATS_ENABLED": "0"}
     high_throughput = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
     assert aws.join.env == gcp.join.env == high_throughput | lean  # the default mode
     default_mode = parse_spec(

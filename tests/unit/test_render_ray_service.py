@@ -142,6 +142,8 @@ def test_the_regions_workers_carry_its_label_resource_and_accelerator(repo):
         assert fast_env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == fast_env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
         assert "RAY_SERVE_THROUGHPUT_OPTIMIZED" not in plain_env
         assert fast_env["RAY_num_workers_soft_limit"] == plain_env["RAY_num_workers_soft_limit"] == "0"
+        # Ray's usage stats are off unless the spec turns them on, on every pod.
+        assert fast_env["RAY_USAGE_STATS_ENABLED"] == plain_env["RAY_USAGE_STATS_ENABLED"] == "0"
 
 
 def test_incremental_upgrade_is_configured_where_the_spec_asks_for_it(repo, ray_service_schema):
