@@ -368,6 +368,10 @@ def down(name: str) -> Stopped:
         if pid:
             processes.terminate_group(pid)
     strays = processes.sweep(state.platform_id)
+    # A node record kept past its node holds its port block: the next `up` would find
+    # none free on a region with no spare blocks.
+    for cluster in clusters:
+        LocalNodes.forget(state, cluster.slug)
     state.forget()
     return Stopped(strays, problems)
 

@@ -116,3 +116,7 @@ class LocalNodes(StateModel):
 
     def save(self, state: PlatformState, slug: str) -> None:
         write_atomically(self.path(state, slug), self.model_dump_json(indent=2))
+
+    @classmethod
+    def forget(cls, state: PlatformState, slug: str) -> None:
+        cls.path(state, slug).unlink(missing_ok=True)

@@ -8,7 +8,7 @@ import yaml
 
 from meridian import launcher
 from meridian_core.spec import parse_spec
-from meridian_host.platform_state import ClusterState
+from meridian_host.platform_state import ClusterState, LocalNode, LocalNodes
 
 AWAY = {"managed": False, "address": "127.0.0.1:9", "dashboard_url": "http://127.0.0.1:9"}
 
@@ -95,3 +95,21 @@ def test_up_again_tries_a_region_left_out_and_keeps_the_others(started, tmp_path
     assert list(again.clusters) == ["local/lab", "local/away"]
     # The running region is only re-applied; the one left out is started.
     assert started == ["deploy local/lab", "deploy local/away", "loop local/away"]
+
+
+def test_down_forgets_the_local_nodes_it_stopped_so_up_again_finds_their_port_blocks_free(tmp_path, monkeypatch):
+    monkeypatch.setenv("MERIDIAN_STATE_DIR", str(tmp_path))
+    spec = spec_with()
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    state = launcher.new_state(spec, tmp_path / "spec.yaml")
+    lab = spec.regions[0]
+    state.clusters[lab.name] = ClusterState(slug=lab.slug, gcs_address="127.0.0.1:1", dashboard_url="x")
+    state.save()
+    node = LocalNode(pid=4_000_000, block=spec.cluster_ports(lab).node_blocks[0], launched_at_s=0.0)
+    LocalNodes(nodes={f"{lab.slug}-1": node}).save(state, lab.slug)
+    stopped: list[int] = []
+    monkeypatch.setattr(launcher.processes, "terminate_group", stopped.append)
+    monkeypatch.setattr(launcher.processes, "sweep", lambda platform_id: 0)
+    launcher.down(spec.name)
+    assert node.pid in stopped
+    assert LocalNodes.load(state, lab.slug).nodes == {}
