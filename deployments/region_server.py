@@ -1,14 +1,20 @@
-"""The LLMServer replica of a region, with its engine's load readable by the ingress
-and reported to Ray Serve's autoscaler (autoscaler/live/serve_policy.py reads it there)."""
+"""The LLMServer replica of a region's model. It answers the OpenAI API itself: Ray Serve
+LLM's direct ingress serves vLLM's own FastAPI app from the replica, behind the region's
+token. Its engine's load is readable by the region's control app (/status) and reported
+to Ray Serve's autoscaler (autoscaler/live/serve_policy.py reads it there)."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from ray._common.usage.usage_lib import usage_stats_enabled
+from ray.serve.llm import LLMConfig
 from ray.serve.llm.deployment import LLMServer
+from starlette.types import ASGIApp
 
 from deployments.engine_stats import EngineCounters, bucket_quantile, read_engine_counters, read_engine_stats
+from deployments.region_auth import RegionTokenGuard, region_token_digest
 from meridian_core.contracts import NOT_OBSERVED, EngineLoad, ReplicaReport
 
 # The SLO percentile the replicas report (SLOSpec's ttft_p95_ms / itl_p95_ms).
@@ -17,6 +23,26 @@ SLO_QUANTILE = 0.95
 
 class RegionLLMServer(LLMServer):
     _last_counters: EngineCounters | None = None
+
+    async def __init__(
+        self,
+        llm_config: LLMConfig,
+        *,
+        control_token_sha256: str | None = None,
+        control_token_env: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        # Before the engine starts: a token the args name but the environment lacks stops the replica.
+        self._token_digest = region_token_digest(control_token_sha256, control_token_env, os.environ)
+        await super().__init__(llm_config, **kwargs)
+
+    async def __serve_build_asgi_app__(self) -> ASGIApp:
+        app = await super().__serve_build_asgi_app__()
+        # vLLM's build_app builds its middleware stack eagerly; cleared, Starlette rebuilds
+        # it with the token guard outside vLLM's own.
+        app.middleware_stack = None
+        app.add_middleware(RegionTokenGuard, digest=self._token_digest)
+        return app
 
     async def _start_engine(self) -> None:
         """Ray Serve LLM's engine start also pushes a telemetry report through a detached

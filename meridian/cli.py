@@ -220,7 +220,7 @@ def serve_config_command(
     region: Annotated[str | None, typer.Option(help="the region whose cluster it is for (needed with several)")] = None,
     token_env: Annotated[
         str | None,
-        typer.Option(help="the variable in the head's environment holding the region's token; unset: it is open"),
+        typer.Option(help="the variable in its pods' environment holding the region's token; unset: it is open"),
     ] = None,
 ) -> None:
     """Print the Ray Serve config (`serve deploy` schema) of one region's cluster."""

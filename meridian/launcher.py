@@ -31,7 +31,7 @@ from capacity.live.providers import provider_for
 from capacity.model import ProviderError
 from meridian.serve_config import serve_config
 from meridian_core.contracts import MalformedMessage, RouterRegion, RouterRegions, parse
-from meridian_core.spec import PlatformSpec, RegionSpec, load_spec
+from meridian_core.spec import PlatformSpec, RegionSpec, load_spec, model_app_name
 from meridian_host import models, processes
 from meridian_host.platform_state import ClusterState, LocalNodes, PlatformState
 from meridian_host.ray_nodes import BIN, start_head
@@ -299,11 +299,11 @@ def region_progress(spec: PlatformSpec, state: PlatformState) -> list[RegionProg
     progress = [RegionProgress(name, "left out", reason) for name, reason in state.failed_regions.items()]
     for region in running_regions(spec, state):
         cluster = state.clusters.get(region.name)
-        app = serve_applications(state, cluster).get(region.slug, {}) if cluster else {}
-        app_status = app.get("status", "NOT_STARTED")
+        apps = region_apps(spec, region, serve_applications(state, cluster) if cluster else {})
+        app_status, message = region_app_status(apps)
         view = routed.get(region.name)
         if app_status == "DEPLOY_FAILED":
-            progress.append(RegionProgress(region.name, "failed", app.get("message", "")[-2000:]))
+            progress.append(RegionProgress(region.name, "failed", message[-2000:]))
         elif view is not None and view.healthy and view.ready_replicas >= _replicas_to_wait_for(view):
             progress.append(RegionProgress(region.name, "ready", f"{view.ready_replicas} replica(s) ready"))
         else:
@@ -316,6 +316,24 @@ def _replicas_to_wait_for(view: RouterRegion) -> int:
     own deployment), or none if it may scale to zero."""
     scaling = view.status.autoscaling if view.status else None
     return 0 if scaling is not None and scaling.min_replicas == 0 else max(1, len(view.models))
+
+
+def region_apps(spec: PlatformSpec, region: RegionSpec, applications: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The region's Serve apps by name, as its cluster's dashboard reports them (empty if it
+    does not): its control app, then each model's."""
+    names = [region.slug, *(model_app_name(region.slug, model.id) for model in spec.models)]
+    return {name: applications.get(name, {}) for name in names}
+
+
+def region_app_status(apps: dict[str, dict[str, Any]]) -> tuple[str, str]:
+    """One Serve status for the region's apps, and its message: a failed app's, else an
+    unhealthy one's, else the first not yet running, else RUNNING."""
+    statuses = [(app.get("status", "NOT_STARTED"), app.get("message", "")) for app in apps.values()]
+    for wanted in ("DEPLOY_FAILED", "UNHEALTHY"):
+        for status, message in statuses:
+            if status == wanted:
+                return status, message
+    return next(((s, m) for s, m in statuses if s != "RUNNING"), ("RUNNING", ""))
 
 
 def serve_applications(state: PlatformState, cluster: ClusterState) -> dict[str, Any]:

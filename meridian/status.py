@@ -12,9 +12,6 @@ from meridian import launcher
 from meridian_core.spec import PlatformSpec
 from meridian_host.platform_state import PlatformState
 
-# Replica states are reported for the engine deployments; the ingress is plumbing.
-INGRESS_DEPLOYMENT = "RegionIngress"
-
 
 def collect_status(spec: PlatformSpec, state: PlatformState | None) -> dict[str, Any]:
     running = launcher.is_up(state)
@@ -22,13 +19,16 @@ def collect_status(spec: PlatformSpec, state: PlatformState | None) -> dict[str,
     regions = []
     for region in spec.regions:
         cluster = state.clusters.get(region.name) if state else None
-        app = launcher.serve_applications(state, cluster).get(region.slug, {}) if running and state and cluster else {}
+        applications = launcher.serve_applications(state, cluster) if running and state and cluster else {}
+        apps = launcher.region_apps(spec, region, applications)
+        # Replica states are the model apps' engines'; the control app is plumbing.
         replica_states: dict[str, int] = {}
-        for name, deployment in app.get("deployments", {}).items():
-            if name == INGRESS_DEPLOYMENT:
+        for name, app in apps.items():
+            if name == region.slug:
                 continue
-            for replica in deployment.get("replicas") or []:
-                replica_states[replica["state"]] = replica_states.get(replica["state"], 0) + 1
+            for deployment in app.get("deployments", {}).values():
+                for replica in deployment.get("replicas") or []:
+                    replica_states[replica["state"]] = replica_states.get(replica["state"], 0) + 1
         snapshot = Ledger(state.cluster_dir(region.slug)).snapshot() if state else None
         nodes = Counter(f"{n.placement.cloud} {n.placement.market}" for n in snapshot.nodes) if snapshot else Counter()
         view = routed.get(region.name)
@@ -43,7 +43,7 @@ def collect_status(spec: PlatformSpec, state: PlatformState | None) -> dict[str,
                 "nodes": dict(sorted(nodes.items())),
                 "healthy": bool(view and view.healthy),
                 "last_error": view.last_error if view else None,
-                "app_status": app.get("status", "NOT_RUNNING"),
+                "app_status": launcher.region_app_status(apps)[0] if applications else "NOT_RUNNING",
                 "replica_states": replica_states,
                 "ready_replicas": view.ready_replicas if view else 0,
                 "engine": status.engine.model_dump() if status else {},

@@ -7,7 +7,7 @@ naming the fields at fault (never their values, which may carry a client's text)
 reader logs it, counts it in its metrics and drops the message: one bad message never
 stops a loop.
 
-- `RegionStatus`: a region's `GET /status` (deployments/region_ingress.py → the router).
+- `RegionStatus`: a region's `GET /status` (deployments/region_control.py → the router).
 - `ScalingView`: a model's policy's latest decision in a region, published in Ray's KV
   (autoscaler/live/serve_policy.py → the region's /status and the capacity loop, which
   read the sum over the region's models).
@@ -17,8 +17,8 @@ stops a loop.
   its cluster's KV (capacity/live/capacity_loop.py → the region's /status → the global
   loop).
 - `FleetFloor`: the global loop's replica floor for a region, sent to the region's
-  ingress and kept in its cluster's KV (autoscaler/live/global_loop.py →
-  deployments/region_ingress.py → autoscaler/live/serve_policy.py).
+  control app and kept in its cluster's KV (autoscaler/live/global_loop.py →
+  deployments/region_control.py → autoscaler/live/serve_policy.py).
 - `RouterRegions`: the router's view of every region, its `GET /regions`
   (geo_router/live/app.py → `meridian status` and `meridian up`'s progress).
 """

@@ -49,7 +49,7 @@ class IncrementalUpgrade(StrictSection):
 class KubernetesSpec(StrictSection):
     # The image every pod runs (platform/image/).
     image: str = Field(default="meridian:0.1.0", min_length=1, max_length=512, pattern=r"^\S+$")
-    # Each region's Ray head: Serve's controller and proxy, the region's ingress; no replica.
+    # Each region's Ray head: Serve's controller and proxy, the region's control app; no model replica.
     head: PodResources = PodResources(cpu="2", memory="4Gi")
     # Each region's Ray worker: one replica's engine. Its CPUs are `ray.cpus_per_region_node`.
     worker_memory: str = Field(default="16Gi", pattern=QUANTITY)

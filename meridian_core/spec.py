@@ -36,6 +36,18 @@ REGION_NAME = re.compile(r"^[a-z][a-z0-9-]*/[a-z][a-z0-9-]*$")
 MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
 
 
+def model_route(model_id: str) -> str:
+    """Where a model's own Serve app answers under its region's endpoint: its replicas
+    serve the OpenAI API there themselves (deployments/model_app.py)."""
+    return f"/models/{model_id}"
+
+
+def model_app_name(slug: str, model_id: str) -> str:
+    """The Serve application of one model in the region `slug`. Ray names files after an
+    app, so a model id's slashes become colons, which no model id or slug holds."""
+    return f"{slug}:{model_id}".replace("/", ":")
+
+
 def region_resource(slug: str) -> str:
     """The custom Ray resource a region's nodes advertise and its replicas require."""
     return f"region:{slug}"
@@ -349,8 +361,8 @@ class RaySpec(StrictModel):
     serve_port: int = Field(default=8000, ge=1, le=65535)
     dashboard_port: int = Field(default=8265, ge=1, le=65535)
     gcs_port: int = Field(default=6380, ge=1, le=65535)
-    # Logical CPUs per region node. vLLM's CPU worker holds one per replica and the
-    # ingress needs another, so nodes advertise more CPUs than the machine has cores.
+    # Logical CPUs per region node. vLLM's CPU worker holds one per replica and its
+    # frontend needs another, so nodes advertise more CPUs than the machine has cores.
     cpus_per_region_node: int = Field(default=4, ge=1)
     # Ray node block b owns ports [from + b*1000, from + (b+1)*1000): its components'
     # ports (raylet, object manager, agents, metrics) and its workers'. Each managed

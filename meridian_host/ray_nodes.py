@@ -27,7 +27,7 @@ COMPONENT_PORTS = 8
 # Objects passed between Serve actors are small; the default (30% of RAM per node)
 # would reserve most of /dev/shm across several nodes on one machine.
 OBJECT_STORE_BYTES = 256 * 1024**2
-# Processes beside the engines (Serve controller/proxy, ingress) need CPU too; Ray only
+# Processes beside the engines (Serve controller/proxy, the control app) need CPU too; Ray only
 # schedules by logical CPUs, so a head advertises one.
 HEAD_CPUS = 1
 

@@ -1,8 +1,8 @@
 """Secrets of the clusters `meridian up` starts, two random ones per region, kept in the
 platform's state directory (readable by its owner only):
 
-- the region token, which the region's ingress requires of every request: its Serve app
-  holds only the SHA-256; the router and the global loop get the token in their
+- the region token, which the region's apps require of every request: their Serve
+  config holds only the SHA-256; the router and the global loop get the token in their
   environment, under the variable the region's spec names (`RegionSpec.token_env`);
 - the cluster's Ray token (Ray's token authentication, `RAY_AUTH_MODE=token`): every
   process that joins or talks to the cluster has it in `RAY_AUTH_TOKEN`, and calls to

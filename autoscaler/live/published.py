@@ -3,7 +3,7 @@ latest scaling decision (`ScalingView`, written by that model's policy in Serve'
 controller; the region's `/status` and its capacity loop read their sum), what its
 capacity loop could not place (`CapacityReport`, read by `/status`, whence the global
 loop), and the floor the global loop sets for it (`FleetFloor`, written by the region's
-ingress, read by its policy).
+control app, read by its policy). Every key is the region's slug.
 
 Readers get the typed message or None; a malformed one raises `MalformedMessage`, which
 the reader logs, counts and drops.
@@ -20,35 +20,35 @@ from meridian_core.contracts import MAX_MODELS, CapacityReport, FleetFloor, Malf
 KV_NAMESPACE = "meridian"
 
 
-def decisions_prefix(app_name: str) -> str:
-    return f"autoscale:{app_name}:"
+def decisions_prefix(region: str) -> str:
+    return f"autoscale:{region}:"
 
 
-def decision_key(app_name: str, model: str) -> str:
-    return decisions_prefix(app_name) + model
+def decision_key(region: str, model: str) -> str:
+    return decisions_prefix(region) + model
 
 
-def floor_key(app_name: str) -> str:
-    return f"floor:{app_name}"
+def floor_key(region: str) -> str:
+    return f"floor:{region}"
 
 
-def capacity_key(app_name: str) -> str:
-    return f"capacity:{app_name}"
+def capacity_key(region: str) -> str:
+    return f"capacity:{region}"
 
 
-def publish(app_name: str, model: str, view: ScalingView) -> None:
+def publish(region: str, model: str, view: ScalingView) -> None:
     """One model's decision, beside the other models' of its region."""
     from ray.experimental.internal_kv import _internal_kv_put
 
-    _internal_kv_put(decision_key(app_name, model), view.model_dump_json(), overwrite=True, namespace=KV_NAMESPACE)
+    _internal_kv_put(decision_key(region, model), view.model_dump_json(), overwrite=True, namespace=KV_NAMESPACE)
 
 
-def read_views(app_name: str) -> dict[str, ScalingView]:
+def read_views(region: str) -> dict[str, ScalingView]:
     """Each model's latest decision, by model. One that breaks its contract raises: a sum
     or a split without it is no stand-in."""
     from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_list
 
-    prefix = decisions_prefix(app_name)
+    prefix = decisions_prefix(region)
     views: dict[str, ScalingView] = {}
     for key in _internal_kv_list(prefix, namespace=KV_NAMESPACE)[:MAX_MODELS]:
         raw = _internal_kv_get(key, namespace=KV_NAMESPACE)
@@ -57,38 +57,38 @@ def read_views(app_name: str) -> dict[str, ScalingView]:
     return views
 
 
-def read_published(app_name: str) -> ScalingView | None:
+def read_published(region: str) -> ScalingView | None:
     """The region's decision: the sum of its models' (autoscaler/policy/region_view.py)."""
-    return region_view(read_views(app_name))
+    return region_view(read_views(region))
 
 
-def publish_floor(app_name: str, floor: FleetFloor | None) -> None:
+def publish_floor(region: str, floor: FleetFloor | None) -> None:
     """The global loop's floor for a region, or None to lift it."""
     from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_put
 
     if floor is None:
-        _internal_kv_del(floor_key(app_name), namespace=KV_NAMESPACE)
+        _internal_kv_del(floor_key(region), namespace=KV_NAMESPACE)
     else:
-        _internal_kv_put(floor_key(app_name), floor.model_dump_json(), overwrite=True, namespace=KV_NAMESPACE)
+        _internal_kv_put(floor_key(region), floor.model_dump_json(), overwrite=True, namespace=KV_NAMESPACE)
 
 
-def read_floor(app_name: str) -> FleetFloor | None:
+def read_floor(region: str) -> FleetFloor | None:
     from ray.experimental.internal_kv import _internal_kv_get
 
-    raw = _internal_kv_get(floor_key(app_name), namespace=KV_NAMESPACE)
+    raw = _internal_kv_get(floor_key(region), namespace=KV_NAMESPACE)
     return parse(FleetFloor, raw) if raw else None
 
 
-def publish_capacity(app_name: str, report: CapacityReport) -> None:
+def publish_capacity(region: str, report: CapacityReport) -> None:
     from ray.experimental.internal_kv import _internal_kv_put
 
-    _internal_kv_put(capacity_key(app_name), report.model_dump_json(), overwrite=True, namespace=KV_NAMESPACE)
+    _internal_kv_put(capacity_key(region), report.model_dump_json(), overwrite=True, namespace=KV_NAMESPACE)
 
 
-def read_capacity(app_name: str) -> CapacityReport | None:
+def read_capacity(region: str) -> CapacityReport | None:
     from ray.experimental.internal_kv import _internal_kv_get
 
-    raw = _internal_kv_get(capacity_key(app_name), namespace=KV_NAMESPACE)
+    raw = _internal_kv_get(capacity_key(region), namespace=KV_NAMESPACE)
     return parse(CapacityReport, raw) if raw else None
 
 

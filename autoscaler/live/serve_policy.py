@@ -66,6 +66,7 @@ class RegionAutoscalingPolicy:
     def __init__(
         self,
         *,
+        region: str,
         autoscaling: dict[str, Any],
         slo: dict[str, Any],
         profile: str,
@@ -73,7 +74,9 @@ class RegionAutoscalingPolicy:
         history_s: float = 1800.0,
     ):
         # The spec's sections as the Serve config carries them, read back as the same types;
-        # `profile` is the region's, by name.
+        # `profile` is the region's, by name. `region` is its slug: each model is an app of
+        # its own, and the region's models publish and share its floor under it.
+        self._region = region
         scaling = AutoscalingSpec.model_validate(autoscaling)
         self.decision_interval_s = decision_interval_s
         self._min_replicas = scaling.min_replicas
@@ -119,26 +122,26 @@ class RegionAutoscalingPolicy:
             recent_requests=sum(sample.requests for sample in signals.demand[-RECENT_SAMPLES:]),
             at=float(now),
         )
-        decision = self._with_floor(ctx.app_name, model, own_view)
+        decision = self._with_floor(model, own_view)
         if decision.target != self._decision.target:  # a reason's figures move every decision; the target seldom
             log.info("autoscale %s: %d -> %d (%s)", ctx.app_name, ready, decision.target, decision.reason)
         self._decision = decision
         view = own_view.model_copy(update={"target": decision.target, "reason": decision.reason[:MAX_REASON]})
         try:
-            publish(ctx.app_name, model, view)
+            publish(self._region, model, view)
         except Exception as error:  # the decision stands even if nobody can read it
             log.warning("could not publish the autoscaling decision: %s", error)
         return decision.target, {**ctx.policy_state, "meridian": state}
 
-    def _with_floor(self, app_name: str, model: str, own: ScalingView) -> ScalingDecision:
+    def _with_floor(self, model: str, own: ScalingView) -> ScalingDecision:
         """The global loop's floor wins over a lower target (autoscaler/policy/fleet_floors.py).
         The floor is the region's, over all its models; this model takes its share of it."""
         decision = ScalingDecision(own.own_target, own.reason)
         try:
-            floor = read_floor(app_name)
+            floor = read_floor(self._region)
             if floor is None or floor.replicas <= own.own_target:
                 return decision
-            share = model_floor(floor.replicas, model, {**read_views(app_name), model: own})
+            share = model_floor(floor.replicas, model, {**read_views(self._region), model: own})
         except MalformedMessage as error:
             drop_malformed(error, "autoscaler", log)
             return decision

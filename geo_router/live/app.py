@@ -359,8 +359,7 @@ def create_app(
             return key
         return error_response(
             404,
-            "the Responses API is not served by this platform's regions (Ray Serve LLM's ingress does not "
-            "implement it); use /v1/chat/completions",
+            "the Responses API is not served by this platform's router; use /v1/chat/completions",
             code="unsupported_endpoint",
         )
 

@@ -241,7 +241,7 @@ class Proxy:
         deadline_s = first_byte_deadline_s(self._settings, request, region)
         try:
             async with asyncio.timeout(deadline_s):
-                url, headers = f"{region.endpoint}/v1/{path}", {**headers, **region.auth_headers()}
+                url, headers = region.openai_url(request.model, path), {**headers, **region.auth_headers()}
                 upstream = await self._upstream.post(url, request.body, headers, self._settings.upstream_timeout_s)
                 if is_retryable_status(upstream.status):
                     # A 5xx may be this request's doing; a missing app or a redirect is the region's.

@@ -33,6 +33,7 @@ from meridian_core.contracts import (
     parse,
 )
 from meridian_core.geo import LatLon, haversine_km
+from meridian_core.spec import model_route
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +72,9 @@ def model_loads(status: RegionStatus) -> dict[str, ModelLoad]:
 class Region:
     name: str
     location: LatLon
-    endpoint: str  # base URL of the region's Serve app; OpenAI API under /v1
+    endpoint: str  # base URL of the region's control app (/status); each model's app under it
     breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
-    # The region's token, which its ingress requires of every request; None if it has none.
+    # The region's token, which its apps require of every request; None if it has none.
     token: str | None = field(default=None, repr=False)
     ready_replicas: int = 0
     models: frozenset[str] = frozenset()
@@ -98,6 +99,10 @@ class Region:
     cold_since: float | None = None
     # Told the region's name each time its breaker goes from closed to open.
     on_breaker_trip: Callable[[str], None] = field(default=lambda _: None, repr=False)
+
+    def openai_url(self, model: str, path: str) -> str:
+        """Where the region's replicas of `model` answer the OpenAI API's `path`."""
+        return f"{self.endpoint}{model_route(model)}/v1/{path}"
 
     def auth_headers(self) -> dict[str, str]:
         return {"authorization": f"Bearer {self.token}"} if self.token else {}
@@ -273,7 +278,7 @@ class RegionTable:
         try:
             async with asyncio.timeout(self._probe_timeout_s):
                 response = await self._client.post(
-                    f"{region.endpoint}/v1/completions", json=body, headers=region.auth_headers()
+                    region.openai_url(model, "completions"), json=body, headers=region.auth_headers()
                 )
             if response.status_code == 200:
                 region.mark_answered()

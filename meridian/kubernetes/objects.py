@@ -62,7 +62,7 @@ def secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
 
 
 def region_token_secret(region: RegionSpec) -> str:
-    """The Secret holding the region's token (key `token`), which its ingress requires and
+    """The Secret holding the region's token (key `token`), which its apps require and
     the router and the global loop present."""
     return f"meridian-{region.slug}-region-token"
 

@@ -38,7 +38,8 @@ from meridian_host.node_env import node_env
 RAY_VERSION = "2.60.0"
 REGION_LABEL = "meridian.io/region"
 REGION_RESOURCE_CAPACITY = "1000"
-# Where the head's ingress reads the region's token (deployments/region_ingress.py).
+# Where every pod's replicas read the region's token (deployments/region_auth.py): the
+# control app's on the head, the model replicas' on the workers.
 REGION_TOKEN_VAR = "MERIDIAN_REGION_TOKEN"
 GCS_PORT, DASHBOARD_PORT, SERVE_PORT, DASHBOARD_AGENT_PORT = 6379, 8265, 8000, 52365
 
@@ -99,7 +100,7 @@ def ray_service(spec: PlatformSpec, region: RegionSpec) -> dict[str, Any]:
         PodResources(cpu=str(spec.ray.cpus_per_region_node), memory=k8s.worker_memory),
         **({accelerator.resource: "1"} if accelerator else {}),
     )
-    head_env = [secret_env(REGION_TOKEN_VAR, region_token_secret(region), TOKEN_KEY)]
+    token_env = [secret_env(REGION_TOKEN_VAR, region_token_secret(region), TOKEN_KEY)]
     service_spec: dict[str, Any] = {
         "serveConfigV2": dump_yaml(region_serve_config(spec, region)),
         "rayClusterConfig": {
@@ -107,7 +108,7 @@ def ray_service(spec: PlatformSpec, region: RegionSpec) -> dict[str, Any]:
             "enableInTreeAutoscaling": True,
             "authOptions": {"mode": "token", "secretName": ray_token_secret_name(region)},
             "headGroupSpec": {
-                # The head hosts Serve's controller, proxy and the region's ingress, no replica.
+                # The head hosts Serve's controller, proxy and the region's control app, no model replica.
                 "rayStartParams": {"num-cpus": "1", "dashboard-host": "0.0.0.0"},
                 "template": _pod(
                     spec,
@@ -115,7 +116,7 @@ def ray_service(spec: PlatformSpec, region: RegionSpec) -> dict[str, Any]:
                     "ray-head",
                     k8s.image,
                     resources(k8s.head),
-                    head_env,
+                    token_env,
                     _head_ports(),
                     http_probe("/api/gcs_healthz", DASHBOARD_PORT, period_s=10, failures=6),
                 ),
@@ -129,7 +130,7 @@ def ray_service(spec: PlatformSpec, region: RegionSpec) -> dict[str, Any]:
                     "labels": {REGION_LABEL: region.slug},
                     "resources": {region_resource(region.slug): REGION_RESOURCE_CAPACITY},
                     "rayStartParams": {},
-                    "template": _worker_pod(spec, region, worker_size, accelerator),
+                    "template": _worker_pod(spec, region, worker_size, accelerator, token_env),
                 }
             ],
         },
@@ -174,7 +175,11 @@ def _head_ports() -> list[dict[str, Any]]:
 
 
 def _worker_pod(
-    spec: PlatformSpec, region: RegionSpec, size: dict[str, Any], accelerator: AcceleratorOnKubernetes | None
+    spec: PlatformSpec,
+    region: RegionSpec,
+    size: dict[str, Any],
+    accelerator: AcceleratorOnKubernetes | None,
+    token_env: list[dict[str, Any]],
 ) -> dict[str, Any]:
     template = _pod(
         spec,
@@ -182,7 +187,7 @@ def _worker_pod(
         "ray-worker",
         spec.kubernetes.image,
         size,
-        [],
+        token_env,
         [],
         http_probe("/api/local_raylet_healthz", DASHBOARD_AGENT_PORT, period_s=10, failures=6),
     )

@@ -1,5 +1,6 @@
 """Autoscaling end to end on a real local platform (vLLM CPU, Ray Serve, the router):
-an idle region scales to zero and its clients are spilled, a sustained burst takes a
+an idle region scales to zero and its clients are spilled, a request sent to it there
+is held until a replica starts, a sustained burst takes a
 region from one replica to two (and the capacity loop from one node to two) without a
 failed request, and idling brings both back.
 
@@ -22,7 +23,7 @@ import pytest
 from meridian import launcher
 from meridian.status import collect_status
 from meridian_core.contracts import FleetFloor
-from meridian_core.spec import PlatformSpec, load_spec
+from meridian_core.spec import PlatformSpec, load_spec, model_route
 from meridian_host.platform_state import LocalNodes, PlatformState
 from meridian_host.region_tokens import region_token
 
@@ -48,12 +49,14 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlatformState
 
 
 def running_engine_replicas(platform: PlatformState, slug: str) -> int:
+    """Running replicas of the region's model apps (its control app is not an engine)."""
     cluster = next(c for c in platform.clusters.values() if c.slug == slug)
-    app = launcher.serve_applications(platform, cluster).get(slug, {})
+    apps = launcher.serve_applications(platform, cluster)
     return sum(
         1
-        for name, deployment in app.get("deployments", {}).items()
-        if name != "RegionIngress"
+        for name, app in apps.items()
+        if name != slug
+        for deployment in app.get("deployments", {}).values()
         for replica in deployment.get("replicas") or []
         if replica["state"] == "RUNNING"
     )
@@ -113,6 +116,22 @@ def test_a_request_for_a_region_at_zero_is_spilled_not_refused(spec, platform):
     assert response.headers["x-meridian-region"] == "local/us-east"
     metrics = httpx.get(f"{platform.router_url}/metrics").text
     assert 'meridian_router_routing_decisions_total{reason="spill",region="local/us-east"}' in metrics
+
+
+def test_a_request_sent_to_a_model_at_zero_is_held_until_a_replica_starts(spec, platform):
+    """What the router's "hold" relies on: a model app with no replica has no server for
+    HAProxy, which hands the request to Serve's Python proxy; that proxy queues it, the
+    autoscaler sees the queue and starts a replica, and the request is answered."""
+    wait_until(lambda: running_engine_replicas(platform, "local-eu-west") == 0, 180, "eu-west at zero replicas")
+    west = spec.region("local/eu-west")
+    url = f"{spec.region_endpoint(west)}{model_route(spec.models[0].id)}/v1/chat/completions"
+    token = {"Authorization": f"Bearer {region_token(platform, west)}"}
+    response = httpx.post(url, json=chat(spec, "Say hello."), headers=token, timeout=SCALE_TIMEOUT_S)
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["message"]["content"]
+    assert running_engine_replicas(platform, "local-eu-west") == 1
+    # Left as found: idle again, back at zero.
+    wait_until(lambda: running_engine_replicas(platform, "local-eu-west") == 0, 180, "eu-west back at zero")
 
 
 async def _burst_until(router_url: str, body: dict, done: Callable[[], bool], workers: int, limit_s: float) -> list:

@@ -25,10 +25,10 @@ import yaml
 from geo_router.live.usage import UsageEventFilter, used_tokens
 from meridian import launcher
 from meridian.serve_config import serve_config
-from meridian_core.spec import PlatformSpec
+from meridian_core.spec import PlatformSpec, model_app_name, model_route
 from meridian_host import processes, ray_nodes
 from meridian_host.platform_state import LocalNodes, PlatformState
-from meridian_host.region_tokens import dashboard_headers, ray_auth_env
+from meridian_host.region_tokens import dashboard_headers, ray_auth_env, region_token
 
 from .conftest import SPEC_PATH
 
@@ -285,15 +285,31 @@ def test_each_region_is_its_own_cluster_and_its_replicas_run_on_its_node(spec, p
         # Its head (no region label) and its one region node; no other region's node.
         assert sorted(region_of_node.values(), key=str) == sorted([None, cluster.slug], key=str)
         apps = launcher.serve_applications(platform, cluster)
-        assert set(apps) == {cluster.slug}
+        assert set(apps) == {cluster.slug, *(model_app_name(cluster.slug, m.id) for m in spec.models)}
         placed = {
-            name: [region_of_node[r["node_id"]] for r in deployment["replicas"]]
-            for name, deployment in apps[cluster.slug]["deployments"].items()
+            (app_name, name): [region_of_node[r["node_id"]] for r in deployment["replicas"]]
+            for app_name, app in apps.items()
+            for name, deployment in app["deployments"].items()
         }
-        # The ingress on the head, so the region answers while it has no node; one LLMServer
-        # per model on the region's node.
-        assert placed.pop("RegionIngress") == [None]
+        # The control app on the head, so the region answers while it has no node; each
+        # model's app one LLMServer on the region's node.
+        assert placed.pop((cluster.slug, "RegionControl")) == [None]
         assert list(placed.values()) == [[cluster.slug]] * len(spec.models)
+
+
+def test_a_models_own_app_answers_only_the_regions_token_holders(spec, platform, model):
+    """The router reaches each model's replicas at their own route, where vLLM's app
+    answers; the region token guards it as it guards /status."""
+    region = spec.regions[0]
+    url = f"{spec.region_endpoint(region)}{model_route(model)}/v1/completions"
+    body = {"model": model, "prompt": "The capital of France is", "max_tokens": 4, "temperature": 0}
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        refused = httpx.post(url, json=body, headers=headers, timeout=30)
+        assert refused.status_code == 401
+        assert refused.json()["error"]["message"] == "a valid region token is required"
+    token = {"Authorization": f"Bearer {region_token(platform, region)}"}
+    answered = httpx.post(url, json=body, headers=token, timeout=60)
+    assert answered.status_code == 200 and answered.json()["object"] == "text_completion"
 
 
 def test_with_usage_stats_off_no_cluster_runs_ray_serve_llms_telemetry_actor(spec, platform):

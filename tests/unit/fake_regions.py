@@ -37,7 +37,10 @@ class FakeRegion:
     embed_models: list[str] = field(default_factory=list)
     # Each ready replica's engine load as /status lists it; None lists none.
     per_replica: list[dict] | None = None
+    # Each call's path under the region's endpoint, a model app's prefix taken off.
     calls: list[str] = field(default_factory=list)
+    # The model app each call reached; None for the control app's (/status).
+    model_apps: list[str | None] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
 
 
@@ -84,7 +87,12 @@ class FakeRegions:
     async def handle(self, request: httpx.Request) -> httpx.Response:
         slug, _, rest = request.url.path.lstrip("/").partition("/")
         region = self.regions[slug]
+        model_app = None
+        if rest.startswith("models/"):  # <endpoint>/models/<model id>/v1/...: that model's own app
+            model_app, _, tail = rest.removeprefix("models/").partition("/v1/")
+            rest = f"v1/{tail}"
         region.calls.append(rest)
+        region.model_apps.append(model_app)
         region.headers.append(dict(request.headers))
         if region.mode == "refuse":
             raise httpx.ConnectError("connection refused", request=request)
@@ -92,6 +100,8 @@ class FakeRegions:
             await asyncio.sleep(60)
         if region.mode == "gone":
             return streamed(404, text="Path '/x' not found.")
+        if rest.startswith("v1/") and model_app not in region.models:  # no such app: the control app's 404
+            return streamed(404, json_body={"detail": "Not Found"})
         if rest == "status" and region.status_body is not None:
             return httpx.Response(200, headers={"content-type": "application/json"}, content=region.status_body)
         if rest == "status":
@@ -124,6 +134,8 @@ class FakeRegions:
         if region.mode == "echo500":  # an error page that repeats the prompt
             return streamed(500, text="Internal Server Error while handling: " + request.content.decode())
         body = json.loads(request.content)
+        if body.get("model") != model_app:  # as vLLM answers for a model it does not serve
+            return streamed(404, json_body={"error": {"message": f"The model `{body.get('model')}` does not exist."}})
         if rest in ("v1/completions", "v1/chat/completions") and body.get("model") in region.embed_models:
             return streamed(400, json_body={"error": {"message": "this model does not generate text"}})
         if rest == "v1/embeddings":

@@ -5,10 +5,11 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from meridian.serve_config import REGION_APP_IMPORT_PATH, serve_config
+from meridian.serve_config import MODEL_APP_IMPORT_PATH, REGION_APP_IMPORT_PATH, serve_config
 from meridian_core.spec import load_spec
 
 SLUGS = ["local-us-east", "local-eu-west"]
+MODEL = "smollm2-135m-instruct"
 
 
 @pytest.mark.parametrize("slug", SLUGS)
@@ -17,8 +18,13 @@ def test_each_clusters_serve_config_matches_ray_schema_and_the_spec(repo, slug):
     committed = yaml.safe_load((repo / "configs" / "serve" / f"{slug}.yaml").read_text())
     assert committed == serve_config(spec, spec.region(slug))
     schema = ServeDeploySchema.model_validate(committed)
-    (app,) = schema.applications
-    assert (app.name, app.route_prefix, app.import_path) == (slug, f"/{slug}", REGION_APP_IMPORT_PATH)
+    control, model = schema.applications
+    assert (control.name, control.route_prefix, control.import_path) == (slug, f"/{slug}", REGION_APP_IMPORT_PATH)
+    assert (model.name, model.route_prefix, model.import_path) == (
+        f"{slug}:{MODEL}",
+        f"/{slug}/models/{MODEL}",
+        MODEL_APP_IMPORT_PATH,
+    )
     assert schema.http_options.port == spec.cluster_ports(spec.region(slug)).serve
 
 
@@ -30,16 +36,20 @@ def test_the_clusters_listen_on_ports_of_their_own(repo):
     assert not set(ports[0].node_blocks) & set(ports[1].node_blocks)
 
 
-def test_region_app_args_accept_the_generated_args(repo):
+def test_the_apps_args_accept_the_generated_args(repo):
+    from deployments.model_app import ModelAppArgs
     from deployments.region_app import RegionAppArgs
 
     spec = load_spec(repo / "configs" / "local.yaml")
     for region in spec.regions:
-        (app,) = serve_config(spec, region, control_token_sha256="ab" * 32)["applications"]
-        args = RegionAppArgs.model_validate(app["args"])
-        assert args.region.slug == app["name"]
-        assert args.models[0].id == "smollm2-135m-instruct"
+        control, model = serve_config(spec, region, control_token_sha256="ab" * 32)["applications"]
+        args = RegionAppArgs.model_validate(control["args"])
+        assert args.region.slug == control["name"]
+        assert args.models == [MODEL]
         assert args.control_token_sha256 == "ab" * 32
+        model_args = ModelAppArgs.model_validate(model["args"])
+        assert (model_args.region.slug, model_args.model.id) == (region.slug, MODEL)
+        assert model_args.control_token_sha256 == "ab" * 32
 
 
 def test_every_committed_spec_loads(repo):

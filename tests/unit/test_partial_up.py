@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from meridian import launcher
-from meridian_core.spec import parse_spec
+from meridian_core.spec import model_app_name, parse_spec
 from meridian_host.platform_state import ClusterState, LocalNode, LocalNodes
 
 AWAY = {"managed": False, "address": "127.0.0.1:9", "dashboard_url": "http://127.0.0.1:9"}
@@ -113,3 +113,26 @@ def test_down_forgets_the_local_nodes_it_stopped_so_up_again_finds_their_port_bl
     launcher.down(spec.name)
     assert node.pid in stopped
     assert LocalNodes.load(state, lab.slug).nodes == {}
+
+
+def test_a_region_is_as_far_along_as_its_least_ready_app(tmp_path, monkeypatch):
+    """A region is its control app and one app per model; `up` reports a model app that
+    failed to deploy, with Serve's message, even while the control app runs."""
+    spec = spec_with()
+    state = launcher.new_state(spec, tmp_path / "spec.yaml")
+    lab = next(r for r in spec.regions if r.name == "local/lab")
+    state.clusters[lab.name] = ClusterState(slug=lab.slug, gcs_address="127.0.0.1:1", dashboard_url="x")
+    state.failed_regions["local/away"] = "its cluster does not answer"
+    model_app = model_app_name(lab.slug, spec.models[0].id)
+    applications = {lab.slug: {"status": "RUNNING"}, model_app: {"status": "DEPLOY_FAILED", "message": "no vLLM"}}
+    monkeypatch.setattr(launcher, "serve_applications", lambda state, cluster: applications)
+    monkeypatch.setattr(launcher, "router_regions", lambda state: {})
+    progress = {p.name: (p.phase, p.detail) for p in launcher.region_progress(spec, state)}
+    assert progress["local/lab"] == ("failed", "no vLLM")
+
+    applications[model_app] = {"status": "DEPLOYING"}
+    assert launcher.region_app_status(launcher.region_apps(spec, lab, applications)) == ("DEPLOYING", "")
+    applications[model_app] = {"status": "RUNNING"}
+    assert launcher.region_app_status(launcher.region_apps(spec, lab, applications)) == ("RUNNING", "")
+    del applications[model_app]  # not deployed yet
+    assert launcher.region_app_status(launcher.region_apps(spec, lab, applications)) == ("NOT_STARTED", "")

@@ -1,4 +1,4 @@
-"""What deployments/region_app.py asks of vLLM for each model in the spec: the task's
+"""What deployments/model_app.py asks of vLLM for each model in the spec: the task's
 runner, the model's engine options, and Meridian's own settings, split by Ray Serve LLM
 between vLLM's engine and frontend arguments as it will split them in the replica."""
 
@@ -14,8 +14,8 @@ TOOLS = {"enable_auto_tool_choice": True, "tool_call_parser": "hermes"}
 
 
 @pytest.fixture
-def region_app_args():
-    from deployments.region_app import RegionAppArgs
+def model_app_args():
+    from deployments.model_app import ModelAppArgs
 
     spec = parse_spec(
         {
@@ -26,18 +26,18 @@ def region_app_args():
             "regions": [{"name": "local/us-east", "location": {"lat": 39.0, "lon": -77.5}}],
         }
     )
-    (app,) = serve_config(spec, spec.regions[0])["applications"]
-    return RegionAppArgs.model_validate(app["args"])
+    _, *model_apps = serve_config(spec, spec.regions[0])["applications"]
+    return [ModelAppArgs.model_validate(app["args"]) for app in model_apps]
 
 
-def llm_configs(args):
-    from deployments.region_app import llm_config_for
+def llm_configs(model_app_args):
+    from deployments.model_app import llm_config_for
 
-    return {model.id: llm_config_for(args, model, f"/models/{model.id}") for model in args.models}
+    return {args.model.id: llm_config_for(args, f"/models/{args.model.id}") for args in model_app_args}
 
 
-def test_a_generate_model_runs_as_a_generator_with_its_options(region_app_args):
-    config = llm_configs(region_app_args)["chat"]
+def test_a_generate_model_runs_as_a_generator_with_its_options(model_app_args):
+    config = llm_configs(model_app_args)["chat"]
     assert config.engine_kwargs == {
         "runner": "generate",
         "max_model_len": 2048,
@@ -46,8 +46,8 @@ def test_a_generate_model_runs_as_a_generator_with_its_options(region_app_args):
     }
 
 
-def test_an_embed_model_runs_as_a_pooling_model_that_embeds(region_app_args):
-    config = llm_configs(region_app_args)["embed"]
+def test_an_embed_model_runs_as_a_pooling_model_that_embeds(model_app_args):
+    config = llm_configs(model_app_args)["embed"]
     assert config.engine_kwargs == {
         "runner": "pooling",
         "convert": "embed",
@@ -58,13 +58,13 @@ def test_an_embed_model_runs_as_a_pooling_model_that_embeds(region_app_args):
     assert config.model_id == "embed"
 
 
-def test_ray_serve_llm_hands_every_option_to_the_vllm_arguments_that_take_it(region_app_args):
+def test_ray_serve_llm_hands_every_option_to_the_vllm_arguments_that_take_it(model_app_args):
     from ray.llm._internal.serve.engines.vllm.vllm_models import VLLMEngineConfig
 
-    chat = VLLMEngineConfig.from_llm_config(llm_configs(region_app_args)["chat"])
+    chat = VLLMEngineConfig.from_llm_config(llm_configs(model_app_args)["chat"])
     assert chat.frontend_kwargs == TOOLS
     assert chat.engine_kwargs == {"runner": "generate", "max_model_len": 2048, "disable_log_stats": False}
-    embed = VLLMEngineConfig.from_llm_config(llm_configs(region_app_args)["embed"])
+    embed = VLLMEngineConfig.from_llm_config(llm_configs(model_app_args)["embed"])
     assert (embed.engine_kwargs["runner"], embed.engine_kwargs["convert"], embed.frontend_kwargs) == (
         "pooling",
         "embed",
@@ -72,8 +72,8 @@ def test_ray_serve_llm_hands_every_option_to_the_vllm_arguments_that_take_it(reg
     )
 
 
-def test_what_region_app_sets_itself_the_spec_refuses_as_an_option(region_app_args):
-    for model in region_app_args.models:
-        config = llm_configs(region_app_args)[model.id]
-        own = set(config.engine_kwargs) - set(model.engine_options)
+def test_what_a_model_app_sets_itself_the_spec_refuses_as_an_option(model_app_args):
+    for args in model_app_args:
+        config = llm_configs(model_app_args)[args.model.id]
+        own = set(config.engine_kwargs) - set(args.model.engine_options)
         assert own <= set(SET_ELSEWHERE), own - set(SET_ELSEWHERE)

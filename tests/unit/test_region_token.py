@@ -1,41 +1,48 @@
-"""A region with a token answers nothing without it: its ingress app refuses any request
-that does not present it, with an OpenAI-shaped 401, and a region without one is open.
-Each cluster Meridian starts has a Ray token of its own."""
+"""A region with a token answers nothing without it: each of its apps (the control app
+and every model replica's vLLM app) refuses any request that does not present it, with an
+OpenAI-shaped 401, and a region without one is open. Each cluster Meridian starts has a
+Ray token of its own."""
 
 from __future__ import annotations
 
 import pytest
+from fastapi import FastAPI
 from starlette.testclient import TestClient
 
-from deployments import region_ingress
-from deployments.region_ingress import region_app, region_token_digest
+from deployments.region_auth import RegionTokenGuard, region_token_digest
 from meridian_host.platform_state import ClusterState, PlatformState
 from meridian_host.region_tokens import dashboard_headers, ray_auth_env, token_sha256
 
 
-@pytest.fixture
-def app():
-    app = region_app()
+def guarded_app(digest: str | None) -> FastAPI:
+    """An app guarded as a region's are: routes first, then the guard added (the model
+    replica adds it to vLLM's app after vLLM built it)."""
+    app = FastAPI()
     app.get("/status")(lambda: {"ready": 1})
     app.post("/v1/chat/completions")(lambda: {"object": "chat.completion"})
-    yield app
-    region_ingress._REGION_TOKEN_DIGEST["sha256"] = None
+    app.middleware_stack = app.build_middleware_stack()
+    app.middleware_stack = None
+    app.add_middleware(RegionTokenGuard, digest=digest)
+    return app
 
 
 @pytest.mark.parametrize("path, method", [("/status", "get"), ("/v1/chat/completions", "post")])
-def test_a_region_with_a_token_refuses_requests_without_it(app, path, method):
-    region_ingress._REGION_TOKEN_DIGEST["sha256"] = token_sha256("region-token")
-    client = TestClient(app)
+def test_a_region_with_a_token_refuses_requests_without_it(path, method):
+    client = TestClient(guarded_app(token_sha256("region-token")))
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic region-token"}):
         refused = getattr(client, method)(path, headers=headers)
         assert refused.status_code == 401
-        assert refused.json()["error"]["message"] == "a valid region token is required"
+        assert refused.json()["error"] == {
+            "message": "a valid region token is required",
+            "type": "invalid_request_error",
+            "code": 401,
+        }
     answered = getattr(client, method)(path, headers={"Authorization": "Bearer region-token"})
     assert answered.status_code == 200
 
 
-def test_a_region_without_a_token_is_open(app):
-    assert TestClient(app).get("/status").json() == {"ready": 1}
+def test_a_region_without_a_token_is_open():
+    assert TestClient(guarded_app(None)).get("/status").json() == {"ready": 1}
 
 
 def test_a_token_read_from_the_environment_is_checked_by_its_digest_and_a_missing_one_stops_the_region():

@@ -11,6 +11,7 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
+from deployments.model_app import ModelAppArgs
 from deployments.region_app import RegionAppArgs
 from meridian.kubernetes.objects import RenderError
 from meridian.kubernetes.ray_service import ray_service
@@ -63,7 +64,7 @@ def test_the_strict_check_sees_a_field_the_crd_does_not_declare(repo, ray_servic
     assert unknown_fields(rendered, ray_service_schema) == [".spec.rayClusterConfig.workerGroupSpecs[0].rayLabels"]
 
 
-def test_its_serve_config_is_the_regions_own_on_serves_port_with_the_token_from_the_heads_environment(repo):
+def test_its_serve_config_is_the_regions_own_on_serves_port_with_the_token_from_every_pods_environment(repo):
     spec = load_spec(repo / "configs" / "local.yaml")
     for region in spec.regions:
         service = ray_service(spec, region)
@@ -73,11 +74,17 @@ def test_its_serve_config_is_the_regions_own_on_serves_port_with_the_token_from_
             rendered["applications"]
             == serve_config(spec, region, control_token_env="MERIDIAN_REGION_TOKEN")["applications"]
         )
-        RegionAppArgs.model_validate(rendered["applications"][0]["args"])
+        control, model = rendered["applications"]
+        assert RegionAppArgs.model_validate(control["args"]).control_token_env == "MERIDIAN_REGION_TOKEN"
+        assert ModelAppArgs.model_validate(model["args"]).control_token_env == "MERIDIAN_REGION_TOKEN"
         assert rendered["http_options"] == {"host": "0.0.0.0", "port": 8000}
-        head = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
-        token = next(item for item in head["env"] if item["name"] == "MERIDIAN_REGION_TOKEN")
-        assert token["valueFrom"]["secretKeyRef"] == {"name": f"meridian-{region.slug}-region-token", "key": "token"}
+        cluster = service["spec"]["rayClusterConfig"]
+        # The control app runs on the head, the model replicas on the workers: each reads the token.
+        for group in (cluster["headGroupSpec"], *cluster["workerGroupSpecs"]):
+            (container,) = group["template"]["spec"]["containers"]
+            token = next(item for item in container["env"] if item["name"] == "MERIDIAN_REGION_TOKEN")
+            secret = {"name": f"meridian-{region.slug}-region-token", "key": "token"}
+            assert token["valueFrom"]["secretKeyRef"] == secret
 
 
 def test_the_serve_config_command_gives_the_same_region_app(repo):

@@ -28,7 +28,7 @@ from aiohttp import web
 
 from geo_router.live.app import create_app
 from geo_router.live.server import DrainingServer
-from meridian_core.spec import parse_spec
+from meridian_core.spec import model_route, parse_spec
 
 from ..conftest import REPO
 from .fake_regions import CHAT, MODEL
@@ -164,7 +164,8 @@ class LoopbackRegions:
         for slug, region in self.regions.items():
             app = web.Application()
             app.router.add_get(f"/{slug}/status", region.status)
-            app.router.add_post(f"/{slug}/v1/chat/completions", region.chat)
+            # The model's own app, as a region serves it (deployments/model_app.py).
+            app.router.add_post(f"/{slug}{model_route(MODEL)}/v1/chat/completions", region.chat)
             app.router.add_post(f"/{slug}/elsewhere", region.elsewhere)
             runner = web.AppRunner(app, shutdown_timeout=1.0, access_log=None)
             await runner.setup()

@@ -255,7 +255,24 @@ def test_an_inference_probe_asks_a_generating_model_never_an_embedding_one(fakes
             east.breaker.opened_at = time.monotonic() - 120
             repoll(router)
             time.sleep(0.02)
-        assert "v1/completions" in fakes["local-us-east"].calls
+        east = fakes["local-us-east"]
+        assert ("v1/completions", CHAT["model"]) in zip(east.calls, east.model_apps, strict=True)
+
+
+def test_each_request_goes_to_its_models_own_app_in_the_region(fakes):
+    """A region serves each model from an app of its own (deployments/model_app.py), at
+    `<endpoint>/models/<model id>`; sent to another model's app, a request would fail."""
+    data = yaml.safe_load((REPO / "configs" / "local.yaml").read_text())
+    data["models"].append({"id": "org/embedder", "source": {"kind": "packaged"}, "task": "embed"})
+    for fake in fakes.regions.values():
+        fake.models = [CHAT["model"], "org/embedder"]
+    with running_router(parse_spec(data), fakes) as router:
+        assert router.post("/v1/chat/completions", json=CHAT).status_code == 200
+        embedded = router.post("/v1/embeddings", json={"model": "org/embedder", "input": "hi"})
+        assert embedded.status_code == 200
+    east = fakes["local-us-east"]
+    reached = [(call, app) for call, app in zip(east.calls, east.model_apps, strict=True) if app is not None]
+    assert reached == [("v1/chat/completions", CHAT["model"]), ("v1/embeddings", "org/embedder")]
 
 
 def test_an_unexpected_error_in_an_inference_request_is_an_openai_shaped_500_with_nothing_internal(

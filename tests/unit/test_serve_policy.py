@@ -50,12 +50,11 @@ def policy(profile: str = "smollm2-135m-cpu", **overrides) -> RegionAutoscalingP
         **{"min_replicas": 1, "max_replicas": 4, "idle_to_zero_s": 60.0, "cold_start_s": 60.0, **overrides}
     )
     parsed = parse_spec(spec_with(scaling, profile))
-    (app,) = serve_config(parsed, parsed.regions[0])["applications"]
-    kwargs = app["args"]
-    # What deployments/region_app.py puts in the deployment's autoscaling_config.
-    from deployments.region_app import RegionAppArgs, deployment_config_for
+    _, model_app = serve_config(parsed, parsed.regions[0])["applications"]
+    # What deployments/model_app.py puts in the deployment's autoscaling_config.
+    from deployments.model_app import ModelAppArgs, deployment_config_for
 
-    config = deployment_config_for(RegionAppArgs.model_validate(kwargs))
+    config = deployment_config_for(ModelAppArgs.model_validate(model_app["args"]))
     return RegionAutoscalingPolicy(**config["autoscaling_config"]["policy"]["policy_kwargs"])
 
 

@@ -3,7 +3,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from meridian_core.spec import PackagedModelSource, PathModelSource, SpecError, load_spec, parse_spec
+from meridian_core.spec import (
+    PackagedModelSource,
+    PathModelSource,
+    SpecError,
+    load_spec,
+    model_app_name,
+    model_route,
+    parse_spec,
+)
 
 
 def local_spec_data(repo: Path) -> dict:
@@ -100,3 +108,10 @@ def test_worker_ports_must_not_collide(repo, start, words):
 def test_shipped_specs_load(repo):
     for path in [repo / "configs" / "bench.yaml", repo / "tests" / "e2e" / "e2e.yaml"]:
         assert load_spec(path).regions
+
+
+def test_a_models_app_is_named_without_slashes_and_routed_under_its_region():
+    """Ray names log files after an app: a slash in its name is a directory that is not there."""
+    assert model_app_name("aws-us-east-1", "org/llama-3.1") == "aws-us-east-1:org:llama-3.1"
+    assert model_app_name("aws-us-east-1", "org/a") != model_app_name("aws-us-east-1", "org-a")
+    assert model_route("org/llama-3.1") == "/models/org/llama-3.1"
