@@ -13,6 +13,7 @@ from ray.serve.llm import LLMConfig
 from ray.serve.llm.deployment import LLMServer
 from starlette.types import ASGIApp
 
+from deployments.client_gone import CancelAsDisconnect
 from deployments.engine_stats import EngineCounters, bucket_quantile, read_engine_counters, read_engine_stats
 from deployments.region_auth import RegionTokenGuard, region_token_digest
 from meridian_core.contracts import NOT_OBSERVED, EngineLoad, ReplicaReport
@@ -39,8 +40,9 @@ class RegionLLMServer(LLMServer):
     async def __serve_build_asgi_app__(self) -> ASGIApp:
         app = await super().__serve_build_asgi_app__()
         # vLLM's build_app builds its middleware stack eagerly; cleared, Starlette rebuilds
-        # it with the token guard outside vLLM's own.
+        # it with these two outside vLLM's own, the token guard outermost.
         app.middleware_stack = None
+        app.add_middleware(CancelAsDisconnect)
         app.add_middleware(RegionTokenGuard, digest=self._token_digest)
         return app
 
