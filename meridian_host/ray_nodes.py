@@ -22,8 +22,8 @@ NODE_LABEL = "meridian.io/node"
 REGION_RESOURCE_CAPACITY = 1000  # each replica takes 1 unit
 # Ports a Ray node's own components listen on (node manager, object manager, metrics,
 # dashboard agent http + grpc, runtime env agent, and on a head its HAProxy's stats and
-# metrics).
-COMPONENT_PORTS = 8
+# metrics and its fallback Python proxy).
+COMPONENT_PORTS = 9
 # Objects passed between Serve actors are small; the default (30% of RAM per node)
 # would reserve most of /dev/shm across several nodes on one machine.
 OBJECT_STORE_BYTES = 256 * 1024**2
@@ -96,14 +96,14 @@ def start_head(spec: PlatformSpec, state: PlatformState, region: RegionSpec) -> 
         ray_temp_dir=temp_dir,
     )
     block = spec.ray.node_ports_from + ports.head_block * PORTS_PER_NODE
-    haproxy_stats, haproxy_metrics = component_ports(block)[-2:]
+    fallback_proxy, haproxy_stats, haproxy_metrics = component_ports(block)[-3:]
     cluster.head_pid = start_ray_node(
         spec,
         state,
         cluster,
         block_index=ports.head_block,
         log_name=f"ray-head-{region.slug}",
-        extra_env=haproxy_ports_env(haproxy_stats, haproxy_metrics),
+        extra_env=haproxy_ports_env(haproxy_stats, haproxy_metrics, fallback_proxy),
         role_args=[
             "--head",
             "--port",

@@ -29,8 +29,15 @@ def serve_mode_env(high_throughput: bool) -> dict[str, str]:
     return dict(HIGH_THROUGHPUT_ENV) if high_throughput else {}
 
 
-def haproxy_ports_env(stats_port: int, metrics_port: int) -> dict[str, str]:
-    """Where one cluster's HAProxy serves its stats and metrics when several clusters'
-    heads share a machine: Ray's defaults (8404, 9101) are one per machine. Its files are
+def haproxy_ports_env(stats_port: int, metrics_port: int, fallback_proxy_port: int) -> dict[str, str]:
+    """Where one cluster's HAProxy serves its stats and metrics, and where its fallback
+    listens (Serve's Python proxy, which holds a model's requests while the model has no
+    replica), when several clusters' heads share a machine: Ray's defaults (8404, 9101,
+    8500) are one per machine, and a second cluster's HAProxy would send its held
+    requests to the first cluster's proxy, which knows none of its routes. Its files are
     already apart: Ray keeps them under a directory per Ray node id."""
-    return {"RAY_SERVE_HAPROXY_STATS_PORT": str(stats_port), "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics_port)}
+    return {
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(stats_port),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics_port),
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(fallback_proxy_port),
+    }

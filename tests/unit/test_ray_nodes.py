@@ -27,12 +27,14 @@ def started_heads(spec, monkeypatch, tmp_path) -> list[dict[str, str]]:
 
 
 def test_heads_sharing_a_machine_get_their_own_haproxy_ports(monkeypatch, tmp_path):
+    """HAProxy's stats and metrics, and its fallback (Serve's Python proxy, which holds a
+    model's requests while it has no replica): a cluster sharing another's fallback port
+    would send its held requests to a proxy that knows none of its routes."""
     spec = spec_of(ray={"high_throughput": True})
     envs = started_heads(spec, monkeypatch, tmp_path)
     assert all(env["RAY_SERVE_ENABLE_HA_PROXY"] == env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1" for env in envs)
-    haproxy_ports = [
-        int(env[key]) for env in envs for key in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")
-    ]
+    keys = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT")
+    haproxy_ports = [int(env[key]) for env in envs for key in keys]
     assert len(set(haproxy_ports)) == len(haproxy_ports)
     # No Ray node of any cluster (heads and spares) may bind them: not its workers' range, not its components.
     taken = set()
