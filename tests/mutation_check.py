@@ -438,6 +438,12 @@ MUTATIONS = (
         '    for wanted in ("UNHEALTHY",):',
         "up waits on a region whose model app failed to deploy, not saying why",
     ),
+    Mutation(
+        "autoscaler/live/serve_policy.py",
+        "        if queued > 0:",
+        "        if False:",
+        "requests held for a model at zero replicas never wake it",
+    ),
 )
 
 

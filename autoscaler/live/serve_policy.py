@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Hashable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from autoscaler.live.published import drop_malformed, publish, read_floor, read_views
@@ -107,6 +108,11 @@ class RegionAutoscalingPolicy:
             stopping=max(0, ready - ctx.target_num_replicas),
         )
         signals = self._tracker.signals(now, latest_reports(ctx.raw_metrics), counts, self._cold_start.last_s)
+        # Requests Serve's handles hold for a replica wait too: at zero replicas, those HAProxy
+        # handed to the fallback proxy, which no replica reports. The policy wakes for them.
+        queued = round(ctx.total_queued_requests or 0)
+        if queued > 0:
+            signals = replace(signals, waiting=signals.waiting + queued)
         own, state = self._policy.decide(signals, dict(ctx.policy_state.get("meridian", {})))
         model = model_of(ctx.deployment_name)
         own_view = ScalingView(
@@ -124,7 +130,7 @@ class RegionAutoscalingPolicy:
         )
         decision = self._with_floor(model, own_view)
         if decision.target != self._decision.target:  # a reason's figures move every decision; the target seldom
-            log.info("autoscale %s: %d -> %d (%s)", ctx.app_name, ready, decision.target, decision.reason)
+            log.info("autoscale %s %s: %d -> %d (%s)", self._region, model, ready, decision.target, decision.reason)
         self._decision = decision
         view = own_view.model_copy(update={"target": decision.target, "reason": decision.reason[:MAX_REASON]})
         try:

@@ -72,18 +72,26 @@ def spec_with(scaling: AutoscalingSpec, profile: str) -> dict:
     }
 
 
-def context(now: float, ready: int, target: int, reports: dict[str, dict[str, float]], state: dict | None = None):
+def context(
+    now: float,
+    ready: int,
+    target: int,
+    reports: dict[str, dict[str, float]],
+    state: dict | None = None,
+    queued: float | None = 0.0,
+):
     raw: dict[str, dict[str, list[Point]]] = {}
     for replica, metrics in reports.items():
         for name, value in metrics.items():
             raw.setdefault(name, {})[replica] = [Point(now - 3, 0.0), Point(now - 1, value)]
     return SimpleNamespace(
-        app_name="local-us-east",
+        app_name="local-us-east:m",  # the model's own app; the policy keys by its region
         deployment_name="RegionLLMServer:m",
         current_time=now,
         current_num_replicas=ready,
         target_num_replicas=target,
         raw_metrics=raw,
+        total_queued_requests=queued,
         policy_state=state or {},
     )
 
@@ -137,10 +145,10 @@ def test_heavy_demand_scales_up_and_the_decision_is_published(published, caplog)
     assert published[-1]["reason"] and published[-1]["starting"] == 0
     assert "meridian" in state  # the pure policy's state rides in Serve's policy_state
     # The change and its reason go to Serve's logger, so the controller's log file has them.
-    changes = [r for r in caplog.records if r.getMessage().startswith("autoscale local-us-east:")]
+    changes = [r for r in caplog.records if r.getMessage().startswith("autoscale local-us-east m:")]
     assert [r.getMessage().split(" (")[0] for r in changes] == [
-        "autoscale local-us-east: 1 -> 1",
-        "autoscale local-us-east: 1 -> 4",
+        "autoscale local-us-east m: 1 -> 1",
+        "autoscale local-us-east m: 1 -> 4",
     ]
     assert changes[-1].name.startswith("ray.serve.") and published[-1]["reason"] in changes[-1].getMessage()
     scaler(context(110.0, 1, 4, {"r1": load(120, 120_000, 2_000, waiting=40)}, state))
@@ -182,6 +190,19 @@ def test_a_region_floor_is_shared_with_the_regions_other_models(published, floor
     floors["local-us-east"] = FleetFloor(replicas=5, reason="fleet minimum of 5 warm")
     target, _ = scaler(context(112.0, 1, 1, {}, state))
     assert target == 2 and published[-1]["reason"] == "fleet minimum of 5 warm"
+
+
+def test_requests_a_handle_holds_at_zero_replicas_wake_the_region(published):
+    """At zero, no replica reports anything: the requests Serve's fallback proxy holds for
+    the model (ctx.total_queued_requests) are the only sign of demand."""
+    scaler = policy(min_replicas=0, max_replicas=2, idle_to_zero_s=20.0)
+    _, state = scaler(context(100.0, 0, 0, {}))
+    target, state = scaler(context(130.0, 0, 0, {}, state))
+    assert target == 0 and "scale to zero" in published[-1]["reason"]
+    target, state = scaler(context(136.0, 0, 0, {}, state, queued=None))  # Serve may not know yet
+    assert target == 0
+    target, _ = scaler(context(142.0, 0, 0, {}, state, queued=2))
+    assert target == 1 and published[-1]["target"] == 1
 
 
 def test_a_fleet_floor_raises_an_idle_regions_target_up_to_its_maximum(published, floors):
