@@ -8,6 +8,12 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
+# How long an idle client connection stays open. Longer than clients' own pools keep one
+# (httpx 5 s, as the openai client uses, aiohttp 15 s) and than load balancers' idle
+# timeouts (60 s): at uvicorn's default of 5 s a client reusing a connection just as the
+# router closed it gets a reset, not an answer. nginx's default is 75 s.
+KEEP_ALIVE_S = 75
+
 
 class DrainingServer(uvicorn.Server):
     """uvicorn that tells the app when it is asked to stop: uvicorn itself only stops
@@ -16,7 +22,13 @@ class DrainingServer(uvicorn.Server):
     def __init__(self, app: FastAPI, host: str, port: int, grace_s: float):
         super().__init__(
             uvicorn.Config(
-                app, host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=grace_s
+                app,
+                host=host,
+                port=port,
+                log_level="warning",
+                access_log=False,
+                timeout_graceful_shutdown=grace_s,
+                timeout_keep_alive=KEEP_ALIVE_S,
             )
         )
         self._app = app

@@ -141,7 +141,8 @@ async def _burst_until(router_url: str, body: dict, done: Callable[[], bool], wo
     async with httpx.AsyncClient(base_url=router_url, timeout=300) as client:
 
         async def worker() -> None:
-            while time.monotonic() < deadline and not done():
+            # The check is blocking (dashboard calls, a CLI run): off the loop that reads the answers.
+            while time.monotonic() < deadline and not await asyncio.to_thread(done):
                 try:
                     response = await client.post("/v1/chat/completions", json=body)
                     outcomes.append((response.status_code, response.headers.get("x-meridian-region")))
