@@ -444,6 +444,12 @@ MUTATIONS = (
         "        if False:",
         "requests held for a model at zero replicas never wake it",
     ),
+    Mutation(
+        "autoscaler/policy/slo_policy.py",
+        "        idle = signals.waiting == 0 and signals.running == 0",
+        "        idle = signals.waiting == 0",
+        "a region scales to zero under a request its replica still runs",
+    ),
 )
 
 

@@ -108,11 +108,14 @@ class RegionAutoscalingPolicy:
             stopping=max(0, ready - ctx.target_num_replicas),
         )
         signals = self._tracker.signals(now, latest_reports(ctx.raw_metrics), counts, self._cold_start.last_s)
-        # Requests Serve's handles hold for a replica wait too: at zero replicas, those HAProxy
-        # handed to the fallback proxy, which no replica reports. The policy wakes for them.
+        # Serve's own counts, which do not wait for a replica's next report. Requests its
+        # handles hold for a replica wait too: at zero replicas, those HAProxy handed to the
+        # fallback proxy, which no replica reports; the policy wakes for them. Requests at a
+        # replica run, even one that has not reported them yet; the policy keeps it for them.
         queued = round(ctx.total_queued_requests or 0)
-        if queued > 0:
-            signals = replace(signals, waiting=signals.waiting + queued)
+        at_replicas = max(round(ctx.total_num_requests or 0) - queued, 0)
+        if queued > 0 or at_replicas > signals.running:
+            signals = replace(signals, waiting=signals.waiting + queued, running=max(signals.running, at_replicas))
         own, state = self._policy.decide(signals, dict(ctx.policy_state.get("meridian", {})))
         model = model_of(ctx.deployment_name)
         own_view = ScalingView(

@@ -317,7 +317,8 @@ class SloPolicy:
         if target > desired:
             reason += f"; holding {target} for the {hold_s:.0f} s scale-down window"
 
-        if scaling.min_replicas == 0 and now - last_arrival >= scaling.idle_to_zero_s and signals.waiting == 0:
+        idle = signals.waiting == 0 and signals.running == 0
+        if scaling.min_replicas == 0 and now - last_arrival >= scaling.idle_to_zero_s and idle:
             target = 0
             reason = f"idle {now - last_arrival:.0f} s ≥ {scaling.idle_to_zero_s:.0f} s: scale to zero"
         elif scaling.min_replicas == 0 and target == 0 and now - last_arrival < scaling.idle_to_zero_s:

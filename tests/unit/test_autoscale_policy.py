@@ -26,14 +26,16 @@ def demand(rates: list[float]) -> tuple[DemandSample, ...]:
     )
 
 
-def signals(rates: list[float], ready: int, waiting: int = 0, ttft_ms: float | None = None) -> RegionSignals:
+def signals(
+    rates: list[float], ready: int, waiting: int = 0, ttft_ms: float | None = None, running: int = 0
+) -> RegionSignals:
     return RegionSignals(
         now_s=float(len(rates)),
         demand=demand(rates),
         ready=ready,
         starting=0,
         stopping=0,
-        running=0,
+        running=running,
         waiting=waiting,
         kv_usage=0.1,
         ttft_ms=ttft_ms,
@@ -147,6 +149,10 @@ def test_scales_to_zero_only_after_idle_time() -> None:
         decision, state = p.decide(signals(rates, 1), state)
         assert decision.target >= 1
     rates += [0.0] * 5  # 120 s idle
+    # Not while a request still runs: one whose arrival the replica has not reported yet,
+    # or a generation longer than the idle time.
+    running, _ = p.decide(signals(rates, 1, running=1), state)
+    assert running.target == 1
     decision, state = p.decide(signals(rates, 1), state)
     assert decision.target == 0
     assert "idle" in decision.reason

@@ -79,6 +79,7 @@ def context(
     reports: dict[str, dict[str, float]],
     state: dict | None = None,
     queued: float | None = 0.0,
+    ongoing: float | None = 0.0,
 ):
     raw: dict[str, dict[str, list[Point]]] = {}
     for replica, metrics in reports.items():
@@ -92,6 +93,7 @@ def context(
         target_num_replicas=target,
         raw_metrics=raw,
         total_queued_requests=queued,
+        total_num_requests=ongoing,
         policy_state=state or {},
     )
 
@@ -201,8 +203,13 @@ def test_requests_a_handle_holds_at_zero_replicas_wake_the_region(published):
     assert target == 0 and "scale to zero" in published[-1]["reason"]
     target, state = scaler(context(136.0, 0, 0, {}, state, queued=None))  # Serve may not know yet
     assert target == 0
-    target, _ = scaler(context(142.0, 0, 0, {}, state, queued=2))
+    target, state = scaler(context(142.0, 0, 0, {}, state, queued=2, ongoing=2))
     assert target == 1 and published[-1]["target"] == 1
+    # The replica is up and runs them, before its first report: it is kept for them.
+    target, state = scaler(context(148.0, 1, 1, {}, state, queued=0, ongoing=2))
+    assert target == 1
+    target, _ = scaler(context(154.0, 1, 1, {}, state, queued=0, ongoing=0))
+    assert target == 0 and "scale to zero" in published[-1]["reason"]
 
 
 def test_a_fleet_floor_raises_an_idle_regions_target_up_to_its_maximum(published, floors):
