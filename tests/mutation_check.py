@@ -446,8 +446,8 @@ MUTATIONS = (
     ),
     Mutation(
         "autoscaler/policy/slo_policy.py",
-        "        idle = signals.waiting == 0 and signals.running == 0",
-        "        idle = signals.waiting == 0",
+        "        in_region = signals.waiting + signals.running",
+        "        in_region = signals.waiting",
         "a region scales to zero under a request its replica still runs",
     ),
 )

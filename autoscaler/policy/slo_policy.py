@@ -317,10 +317,15 @@ class SloPolicy:
         if target > desired:
             reason += f"; holding {target} for the {hold_s:.0f} s scale-down window"
 
-        idle = signals.waiting == 0 and signals.running == 0
-        if scaling.min_replicas == 0 and now - last_arrival >= scaling.idle_to_zero_s and idle:
+        # Requests in the region, waiting or running, whatever the arrivals counted so far
+        # (a replica reports those it took a moment later).
+        in_region = signals.waiting + signals.running
+        if scaling.min_replicas == 0 and now - last_arrival >= scaling.idle_to_zero_s and in_region == 0:
             target = 0
             reason = f"idle {now - last_arrival:.0f} s ≥ {scaling.idle_to_zero_s:.0f} s: scale to zero"
+        elif scaling.min_replicas == 0 and target == 0 and in_region > 0:
+            target = 1
+            reason += f"; kept at 1 for {in_region} request(s) in the region"
         elif scaling.min_replicas == 0 and target == 0 and now - last_arrival < scaling.idle_to_zero_s:
             target = 1
             reason += f"; kept at 1 until {scaling.idle_to_zero_s:.0f} s idle"

@@ -151,8 +151,8 @@ def test_scales_to_zero_only_after_idle_time() -> None:
     rates += [0.0] * 5  # 120 s idle
     # Not while a request still runs: one whose arrival the replica has not reported yet,
     # or a generation longer than the idle time.
-    running, _ = p.decide(signals(rates, 1, running=1), state)
-    assert running.target == 1
+    running, _ = p.decide(signals(rates + [0.0] * 600, 1, running=1), state)
+    assert running.target == 1 and "1 request(s) in the region" in running.reason
     decision, state = p.decide(signals(rates, 1), state)
     assert decision.target == 0
     assert "idle" in decision.reason
