@@ -124,12 +124,14 @@ def test_a_region_is_as_far_along_as_its_least_ready_app(tmp_path, monkeypatch):
     state.clusters[lab.name] = ClusterState(slug=lab.slug, gcs_address="127.0.0.1:1", dashboard_url="x")
     state.failed_regions["local/away"] = "its cluster does not answer"
     model_app = model_app_name(lab.slug, spec.models[0].id)
-    applications = {lab.slug: {"status": "RUNNING"}, model_app: {"status": "DEPLOY_FAILED", "message": "no vLLM"}}
+    # The control app still deploying does not hide the model app's failure.
+    applications = {lab.slug: {"status": "DEPLOYING"}, model_app: {"status": "DEPLOY_FAILED", "message": "no vLLM"}}
     monkeypatch.setattr(launcher, "serve_applications", lambda state, cluster: applications)
     monkeypatch.setattr(launcher, "router_regions", lambda state: {})
     progress = {p.name: (p.phase, p.detail) for p in launcher.region_progress(spec, state)}
     assert progress["local/lab"] == ("failed", "no vLLM")
 
+    applications[lab.slug] = {"status": "RUNNING"}
     applications[model_app] = {"status": "DEPLOYING"}
     assert launcher.region_app_status(launcher.region_apps(spec, lab, applications)) == ("DEPLOYING", "")
     applications[model_app] = {"status": "RUNNING"}
