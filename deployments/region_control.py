@@ -22,7 +22,7 @@ from ray.llm._internal.serve.utils.broadcast import broadcast
 from ray.serve.handle import DeploymentHandle
 
 from autoscaler.live.published import drop_malformed, publish_floor, read_capacity, read_floor, read_published
-from deployments.region_auth import RegionTokenGuard, presents_token, refusal, region_token_digest
+from deployments.region_auth import RegionTokenGuard, refusal, region_token_digest
 from deployments.shared_poll import SharedPoll
 from meridian_core.contracts import (
     MAX_MESSAGE_BYTES,
@@ -96,7 +96,7 @@ class RegionControl:
         return status.model_dump(mode="json")
 
     async def set_fleet_floor(self, request: Request) -> Response:
-        refused = self._unauthorized(request)
+        refused = self._without_token()
         if refused is not None:
             return refused
         body = b""
@@ -111,14 +111,13 @@ class RegionControl:
             return refusal(400, str(error))
         return await self._keep_floor(floor)
 
-    async def lift_fleet_floor(self, request: Request) -> Response:
-        return self._unauthorized(request) or await self._keep_floor(None)
+    async def lift_fleet_floor(self) -> Response:
+        return self._without_token() or await self._keep_floor(None)
 
-    def _unauthorized(self, request: Request) -> JSONResponse | None:
+    def _without_token(self) -> JSONResponse | None:
+        """A region with a token had it checked by the app's guard; one without takes no floor."""
         if self._control_digest is None:
             return refusal(403, "this region takes no fleet floor: it has no control token")
-        if not presents_token(request.headers, self._control_digest):
-            return refusal(401, "a valid control token is required")
         return None
 
     async def _keep_floor(self, floor: FleetFloor | None) -> Response:

@@ -440,8 +440,8 @@ MUTATIONS = (
     ),
     Mutation(
         "autoscaler/live/serve_policy.py",
-        "        if queued > 0:",
-        "        if False:",
+        "signals = replace(signals, waiting=signals.waiting + queued,",
+        "signals = replace(signals, waiting=signals.waiting,",
         "requests held for a model at zero replicas never wake it",
     ),
     Mutation(

@@ -114,8 +114,7 @@ class RegionAutoscalingPolicy:
         # replica run, even one that has not reported them yet; the policy keeps it for them.
         queued = round(ctx.total_queued_requests or 0)
         at_replicas = max(round(ctx.total_num_requests or 0) - queued, 0)
-        if queued > 0 or at_replicas > signals.running:
-            signals = replace(signals, waiting=signals.waiting + queued, running=max(signals.running, at_replicas))
+        signals = replace(signals, waiting=signals.waiting + queued, running=max(signals.running, at_replicas))
         own, state = self._policy.decide(signals, dict(ctx.policy_state.get("meridian", {})))
         model = model_of(ctx.deployment_name)
         own_view = ScalingView(
