@@ -392,8 +392,20 @@ def test_no_failed_request_when_a_region_is_deleted_midway(spec, platform, clien
     assert regions[-6:] == ["local/eu-west"] * 6  # the deleted region no longer gets traffic
 
 
+def wait_until_deleted(spec: PlatformSpec, platform: PlatformState, slugs: set[str]) -> None:
+    """Wait until the named regions' clusters run no Serve app: a deleted app's
+    replicas still answer the requests they get while they drain."""
+    clusters = [platform.clusters[spec.region(slug).name] for slug in slugs]
+    deadline = time.monotonic() + 120
+    while any(launcher.serve_applications(platform, cluster) for cluster in clusters):
+        assert time.monotonic() < deadline, "Serve did not delete the regions' apps in 120 s"
+        time.sleep(1)
+
+
 def test_no_region_left_is_503_with_retry_after(spec, platform, model):
-    redeploy_without(spec, platform, {"local-us-east", "local-eu-west"})
+    slugs = {"local-us-east", "local-eu-west"}
+    redeploy_without(spec, platform, slugs)
+    wait_until_deleted(spec, platform, slugs)
     body = {"model": model, "messages": QUESTION}
     response = httpx.post(f"{platform.router_url}/v1/chat/completions", json=body, timeout=60)
     assert response.status_code == 503
