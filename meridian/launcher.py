@@ -165,6 +165,7 @@ def stop_cluster(state: PlatformState, region: RegionSpec) -> None:
     for pid in [cluster.capacity_pid, *(node.pid for node in nodes), cluster.head_pid if cluster.ray_temp_dir else 0]:
         if pid:
             processes.terminate_group(pid)
+    LocalNodes.forget(state, cluster.slug)
 
 
 def clusters_alive(state: PlatformState) -> bool:
@@ -205,6 +206,9 @@ def start_cluster(spec: PlatformSpec, state: PlatformState, region: RegionSpec, 
         if not _answers(f"{region.cluster.dashboard_url}/api/version"):
             raise LaunchError(f"{region.name}: its cluster does not answer at {region.cluster.dashboard_url}")
     if region.capacity.provider == "local":
+        # Node records left by an earlier run that was never brought down belong to no
+        # node of this cluster; kept, they would count as its capacity.
+        LocalNodes.forget(state, region.slug)
         # The capacity loop would buy it within a tick; starting it here lets the
         # Serve app deploy onto a node at once.
         on_step(f"{region.name}: starting its first Ray node")

@@ -45,6 +45,17 @@ def is_running(pid: int | None) -> bool:
         return False
 
 
+def is_running_since(pid: int, started_by_s: float) -> bool:
+    """`pid` runs and is the process started no later than `started_by_s` (Unix time): once
+    a process is gone its pid is handed to a new one, which a pid alone cannot tell apart."""
+    try:
+        process = psutil.Process(pid)
+        # The kernel's start time has a clock tick's grain; a second covers it.
+        return process.status() != psutil.STATUS_ZOMBIE and process.create_time() <= started_by_s + 1.0
+    except psutil.NoSuchProcess:
+        return False
+
+
 def marked_processes(platform_id: str) -> list[psutil.Process]:
     """Live processes whose environment carries this platform's id."""
     found = []

@@ -117,7 +117,7 @@ class LocalProvider:
         held = self._held()
         nodes = []
         for node_id, record in list(held.nodes.items()):
-            if not processes.is_running(record.pid):
+            if not processes.is_running_since(record.pid, record.launched_at_s):
                 # Nobody asked for this: the local equivalent of losing a spot node.
                 del held.nodes[node_id]
                 self._keep(held)

@@ -360,8 +360,9 @@ def _plan_demand(
         for index in range(first, len(outcome.shortfalls)):
             short = outcome.shortfalls[index]
             outcome.shortfalls[index] = replace(short, reason="; ".join([*spot_refusals, short.reason]))
+    surplus_reason = "ready spot covers demand" if ready_spot else "more on-demand nodes than demand"
     for node in _surplus(on_demand, len(on_demand) - hold, demand, ledger, catalog):
-        outcome.releases.append(_release(node, "on-demand no longer needed: ready spot covers demand"))
+        outcome.releases.append(_release(node, f"on-demand no longer needed: {surplus_reason}"))
     for node in _surplus(spot, placed_spot - spot_target, demand, ledger, catalog):
         outcome.releases.append(_release(node, "spot beyond demand plus spare"))
 

@@ -138,3 +138,28 @@ def test_a_region_is_as_far_along_as_its_least_ready_app(tmp_path, monkeypatch):
     assert launcher.region_app_status(launcher.region_apps(spec, lab, applications)) == ("RUNNING", "")
     del applications[model_app]  # not deployed yet
     assert launcher.region_app_status(launcher.region_apps(spec, lab, applications)) == ("NOT_STARTED", "")
+
+
+def test_a_regions_first_node_starts_with_no_node_record_left_from_an_earlier_run(tmp_path, monkeypatch):
+    """Records a run left behind (brought down by a kill, not by `down`) name no node of
+    the cluster `up` starts; kept, the capacity loop counted one as capacity and released
+    the region's real first node as surplus."""
+    monkeypatch.setenv("MERIDIAN_STATE_DIR", str(tmp_path))
+    spec = spec_with(away_too=True)
+    lab = spec.regions[0]
+    state = launcher.new_state(spec, tmp_path / "spec.yaml")
+    stale = LocalNode(pid=4_000_000, block=1, launched_at_s=0.0)
+    LocalNodes(nodes={f"{lab.slug}-2": stale}).save(state, lab.slug)
+    held_at_first_node: list[dict] = []
+
+    class FirstNode:
+        def __init__(self, spec, state, region):
+            self.state, self.region = state, region
+
+        def acquire(self, placement):
+            held_at_first_node.append(LocalNodes.load(self.state, self.region.slug).nodes)
+
+    monkeypatch.setattr(launcher, "_answers", lambda url: True)
+    monkeypatch.setattr(launcher, "LocalProvider", FirstNode)
+    launcher.start_cluster(spec, state, lab, lambda _: None)
+    assert held_at_first_node == [{}]

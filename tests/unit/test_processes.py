@@ -40,3 +40,15 @@ def test_group_terminate_then_sweep_leaves_nothing(tmp_path):
 def test_is_running_of_nothing():
     assert not processes.is_running(0)
     assert not processes.is_running(None)
+
+
+def test_a_pid_handed_to_a_newer_process_is_not_the_one_started_then(tmp_path):
+    pid = processes.spawn([sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "sleep.log", "p")
+    launched = time.time()
+    try:
+        assert processes.is_running_since(pid, launched)
+        # A record older than the process now holding its pid is of one gone before it.
+        assert not processes.is_running_since(pid, launched - 3600)
+    finally:
+        processes.terminate_group(pid, grace_s=5)
+    assert not processes.is_running_since(pid, launched)

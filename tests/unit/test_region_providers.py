@@ -3,6 +3,8 @@ cluster/provider setting is checked at load with the field named."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import yaml
 
@@ -10,8 +12,9 @@ from capacity.live.aws import AwsProvider
 from capacity.live.gcp import GcpProvider
 from capacity.live.local import LocalProvider
 from capacity.live.providers import provider_for
+from capacity.model import EventKind
 from meridian_core.spec import SpecError, load_spec, parse_spec
-from meridian_host.platform_state import ClusterState, PlatformState
+from meridian_host.platform_state import ClusterState, LocalNode, LocalNodes, PlatformState
 
 AWS = {
     "provider": "aws",
@@ -204,3 +207,20 @@ def test_a_cloud_that_does_not_answer_down_is_named_without_its_endpoint(tmp_pat
     (problem,) = release_cloud_nodes(spec, state_for(spec))
     assert problem.startswith("gcp/europe-west4: its instances were not all released (gcp/europe-west4: ")
     assert "127.0.0.1" not in problem
+
+
+def test_a_local_node_whose_pid_now_belongs_to_another_process_is_lost_not_held(tmp_path, monkeypatch):
+    """A node record outliving its `ray start` must not count as capacity because the
+    kernel gave its pid to a newer process: the loop would keep the phantom and release
+    a real node as surplus."""
+    monkeypatch.setenv("MERIDIAN_STATE_DIR", str(tmp_path))
+    spec = spec_with(region("local/lab", None))
+    state = state_for(spec)
+    lab = spec.regions[0]
+    block = spec.cluster_ports(lab).node_blocks[0]
+    # This test's own process runs under the pid, but was started long after the record.
+    LocalNodes(nodes={"local-lab-1": LocalNode(pid=os.getpid(), block=block, launched_at_s=1.0)}).save(state, lab.slug)
+    provider = LocalProvider(spec, state, lab)
+    assert provider.nodes() == []
+    assert [(e.kind, e.node_id) for e in provider.events()] == [(EventKind.PREEMPTED, "local-lab-1")]
+    assert LocalNodes.load(state, lab.slug).nodes == {}
