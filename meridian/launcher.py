@@ -161,11 +161,18 @@ def stop_cluster(state: PlatformState, region: RegionSpec) -> None:
     cluster = state.clusters.pop(region.name, None)
     if cluster is None:
         return
-    nodes = LocalNodes.load(state, cluster.slug).nodes.values()
-    for pid in [cluster.capacity_pid, *(node.pid for node in nodes), cluster.head_pid if cluster.ray_temp_dir else 0]:
+    nodes = live_local_node_pids(state, cluster)
+    for pid in [cluster.capacity_pid, *nodes, cluster.head_pid if cluster.ray_temp_dir else 0]:
         if pid:
             processes.terminate_group(pid)
     LocalNodes.forget(state, cluster.slug)
+
+
+def live_local_node_pids(state: PlatformState, cluster: ClusterState) -> list[int]:
+    """The `ray start` pids of the cluster's local nodes that still run: a record whose
+    process is gone may name a pid the kernel has since given to another process."""
+    nodes = LocalNodes.load(state, cluster.slug).nodes.values()
+    return [node.pid for node in nodes if processes.is_running_since(node.pid, node.launched_at_s)]
 
 
 def clusters_alive(state: PlatformState) -> bool:
@@ -384,7 +391,7 @@ def down(name: str) -> Stopped:
             processes.terminate_group(pid)
     problems = release_cloud_nodes(load_spec(state.spec_path), state)
     pids = [state.global_loop_pid, state.router_pid]
-    pids += [node.pid for cluster in clusters for node in LocalNodes.load(state, cluster.slug).nodes.values()]
+    pids += [pid for cluster in clusters for pid in live_local_node_pids(state, cluster)]
     pids += [cluster.head_pid for cluster in clusters]
     for pid in pids:
         if pid:

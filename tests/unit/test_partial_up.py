@@ -3,11 +3,16 @@ left out and the others come up, unless the spec is all-or-nothing."""
 
 from __future__ import annotations
 
+import os
+import sys
+import time
+
 import pytest
 import yaml
 
 from meridian import launcher
 from meridian_core.spec import model_app_name, parse_spec
+from meridian_host import processes
 from meridian_host.platform_state import ClusterState, LocalNode, LocalNodes
 
 AWAY = {"managed": False, "address": "127.0.0.1:9", "dashboard_url": "http://127.0.0.1:9"}
@@ -105,13 +110,21 @@ def test_down_forgets_the_local_nodes_it_stopped_so_up_again_finds_their_port_bl
     lab = spec.regions[0]
     state.clusters[lab.name] = ClusterState(slug=lab.slug, gcs_address="127.0.0.1:1", dashboard_url="x")
     state.save()
-    node = LocalNode(pid=4_000_000, block=spec.cluster_ports(lab).node_blocks[0], launched_at_s=0.0)
-    LocalNodes(nodes={f"{lab.slug}-1": node}).save(state, lab.slug)
+    first, second = spec.cluster_ports(lab).node_blocks[:2]
+    running = processes.spawn([sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "node.log", "p")
+    node = LocalNode(pid=running, block=first, launched_at_s=time.time())
+    # A record whose node is gone, its pid since given to this test's own process.
+    gone = LocalNode(pid=os.getpid(), block=second, launched_at_s=1.0)
+    LocalNodes(nodes={f"{lab.slug}-1": node, f"{lab.slug}-2": gone}).save(state, lab.slug)
     stopped: list[int] = []
+    terminate_group = processes.terminate_group
     monkeypatch.setattr(launcher.processes, "terminate_group", stopped.append)
     monkeypatch.setattr(launcher.processes, "sweep", lambda platform_id: 0)
-    launcher.down(spec.name)
-    assert node.pid in stopped
+    try:
+        launcher.down(spec.name)
+    finally:
+        terminate_group(running, grace_s=5)
+    assert running in stopped and os.getpid() not in stopped
     assert LocalNodes.load(state, lab.slug).nodes == {}
 
 
