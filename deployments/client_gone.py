@@ -29,25 +29,27 @@ class CancelAsDisconnect:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        gone = asyncio.Event()
+        gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
         async def receive_until_gone() -> Message:
-            if gone.is_set():
+            if gone.done():
                 return DISCONNECT
             receiving = asyncio.ensure_future(receive())
-            cancelled = asyncio.ensure_future(gone.wait())
-            await asyncio.wait((receiving, cancelled), return_when=asyncio.FIRST_COMPLETED)
-            if receiving.done():
-                cancelled.cancel()
-                return receiving.result()
-            receiving.cancel()
-            return DISCONNECT
+            try:
+                await asyncio.wait((receiving, gone), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                # Also when this receive is cancelled itself, as vLLM's disconnect listener
+                # is once its handler has answered: a receive left pending would be
+                # destroyed pending by the garbage collector, outside the event loop.
+                if not receiving.done():
+                    receiving.cancel()
+            return receiving.result() if receiving.done() else DISCONNECT
 
         serving = asyncio.ensure_future(self.app(scope, receive_until_gone, send))
         try:
             await asyncio.shield(serving)
         except asyncio.CancelledError:
-            gone.set()
+            gone.set_result(None)
             # The app winds down on its own; what it then fails to send has no reader.
             serving.add_done_callback(_retrieve)
             raise
