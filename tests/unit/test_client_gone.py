@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import FastAPI, Request
-from starlette.types import ASGIApp, Message
+from starlette.types import ASGIApp, Message, Receive, Send
 from vllm.entrypoints.serve.utils.api_utils import with_cancellation
 
 from deployments.client_gone import CancelAsDisconnect
@@ -27,6 +27,24 @@ SCOPE = {
 }
 
 
+def staying_client() -> tuple[Receive, Send]:
+    """A client that sends its body and never hangs up on its own: only a cancel (Ray's,
+    or the app's own) ends its wait for the next message."""
+    connected = asyncio.Event()
+
+    async def receive() -> Message:
+        if not connected.is_set():
+            connected.set()
+            return {"type": "http.request", "body": b"{}", "more_body": False}
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def send(_: Message) -> None:
+        return None
+
+    return receive, send
+
+
 def work_left_running(wrap: bool) -> bool:
     """Cancel a request to a vLLM-style handler once it is generating, as Ray Serve does
     when the client goes; whether the handler's work is still running a second later."""
@@ -45,17 +63,7 @@ def work_left_running(wrap: bool) -> bool:
         return {}
 
     asgi: ASGIApp = CancelAsDisconnect(app) if wrap else app
-    connected = asyncio.Event()  # the client never hangs up on its own: Ray cancels
-
-    async def receive() -> Message:
-        if not connected.is_set():
-            connected.set()
-            return {"type": "http.request", "body": b"{}", "more_body": False}
-        await asyncio.Event().wait()
-        raise AssertionError("unreachable")
-
-    async def send(_: Message) -> None:
-        return None
+    receive, send = staying_client()
 
     async def scenario() -> bool:
         request = asyncio.ensure_future(asgi(SCOPE, receive, send))
@@ -91,17 +99,7 @@ def receives_left_pending(wrap: bool) -> int:
         return {}
 
     asgi: ASGIApp = CancelAsDisconnect(app) if wrap else app
-    connected = asyncio.Event()
-
-    async def receive() -> Message:  # the client stays: only a cancel ends this wait
-        if not connected.is_set():
-            connected.set()
-            return {"type": "http.request", "body": b"{}", "more_body": False}
-        await asyncio.Event().wait()
-        raise AssertionError("unreachable")
-
-    async def send(_: Message) -> None:
-        return None
+    receive, send = staying_client()
 
     async def scenario() -> int:
         await asgi(SCOPE, receive, send)
