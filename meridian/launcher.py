@@ -161,8 +161,8 @@ def stop_cluster(state: PlatformState, region: RegionSpec) -> None:
     cluster = state.clusters.pop(region.name, None)
     if cluster is None:
         return
-    nodes = live_local_node_pids(state, cluster)
-    for pid in [cluster.capacity_pid, *nodes, cluster.head_pid if cluster.ray_temp_dir else 0]:
+    node_pids = live_local_node_pids(state, cluster)
+    for pid in [cluster.capacity_pid, *node_pids, cluster.head_pid if cluster.ray_temp_dir else 0]:
         if pid:
             processes.terminate_group(pid)
     LocalNodes.forget(state, cluster.slug)
