@@ -282,7 +282,7 @@ def test_an_unexpected_error_in_an_inference_request_is_an_openai_shaped_500_wit
     def broken_scorer(*_args: object, **_kwargs: object) -> None:
         raise RuntimeError("scorer state at 0xdeadbeef")
 
-    monkeypatch.setattr("geo_router.live.app.choose", broken_scorer)
+    monkeypatch.setattr("geo_router.live.admission.choose", broken_scorer)
     answered = router.post("/v1/chat/completions", json=CHAT, headers={"X-Request-Id": "req-1"})
     assert answered.status_code == 500 and answered.headers["x-request-id"] == "req-1"
     error = answered.json()["error"]
