@@ -91,16 +91,24 @@ def llm_config_for(args: ModelAppArgs, model_path: str) -> LLMConfig:
         # vLLM's own Prometheus logger (not Ray's wrapper) then records into the
         # replica's registry, where RegionLLMServer.engine_stats reads it.
         log_engine_metrics=False,
-        runtime_env={
-            "env_vars": {
-                # Setting the KV cache size also stops vLLM CPU from reserving a
-                # fraction of the whole NUMA node's memory per engine.
-                "VLLM_CPU_KVCACHE_SPACE": str(model.kv_cache_gib),
-                "VLLM_CPU_OMP_THREADS_BIND": args.region.engine_cpus or "nobind",
-                "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
-            }
-        },
+        runtime_env={"env_vars": engine_env(args.region, model)},
     )
+
+
+def engine_env(region: RegionSpec, model: ModelSpec) -> dict[str, str]:
+    """The environment a replica's vLLM engine starts in."""
+    return {
+        # Setting the KV cache size also stops vLLM CPU from reserving a
+        # fraction of the whole NUMA node's memory per engine.
+        "VLLM_CPU_KVCACHE_SPACE": str(model.kv_cache_gib),
+        "VLLM_CPU_OMP_THREADS_BIND": region.engine_cpus or "nobind",
+        "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+        # vLLM 0.32 saves an ahead-of-time compiled model that it cannot load back on
+        # CPU ("'function' object has no attribute 'finalize_loading'"), so every start
+        # compiled the model again. Without it, a start after the first one is served
+        # from Inductor's own cache (benchmarks/engine_start.py).
+        "VLLM_USE_AOT_COMPILE": "0",
+    }
 
 
 def build_model_app(args: dict[str, Any]) -> Application:
