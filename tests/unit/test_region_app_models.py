@@ -77,3 +77,16 @@ def test_what_a_model_app_sets_itself_the_spec_refuses_as_an_option(model_app_ar
         config = llm_configs(model_app_args)[args.model.id]
         own = set(config.engine_kwargs) - set(args.model.engine_options)
         assert own <= set(SET_ELSEWHERE), own - set(SET_ELSEWHERE)
+
+
+def test_the_engine_environment_turns_off_the_compilation_vllm_cannot_load_back(model_app_args, monkeypatch):
+    """vLLM reads the setting under this name, and would otherwise compile ahead of time:
+    a vLLM that renames it or changes its default fails here, not in slower starts."""
+    import vllm.envs
+
+    chat = llm_configs(model_app_args)["chat"]
+    monkeypatch.delenv("VLLM_USE_AOT_COMPILE", raising=False)
+    assert vllm.envs.use_aot_compile()
+    for name, value in chat.runtime_env["env_vars"].items():
+        monkeypatch.setenv(name, value)
+    assert not vllm.envs.use_aot_compile()
