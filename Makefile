@@ -25,7 +25,7 @@ run: install
 	$(BIN)/python -m meridian.demo configs/local.yaml
 
 test: install
-	$(BIN)/python -m pytest -v tests
+	$(BIN)/python -m pytest -v --durations=15 tests
 
 test-unit: install
 	$(BIN)/python -m pytest -q -m "not e2e" tests
