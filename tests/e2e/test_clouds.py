@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import string
 import subprocess
 import sys
@@ -57,9 +58,10 @@ CATALOG = Path(__file__).with_name("emulated-catalog.csv")
 BIN = Path(sys.executable).parent
 US, EU = "aws/us-east-1", "gcp/europe-west4"
 PARIS = "48.85,2.35"
-# A new node's Ray join and a replica's start there, vLLM's compile included: about 3 min
-# on a quiet machine here; a CI run whose two cores also ran a second full suite missed 600 s,
-# and a replacement started while europe-west4 served the whole load took 979 s.
+# A new node's Ray join and a replica's start there: about 2 min on a quiet machine here;
+# a CI run whose two cores also ran a second full suite missed 600 s, and replacements
+# started while europe-west4 served the whole load took 979 s and 1,309 s (vLLM compiled
+# the model again on every start then: deployments/model_app.py:engine_env).
 REPLICA_START_S = 1200
 QUESTION = [
     {"role": "system", "content": "You are a helpful assistant. Answer in one short sentence."},
@@ -222,7 +224,14 @@ def test_up_buys_one_node_per_region_through_the_sdks_and_each_side_is_served_at
 @dataclass
 class SteadyLoad:
     """US clients, `clients` of them, each sending requests one after another at most
-    `per_s` a second, until stopped or `limit` each are sent (ten minutes of them).
+    `per_s` a second, until stopped or for `lasts_s` at most: set it to the longest the
+    test may wait on the load, or the load ends before what the test waits for.
+
+    A request every two seconds per client at most: with a request every half second,
+    europe-west4's engine serving the whole load left the booting replacement node's
+    processes so little of the two cores that its Ray dashboard agent missed the 15 s its
+    raylet gives it to start (Ray 2.60 has no setting for it), five nodes in a row, and the
+    replica of the sixth took 7 minutes to start.
 
     A request in flight on the interrupted node is not failed over: Serve holds it for
     the replica that replaces the lost one (a couple of minutes here), so each client
@@ -231,9 +240,9 @@ class SteadyLoad:
 
     client: openai.OpenAI
     model: str
+    lasts_s: float
     clients: int = 2
-    per_s: float = 2.0
-    limit: int = 1200
+    per_s: float = 0.5
     patience_s: float = 300.0
     answered: list[tuple[float, str]] = field(default_factory=list)  # (when, region)
     failed: list[str] = field(default_factory=list)
@@ -254,7 +263,7 @@ class SteadyLoad:
             thread.join(timeout=self.patience_s + 10)
 
     def _run(self, client: openai.OpenAI) -> None:
-        for _ in range(self.limit):
+        for _ in range(math.ceil(self.lasts_s * self.per_s)):
             if self._stop.wait(1 / self.per_s):
                 return
             try:
@@ -273,7 +282,7 @@ def test_a_spot_interruption_with_spot_stocked_out_fails_no_request_and_is_repla
     """...and the first on-demand replacement's boot fails: it never joins the cluster, so
     the capacity loop releases it after `join_timeout_s` and buys another."""
     (spot,) = aws_instances(clouds)
-    with SteadyLoad(client, spec.models[0].id) as load:
+    with SteadyLoad(client, spec.models[0].id, lasts_s=3 * 120 + REPLICA_START_S) as load:
         eventually(lambda: load.answered_from(US, 0) >= 3, 120, "US requests answered from us-east-1")
         clouds.aws.answer(
             "RunInstances",
