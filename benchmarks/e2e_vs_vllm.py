@@ -48,6 +48,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks.cpu_accounting import cpu_seconds_by_role, snapshot  # noqa: E402
 from benchmarks.servers import (  # noqa: E402
     RAW,
+    VLLM,
     command_line,
     difference,
     machine,
@@ -59,6 +60,7 @@ from benchmarks.servers import (  # noqa: E402
     report_header,
     served,
     spread,
+    vllm_serve_command,
 )
 from meridian import launcher  # noqa: E402
 from meridian_core.spec import PlatformSpec, load_spec, model_route  # noqa: E402
@@ -66,8 +68,6 @@ from meridian_host import models, processes  # noqa: E402
 from meridian_host.platform_state import PlatformState  # noqa: E402
 from meridian_host.region_tokens import region_token  # noqa: E402
 
-BIN = Path(sys.executable).parent
-VLLM = str(BIN / "meridian-vllm")
 BARE_VLLM_PORT = 28123
 
 # (key, name) in measurement order within every round.
@@ -99,10 +99,7 @@ def seed_of(round_index: int, target_index: int) -> int:
 def bare_vllm(
     model_path: str, model_id: str, max_model_len: int, kv_cache_gib: int, log: Path
 ) -> Iterator[tuple[str, subprocess.Popen]]:
-    command = [
-        VLLM, "serve", model_path, "--served-model-name", model_id, "--host", "127.0.0.1",
-        "--port", str(BARE_VLLM_PORT), "--max-model-len", str(max_model_len),
-    ]  # fmt: skip
+    command = vllm_serve_command(model_path, model_id, BARE_VLLM_PORT, max_model_len)
     url = f"http://127.0.0.1:{BARE_VLLM_PORT}"
     with served(command, f"{url}/v1/models", log, env={"VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib)}) as process:
         yield url, process

@@ -25,12 +25,22 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.servers import RAW, command_line, machine, metric_table, pairwise, publish, ratio, report_header, served  # noqa: E402
+from benchmarks.servers import (  # noqa: E402
+    RAW,
+    command_line,
+    machine,
+    metric_table,
+    pairwise,
+    publish,
+    ratio,
+    report_header,
+    served,
+    vllm_serve_command,
+)
 from deployments.model_app import engine_env  # noqa: E402
 from meridian_core.spec import load_spec  # noqa: E402
 from meridian_host import models  # noqa: E402
 
-VLLM = str(Path(sys.executable).parent / "meridian-vllm")
 PORT = 28124
 AOT_SETTING = "VLLM_USE_AOT_COMPILE"
 ENGINE_INIT = re.compile(rb"init engine \(profile, create kv cache, warmup model\) took ([0-9.]+) s")
@@ -56,10 +66,7 @@ def main() -> None:
     region, model = spec.regions[0], spec.models[0]
     meridian_env = engine_env(region, model)
     environments = {"meridian": meridian_env, "default": {k: v for k, v in meridian_env.items() if k != AOT_SETTING}}
-    command = [
-        VLLM, "serve", models.pull(model.source), "--served-model-name", model.id,
-        "--host", "127.0.0.1", "--port", str(PORT), "--max-model-len", str(model.max_model_len),
-    ]  # fmt: skip
+    command = vllm_serve_command(models.pull(model.source), model.id, PORT, model.max_model_len)
     started, machine_info = datetime.now(UTC), machine()
     RAW.mkdir(parents=True, exist_ok=True)
     ready: dict[str, list[float]] = {key: [] for key, _ in TARGETS}

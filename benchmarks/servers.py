@@ -22,6 +22,15 @@ import psutil
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RAW = RESULTS / "raw"
+VLLM = str(Path(sys.executable).parent / "meridian-vllm")
+
+
+def vllm_serve_command(model_path: str, model_id: str, port: int, max_model_len: int) -> list[str]:
+    """Bare `vllm serve` of a model on the loopback address, as the benchmarks start it."""
+    return [
+        VLLM, "serve", model_path, "--served-model-name", model_id, "--host", "127.0.0.1",
+        "--port", str(port), "--max-model-len", str(max_model_len),
+    ]  # fmt: skip
 
 
 def wait_until_answering(url: str, process: subprocess.Popen, timeout_s: float) -> None:
