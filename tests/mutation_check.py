@@ -11,18 +11,22 @@ green is a feature no test guards.
     .venv/bin/python tests/mutation_check.py --list
 
 Exit status 1 if any mutation survived, or if a mutation's text is no longer in the code
-(the list must follow the code it breaks). Not collected by pytest: it runs pytest.
+(the list must follow the code it breaks). A mutation of routing_core/ (Rust) is built
+with cargo and imported in the copy ahead of the installed module. Not collected by
+pytest: it runs pytest.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -153,52 +157,51 @@ MUTATIONS = (
         "a region whose route is gone (404) is not failed over",
     ),
     Mutation(
-        "geo_router/policy/scoring.py",
-        "        return estimates[name].ttft_ms - (scoring.hysteresis_ms if name == previous else 0.0)",
-        "        return estimates[name].ttft_ms",
+        "routing_core/src/scoring.rs",
+        "        let sticky = previous.as_deref() == Some(estimates[i].region.as_str());",
+        "        let sticky = false;",
         "no hysteresis",
     ),
     Mutation(
-        "geo_router/policy/scoring.py",
-        "        return ttft(name) + (factor - 1.0) * max(0.0, estimates[name].rtt_ms - home_rtt)",
-        "        return ttft(name)",
+        "routing_core/src/scoring.rs",
+        "    let cost = |i: usize| ttft(i) + (factor - 1.0) * f64::max(0.0, estimates[i].rtt_ms - home_rtt);",
+        "    let cost = |i: usize| ttft(i) + 0.0 * factor;",
         "leaving the nearest region costs its extra RTT only once",
     ),
     Mutation(
-        "geo_router/policy/scoring.py",
-        "    factor = scoring.spill_rtt_factor * memory.spill_price.markup",
-        "    factor = scoring.spill_rtt_factor",
+        "routing_core/src/scoring.rs",
+        "    let factor = scoring.spill_rtt_factor * memory.spill_price.markup;",
+        "    let factor = scoring.spill_rtt_factor;",
         "spills ignore the mean RTT budget",
     ),
     Mutation(
-        "geo_router/policy/scoring.py",
-        "    if sticky is not None and sticky[0] != best and held(sticky[0]) <= held(best) "
-        "+ scoring.affinity_margin_ms",
-        "    if False",
+        "routing_core/src/scoring.rs",
+        "        if sticky != best && held(sticky) <= held(best) + scoring.affinity_margin_ms {",
+        "        if sticky != best && held(sticky) < 0.0 * held(best) {",
         "no prefix or session affinity",
     ),
     Mutation(
-        "geo_router/policy/scoring.py",
-        '    elif nearest in cold:\n        reason = "spill"',
-        '    elif nearest in cold:\n        reason = "load"',
+        "routing_core/src/scoring.rs",
+        '        reason = "spill";',
+        '        reason = "load";',
         "spills are not reported as spills",
     ),
     Mutation(
         "geo_router/policy/scoring.py",
-        "        return sum(self.correction_ms.values()) / len(self.correction_ms)",
+        "        return sum(self._decayed(other, now) for other in self._learned) / len(self._learned)",
         "        return 0.0",
         "an unobserved region does not inherit the fleet's RTT correction",
     ),
     Mutation(
-        "geo_router/policy/scoring.py",
-        "            profiles[r.name],\n",
-        "            profiles[regions[0].name],\n",
+        "routing_core/src/scoring.rs",
+        "        .zip(profiles)\n",
+        "        .zip(std::iter::repeat(&profiles[0]))\n",
         "every region's TTFT is estimated with one region's replica profile",
     ),
     Mutation(
-        "geo_router/policy/scoring.py",
-        "    queue = 1000.0 * max(prefill_ahead_s, slot_wait_s)",
-        "    queue = 1000.0 * prefill_ahead_s",
+        "routing_core/src/scoring.rs",
+        "    let mut queue = 1000.0 * f64::max(prefill_ahead_s, slot_wait_s);",
+        "    let mut queue = 1000.0 * prefill_ahead_s + 0.0 * slot_wait_s;",
         "the estimate ignores waiting for a sequence slot",
     ),
     Mutation(
@@ -475,6 +478,22 @@ def copy_repo(into: Path) -> Path:
     return root
 
 
+def build_routing_core(root: Path, target_dir: Path) -> bool:
+    """Build `root`'s routing_core/ and put the module at `root`, where the suite imports
+    it ahead of the installed one. False if it does not build."""
+    built = subprocess.run(
+        ["cargo", "build", "--release", "--quiet", "--manifest-path", str(root / "routing_core" / "Cargo.toml")],
+        cwd=root / "routing_core",
+        env={**os.environ, "CARGO_TARGET_DIR": str(target_dir), "PYO3_PYTHON": sys.executable},
+        capture_output=True,
+        timeout=SUITE_TIMEOUT_S,
+    )
+    if built.returncode != 0:
+        return False
+    shutil.copy2(target_dir / "release" / "librouting_core.so", root / f"routing_core{EXTENSION_SUFFIXES[0]}")
+    return True
+
+
 def run_suite(root: Path) -> tuple[bool, str]:
     """(some test failed, the last line of pytest's summary)."""
     command = [sys.executable, "-m", "pytest", "-x", "-q", "-m", "not e2e", "-p", "no:cacheprovider", "tests"]
@@ -511,18 +530,25 @@ def main() -> int:
                 stale += 1
                 continue
             mutated = original.replace(mutation.old, mutation.new)
-            try:
-                compile(mutated, str(path), "exec")
-            except SyntaxError as error:  # a mutation that no longer parses proves nothing
-                print(f"{i:2}. STALE   {mutation.path}: the mutated file does not parse ({error.msg})")
-                stale += 1
-                continue
+            compiled = path.suffix == ".rs"
+            if not compiled:
+                try:
+                    compile(mutated, str(path), "exec")
+                except SyntaxError as error:  # a mutation that no longer parses proves nothing
+                    print(f"{i:2}. STALE   {mutation.path}: the mutated file does not parse ({error.msg})")
+                    stale += 1
+                    continue
             path.write_text(mutated)
             began = time.monotonic()
             try:
+                if compiled and not build_routing_core(root, Path(scratch) / "target"):
+                    print(f"{i:2}. STALE   {mutation.path}: the mutated crate does not build")
+                    stale += 1
+                    continue
                 caught, summary = run_suite(root)
             finally:
                 path.write_text(original)
+                (root / f"routing_core{EXTENSION_SUFFIXES[0]}").unlink(missing_ok=True)
             verdict = "caught  " if caught else "SURVIVED"
             survived += not caught
             print(f"{i:2}. {verdict} {mutation.breaks} [{time.monotonic() - began:.0f} s: {summary}]", flush=True)
