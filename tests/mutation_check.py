@@ -482,7 +482,16 @@ def build_routing_core(root: Path, target_dir: Path) -> bool:
     """Build `root`'s routing_core/ and put the module at `root`, where the suite imports
     it ahead of the installed one. False if it does not build."""
     built = subprocess.run(
-        ["cargo", "build", "--release", "--quiet", "--manifest-path", str(root / "routing_core" / "Cargo.toml")],
+        [
+            "cargo",
+            "build",
+            "--release",
+            "--quiet",
+            "--features",
+            "python",
+            "--manifest-path",
+            str(root / "routing_core" / "Cargo.toml"),
+        ],
         cwd=root / "routing_core",
         env={**os.environ, "CARGO_TARGET_DIR": str(target_dir), "PYO3_PYTHON": sys.executable},
         capture_output=True,

@@ -1,0 +1,382 @@
+//! The Python module `routing_core`: the thin adapter from Python's plain data to the
+//! pure code in `scoring` and `memory`.
+
+use pyo3::exceptions::{PyKeyError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+
+use crate::memory::{self, Key};
+use crate::scoring;
+
+#[derive(FromPyObject)]
+struct PyLatLon {
+    lat: f64,
+    lon: f64,
+}
+
+impl From<PyLatLon> for scoring::LatLon {
+    fn from(p: PyLatLon) -> Self {
+        scoring::LatLon {
+            lat: p.lat,
+            lon: p.lon,
+        }
+    }
+}
+
+/// geo_router/policy/scoring.py's `RegionLoad`, read by attribute.
+#[derive(FromPyObject)]
+struct PyRegionLoad {
+    name: String,
+    location: PyLatLon,
+    ready_replicas: f64,
+    running: f64,
+    waiting: f64,
+    in_flight: f64,
+    kv_cache_usage: f64,
+    rtt_correction_ms: f64,
+    cold_start_ms: f64,
+}
+
+impl From<PyRegionLoad> for scoring::RegionLoad {
+    fn from(p: PyRegionLoad) -> Self {
+        scoring::RegionLoad {
+            name: p.name,
+            location: p.location.into(),
+            ready_replicas: p.ready_replicas,
+            running: p.running,
+            waiting: p.waiting,
+            in_flight: p.in_flight,
+            kv_cache_usage: p.kv_cache_usage,
+            rtt_correction_ms: p.rtt_correction_ms,
+            cold_start_ms: p.cold_start_ms,
+        }
+    }
+}
+
+/// meridian_core/replica_model.py's `ReplicaProfile`, read by attribute.
+#[derive(FromPyObject)]
+struct PyProfile {
+    prefill_tokens_per_s: f64,
+    decode_base_s: f64,
+    decode_per_seq_s: f64,
+    kv_capacity_tokens: i64,
+    max_num_seqs: i64,
+    max_batched_tokens: i64,
+}
+
+impl From<PyProfile> for scoring::Profile {
+    fn from(p: PyProfile) -> Self {
+        scoring::Profile {
+            prefill_tokens_per_s: p.prefill_tokens_per_s,
+            decode_base_s: p.decode_base_s,
+            decode_per_seq_s: p.decode_per_seq_s,
+            kv_capacity_tokens: p.kv_capacity_tokens,
+            max_num_seqs: p.max_num_seqs,
+            max_batched_tokens: p.max_batched_tokens,
+        }
+    }
+}
+
+/// meridian_core/spec.py's `ScoringSpec`, read by attribute.
+#[derive(FromPyObject)]
+struct PyScoring {
+    affinity_margin_ms: f64,
+    hysteresis_ms: f64,
+    spill_rtt_factor: f64,
+    mean_rtt_budget: f64,
+    typical_prompt_tokens: i64,
+    typical_output_tokens: i64,
+    max_hold_ms: f64,
+}
+
+impl From<PyScoring> for scoring::Scoring {
+    fn from(p: PyScoring) -> Self {
+        scoring::Scoring {
+            affinity_margin_ms: p.affinity_margin_ms,
+            hysteresis_ms: p.hysteresis_ms,
+            spill_rtt_factor: p.spill_rtt_factor,
+            mean_rtt_budget: p.mean_rtt_budget,
+            typical_prompt_tokens: p.typical_prompt_tokens,
+            typical_output_tokens: p.typical_output_tokens,
+            max_hold_ms: p.max_hold_ms,
+        }
+    }
+}
+
+fn network(constants: (f64, f64, f64)) -> scoring::Network {
+    let (earth_radius_km, rtt_intercept_ms, rtt_ms_per_km) = constants;
+    scoring::Network {
+        earth_radius_km,
+        rtt_intercept_ms,
+        rtt_ms_per_km,
+    }
+}
+
+/// A Python key (a prompt block, a session, a client area) as the memory keys it: its hash.
+fn key_of(object: &PyAny) -> PyResult<Key> {
+    Ok(object.hash()? as Key)
+}
+
+fn keys_of(objects: &PyAny) -> PyResult<Vec<Key>> {
+    objects.iter()?.map(|item| key_of(item?)).collect()
+}
+
+fn optional_key(object: &PyAny) -> PyResult<Option<Key>> {
+    if object.is_none() {
+        Ok(None)
+    } else {
+        key_of(object).map(Some)
+    }
+}
+
+/// geo_router/policy/scoring.py's `RequestFacts`, read by attribute.
+fn request_facts(object: &PyAny) -> PyResult<scoring::RequestFacts> {
+    Ok(scoring::RequestFacts {
+        client: object.getattr("client")?.extract::<PyLatLon>()?.into(),
+        prompt_tokens: object.getattr("prompt_tokens")?.extract()?,
+        prefix_blocks: keys_of(object.getattr("prefix_blocks")?)?,
+        tokens_per_block: object.getattr("tokens_per_block")?.extract()?,
+        session: optional_key(object.getattr("session")?)?,
+        cell: optional_key(object.getattr("cell")?)?,
+    })
+}
+
+#[pyclass(module = "routing_core")]
+#[derive(Clone)]
+struct Estimate(scoring::Estimate);
+
+#[pymethods]
+impl Estimate {
+    #[getter]
+    fn region(&self) -> &str {
+        &self.0.region
+    }
+    #[getter]
+    fn rtt_ms(&self) -> f64 {
+        self.0.rtt_ms
+    }
+    #[getter]
+    fn queue_ms(&self) -> f64 {
+        self.0.queue_ms
+    }
+    #[getter]
+    fn prefill_ms(&self) -> f64 {
+        self.0.prefill_ms
+    }
+    #[getter]
+    fn cached_tokens(&self) -> i64 {
+        self.0.cached_tokens
+    }
+    #[getter]
+    fn ttft_ms(&self) -> f64 {
+        self.0.ttft_ms()
+    }
+    fn __repr__(&self) -> String {
+        let e = &self.0;
+        format!(
+            "Estimate(region={:?}, rtt_ms={}, queue_ms={}, prefill_ms={}, cached_tokens={})",
+            e.region, e.rtt_ms, e.queue_ms, e.prefill_ms, e.cached_tokens
+        )
+    }
+}
+
+#[pyclass(module = "routing_core")]
+struct RouteDecision(scoring::RouteDecision);
+
+#[pymethods]
+impl RouteDecision {
+    /// Best first: the order to try regions in.
+    #[getter]
+    fn ranked<'py>(&self, py: Python<'py>) -> &'py PyTuple {
+        PyTuple::new(py, &self.0.ranked)
+    }
+    /// nearest | load | affinity | session | hold | spill
+    #[getter]
+    fn reason(&self) -> &'static str {
+        self.0.reason
+    }
+    #[getter]
+    fn estimates<'py>(&self, py: Python<'py>) -> &'py PyTuple {
+        PyTuple::new(
+            py,
+            self.0
+                .estimates
+                .iter()
+                .map(|e| Estimate(e.clone()).into_py(py)),
+        )
+    }
+    #[getter]
+    fn home_rtt_ms(&self) -> f64 {
+        self.0.home_rtt_ms
+    }
+    #[getter]
+    fn rtt_allowance_ms(&self) -> f64 {
+        self.0.rtt_allowance_ms
+    }
+    /// The RTT answering from `region` adds over the nearest region's.
+    fn extra_rtt_ms(&self, region: &str) -> f64 {
+        self.0.extra_rtt_ms(region)
+    }
+    fn __repr__(&self) -> String {
+        format!(
+            "RouteDecision(ranked={:?}, reason={:?})",
+            self.0.ranked, self.0.reason
+        )
+    }
+}
+
+/// Which regions recently served which prompt blocks: where a prefix is likely cached.
+#[pyclass(module = "routing_core")]
+struct PrefixIndex(memory::PrefixIndex);
+
+#[pymethods]
+impl PrefixIndex {
+    #[new]
+    #[args(capacity_blocks = "100_000")]
+    fn new(capacity_blocks: usize) -> Self {
+        PrefixIndex(memory::PrefixIndex::new(capacity_blocks))
+    }
+    fn cached_blocks(&mut self, region: &str, blocks: &PyAny) -> PyResult<usize> {
+        Ok(self.0.cached_blocks(region, &keys_of(blocks)?))
+    }
+    fn record(&mut self, region: &str, blocks: &PyAny) -> PyResult<()> {
+        self.0.record(region, &keys_of(blocks)?);
+        Ok(())
+    }
+    fn __len__(&self) -> usize {
+        self.0.len()
+    }
+}
+
+/// The price of spilling away from the nearest region (memory.rs says how it is kept).
+#[pyclass(module = "routing_core")]
+struct SpillPrice(memory::SpillPrice);
+
+#[pymethods]
+impl SpillPrice {
+    #[new]
+    #[args(window = "200.0", step = "0.02", max_move = "0.5", ceiling = "1024.0")]
+    fn new(window: f64, step: f64, max_move: f64, ceiling: f64) -> PyResult<Self> {
+        if !(window >= 1.0 && ceiling >= 1.0 && max_move >= 0.0 && step >= 0.0) {
+            return Err(PyValueError::new_err(
+                "SpillPrice needs window >= 1, ceiling >= 1, step and max_move >= 0",
+            ));
+        }
+        Ok(SpillPrice(memory::SpillPrice::new(
+            window, step, max_move, ceiling,
+        )))
+    }
+    #[getter]
+    fn markup(&self) -> f64 {
+        self.0.markup
+    }
+    fn observe(&mut self, extra_ms: f64, allowance_ms: f64) {
+        self.0.observe(extra_ms, allowance_ms)
+    }
+}
+
+/// What the scorer remembers between requests: prefixes, sessions, last choices, and the
+/// price of spilling. Each map holds at most `capacity` keys.
+#[pyclass(module = "routing_core")]
+struct RoutingMemory(memory::RoutingMemory);
+
+#[pymethods]
+impl RoutingMemory {
+    #[new]
+    #[args(capacity = "100_000")]
+    fn new(capacity: usize) -> Self {
+        RoutingMemory(memory::RoutingMemory::new(capacity))
+    }
+    /// The spill price's current markup on `spill_rtt_factor`.
+    #[getter]
+    fn spill_markup(&self) -> f64 {
+        self.0.spill_price.markup
+    }
+    /// How many sessions it holds, each keyed by a 64-bit hash however long its id.
+    #[getter]
+    fn sessions_held(&self) -> usize {
+        self.0.sessions.len()
+    }
+    /// `region` holds these prompt blocks, as if it had just answered them.
+    fn record_prefixes(&mut self, region: &str, blocks: &PyAny) -> PyResult<()> {
+        self.0.prefixes.record(region, &keys_of(blocks)?);
+        Ok(())
+    }
+    /// `region` answered `request`, routed by `decision`.
+    fn remember(
+        &mut self,
+        region: &str,
+        request: &PyAny,
+        decision: PyRef<RouteDecision>,
+    ) -> PyResult<()> {
+        scoring::remember(&mut self.0, region, &request_facts(request)?, &decision.0);
+        Ok(())
+    }
+}
+
+fn profile_of(profiles: &PyAny, region: &str) -> PyResult<scoring::Profile> {
+    let profile = profiles
+        .get_item(region)
+        .map_err(|_| PyKeyError::new_err(format!("no replica profile for region {region:?}")))?;
+    Ok(profile.extract::<PyProfile>()?.into())
+}
+
+/// One region's estimate of `request`'s time to first token, `cached_tokens` of its prompt
+/// cached there. `network` is (earth radius km, RTT intercept ms, RTT ms per km).
+#[pyfunction]
+fn estimate(
+    region: PyRegionLoad,
+    request: &PyAny,
+    cached_tokens: i64,
+    profile: PyProfile,
+    scoring: PyScoring,
+    network_constants: (f64, f64, f64),
+) -> PyResult<Estimate> {
+    Ok(Estimate(scoring::estimate(
+        &region.into(),
+        &request_facts(request)?,
+        cached_tokens,
+        &profile.into(),
+        &scoring.into(),
+        &network(network_constants),
+    )))
+}
+
+/// Rank `regions` for `request`; None if there are none. `profiles` maps each region's
+/// name to its replica profile.
+#[pyfunction]
+fn choose(
+    regions: Vec<PyRegionLoad>,
+    request: &PyAny,
+    mut memory: PyRefMut<RoutingMemory>,
+    profiles: &PyAny,
+    scoring: PyScoring,
+    network_constants: (f64, f64, f64),
+) -> PyResult<Option<RouteDecision>> {
+    let profiles: Vec<scoring::Profile> = regions
+        .iter()
+        .map(|r| profile_of(profiles, &r.name))
+        .collect::<PyResult<_>>()?;
+    let regions: Vec<scoring::RegionLoad> = regions.into_iter().map(Into::into).collect();
+    let decision = scoring::choose(
+        &regions,
+        &request_facts(request)?,
+        &mut memory.0,
+        &profiles,
+        &scoring.into(),
+        &network(network_constants),
+    );
+    Ok(decision.map(RouteDecision))
+}
+
+#[pymodule]
+fn routing_core(_py: Python, module: &PyModule) -> PyResult<()> {
+    module.add_class::<Estimate>()?;
+    module.add_class::<RouteDecision>()?;
+    module.add_class::<PrefixIndex>()?;
+    module.add_class::<SpillPrice>()?;
+    module.add_class::<RoutingMemory>()?;
+    module.add_function(wrap_pyfunction!(estimate, module)?)?;
+    module.add_function(wrap_pyfunction!(choose, module)?)?;
+    Ok(())
+}
