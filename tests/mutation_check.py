@@ -112,20 +112,20 @@ MUTATIONS = (
     ),
     Mutation(
         "autoscaler/live/serve_policy.py",
-        "if floor is None or floor.replicas <= decision.target:",
+        "if floor is None or floor.replicas <= own.own_target:",
         "if True:",
         "the global loop's floors are ignored by the Serve adapter",
     ),
     # The router.
     Mutation(
         "geo_router/live/breaker.py",
-        "        if self.opened_at is None:\n            self.failures = 0",
-        "        self.opened_at = None\n        if True:\n            self.failures = 0",
+        "        if self.opened_at is None or self.half_open(now):\n            self._close()",
+        "        if True:\n            self._close()",
         "a successful request also closes an open breaker",
     ),
     Mutation(
         "geo_router/live/breaker.py",
-        "        if self.opened_at is None or now - self.opened_at >= self.open_s:",
+        "        if self.opened_at is None or (self.half_open(now) and not self.opened_by_requests):",
         "        if True:",
         "a good probe closes the breaker before open_s",
     ),
@@ -138,7 +138,7 @@ MUTATIONS = (
     Mutation(
         "geo_router/live/upstream.py",
         "            except (TimeoutError, aiohttp.ClientError) as error:\n"
-        '                raise UpstreamError(f"{type(error).__name__}: {error}") from None\n\n'
+        "                raise UpstreamError(type(error).__name__) from None\n\n"
         "        async def close",
         "            except (TimeoutError, aiohttp.ClientError):\n                return\n\n        async def close",
         "the aiohttp adapter hides a stream that broke mid-answer",
@@ -152,8 +152,8 @@ MUTATIONS = (
     ),
     Mutation(
         "geo_router/live/proxy.py",
-        "    return status == 404 or status == 408 or status >= 500",
-        "    return status >= 500",
+        "    return 300 <= status < 400 or status == 404 or status == 408 or status >= 500",
+        "    return 300 <= status < 400 or status == 408 or status >= 500",
         "a region whose route is gone (404) is not failed over",
     ),
     Mutation(
@@ -250,8 +250,8 @@ MUTATIONS = (
     # Capacity.
     Mutation(
         "capacity/live/capacity_loop.py",
-        "    return min(region.replicas if target is None else target, bound)",
-        "    return region.replicas if target is None else target",
+        "    return min(target, most)",
+        "    return target",
         "a published target past max_replicas buys nodes for it",
     ),
     Mutation(
@@ -341,7 +341,7 @@ MUTATIONS = (
     ),
     Mutation(
         "geo_router/live/requests.py",
-        "    return cap if isinstance(cap, int) and cap > 0 else DEFAULT_COMPLETION_RESERVE",
+        "    return choices * per_choice",
         "    return 1",
         "tokens-per-minute ignores the completion cap",
     ),
