@@ -187,9 +187,9 @@ MUTATIONS = (
         "spills are not reported as spills",
     ),
     Mutation(
-        "geo_router/policy/scoring.py",
-        "        return sum(self._decayed(other, now) for other in self._learned) / len(self._learned)",
-        "        return 0.0",
+        "routing_core/src/rtt_corrector.rs",
+        "        total / self.learned.len() as f64",
+        "        0.0 * total",
         "an unobserved region does not inherit the fleet's RTT correction",
     ),
     Mutation(

@@ -6,7 +6,8 @@ per region, and a choice among them that keeps shared prefixes and sessions wher
 they already are and does not flap. Pure: plain data in, a decision out; the live
 router and the simulator call the same functions. They are compiled, in
 routing_core/src/scoring.rs (the memory in routing_core/src/memory.rs): this module is
-their Python face, and the one place Python code imports them from.
+their Python face, and the one place Python code imports them from (`RttCorrector`, the
+correction learned online, is in routing_core/src/rtt_corrector.rs).
 
 Replica speed is the region's `ReplicaProfile` (meridian_core/replica_model.py, the one
 model of it). The region's load is taken as spread evenly over its n ready replicas: r
@@ -30,7 +31,6 @@ wrong, engine speed and network path alike, `RttCorrector` learns from observed 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -39,7 +39,7 @@ from meridian_core.geo import EARTH_RADIUS_KM, LatLon
 from meridian_core.replica_model import ReplicaProfile
 from meridian_core.rtt import RTT_INTERCEPT_MS, RTT_MS_PER_KM
 from meridian_core.spec import ScoringSpec
-from routing_core import Estimate, PrefixIndex, RouteDecision, RoutingMemory, SpillPrice
+from routing_core import Estimate, PrefixIndex, RouteDecision, RoutingMemory, RttCorrector, SpillPrice
 
 __all__ = [
     "Estimate",
@@ -116,48 +116,3 @@ def choose(
     When the nearest region is cold and another wins, the request spills ("spill").
     """
     return routing_core.choose(regions, request, memory, profiles, scoring, NETWORK)
-
-
-class RttCorrector:
-    """Per region, a smoothed (observed time to first byte − predicted TTFT).
-
-    The distance prior knows nothing of a region's real network path or of engine speed;
-    the residual the router observes on answered requests corrects both. One
-    observation moves a correction by at most `max_step_ms` (a slow client or one odd
-    request cannot swing it), and a correction fades with `half_life_s` once no traffic
-    confirms it (a region traffic avoids is not held to an old reading).
-    """
-
-    def __init__(
-        self, alpha: float = 0.2, limit_ms: float = 5_000.0, max_step_ms: float = 100.0, half_life_s: float = 300.0
-    ):
-        self.alpha = alpha
-        self.limit_ms = limit_ms
-        self.max_step_ms = max_step_ms
-        self.half_life_s = half_life_s
-        self._learned: dict[str, tuple[float, float]] = {}  # region -> (correction ms, when learned)
-
-    def _decayed(self, region: str, now: float) -> float:
-        value, at = self._learned[region]
-        return value * 0.5 ** (max(0.0, now - at) / self.half_life_s)
-
-    def correction_for(self, region: str, now: float) -> float:
-        """The region's learned correction; before any evidence, the fleet's average.
-
-        Much of a residual is model error common to every region (engine speed, prompt
-        size); a region not yet observed must not look faster just for that.
-        """
-        if region in self._learned:
-            return self._decayed(region, now)
-        if not self._learned:
-            return 0.0
-        return sum(self._decayed(other, now) for other in self._learned) / len(self._learned)
-
-    def observe(self, region: str, predicted_ms: float, observed_ms: float, now: float) -> None:
-        """`predicted_ms` includes the correction the request was routed with."""
-        if not (math.isfinite(predicted_ms) and math.isfinite(observed_ms)):
-            return
-        current = self.correction_for(region, now)
-        residual = observed_ms - (predicted_ms - current)
-        step = max(-self.max_step_ms, min(self.max_step_ms, self.alpha * (residual - current)))
-        self._learned[region] = (max(-self.limit_ms, min(self.limit_ms, current + step)), now)

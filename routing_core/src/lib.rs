@@ -3,6 +3,7 @@
 //! `python` feature) and that a compiled data plane links directly.
 
 pub mod memory;
+pub mod rtt_corrector;
 pub mod scoring;
 
 #[cfg(feature = "python")]

@@ -6,7 +6,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
 use crate::memory::{self, Key};
-use crate::scoring;
+use crate::{rtt_corrector, scoring};
 
 #[derive(FromPyObject)]
 struct PyLatLon {
@@ -314,6 +314,47 @@ impl RoutingMemory {
     }
 }
 
+/// Per region, a smoothed (observed time to first byte − predicted TTFT), fading with
+/// `half_life_s` (rtt_corrector.rs says how it learns).
+#[pyclass(module = "routing_core")]
+struct RttCorrector(rtt_corrector::RttCorrector);
+
+#[pymethods]
+impl RttCorrector {
+    #[new]
+    #[args(
+        alpha = "0.2",
+        limit_ms = "5000.0",
+        max_step_ms = "100.0",
+        half_life_s = "300.0"
+    )]
+    fn new(alpha: f64, limit_ms: f64, max_step_ms: f64, half_life_s: f64) -> PyResult<Self> {
+        if !((0.0..=1.0).contains(&alpha)
+            && limit_ms >= 0.0
+            && max_step_ms >= 0.0
+            && half_life_s > 0.0)
+        {
+            return Err(PyValueError::new_err(
+                "RttCorrector needs 0 <= alpha <= 1, limit_ms and max_step_ms >= 0, half_life_s > 0",
+            ));
+        }
+        Ok(RttCorrector(rtt_corrector::RttCorrector::new(
+            alpha,
+            limit_ms,
+            max_step_ms,
+            half_life_s,
+        )))
+    }
+    /// The region's learned correction; before any evidence, the fleet's average.
+    fn correction_for(&self, region: &str, now: f64) -> f64 {
+        self.0.correction_for(region, now)
+    }
+    /// `predicted_ms` includes the correction the request was routed with.
+    fn observe(&mut self, region: &str, predicted_ms: f64, observed_ms: f64, now: f64) {
+        self.0.observe(region, predicted_ms, observed_ms, now)
+    }
+}
+
 fn profile_of(profiles: &PyAny, region: &str) -> PyResult<scoring::Profile> {
     let profile = profiles
         .get_item(region)
@@ -376,6 +417,7 @@ fn routing_core(_py: Python, module: &PyModule) -> PyResult<()> {
     module.add_class::<PrefixIndex>()?;
     module.add_class::<SpillPrice>()?;
     module.add_class::<RoutingMemory>()?;
+    module.add_class::<RttCorrector>()?;
     module.add_function(wrap_pyfunction!(estimate, module)?)?;
     module.add_function(wrap_pyfunction!(choose, module)?)?;
     Ok(())

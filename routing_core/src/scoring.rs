@@ -35,12 +35,23 @@ impl Network {
     }
 }
 
-/// `x ** 2` as Python computes it, libm's pow, which differs from x * x in the last bit of
-/// about one square in 10,000: the scorer gives the same answers whichever language calls it.
+/// `base ** exponent` as Python computes it, with libm's pow. The compiler would turn
+/// pow(x, 2) into x * x and pow(0.5, y) into exp2(-y), which differ from pow in the last bit
+/// now and then; reading the operands at run time keeps it pow, so the scorer gives the
+/// same answers whichever language calls it.
+pub fn pow_as_python(base: f64, exponent: f64) -> f64 {
+    // SAFETY: reads of two initialised locals.
+    let (base, exponent) = unsafe {
+        (
+            std::ptr::read_volatile(&base),
+            std::ptr::read_volatile(&exponent),
+        )
+    };
+    base.powf(exponent)
+}
+
 fn squared(x: f64) -> f64 {
-    // Read at run time, or the compiler turns pow(x, 2) back into x * x.
-    let two = 2.0_f64;
-    x.powf(unsafe { std::ptr::read_volatile(&two) })
+    pow_as_python(x, 2.0)
 }
 
 /// A region's replica speed: meridian_core/replica_model.py's `ReplicaProfile`.
