@@ -1,5 +1,5 @@
 //! The Python module `routing_core`: the thin adapter from Python's plain data to the
-//! pure code in `scoring` and `memory`.
+//! pure code in `scoring`, `memory` and `rtt_corrector`.
 
 use pyo3::exceptions::{PyKeyError, PyValueError};
 use pyo3::prelude::*;

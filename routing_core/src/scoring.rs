@@ -231,6 +231,11 @@ pub fn choose(
     scoring: &Scoring,
     network: &Network,
 ) -> Option<RouteDecision> {
+    assert_eq!(
+        regions.len(),
+        profiles.len(),
+        "one replica profile per region"
+    );
     if regions.is_empty() {
         return None;
     }
