@@ -60,3 +60,16 @@ def test_imports_stay_on_lower_floors_and_out_of_forbidden_rooms(module: Path):
         assert target_room not in ROOM_NEVER.get(room, set()), f"{module} ({room}) imports {where}"
         if room is None and inside and inside[0] not in ROOT_FACES and target == package:
             assert target_room not in {"live", "policy", "sim"}, f"{module}, shared vocabulary, imports {where}"
+
+
+def test_the_compiled_routing_core_has_one_python_face():
+    """routing_core (Rust) is reached through geo_router/policy/scoring.py alone, so the
+    router and the simulators share its one adapter and its inputs' types."""
+    importers = set()
+    for module in MODULES:
+        for node in ast.walk(ast.parse((REPO / module).read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            if any(name.split(".")[0] == "routing_core" for name in names):
+                importers.add(str(module))
+    assert importers == {"geo_router/policy/scoring.py"}
