@@ -87,6 +87,15 @@ LOADS = {
     "latency": {"concurrency": 200, "requests": 2000, "tokens": 32, "gap_ms": 20.0},
 }
 RELAY_CRATE = REPO / "benchmarks" / "relay_probe"
+# What routing_core reads of a replica profile (routing_core/src/scoring.rs, `Profile`).
+PROFILE_FIELDS = {
+    "prefill_tokens_per_s",
+    "decode_base_s",
+    "decode_per_seq_s",
+    "kv_capacity_tokens",
+    "max_num_seqs",
+    "max_batched_tokens",
+}
 TARGETS = [
     ("vllm-router", "vllm-router (Rust)"),
     ("haproxy", "HAProxy alone"),
@@ -191,32 +200,25 @@ def build_relay() -> Path:
 
 
 def relay_config(spec_path: Path) -> dict:
-    """The relay's settings, all read from the spec the routers serve."""
+    """The relay's settings, all read from the spec the routers serve, under routing_core's
+    field names."""
     from geo_router.policy.scoring import NETWORK
     from meridian_core.replica_model import PROFILES
     from meridian_core.spec import load_spec
 
     spec = load_spec(spec_path)
-    profile_fields = (
-        "prefill_tokens_per_s",
-        "decode_base_s",
-        "decode_per_seq_s",
-        "kv_capacity_tokens",
-        "max_num_seqs",
-        "max_batched_tokens",
-    )
     return {
         "port": RELAY_PORT,
         "models": [model.id for model in spec.models],
-        "default_location": [spec.router.default_location.lat, spec.router.default_location.lon],
+        "default_location": spec.router.default_location.model_dump(),
         "network": list(NETWORK),
         "scoring": spec.router.scoring.model_dump(),
         "regions": [
             {
                 "name": region.name,
-                "location": [region.location.lat, region.location.lon],
+                "location": region.location.model_dump(),
                 "upstream": str(region.endpoint).rstrip("/"),
-                **{name: getattr(PROFILES[region.profile], name) for name in profile_fields},
+                "profile": PROFILES[region.profile].model_dump(include=PROFILE_FIELDS),
             }
             for region in spec.regions
         ],

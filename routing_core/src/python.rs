@@ -8,101 +8,6 @@ use pyo3::types::PyTuple;
 use crate::memory::{self, Key};
 use crate::{rtt_corrector, scoring};
 
-#[derive(FromPyObject)]
-struct PyLatLon {
-    lat: f64,
-    lon: f64,
-}
-
-impl From<PyLatLon> for scoring::LatLon {
-    fn from(p: PyLatLon) -> Self {
-        scoring::LatLon {
-            lat: p.lat,
-            lon: p.lon,
-        }
-    }
-}
-
-/// geo_router/policy/scoring.py's `RegionLoad`, read by attribute.
-#[derive(FromPyObject)]
-struct PyRegionLoad {
-    name: String,
-    location: PyLatLon,
-    ready_replicas: f64,
-    running: f64,
-    waiting: f64,
-    in_flight: f64,
-    kv_cache_usage: f64,
-    rtt_correction_ms: f64,
-    cold_start_ms: f64,
-}
-
-impl From<PyRegionLoad> for scoring::RegionLoad {
-    fn from(p: PyRegionLoad) -> Self {
-        scoring::RegionLoad {
-            name: p.name,
-            location: p.location.into(),
-            ready_replicas: p.ready_replicas,
-            running: p.running,
-            waiting: p.waiting,
-            in_flight: p.in_flight,
-            kv_cache_usage: p.kv_cache_usage,
-            rtt_correction_ms: p.rtt_correction_ms,
-            cold_start_ms: p.cold_start_ms,
-        }
-    }
-}
-
-/// meridian_core/replica_model.py's `ReplicaProfile`, read by attribute.
-#[derive(FromPyObject)]
-struct PyProfile {
-    prefill_tokens_per_s: f64,
-    decode_base_s: f64,
-    decode_per_seq_s: f64,
-    kv_capacity_tokens: i64,
-    max_num_seqs: i64,
-    max_batched_tokens: i64,
-}
-
-impl From<PyProfile> for scoring::Profile {
-    fn from(p: PyProfile) -> Self {
-        scoring::Profile {
-            prefill_tokens_per_s: p.prefill_tokens_per_s,
-            decode_base_s: p.decode_base_s,
-            decode_per_seq_s: p.decode_per_seq_s,
-            kv_capacity_tokens: p.kv_capacity_tokens,
-            max_num_seqs: p.max_num_seqs,
-            max_batched_tokens: p.max_batched_tokens,
-        }
-    }
-}
-
-/// meridian_core/spec.py's `ScoringSpec`, read by attribute.
-#[derive(FromPyObject)]
-struct PyScoring {
-    affinity_margin_ms: f64,
-    hysteresis_ms: f64,
-    spill_rtt_factor: f64,
-    mean_rtt_budget: f64,
-    typical_prompt_tokens: i64,
-    typical_output_tokens: i64,
-    max_hold_ms: f64,
-}
-
-impl From<PyScoring> for scoring::Scoring {
-    fn from(p: PyScoring) -> Self {
-        scoring::Scoring {
-            affinity_margin_ms: p.affinity_margin_ms,
-            hysteresis_ms: p.hysteresis_ms,
-            spill_rtt_factor: p.spill_rtt_factor,
-            mean_rtt_budget: p.mean_rtt_budget,
-            typical_prompt_tokens: p.typical_prompt_tokens,
-            typical_output_tokens: p.typical_output_tokens,
-            max_hold_ms: p.max_hold_ms,
-        }
-    }
-}
-
 fn network(constants: (f64, f64, f64)) -> scoring::Network {
     let (earth_radius_km, rtt_intercept_ms, rtt_ms_per_km) = constants;
     scoring::Network {
@@ -132,7 +37,7 @@ fn optional_key(object: &PyAny) -> PyResult<Option<Key>> {
 /// geo_router/policy/scoring.py's `RequestFacts`, read by attribute.
 fn request_facts(object: &PyAny) -> PyResult<scoring::RequestFacts> {
     Ok(scoring::RequestFacts {
-        client: object.getattr("client")?.extract::<PyLatLon>()?.into(),
+        client: object.getattr("client")?.extract()?,
         prompt_tokens: object.getattr("prompt_tokens")?.extract()?,
         prefix_blocks: keys_of(object.getattr("prefix_blocks")?)?,
         tokens_per_block: object.getattr("tokens_per_block")?.extract()?,
@@ -359,26 +264,26 @@ fn profile_of(profiles: &PyAny, region: &str) -> PyResult<scoring::Profile> {
     let profile = profiles
         .get_item(region)
         .map_err(|_| PyKeyError::new_err(format!("no replica profile for region {region:?}")))?;
-    Ok(profile.extract::<PyProfile>()?.into())
+    profile.extract()
 }
 
 /// One region's estimate of `request`'s time to first token, `cached_tokens` of its prompt
 /// cached there. `network` is (earth radius km, RTT intercept ms, RTT ms per km).
 #[pyfunction]
 fn estimate(
-    region: PyRegionLoad,
+    region: scoring::RegionLoad,
     request: &PyAny,
     cached_tokens: i64,
-    profile: PyProfile,
-    scoring: PyScoring,
+    profile: scoring::Profile,
+    scoring: scoring::Scoring,
     network_constants: (f64, f64, f64),
 ) -> PyResult<Estimate> {
     Ok(Estimate(scoring::estimate(
-        &region.into(),
+        &region,
         &request_facts(request)?,
         cached_tokens,
-        &profile.into(),
-        &scoring.into(),
+        &profile,
+        &scoring,
         &network(network_constants),
     )))
 }
@@ -387,24 +292,23 @@ fn estimate(
 /// name to its replica profile.
 #[pyfunction]
 fn choose(
-    regions: Vec<PyRegionLoad>,
+    regions: Vec<scoring::RegionLoad>,
     request: &PyAny,
     mut memory: PyRefMut<RoutingMemory>,
     profiles: &PyAny,
-    scoring: PyScoring,
+    scoring: scoring::Scoring,
     network_constants: (f64, f64, f64),
 ) -> PyResult<Option<RouteDecision>> {
     let profiles: Vec<scoring::Profile> = regions
         .iter()
         .map(|r| profile_of(profiles, &r.name))
         .collect::<PyResult<_>>()?;
-    let regions: Vec<scoring::RegionLoad> = regions.into_iter().map(Into::into).collect();
     let decision = scoring::choose(
         &regions,
         &request_facts(request)?,
         &mut memory.0,
         &profiles,
-        &scoring.into(),
+        &scoring,
         &network(network_constants),
     );
     Ok(decision.map(RouteDecision))

@@ -7,7 +7,16 @@ use std::cmp::Ordering;
 
 use crate::memory::{Key, RoutingMemory};
 
+// Read from Python by attribute (the `python` feature) and from JSON (`serde`), field by
+// field under these names: geo.py's LatLon, replica_model.py's ReplicaProfile, spec.py's
+// ScoringSpec and geo_router/policy/scoring.py's RegionLoad.
 #[derive(Clone, Copy)]
+#[cfg_attr(feature = "python", derive(pyo3::FromPyObject))]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Deserialize),
+    serde(deny_unknown_fields)
+)]
 pub struct LatLon {
     pub lat: f64,
     pub lon: f64,
@@ -56,6 +65,12 @@ fn squared(x: f64) -> f64 {
 
 /// A region's replica speed: meridian_core/replica_model.py's `ReplicaProfile`.
 #[derive(Clone, Copy)]
+#[cfg_attr(feature = "python", derive(pyo3::FromPyObject))]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Deserialize),
+    serde(deny_unknown_fields)
+)]
 pub struct Profile {
     pub prefill_tokens_per_s: f64,
     pub decode_base_s: f64,
@@ -84,6 +99,12 @@ impl Profile {
 
 /// The spec's `router.scoring`.
 #[derive(Clone, Copy)]
+#[cfg_attr(feature = "python", derive(pyo3::FromPyObject))]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Deserialize),
+    serde(deny_unknown_fields)
+)]
 pub struct Scoring {
     pub affinity_margin_ms: f64,
     pub hysteresis_ms: f64,
@@ -95,6 +116,7 @@ pub struct Scoring {
 }
 
 /// One region as the router sees it at one instant.
+#[cfg_attr(feature = "python", derive(pyo3::FromPyObject))]
 pub struct RegionLoad {
     pub name: String,
     pub location: LatLon,

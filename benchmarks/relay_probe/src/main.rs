@@ -39,42 +39,24 @@ const TOKENS_PER_MESSAGE: i64 = 4;
 struct Config {
     port: u16,
     models: Vec<String>,
-    default_location: [f64; 2],
+    default_location: LatLon,
     network: [f64; 3],
-    scoring: ScoringConfig,
+    scoring: Scoring,
     regions: Vec<RegionConfig>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ScoringConfig {
-    affinity_margin_ms: f64,
-    hysteresis_ms: f64,
-    spill_rtt_factor: f64,
-    mean_rtt_budget: f64,
-    typical_prompt_tokens: i64,
-    typical_output_tokens: i64,
-    max_hold_ms: f64,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RegionConfig {
     name: String,
-    location: [f64; 2],
+    location: LatLon,
     upstream: String,
-    prefill_tokens_per_s: f64,
-    decode_base_s: f64,
-    decode_per_seq_s: f64,
-    kv_capacity_tokens: i64,
-    max_num_seqs: i64,
-    max_batched_tokens: i64,
+    profile: Profile,
 }
 
 struct State {
     config: Config,
     profiles: Vec<Profile>,
-    scoring: Scoring,
     network: Network,
     in_flight: Vec<Arc<AtomicI64>>,
     memory: Mutex<RoutingMemory>,
@@ -155,13 +137,7 @@ async fn handle(request: Request<Body>, state: Arc<State>) -> Result<Response<Bo
         return Ok(openai_error(StatusCode::NOT_FOUND, "no such route", None));
     }
     let config = &state.config;
-    let client = client_location(
-        &request,
-        LatLon {
-            lat: config.default_location[0],
-            lon: config.default_location[1],
-        },
-    );
+    let client = client_location(&request, config.default_location);
     let session = request
         .headers()
         .get("x-session-id")
@@ -239,10 +215,7 @@ async fn handle(request: Request<Body>, state: Arc<State>) -> Result<Response<Bo
         .zip(&state.in_flight)
         .map(|(region, in_flight)| RegionLoad {
             name: region.name.clone(),
-            location: LatLon {
-                lat: region.location[0],
-                lon: region.location[1],
-            },
+            location: region.location,
             ready_replicas: 1.0,
             running: 0.0,
             waiting: 0.0,
@@ -259,7 +232,7 @@ async fn handle(request: Request<Body>, state: Arc<State>) -> Result<Response<Bo
             &facts,
             &mut memory,
             &state.profiles,
-            &state.scoring,
+            &state.config.scoring,
             &state.network,
         )
     };
@@ -325,29 +298,8 @@ async fn main() {
         .expect("usage: relay_probe CONFIG.json");
     let text = std::fs::read_to_string(&path).expect("a readable config");
     let config: Config = serde_json::from_str(&text).expect("a valid config");
-    let s = &config.scoring;
-    let scoring = Scoring {
-        affinity_margin_ms: s.affinity_margin_ms,
-        hysteresis_ms: s.hysteresis_ms,
-        spill_rtt_factor: s.spill_rtt_factor,
-        mean_rtt_budget: s.mean_rtt_budget,
-        typical_prompt_tokens: s.typical_prompt_tokens,
-        typical_output_tokens: s.typical_output_tokens,
-        max_hold_ms: s.max_hold_ms,
-    };
     let [earth_radius_km, rtt_intercept_ms, rtt_ms_per_km] = config.network;
-    let profiles = config
-        .regions
-        .iter()
-        .map(|r| Profile {
-            prefill_tokens_per_s: r.prefill_tokens_per_s,
-            decode_base_s: r.decode_base_s,
-            decode_per_seq_s: r.decode_per_seq_s,
-            kv_capacity_tokens: r.kv_capacity_tokens,
-            max_num_seqs: r.max_num_seqs,
-            max_batched_tokens: r.max_batched_tokens,
-        })
-        .collect();
+    let profiles = config.regions.iter().map(|r| r.profile).collect();
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     let port = config.port;
@@ -358,7 +310,6 @@ async fn main() {
             .map(|_| Arc::new(AtomicI64::new(0)))
             .collect(),
         profiles,
-        scoring,
         network: Network {
             earth_radius_km,
             rtt_intercept_ms,
