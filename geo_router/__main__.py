@@ -6,8 +6,7 @@ import argparse
 import logging
 import sys
 
-from geo_router.live.app import create_app
-from geo_router.live.server import DrainingServer
+from geo_router.live.server import serve_router
 from meridian_core.spec import SpecError, load_spec
 
 
@@ -22,8 +21,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # else a line per proxied request
-    router = spec.router
-    DrainingServer(create_app(spec), router.host, router.port, router.shutdown_grace_s).run()
+    serve_router(spec)
     return 0
 
 

@@ -307,6 +307,10 @@ class ScoringSpec(StrictModel):
 class RouterSpec(StrictModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
+    # The compiled front (geo_router/live/front.py) takes the router's port and serves
+    # inference itself; the Python app behind it, on loopback, serves the rest. Off: the
+    # Python app takes the port and serves everything.
+    compiled_front: bool = True
     default_location: Location = Location(lat=39.04, lon=-77.49)
     locate: LocateSpec = LocateSpec()
     auth: AuthSpec = AuthSpec()

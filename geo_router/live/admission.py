@@ -18,7 +18,7 @@ from geo_router.live.auth import ApiKey, KeyRing, key_digest_from
 from geo_router.live.errors import error_response
 from geo_router.live.locate import ClientLocator, open_geoip
 from geo_router.live.metrics import RouterMetrics
-from geo_router.live.prompt import BLOCK_CHARS, CHARS_PER_TOKEN, prefix_blocks, prompt_text
+from geo_router.live.prompt import BLOCK_BYTES, CHARS_PER_TOKEN, prefix_blocks, prompt_text
 from geo_router.live.prompt_tokens import PromptTokens
 from geo_router.live.ratelimit import KeyLimits, TokenBucket
 from geo_router.live.regions import Region, RegionTable
@@ -57,13 +57,13 @@ class Admission:
         self._table = table
         self._metrics = metrics
         self._memory = memory
-        self._corrector = corrector
+        self.corrector = corrector
         self._known_models = {m.id for m in spec.models}
         self._max_model_len = {m.id: m.max_model_len for m in spec.models}
-        self._prompt_counter = PromptTokens(spec.models)
+        self.prompt_counter = PromptTokens(spec.models)
         self._profiles = {r.name: PROFILES[r.profile] for r in spec.regions}
         locate = settings.locate
-        self._locator = ClientLocator(
+        self.locator = ClientLocator(
             locate.order,
             settings.default_location.latlon,
             geoip=open_geoip(locate.geoip_database) if locate.geoip_database else None,
@@ -107,7 +107,7 @@ class Admission:
         """The request, its session key and where its client is; raises InvalidRequest."""
         parsed = parse_inference_request(path, body)
         session = session_key(headers.get("x-session-id"), parsed.fields)
-        return parsed, session, self._locator.locate(headers, client_host).location
+        return parsed, session, self.locator.locate(headers, client_host).location
 
     async def admit(
         self, path: str, parsed: InferenceRequest, session: str | None, location: LatLon, key: ApiKey | None
@@ -122,7 +122,7 @@ class Admission:
                 param="model",
                 code="model_not_found",
             )
-        prompt_tokens = await self._prompt_counter.count(parsed.model, parsed.fields)
+        prompt_tokens = await self.prompt_counter.count(parsed.model, parsed.fields)
         cap = completion_cap(path, parsed.fields, prompt_tokens, self._max_model_len[parsed.model])
         parsed = dataclasses.replace(parsed, completion_cap=cap)
         facts = request_facts(parsed, location, session, prompt_tokens)
@@ -139,7 +139,7 @@ class Admission:
         candidates, panic = self._table.servable(parsed.model)
         now = time.monotonic()
         decision = choose(
-            [r.load(self._corrector.correction_for(r.name, now), parsed.model) for r in candidates],
+            [r.load(self.corrector.correction_for(r.name, now), parsed.model) for r in candidates],
             facts,
             self._memory,
             self._profiles,
@@ -162,8 +162,10 @@ class Admission:
         """What `region`'s first byte of `admitted`'s answer teaches the scorer."""
         self._memory.remember(region.name, admitted.facts, admitted.decision)
         if admitted.request.stream:  # only a stream's first byte is its first token
-            predicted_ms = next(e.ttft_ms for e in admitted.decision.estimates if e.region == region.name)
-            self._corrector.observe(region.name, predicted_ms, ttfb_s * 1000, time.monotonic())
+            # A reserve region, tried once every ranked one failed, has no estimate to correct.
+            predicted_ms = next((e.ttft_ms for e in admitted.decision.estimates if e.region == region.name), None)
+            if predicted_ms is not None:
+                self.corrector.observe(region.name, predicted_ms, ttfb_s * 1000, time.monotonic())
 
     def _charge(
         self, key: ApiKey, charged: int, model: str
@@ -201,7 +203,7 @@ def request_facts(parsed: InferenceRequest, location: LatLon, session: str | Non
         client=location,
         prompt_tokens=max(1, prompt_tokens),
         prefix_blocks=prefix_blocks(prompt_text(parsed.fields)),
-        tokens_per_block=BLOCK_CHARS // CHARS_PER_TOKEN,
+        tokens_per_block=BLOCK_BYTES // CHARS_PER_TOKEN,
         session=session,
         cell=(round(location.lat), round(location.lon), parsed.model),
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -26,8 +27,17 @@ from geo_router.live.auth import ApiKey, presents
 from geo_router.live.breaker import CircuitBreaker
 from geo_router.live.drain import Drain
 from geo_router.live.errors import error_response
+from geo_router.live.front import (
+    Front,
+    FrontEvents,
+    FrontPeer,
+    FrontView,
+    front_config,
+    start_front,
+    write_access_log,
+)
 from geo_router.live.inference_path import InferencePath
-from geo_router.live.metrics import RouterMetrics
+from geo_router.live.metrics import RouterMetrics, WithSamples
 from geo_router.live.middleware import EnvelopeMiddleware, request_id_of
 from geo_router.live.proxy import Proxy, RelayResponse
 from geo_router.live.regions import Region, RegionTable
@@ -46,10 +56,16 @@ log = logging.getLogger(__name__)
 
 
 def create_app(
-    spec: PlatformSpec, *, client: httpx.AsyncClient | None = None, span_processor: SpanProcessor | None = None
+    spec: PlatformSpec,
+    *,
+    client: httpx.AsyncClient | None = None,
+    span_processor: SpanProcessor | None = None,
+    back_port: int | None = None,
 ) -> FastAPI:
     """Build the router for `spec`; `client` replaces the HTTP client it reaches regions
-    with, `span_processor` where its OpenTelemetry spans go (tests)."""
+    with, `span_processor` where its OpenTelemetry spans go (tests). With `back_port`, the
+    port this app is served on, on loopback, the compiled front takes the router's port
+    (geo_router/live/front.py)."""
     settings = spec.router
     metrics = RouterMetrics()
     # Requests go through aiohttp (fast); health polls through httpx (rare). A client
@@ -66,20 +82,51 @@ def create_app(
     admission = Admission(spec, table, metrics, memory, RttCorrector())
     tracer = router_tracer(span_processor)
     trace_context = TraceContextTextMapPropagator()
+    front_view = FrontView(table)
+    exported = WithSamples(metrics.registry, lambda: [])
+
+    def count_failure(task: str) -> None:
+        metrics.background_failures.labels(task).inc()
+
+    def start_compiled_front(back: int) -> tuple[Front, asyncio.Task]:
+        config = front_config(spec, back, admission.prompt_counter, traced=tracer is not None)
+        for entry in config["regions"]:
+            entry["token"] = table.regions[entry["name"]].token
+        config["keys"] = [
+            {"name": k.name, "sha256": k.sha256, "limited": bool(k.requests_per_minute or k.tokens_per_minute)}
+            for k in admission.keyring.keys
+        ]
+        events = FrontEvents(table, front_view, admission.prompt_counter, admission.locator)
+        front = start_front(config, events, memory, admission.corrector)
+        for region in table.regions.values():
+            region.on_change = front_view.push
+            region.in_flight_elsewhere = functools.partial(front.in_flight, region.name)
+        drain.on_start(front.drain)
+        exported.extra = front.metric_samples
+        writer = asyncio.create_task(
+            supervise(
+                "access_log",
+                lambda: write_access_log(front, metrics.access_log_dropped.inc),
+                count_failure,
+            )
+        )
+        return front, writer
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await table.poll_once()  # serve from the first request on, not after one interval
         poller = asyncio.create_task(
-            supervise(
-                "health_poll",
-                lambda: table.poll_forever(settings.health_poll_interval_s),
-                lambda task: metrics.background_failures.labels(task).inc(),
-            )
+            supervise("health_poll", lambda: table.poll_forever(settings.health_poll_interval_s), count_failure)
         )
+        front, writer = start_compiled_front(back_port) if back_port is not None else (None, None)
         try:
             yield
         finally:
+            if front is not None and writer is not None:
+                drain.start(settings.shutdown_grace_s)  # the front drains whatever stops this app
+                if not await asyncio.to_thread(front.wait_idle, settings.shutdown_grace_s):
+                    log.warning("answers the compiled front relayed were still open at the end of the grace")
+                writer.cancel()
             poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
@@ -204,7 +251,9 @@ def create_app(
         )
 
     app.add_middleware(InferencePath, handle=route, on_error=unexpected)
-    app.add_middleware(EnvelopeMiddleware)  # added last: outermost of the two
+    app.add_middleware(EnvelopeMiddleware)  # outermost but one
+    if back_port is not None:
+        app.add_middleware(FrontPeer)  # added last: outermost
 
     # Served by InferencePath before FastAPI routes anything; declared here for the OpenAPI document.
     @app.post("/v1/chat/completions", openapi_extra=openapi.CHAT_COMPLETIONS)
@@ -283,7 +332,7 @@ def create_app(
         for region in table.regions.values():
             metrics.region_healthy.labels(region.name).set(1 if region.healthy else 0)
             metrics.breaker_open.labels(region.name).set(1 if region.breaker.is_open else 0)
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(exported), media_type=CONTENT_TYPE_LATEST)  # type: ignore[arg-type]
 
     return app
 

@@ -20,6 +20,11 @@ class Drain:
         self.draining = False
         self.cut = False
         self._on_cut: set[Callable[[], None]] = set()
+        self._on_start: list[Callable[[float], None]] = []
+
+    def on_start(self, callback: Callable[[float], None]) -> None:
+        """Call `callback(grace_s)` when draining starts."""
+        self._on_start.append(callback)
 
     def start(self, grace_s: float) -> None:
         """Begin draining; called in the router's event loop."""
@@ -27,6 +32,8 @@ class Drain:
             return
         self.draining = True
         log.info("shutting down: answers in flight have %.1f s to finish", grace_s)
+        for callback in self._on_start:
+            callback(grace_s)
         asyncio.get_running_loop().call_later(max(0.0, grace_s - CUT_MARGIN_S), self._cut)
 
     def on_cut(self, callback: Callable[[], None]) -> Callable[[], None]:

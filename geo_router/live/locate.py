@@ -100,7 +100,12 @@ class ClientLocator:
     def _from_geoip(self, headers: Mapping[str, str], peer: str | None) -> LatLon | None:
         if self.geoip is None:
             return None
-        ip = client_ip(headers, peer, self.trusted_proxy_hops)
+        return self.from_ip(client_ip(headers, peer, self.trusted_proxy_hops))
+
+    def from_ip(self, ip: str | None) -> LatLon | None:
+        """Where the GeoIP database puts `ip`; None for an address it cannot place."""
+        if self.geoip is None:
+            return None
         try:
             address = ipaddress.ip_address(ip or "")
         except ValueError:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
+from prometheus_client.samples import Sample
 
 from geo_router.live.ratelimit import LIMITS
 
@@ -93,7 +97,43 @@ class RouterMetrics:
             ["limit"],
             registry=self.registry,
         )
-        for task in ("health_poll", "status_poll"):  # exported at 0 from the start
+        self.access_log_dropped = Counter(
+            "meridian_router_access_log_lines_dropped",
+            "Access-log lines of the compiled front dropped because the router's logging fell behind.",
+            registry=self.registry,
+        )
+        for task in ("health_poll", "status_poll", "access_log"):  # exported at 0 from the start
             self.background_failures.labels(task)
         for limit in LIMITS:  # exported at 0 from the start, so the first refusal shows in rate()
             self.rate_limited.labels(limit)
+
+
+# A sample from elsewhere: (sample name, ((label, value), ...), value).
+ExtraSample = tuple[str, list[tuple[str, str]], float]
+SAMPLE_SUFFIXES = ("", "_total", "_bucket", "_count", "_sum")
+
+
+class WithSamples:
+    """A registry's metrics with samples kept elsewhere (the compiled front's) added in:
+    one series per metric and labels, whichever process part counted it."""
+
+    def __init__(self, registry: CollectorRegistry, extra: Callable[[], list[ExtraSample]]):
+        self._registry = registry
+        self.extra = extra
+
+    def collect(self) -> Iterator[Metric]:
+        extra: dict[tuple[str, frozenset], tuple[dict[str, str], float]] = {}
+        for name, labels, value in self.extra():
+            key = (name, frozenset(labels))
+            extra[key] = (dict(labels), extra.get(key, ({}, 0.0))[1] + value)
+        for family in self._registry.collect():
+            merged = []
+            for sample in family.samples:
+                _, added = extra.pop((sample.name, frozenset(sample.labels.items())), (None, 0.0))
+                merged.append(sample._replace(value=sample.value + added) if added else sample)
+            names = {family.name + suffix for suffix in SAMPLE_SUFFIXES}
+            for key in [key for key in extra if key[0] in names]:
+                labels, value = extra.pop(key)
+                merged.append(Sample(key[0], labels, value))
+            family.samples = merged
+            yield family

@@ -1,14 +1,19 @@
-"""What the router can tell about a prompt without a tokenizer."""
+"""What the router can tell about a prompt without a tokenizer.
+
+The prompt's text is what the compiled front (routing_core/src/front/request.rs) makes
+of the same request, so that a prompt's blocks have the same keys on either path.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any
 
+from geo_router.policy.scoring import BLOCK_BYTES, prefix_blocks
+
+__all__ = ["BLOCK_BYTES", "CHARS_PER_TOKEN", "prefix_blocks", "prompt_text"]
+
 CHARS_PER_TOKEN = 4  # English text with BPE tokenizers; an estimate, corrected online
-BLOCK_CHARS = 256  # 64 tokens: prefix-cache affinity is tracked at this grain
-MAX_BLOCKS = 64
 
 
 def prompt_text(fields: dict[str, Any]) -> str:
@@ -16,14 +21,4 @@ def prompt_text(fields: dict[str, Any]) -> str:
     if "messages" in fields:
         return json.dumps(fields["messages"], ensure_ascii=False, separators=(",", ":"))
     prompt = fields.get("prompt", "")
-    return prompt if isinstance(prompt, str) else json.dumps(prompt, separators=(",", ":"))
-
-
-def prefix_blocks(text: str) -> tuple[str, ...]:
-    """Chained hashes of the leading whole blocks: block i's hash covers blocks 0..i."""
-    hashes = []
-    running = hashlib.blake2b(digest_size=8)
-    for start in range(0, min(len(text), BLOCK_CHARS * MAX_BLOCKS) - BLOCK_CHARS + 1, BLOCK_CHARS):
-        running.update(text[start : start + BLOCK_CHARS].encode())
-        hashes.append(running.copy().hexdigest())
-    return tuple(hashes)
+    return prompt if isinstance(prompt, str) else json.dumps(prompt, ensure_ascii=False, separators=(",", ":"))

@@ -53,6 +53,12 @@ class PromptTokens:
     def has_tokenizer(self, model: str) -> bool:
         return self._tokenizers.get(model) is not None
 
+    def count_texts(self, model: str, texts: list[str]) -> int | None:
+        """The texts' tokens by `model`'s tokenizer, now (the compiled front asks, from its
+        own thread); None without one."""
+        tokenizer = self._tokenizers.get(model)
+        return _encoded_length(tokenizer, texts) if tokenizer is not None else None
+
     async def count(self, model: str, fields: dict[str, Any]) -> int:
         texts = prompt_texts(fields)
         overhead = TOKENS_PER_MESSAGE * len(fields["messages"]) if "messages" in fields else 0

@@ -99,6 +99,14 @@ class Region:
     cold_since: float | None = None
     # Told the region's name each time its breaker goes from closed to open.
     on_breaker_trip: Callable[[str], None] = field(default=lambda _: None, repr=False)
+    # Told the region whenever its state changes: a poll, a failure, an answer.
+    on_change: Callable[[Region], None] = field(default=lambda _: None, repr=False)
+    # Requests the router's compiled front has in flight here (geo_router/live/front.py).
+    in_flight_elsewhere: Callable[[], int] = field(default=lambda: 0, repr=False)
+
+    @property
+    def all_in_flight(self) -> int:
+        return self.in_flight + self.in_flight_elsewhere()
 
     def openai_url(self, model: str, path: str) -> str:
         """Where the region's replicas of `model` answer the OpenAI API's `path`."""
@@ -143,7 +151,7 @@ class Region:
             own.ready_replicas,
             running=own.running,
             waiting=own.waiting,
-            in_flight=self.in_flight,
+            in_flight=self.all_in_flight,
             kv_cache_usage=own.kv_cache_usage,
             rtt_correction_ms=rtt_correction_ms,
             cold_start_ms=self.cold_start_remaining_ms(time.monotonic(), own.ready_replicas),
@@ -158,10 +166,12 @@ class Region:
         if self.breaker.is_open and not was_open:
             self.on_breaker_trip(self.name)
         self.last_error = reason
+        self.on_change(self)
 
     def mark_answered(self) -> None:
         self.last_answered_at = time.monotonic()
         self.breaker.record_inference_success(self.last_answered_at)
+        self.on_change(self)
 
     def poll_timed_out(self, window_s: float) -> None:
         """A slow poll is no evidence against a region that has just answered requests:
@@ -190,6 +200,7 @@ class Region:
         self.last_status = status
         self.last_error = None
         self.breaker.record_probe_success(time.monotonic())
+        self.on_change(self)
 
     def describe(self) -> RouterRegion:
         """What `GET /regions` says of this region; its endpoint stays inside the router."""
@@ -200,7 +211,7 @@ class Region:
             ready_replicas=self.ready_replicas,
             starting_replicas=self.starting_replicas,
             models=sorted(self.models),
-            in_flight=self.in_flight,
+            in_flight=self.all_in_flight,
             status=self.last_status,
             last_error=self.last_error[:MAX_REASON] if self.last_error else None,
             last_poll_age_s=round(time.monotonic() - self.last_poll_at, 3) if self.last_poll_at else None,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -73,14 +72,14 @@ MAX_SESSION_ID_CHARS = 256
 
 
 def session_key(header: str | None, fields: dict[str, Any]) -> str | None:
-    """The request's session as a fixed-size key: the routing memory never holds what a
-    client sent, however long."""
+    """The request's session id. The routing memory keeps only its 64-bit hash (as the
+    compiled front keys the same id), never what a client sent."""
     user = fields.get("user")
     for name, value in (("x-session-id", header), ("user", user)):
         if isinstance(value, str) and value:
             if len(value) > MAX_SESSION_ID_CHARS:
                 raise InvalidRequest(f"'{name}' is longer than {MAX_SESSION_ID_CHARS} characters", param=name)
-            return hashlib.blake2b(value.encode(), digest_size=16).hexdigest()
+            return value
     return None
 
 

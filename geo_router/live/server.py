@@ -1,12 +1,21 @@
-"""The router under uvicorn, draining on SIGTERM (geo_router/live/drain.py)."""
+"""The router under uvicorn, draining on SIGTERM (geo_router/live/drain.py), behind its
+compiled front when the spec has it (geo_router/live/front.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
 from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
+
+from geo_router.live.app import create_app
+from geo_router.live.front import served_by_front
+from meridian_core.spec import PlatformSpec
+
+log = logging.getLogger(__name__)
 
 # How long an idle client connection stays open. Longer than clients' own pools keep one
 # (httpx 5 s, as the openai client uses, aiohttp 15 s) and than load balancers' idle
@@ -43,3 +52,18 @@ class DrainingServer(uvicorn.Server):
         if self._loop is not None:  # a signal handler: hand the work to the event loop
             self._loop.call_soon_threadsafe(self._app.state.drain.start, self._grace_s)
         super().handle_exit(sig, frame)
+
+
+def serve_router(spec: PlatformSpec) -> None:
+    """Serve the router until it is told to stop."""
+    router = spec.router
+    unserved = served_by_front(spec) if router.compiled_front else None
+    if not router.compiled_front or unserved is not None:
+        if unserved is not None:
+            log.warning("the router runs without its compiled front: %s", unserved)
+        DrainingServer(create_app(spec), router.host, router.port, router.shutdown_grace_s).run()
+        return
+    back = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    back.bind(("127.0.0.1", 0))
+    app = create_app(spec, back_port=back.getsockname()[1])
+    DrainingServer(app, "127.0.0.1", 0, router.shutdown_grace_s).run(sockets=[back])

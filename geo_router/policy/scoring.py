@@ -39,9 +39,19 @@ from meridian_core.geo import EARTH_RADIUS_KM, LatLon
 from meridian_core.replica_model import ReplicaProfile
 from meridian_core.rtt import RTT_INTERCEPT_MS, RTT_MS_PER_KM
 from meridian_core.spec import ScoringSpec
-from routing_core import Estimate, PrefixIndex, RouteDecision, RoutingMemory, RttCorrector, SpillPrice
+from routing_core import (
+    BLOCK_BYTES,  # prompt-cache affinity's grain, in bytes of prompt text (about 64 tokens)
+    Estimate,
+    PrefixIndex,
+    RouteDecision,
+    RoutingMemory,
+    RttCorrector,
+    SpillPrice,
+    prefix_blocks,  # the chained keys of a prompt text's leading blocks
+)
 
 __all__ = [
+    "BLOCK_BYTES",
     "Estimate",
     "PrefixIndex",
     "RegionLoad",
@@ -52,10 +62,20 @@ __all__ = [
     "SpillPrice",
     "choose",
     "estimate",
+    "prefix_blocks",
 ]
 
 # The network model's constants, passed to the compiled scorer rather than declared twice.
 NETWORK = (EARTH_RADIUS_KM, RTT_INTERCEPT_MS, RTT_MS_PER_KM)
+# What routing_core reads of a replica profile (routing_core/src/scoring.rs, `Profile`).
+PROFILE_FIELDS = {
+    "prefill_tokens_per_s",
+    "decode_base_s",
+    "decode_per_seq_s",
+    "kv_capacity_tokens",
+    "max_num_seqs",
+    "max_batched_tokens",
+}
 
 
 @dataclass(frozen=True)

@@ -8,3 +8,8 @@ pub mod scoring;
 
 #[cfg(feature = "python")]
 mod python;
+
+#[cfg(feature = "front")]
+pub mod front;
+#[cfg(all(feature = "python", feature = "front"))]
+mod python_front;

@@ -1,11 +1,57 @@
 //! What the scorer remembers between requests: where prompt blocks went, sessions, each
 //! client area's last region, and the price of spilling. Every map is bounded.
 //!
-//! Keys are 64-bit hashes of the caller's keys (prompt blocks, sessions, client areas).
+//! Keys are 64-bit hashes of the caller's keys (prompt blocks, sessions, client areas),
+//! made here so that every caller (the Python router, the compiled front) keys alike.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
 
 use lru::LruCache;
 
 pub type Key = u64;
+
+/// Prompt-cache affinity is tracked in blocks of this many bytes of prompt text (about
+/// 64 tokens), and over at most this many leading blocks.
+pub const BLOCK_BYTES: usize = 256;
+pub const MAX_BLOCKS: usize = 64;
+
+/// A text's key (a session id): the same in every process of one build.
+pub fn text_key(text: &[u8]) -> Key {
+    let mut hasher = DefaultHasher::new();
+    text.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// A client area's key: whole degrees of latitude and longitude, and the model.
+pub fn cell_key(lat: i64, lon: i64, model: &str) -> Key {
+    let mut hasher = DefaultHasher::new();
+    (lat, lon, model).hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Chained hashes of the prompt's leading whole blocks: block i's key covers blocks 0..i,
+/// so two prompts share a block's key only if they share everything up to its end.
+pub fn prefix_blocks(text: &[u8]) -> Vec<Key> {
+    let mut hasher = DefaultHasher::new();
+    text.chunks_exact(BLOCK_BYTES)
+        .take(MAX_BLOCKS)
+        .map(|block| {
+            block.hash(&mut hasher);
+            hasher.finish()
+        })
+        .collect()
+}
+
+/// Python's `round`: halves to even, so a client area is the same cell in both languages.
+pub fn round_half_even(x: f64) -> f64 {
+    let rounded = x.round();
+    if (x - x.trunc()).abs() == 0.5 {
+        2.0 * (x / 2.0).round()
+    } else {
+        rounded
+    }
+}
 
 /// Which regions recently served which prompt blocks: where a prefix is likely cached.
 pub struct PrefixIndex {

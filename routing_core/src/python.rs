@@ -1,9 +1,11 @@
 //! The Python module `routing_core`: the thin adapter from Python's plain data to the
 //! pure code in `scoring`, `memory` and `rtt_corrector`.
 
+use std::sync::{Arc, Mutex, MutexGuard};
+
 use pyo3::exceptions::{PyKeyError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
+use pyo3::types::{PyLong, PyString, PyTuple};
 
 use crate::memory::{self, Key};
 use crate::{rtt_corrector, scoring};
@@ -17,8 +19,21 @@ fn network(constants: (f64, f64, f64)) -> scoring::Network {
     }
 }
 
-/// A Python key (a prompt block, a session, a client area) as the memory keys it: its hash.
+/// A Python key as the memory keys it: an int (a prompt block's key) as it is, a string (a
+/// session id) and a client area `(lat, lon, model)` as the compiled front keys them,
+/// anything else by its Python hash.
 fn key_of(object: &PyAny) -> PyResult<Key> {
+    if let Ok(text) = object.downcast::<PyString>() {
+        return Ok(memory::text_key(text.to_string_lossy().as_bytes()));
+    }
+    if let Ok(number) = object.downcast::<PyLong>() {
+        return Ok(number.extract::<i128>()? as Key);
+    }
+    if let Ok(tuple) = object.downcast::<PyTuple>() {
+        if let Ok((lat, lon, model)) = tuple.extract::<(i64, i64, &str)>() {
+            return Ok(memory::cell_key(lat, lon, model));
+        }
+    }
     Ok(object.hash()? as Key)
 }
 
@@ -182,47 +197,67 @@ impl SpillPrice {
 
 /// What the scorer remembers between requests: prefixes, sessions, last choices, and the
 /// price of spilling. Each map holds at most `capacity` keys.
+/// Shared with the compiled front, which routes with the same memory.
 #[pyclass(module = "routing_core")]
-struct RoutingMemory(memory::RoutingMemory);
+pub(crate) struct RoutingMemory(pub(crate) Arc<Mutex<memory::RoutingMemory>>);
+
+impl RoutingMemory {
+    fn held(&self) -> MutexGuard<'_, memory::RoutingMemory> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
 
 #[pymethods]
 impl RoutingMemory {
     #[new]
     #[args(capacity = "100_000")]
     fn new(capacity: usize) -> Self {
-        RoutingMemory(memory::RoutingMemory::new(capacity))
+        RoutingMemory(Arc::new(Mutex::new(memory::RoutingMemory::new(capacity))))
     }
     /// The spill price's current markup on `spill_rtt_factor`.
     #[getter]
     fn spill_markup(&self) -> f64 {
-        self.0.spill_price.markup
+        self.held().spill_price.markup
     }
     /// How many sessions it holds, each keyed by a 64-bit hash however long its id.
     #[getter]
     fn sessions_held(&self) -> usize {
-        self.0.sessions.len()
+        self.held().sessions.len()
     }
     /// `region` holds these prompt blocks, as if it had just answered them.
-    fn record_prefixes(&mut self, region: &str, blocks: &PyAny) -> PyResult<()> {
-        self.0.prefixes.record(region, &keys_of(blocks)?);
+    fn record_prefixes(&self, region: &str, blocks: &PyAny) -> PyResult<()> {
+        let blocks = keys_of(blocks)?;
+        self.held().prefixes.record(region, &blocks);
         Ok(())
     }
     /// `region` answered `request`, routed by `decision`.
     fn remember(
-        &mut self,
+        &self,
         region: &str,
         request: &PyAny,
         decision: PyRef<RouteDecision>,
     ) -> PyResult<()> {
-        scoring::remember(&mut self.0, region, &request_facts(request)?, &decision.0);
+        let request = request_facts(request)?;
+        scoring::remember(&mut self.held(), region, &request, &decision.0);
         Ok(())
     }
 }
 
 /// Per region, a smoothed (observed time to first byte − predicted TTFT), fading with
 /// `half_life_s` (rtt_corrector.rs says how it learns).
+/// Shared with the compiled front, which learns into the same corrector.
 #[pyclass(module = "routing_core")]
-struct RttCorrector(rtt_corrector::RttCorrector);
+pub(crate) struct RttCorrector(pub(crate) Arc<Mutex<rtt_corrector::RttCorrector>>);
+
+impl RttCorrector {
+    fn held(&self) -> MutexGuard<'_, rtt_corrector::RttCorrector> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
 
 #[pymethods]
 impl RttCorrector {
@@ -243,20 +278,17 @@ impl RttCorrector {
                 "RttCorrector needs 0 <= alpha <= 1, limit_ms and max_step_ms >= 0, half_life_s > 0",
             ));
         }
-        Ok(RttCorrector(rtt_corrector::RttCorrector::new(
-            alpha,
-            limit_ms,
-            max_step_ms,
-            half_life_s,
-        )))
+        Ok(RttCorrector(Arc::new(Mutex::new(
+            rtt_corrector::RttCorrector::new(alpha, limit_ms, max_step_ms, half_life_s),
+        ))))
     }
     /// The region's learned correction; before any evidence, the fleet's average.
     fn correction_for(&self, region: &str, now: f64) -> f64 {
-        self.0.correction_for(region, now)
+        self.held().correction_for(region, now)
     }
     /// `predicted_ms` includes the correction the request was routed with.
-    fn observe(&mut self, region: &str, predicted_ms: f64, observed_ms: f64, now: f64) {
-        self.0.observe(region, predicted_ms, observed_ms, now)
+    fn observe(&self, region: &str, predicted_ms: f64, observed_ms: f64, now: f64) {
+        self.held().observe(region, predicted_ms, observed_ms, now)
     }
 }
 
@@ -294,7 +326,7 @@ fn estimate(
 fn choose(
     regions: Vec<scoring::RegionLoad>,
     request: &PyAny,
-    mut memory: PyRefMut<RoutingMemory>,
+    memory: PyRef<RoutingMemory>,
     profiles: &PyAny,
     scoring: scoring::Scoring,
     network_constants: (f64, f64, f64),
@@ -303,15 +335,22 @@ fn choose(
         .iter()
         .map(|r| profile_of(profiles, &r.name))
         .collect::<PyResult<_>>()?;
+    let request = request_facts(request)?;
     let decision = scoring::choose(
         &regions,
-        &request_facts(request)?,
-        &mut memory.0,
+        &request,
+        &mut memory.held(),
         &profiles,
         &scoring,
         &network(network_constants),
     );
     Ok(decision.map(RouteDecision))
+}
+
+/// Chained keys of the prompt text's leading whole blocks (memory.rs's `prefix_blocks`).
+#[pyfunction]
+fn prefix_blocks<'py>(py: Python<'py>, text: &PyString) -> &'py PyTuple {
+    PyTuple::new(py, memory::prefix_blocks(text.to_string_lossy().as_bytes()))
 }
 
 #[pymodule]
@@ -324,5 +363,9 @@ fn routing_core(_py: Python, module: &PyModule) -> PyResult<()> {
     module.add_class::<RttCorrector>()?;
     module.add_function(wrap_pyfunction!(estimate, module)?)?;
     module.add_function(wrap_pyfunction!(choose, module)?)?;
+    module.add_function(wrap_pyfunction!(prefix_blocks, module)?)?;
+    module.add("BLOCK_BYTES", memory::BLOCK_BYTES)?;
+    #[cfg(feature = "front")]
+    module.add_class::<crate::python_front::Front>()?;
     Ok(())
 }

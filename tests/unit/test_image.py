@@ -104,8 +104,10 @@ def rendered_ray_service() -> dict:
 
 
 def makefile_variable(name: str) -> str:
-    (value,) = re.findall(rf"^{name}\s*:?=\s*(.*)$", (REPO / "Makefile").read_text(), re.MULTILINE)
-    return value.strip()
+    """A Makefile variable's value, its continued lines joined."""
+    text = (REPO / "Makefile").read_text().replace("\\\n", " ")
+    (value,) = re.findall(rf"^{name}\s*:?=\s*(.*)$", text, re.MULTILINE)
+    return " ".join(value.split())
 
 
 @pytest.mark.parametrize("dockerfile", [CPU, CUDA], ids=lambda p: p.name)

@@ -1,11 +1,13 @@
-"""The router's failover through the adapter it runs with in production (`AiohttpUpstream`),
-against regions that are real HTTP servers on loopback.
+"""The router's failover on both of its data paths, against regions that are real HTTP
+servers on loopback: the compiled front (geo_router/live/front.py), which the router
+runs with by default, and the Python app alone, with the adapter it then sends requests
+through (`AiohttpUpstream`).
 
 test_router.py drives the router through `HttpxUpstream` on `httpx.MockTransport`. Here
-nothing is faked below the router: `create_app` gets no client, so requests go out
-through aiohttp; the router runs under uvicorn and the client talks HTTP to it; each
-region is an aiohttp.web server on 127.0.0.1 (its own ephemeral port, in a thread with
-its own event loop) that answers `/status` well and misbehaves on inference as told.
+nothing is faked below the router: `create_app` gets no client; the router runs under
+uvicorn (behind its front, or alone) and the client talks HTTP to it; each region is an
+aiohttp.web server on 127.0.0.1 (its own ephemeral port, in a thread with its own event
+loop) that answers `/status` well and misbehaves on inference as told.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import asyncio
 import contextlib
 import gzip
 import json
+import logging
 import signal
 import socket
 import threading
@@ -27,6 +30,7 @@ import yaml
 from aiohttp import web
 
 from geo_router.live.app import create_app
+from geo_router.live.auth import digest
 from geo_router.live.server import DrainingServer
 from meridian_core.spec import model_route, parse_spec
 
@@ -55,6 +59,7 @@ class LoopbackRegion:
     # | redirect (307 elsewhere) | gzip (compresses its answer when the caller accepts it)
     # | hang_watch (no headers; notes whether the router hangs up)
     # | linger (a whole stream, [DONE] included, then a wait before the body's end)
+    # | ray_error (a 400 as Ray Serve LLM words one: the engine's message, then internals)
     mode: str = "ok"
     port: int = 0
     calls: list[str] = field(default_factory=list)
@@ -85,6 +90,12 @@ class LoopbackRegion:
             return web.Response(status=404, text="Path '/x' not found.")
         if self.mode == "error500":
             return web.Response(status=500, text="Internal Server Error")
+        if self.mode == "ray_error":
+            message = (
+                "Message: max_tokens is too large (Request ID: 0f3c), Internal exception: "
+                "ray.llm._internal.serve.core.ValidationError, original exception: ValueError('x')"
+            )
+            return web.json_response({"error": {"message": message, "param": "max_tokens"}}, status=400)
         if self.mode == "redirect":
             return web.Response(status=307, headers={"Location": f"/{self.slug}/elsewhere"})
         if self.mode == "gzip" and "gzip" in request.headers.get("Accept-Encoding", ""):
@@ -207,19 +218,46 @@ def regions() -> Iterator[LoopbackRegions]:
         loopback.stop()
 
 
-@pytest.fixture
-def router(regions: LoopbackRegions) -> Iterator[httpx.Client]:
-    """The router for configs/local.yaml, its regions on loopback, under uvicorn."""
+@pytest.fixture(params=["compiled_front", "python_alone"])
+def router(request: pytest.FixtureRequest, regions: LoopbackRegions) -> Iterator[httpx.Client]:
+    """The router for configs/local.yaml, its regions on loopback, under uvicorn, behind
+    its compiled front or alone."""
+    with running_router(regions, request.param) as client:
+        yield client
+
+
+@pytest.fixture(params=["compiled_front", "python_alone"])
+def keyed_router(request: pytest.FixtureRequest, regions: LoopbackRegions) -> Iterator[httpx.Client]:
+    """The same with two API keys: `open-key` without limits, `one-a-minute` with one."""
+    keys = [
+        {"name": "open-key", "sha256": digest("sk-open")},
+        {"name": "one-a-minute", "sha256": digest("sk-limited"), "requests_per_minute": 1},
+    ]
+    with running_router(regions, request.param, auth={"keys": keys}) as client:
+        yield client
+
+
+@contextlib.contextmanager
+def running_router(regions: LoopbackRegions, data_path: str, **router_settings: object) -> Iterator[httpx.Client]:
     data = yaml.safe_load((REPO / "configs" / "local.yaml").read_text())
     for region in data["regions"]:
         loopback = regions[region["name"].replace("/", "-")]
         region["endpoint"] = f"http://127.0.0.1:{loopback.port}/{loopback.slug}"
-    data["router"]["first_byte_timeout_s"] = FIRST_BYTE_TIMEOUT_S
-    data["router"]["output_token_timeout_s"] = 0.0
-    app = create_app(parse_spec(data))  # no client: requests go through AiohttpUpstream
     port = free_port()
-    server = DrainingServer(app, "127.0.0.1", port, grace_s=SHUTDOWN_GRACE_S)
-    thread = threading.Thread(target=server.run, name="router", daemon=True)
+    data["router"].update(
+        host="127.0.0.1", port=port, first_byte_timeout_s=FIRST_BYTE_TIMEOUT_S, output_token_timeout_s=0.0
+    )
+    data["router"].update(router_settings)
+    if data_path == "compiled_front":
+        back = socket.socket()
+        back.bind(("127.0.0.1", 0))
+        app = create_app(parse_spec(data), back_port=back.getsockname()[1])
+        server = DrainingServer(app, "127.0.0.1", 0, grace_s=SHUTDOWN_GRACE_S)
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [back]}, name="router", daemon=True)
+    else:
+        app = create_app(parse_spec(data))  # no client: requests go through AiohttpUpstream
+        server = DrainingServer(app, "127.0.0.1", port, grace_s=SHUTDOWN_GRACE_S)
+        thread = threading.Thread(target=server.run, name="router", daemon=True)
     thread.start()
     try:
         deadline = time.monotonic() + 10
@@ -228,6 +266,7 @@ def router(regions: LoopbackRegions) -> Iterator[httpx.Client]:
             time.sleep(0.02)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=CLIENT_TIMEOUT_S) as client:
             client.server = server  # type: ignore[attr-defined]
+            client.headers["authorization"] = "Bearer sk-open"  # the open key, where there are keys
             healthy = client.get("/healthz").json()["healthy_regions"]
             assert healthy == ["local/us-east", "local/eu-west"]  # both polled well: any failover is the request's
             yield client
@@ -404,3 +443,92 @@ def test_a_client_that_leaves_after_the_streams_last_event_was_answered_in_full(
     answered = f'meridian_router_requests_total{{model="{MODEL}",region="local/us-east",status="200"}} 1.0'
     assert_counted(router, answered, within_s=REGION_WAIT_S + 5)
     assert 'status="499"' not in "\n".join(metric_lines(router))
+
+
+def test_a_regions_error_answer_keeps_the_engines_words_without_the_stacks_internals(router, regions):
+    regions["local-us-east"].mode = "ray_error"
+    answered = router.post("/v1/chat/completions", json=CHAT)
+    assert answered.status_code == 400
+    assert answered.json() == {
+        "error": {
+            "message": "max_tokens is too large",
+            "type": "invalid_request_error",
+            "param": "max_tokens",
+            "code": None,
+        }
+    }
+    assert regions["local-eu-west"].calls == []  # the client's error: not failed over
+    assert_counted(router, f'meridian_router_requests_total{{model="{MODEL}",region="local/us-east",status="400"}} 1.0')
+
+
+@pytest.mark.parametrize(
+    "body, status, param",
+    [
+        (b"{not json", 400, None),
+        (json.dumps({"model": MODEL}).encode(), 400, "messages"),
+        (json.dumps({**CHAT, "stream": "yes"}).encode(), 400, "stream"),
+        (json.dumps({**CHAT, "model": "no-such-model"}).encode(), 404, "model"),
+    ],
+)
+def test_a_request_the_router_refuses_gets_the_same_answer_on_either_path(router, body, status, param):
+    answered = router.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+    assert answered.status_code == status
+    assert answered.json()["error"]["param"] == param
+    assert answered.headers["x-meridian-region"] == "none" and len(answered.headers["x-request-id"]) >= 16
+
+
+def test_the_regions_view_counts_the_requests_in_flight(router, regions):
+    with router.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as response:
+        chunks = response.iter_raw()
+        next(chunks)  # the region sent its first event, and waits to be released
+        seen = {r["name"]: r["in_flight"] for r in router.get("/regions").json()["regions"]}
+        assert seen == {"local/us-east": 1, "local/eu-west": 0}
+        assert 'meridian_router_in_flight_requests{region="local/us-east"} 1.0' in metric_lines(router)
+        regions.release("local-us-east")
+        b"".join(chunks)
+    assert_counted(router, 'meridian_router_in_flight_requests{region="local/us-east"} 0.0')
+
+
+@pytest.fixture
+def access_log_on(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    """The access log on from before the router starts, as the router's own logging has it."""
+    caplog.set_level(logging.INFO, logger="meridian.access")
+    return caplog
+
+
+def test_every_answer_is_one_access_log_line(access_log_on, router):
+    caplog = access_log_on
+    answered = router.post("/v1/chat/completions", json=CHAT, headers={"x-request-id": "req-one"})
+    refused = router.post("/v1/chat/completions", json={"model": MODEL}, headers={"x-meridian-peer": "203.0.113.9"})
+    assert answered.headers["x-request-id"] == "req-one"
+    deadline = time.monotonic() + 5
+    while len(lines := [json.loads(r.getMessage()) for r in caplog.records if r.name == "meridian.access"]) < 2:
+        assert time.monotonic() < deadline, lines
+        time.sleep(0.05)
+    by_id = {line["request_id"]: line for line in lines}
+    assert by_id["req-one"] | {"duration_ms": 0} == {
+        "request_id": "req-one",
+        "method": "POST",
+        "path": "/v1/chat/completions",
+        "status": 200,
+        "region": "local/us-east",
+        "model": MODEL,
+        "key": None,
+        "client": "127.0.0.1",
+        "duration_ms": 0,
+    }
+    refusal = by_id[refused.headers["x-request-id"]]
+    assert refusal["status"] == 400
+    assert refusal["client"] == "127.0.0.1"  # a client cannot say where it is from
+
+
+def test_api_keys_and_their_limits_hold_on_either_path(keyed_router):
+    assert keyed_router.post("/v1/chat/completions", json=CHAT, headers={"authorization": ""}).status_code == 401
+    wrong = keyed_router.post("/v1/chat/completions", json=CHAT, headers={"authorization": "Bearer sk-wrong"})
+    assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_api_key"
+    for _ in range(2):
+        assert keyed_router.post("/v1/chat/completions", json=CHAT).status_code == 200  # the open key
+    limited = {"authorization": "Bearer sk-limited"}
+    assert keyed_router.post("/v1/chat/completions", json=CHAT, headers=limited).status_code == 200
+    refused = keyed_router.post("/v1/chat/completions", json=CHAT, headers=limited)
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limit_exceeded"

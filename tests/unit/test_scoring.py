@@ -207,14 +207,15 @@ def test_one_slow_observation_moves_a_correction_a_bounded_step_and_corrections_
 
 
 def test_prefix_blocks_share_leading_blocks_only():
-    from geo_router.live.prompt import BLOCK_CHARS, prefix_blocks
+    from geo_router.live.prompt import BLOCK_BYTES, prefix_blocks
 
-    system = "s" * (2 * BLOCK_CHARS)
+    system = "s" * (2 * BLOCK_BYTES)
     a = prefix_blocks(system + "question one " * 50)
     b = prefix_blocks(system + "question two " * 50)
     assert a[:2] == b[:2] and a[2] != b[2]
     assert prefix_blocks("short") == ()
-    assert len(prefix_blocks("x" * (BLOCK_CHARS * 3 + 10))) == 3
+    assert len(prefix_blocks("x" * (BLOCK_BYTES * 3 + 10))) == 3
+    assert len(prefix_blocks("é" * BLOCK_BYTES)) == 2  # blocks of UTF-8 bytes, as the front counts
 
 
 def test_an_unobserved_region_inherits_the_fleet_correction():

@@ -12,9 +12,7 @@
 //!
 //!     relay_probe CONFIG.json   (written by benchmarks/dataplane_probe.py from the spec)
 
-use std::collections::hash_map::DefaultHasher;
 use std::convert::Infallible;
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -22,7 +20,7 @@ use hyper::body::HttpBody;
 use hyper::client::HttpConnector;
 use hyper::service::{make_service_fn, service_fn};
 use hyper::{Body, Client, Method, Request, Response, StatusCode, Uri};
-use routing_core::memory::RoutingMemory;
+use routing_core::memory::{self, RoutingMemory};
 use routing_core::scoring::{
     choose, remember, LatLon, Network, Profile, RegionLoad, RequestFacts, Scoring,
 };
@@ -30,8 +28,6 @@ use serde::Deserialize;
 use serde_json::Value;
 
 const BODY_LIMIT: usize = 1 << 20;
-const BLOCK_BYTES: usize = 256;
-const MAX_BLOCKS: usize = 64;
 const TOKENS_PER_MESSAGE: i64 = 4;
 
 #[derive(Deserialize)]
@@ -70,24 +66,6 @@ fn openai_error(status: StatusCode, message: &str, param: Option<&str>) -> Respo
         .header("content-type", "application/json")
         .body(Body::from(body.to_string()))
         .expect("a valid response")
-}
-
-fn hash_of<T: Hash>(value: T) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    value.hash(&mut hasher);
-    hasher.finish()
-}
-
-/// Chained hashes of the leading whole blocks: block i's hash covers blocks 0..i.
-fn prefix_blocks(text: &[u8]) -> Vec<u64> {
-    let mut hasher = DefaultHasher::new();
-    text.chunks_exact(BLOCK_BYTES)
-        .take(MAX_BLOCKS)
-        .map(|block| {
-            block.hash(&mut hasher);
-            hasher.finish()
-        })
-        .collect()
 }
 
 fn prompt_bytes(fields: &Value) -> i64 {
@@ -141,7 +119,7 @@ async fn handle(request: Request<Body>, state: Arc<State>) -> Result<Response<Bo
     let session = request
         .headers()
         .get("x-session-id")
-        .map(|v| hash_of(v.as_bytes()));
+        .map(|v| memory::text_key(v.as_bytes()));
     let bytes = match hyper::body::to_bytes(request.into_body()).await {
         Ok(bytes) if bytes.len() <= BODY_LIMIT => bytes,
         Ok(_) => {
@@ -200,14 +178,17 @@ async fn handle(request: Request<Body>, state: Arc<State>) -> Result<Response<Bo
     let facts = RequestFacts {
         client,
         prompt_tokens: i64::max(1, prompt_bytes(&fields)),
-        prefix_blocks: prefix_blocks(prompt_text.as_bytes()),
-        tokens_per_block: (BLOCK_BYTES / 4) as i64,
-        session: session.or_else(|| fields.get("user").and_then(Value::as_str).map(hash_of)),
-        cell: Some(hash_of((
-            client.lat.round() as i64,
-            client.lon.round() as i64,
+        prefix_blocks: memory::prefix_blocks(prompt_text.as_bytes()),
+        tokens_per_block: (memory::BLOCK_BYTES / 4) as i64,
+        session: session.or_else(|| {
+            let user = fields.get("user").and_then(Value::as_str)?;
+            Some(memory::text_key(user.as_bytes()))
+        }),
+        cell: Some(memory::cell_key(
+            memory::round_half_even(client.lat) as i64,
+            memory::round_half_even(client.lon) as i64,
             model,
-        ))),
+        )),
     };
     let loads: Vec<RegionLoad> = config
         .regions

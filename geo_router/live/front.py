@@ -1,0 +1,202 @@
+"""The router's compiled front (routing_core/src/front): an HTTP server in the router's
+process, on the router's port. It serves the inference requests it can whole (the
+decision, with the same compiled scorer and the same routing memory, failover, the
+relay, metrics and the access log) and hands everything else to this Python app, bound
+on loopback (`back`): errors, requests under a key with limits, traced requests, the
+models list and the operational endpoints.
+
+This app stays the control plane. It polls regions and keeps their breakers, and tells
+the front what it sees (`FrontView.push`). The front tells it back what only requests
+see (`FrontEvents`), and asks it for what only Python has: a model's tokenizer, a GeoIP
+lookup. The front's metrics join this app's own when /metrics is scraped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from prometheus_client.utils import floatToGoString
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+import routing_core
+from geo_router.live.locate import ClientLocator
+from geo_router.live.metrics import LATENCY_BUCKETS_S
+from geo_router.live.middleware import access_log
+from geo_router.live.prompt_tokens import PromptTokens
+from geo_router.live.regions import Region, RegionTable
+from geo_router.policy.scoring import NETWORK, PROFILE_FIELDS, RoutingMemory, RttCorrector
+from meridian_core.replica_model import PROFILES
+from meridian_core.spec import PlatformSpec, model_route
+
+log = logging.getLogger(__name__)
+
+Front = routing_core.Front
+
+# The client's address, as the front saw it, on what it hands this app.
+PEER_HEADER = b"x-meridian-peer"
+# The front's threads: one serves the relay; a second keeps serving while the first
+# waits on Python (a tokenizer, a GeoIP lookup).
+FRONT_THREADS = 1
+# How often the front's access-log lines are written.
+ACCESS_LOG_INTERVAL_S = 0.1
+
+
+def front_config(spec: PlatformSpec, back_port: int, tokenizers: PromptTokens, traced: bool) -> dict:
+    """What the front is started with: the spec's router settings, and where this app is."""
+    router = spec.router
+    return {
+        "listen": f"{router.host}:{router.port}",
+        "back": f"127.0.0.1:{back_port}",
+        "models": [
+            {
+                "id": m.id,
+                "route": model_route(m.id),
+                "max_model_len": m.max_model_len,
+                "tokenizer": tokenizers.has_tokenizer(m.id),
+            }
+            for m in spec.models
+        ],
+        "regions": [
+            {
+                "name": r.name,
+                "location": r.location.model_dump(),
+                "endpoint": spec.region_endpoint(r),
+                "token": None,  # set by the caller from the environment
+                "profile": PROFILES[r.profile].model_dump(include=PROFILE_FIELDS),
+            }
+            for r in spec.regions
+        ],
+        "keys": [],  # set by the caller from the key ring
+        "traced": traced,
+        "locate": {
+            "order": list(router.locate.order),
+            "default": router.default_location.model_dump(),
+            "geoip": router.locate.geoip_database is not None,
+            "trusted_proxy_hops": router.locate.trusted_proxy_hops,
+        },
+        "network": list(NETWORK),
+        "scoring": router.scoring.model_dump(),
+        "max_body_bytes": router.max_body_bytes,
+        "first_byte_timeout_s": router.first_byte_timeout_s,
+        "output_token_timeout_s": router.output_token_timeout_s,
+        "upstream_timeout_s": router.upstream_timeout_s,
+        "retry_budget_ratio": router.retry_budget_ratio,
+        "retry_budget_burst": float(router.retry_budget_burst),
+        "latency_buckets": [floatToGoString(b) for b in LATENCY_BUCKETS_S],
+        "worker_threads": FRONT_THREADS,
+    }
+
+
+def served_by_front(spec: PlatformSpec) -> str | None:
+    """Why the front cannot serve `spec`'s router, or None if it can."""
+    plain = [r.name for r in spec.regions if not spec.region_endpoint(r).startswith("http://")]
+    if plain:
+        return f"regions reached over TLS ({', '.join(plain)}): the front speaks plain HTTP only"
+    return None
+
+
+@dataclass
+class FrontEvents:
+    """What the front tells this app, and asks of it (routing_core's `Events`)."""
+
+    table: RegionTable
+    view: FrontView
+    tokenizers: PromptTokens
+    locator: ClientLocator
+
+    def region_failed(self, name: str, detail: str) -> None:
+        self.table.regions[name].mark_down(detail, by_request=True)
+
+    def region_answered(self, name: str) -> None:
+        self.table.regions[name].mark_answered()
+
+    def prompt_tokens(self, model: str, texts: list[str]) -> int | None:
+        return self.tokenizers.count_texts(model, texts)
+
+    def locate_ip(self, ip: str) -> tuple[float, float] | None:
+        found = self.locator.from_ip(ip)
+        return (found.lat, found.lon) if found is not None else None
+
+    def log(self, level: str, message: str) -> None:
+        log.log(logging.WARNING if level == "warning" else logging.INFO, message)
+
+
+class FrontView:
+    """Tells the front each region's state whenever it changes here."""
+
+    def __init__(self, table: RegionTable):
+        self.table = table
+        self.front: Front | None = None
+
+    def push(self, region: Region) -> None:
+        if self.front is None:
+            return
+        now = time.monotonic()
+        models = {}
+        for model in region.models:
+            load = region.model_load(model)
+            cold_ms = region.cold_start_remaining_ms(now, load.ready_replicas)
+            models[model] = (load.ready_replicas, load.running, load.waiting, load.kv_cache_usage, cold_ms)
+        self.front.set_region(
+            region.name, region.healthy, region.breaker.is_open, region.may_start, models, region.in_flight
+        )
+
+    def push_all(self) -> None:
+        for region in self.table.regions.values():
+            self.push(region)
+
+
+def start_front(
+    config: dict,
+    events: FrontEvents,
+    memory: RoutingMemory,
+    corrector: RttCorrector,
+) -> Front:
+    """Start the front on the router's port; an OSError if it cannot bind it."""
+    front = routing_core.Front(json.dumps(config), events, memory, corrector, time.monotonic())
+    front.set_access_log(access_log.isEnabledFor(logging.INFO))
+    events.view.front = front
+    events.view.push_all()
+    return front
+
+
+async def write_access_log(front: Front, on_dropped: Callable[[int], None]) -> None:
+    """Write the front's access-log lines through this app's logging, as they come; the
+    front makes them only while the access log is on."""
+    while True:
+        front.set_access_log(access_log.isEnabledFor(logging.INFO))
+        await asyncio.sleep(ACCESS_LOG_INTERVAL_S)
+        lines, dropped = front.take_access_log()
+        for line in lines:
+            access_log.info(line)
+        if dropped:
+            on_dropped(dropped)
+
+
+class FrontPeer:
+    """On what the front hands this app, the client is the one the front saw: its
+    address, sent in `x-meridian-peer`, replaces the loopback peer."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and _is_loopback(scope.get("client")):
+            headers = [(k, v) for k, v in scope["headers"] if k != PEER_HEADER]
+            peer = next((v for k, v in scope["headers"] if k == PEER_HEADER), None)
+            if peer is not None:
+                scope = {**scope, "headers": headers, "client": (peer.decode("latin-1"), 0)}
+        await self.app(scope, receive, send)
+
+
+def _is_loopback(client: tuple[str, int] | None) -> bool:
+    try:
+        return client is not None and ipaddress.ip_address(client[0]).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,559 @@
+//! The router's compiled front: it takes the router's port, serves the inference requests
+//! it can whole (decision, failover, streaming, metrics, access log) and hands everything
+//! else to the router's Python app on loopback (`back`). The Python app stays the control
+//! plane: it polls regions, keeps their breakers, answers errors and the operational
+//! endpoints, and is told of what happens here through `Events`.
+//!
+//! The front never waits for Python while it holds a lock the Python app may take.
+
+mod back;
+pub mod config;
+mod errors;
+pub mod metrics;
+mod relay;
+mod request;
+
+use std::convert::Infallible;
+use std::net::{IpAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use hyper::body::HttpBody;
+use hyper::client::HttpConnector;
+use hyper::server::conn::AddrStream;
+use hyper::service::{make_service_fn, service_fn};
+use hyper::{Body, Client, Method, Request, Response};
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+use crate::memory::{self, RoutingMemory};
+use crate::rtt_corrector::RttCorrector;
+use crate::scoring::{choose, LatLon, Network, Profile, RegionLoad, RequestFacts};
+use config::{FrontConfig, RegionView};
+use metrics::Metrics;
+use request::Located;
+
+/// Streams are cut this long before the shutdown grace ends (geo_router/live/drain.py).
+const CUT_MARGIN_S: f64 = 1.0;
+/// Access-log lines held for the Python app to write; past this they are dropped, counted.
+const MAX_HELD_LOG_LINES: usize = 10_000;
+
+pub enum Level {
+    Info,
+    Warning,
+}
+
+/// What the front tells the router's Python app, and asks of it. Called without any of
+/// the front's locks held; each call takes Python's lock, so only rare events and what
+/// only Python can do (a model's tokenizer, a GeoIP lookup) come here.
+pub trait Events: Send + Sync {
+    /// A request found `region` failing: its breaker decides.
+    fn region_failed(&self, region: &str, detail: &str);
+    /// A region whose breaker is open answered a request.
+    fn region_answered(&self, region: &str);
+    /// The prompt's tokens by the model's tokenizer; None if it cannot count them.
+    fn prompt_tokens(&self, model: &str, texts: &[&str]) -> Option<i64>;
+    fn locate_ip(&self, ip: IpAddr) -> Option<LatLon>;
+    fn log(&self, level: Level, message: &str);
+}
+
+pub struct Shared {
+    config: FrontConfig,
+    network: Network,
+    profiles: Vec<Profile>,
+    views: Mutex<Vec<RegionView>>,
+    in_flight: Vec<AtomicI64>,
+    /// When each region was last told it answered (ms since `started`, 0: never).
+    answered_reported_ms: Vec<AtomicU64>,
+    memory: Arc<Mutex<RoutingMemory>>,
+    corrector: Arc<Mutex<RttCorrector>>,
+    budget: Mutex<relay::RetryBudget>,
+    metrics: Metrics,
+    /// Whether the router's access log is on: the Python app says, as its logging changes.
+    access_log_on: AtomicBool,
+    access_log: Mutex<Vec<String>>,
+    access_log_dropped: AtomicI64,
+    events: Box<dyn Events>,
+    client: Client<HttpConnector, Body>,
+    /// The Python app's monotonic clock at `started`: the corrector's times are its.
+    monotonic_at_start: f64,
+    started: Instant,
+    cut: watch::Receiver<bool>,
+    /// Answers being relayed; the router waits for them to end before it exits.
+    relaying: AtomicI64,
+}
+
+fn held<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Shared {
+    fn monotonic(&self) -> f64 {
+        self.monotonic_at_start + self.started.elapsed().as_secs_f64()
+    }
+
+    fn region_index(&self, name: &str) -> usize {
+        self.config
+            .regions
+            .iter()
+            .position(|r| r.name == name)
+            .expect("the scorer ranks configured regions only")
+    }
+}
+
+/// The running front, owned by the Python app.
+pub struct Front {
+    shared: Arc<Shared>,
+    runtime: tokio::runtime::Handle,
+    stop_accepting: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+    cut: Arc<watch::Sender<bool>>,
+}
+
+impl Front {
+    /// Binds `config.listen` (an error if it cannot) and serves from then on.
+    pub fn start(
+        config: FrontConfig,
+        events: Box<dyn Events>,
+        memory: Arc<Mutex<RoutingMemory>>,
+        corrector: Arc<Mutex<RttCorrector>>,
+        monotonic_now: f64,
+    ) -> Result<Front, String> {
+        let metrics = Metrics::new(&config.latency_buckets)?;
+        let listener = TcpListener::bind(&config.listen)
+            .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+        listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+        // One thread: the whole front on the thread that serves it, with no hand-offs.
+        let runtime = if config.worker_threads <= 1 {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+        } else {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder
+                .worker_threads(config.worker_threads)
+                .enable_all()
+                .build()
+        }
+        .map_err(|e| e.to_string())?;
+        let [earth_radius_km, rtt_intercept_ms, rtt_ms_per_km] = config.network;
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let (cut_sender, cut) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            network: Network {
+                earth_radius_km,
+                rtt_intercept_ms,
+                rtt_ms_per_km,
+            },
+            profiles: config.regions.iter().map(|r| r.profile).collect(),
+            views: Mutex::new(vec![RegionView::default(); config.regions.len()]),
+            in_flight: config.regions.iter().map(|_| AtomicI64::new(0)).collect(),
+            answered_reported_ms: config.regions.iter().map(|_| AtomicU64::new(0)).collect(),
+            memory,
+            corrector,
+            budget: Mutex::new(relay::RetryBudget::new(
+                config.retry_budget_ratio,
+                config.retry_budget_burst,
+            )),
+            metrics,
+            access_log_on: AtomicBool::new(false),
+            access_log: Mutex::new(Vec::new()),
+            access_log_dropped: AtomicI64::new(0),
+            events,
+            client: Client::builder().build(connector),
+            monotonic_at_start: monotonic_now,
+            started: Instant::now(),
+            cut,
+            relaying: AtomicI64::new(0),
+            config,
+        });
+        let (stop_sender, stop) = tokio::sync::oneshot::channel::<()>();
+        let server = {
+            let _entered = runtime.enter();
+            hyper::Server::from_tcp(listener).map_err(|e| e.to_string())?
+        };
+        let serving = shared.clone();
+        let make = make_service_fn(move |connection: &AddrStream| {
+            let shared = serving.clone();
+            let peer = connection.remote_addr().ip();
+            async move {
+                Ok::<_, Infallible>(service_fn(move |request| {
+                    let shared = shared.clone();
+                    async move { Ok::<_, Infallible>(handle(request, peer, shared).await) }
+                }))
+            }
+        });
+        let serving = server
+            .tcp_nodelay(true)
+            .serve(make)
+            .with_graceful_shutdown(async {
+                let _ = stop.await;
+            });
+        let handle = runtime.handle().clone();
+        std::thread::Builder::new()
+            .name("meridian-front".to_string())
+            .spawn(move || {
+                let _ = runtime.block_on(serving);
+                // Every connection has ended, so every relay has: what is left is timers.
+                runtime.shutdown_timeout(Duration::from_secs(1));
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(Front {
+            shared,
+            runtime: handle,
+            stop_accepting: Mutex::new(Some(stop_sender)),
+            cut: Arc::new(cut_sender),
+        })
+    }
+
+    pub fn set_region(&self, name: &str, view: RegionView) -> Result<(), String> {
+        let index = self
+            .shared
+            .config
+            .regions
+            .iter()
+            .position(|r| r.name == name)
+            .ok_or_else(|| format!("no region {name:?} in the front's config"))?;
+        held(&self.shared.views)[index] = view;
+        Ok(())
+    }
+
+    pub fn in_flight(&self, name: &str) -> i64 {
+        let regions = &self.shared.config.regions;
+        regions
+            .iter()
+            .position(|r| r.name == name)
+            .map_or(0, |i| self.shared.in_flight[i].load(Ordering::Relaxed))
+    }
+
+    pub fn metric_samples(&self) -> Vec<metrics::Sample> {
+        let gauges = self
+            .shared
+            .config
+            .regions
+            .iter()
+            .zip(&self.shared.in_flight)
+            .map(|(region, count)| metrics::Sample {
+                name: metrics::IN_FLIGHT.to_string(),
+                labels: vec![("region".to_string(), region.name.clone())],
+                value: count.load(Ordering::Relaxed) as f64,
+            })
+            .collect();
+        self.shared.metrics.samples(gauges)
+    }
+
+    pub fn set_access_log(&self, on: bool) {
+        self.shared.access_log_on.store(on, Ordering::Relaxed);
+    }
+
+    /// Access-log lines since the last call, and how many were dropped meanwhile.
+    pub fn take_access_log(&self) -> (Vec<String>, i64) {
+        let lines = std::mem::take(&mut *held(&self.shared.access_log));
+        (
+            lines,
+            self.shared.access_log_dropped.swap(0, Ordering::Relaxed),
+        )
+    }
+
+    /// Stop taking connections; answers in flight have `grace_s` to end, and streams still
+    /// open a second before that are cut with an SSE error event.
+    pub fn drain(&self, grace_s: f64) {
+        if let Some(stop) = held(&self.stop_accepting).take() {
+            let _ = stop.send(());
+            let cut = self.cut.clone();
+            let wait = Duration::from_secs_f64(f64::max(0.0, grace_s - CUT_MARGIN_S));
+            self.runtime.spawn(async move {
+                tokio::time::sleep(wait).await;
+                let _ = cut.send(true);
+            });
+        }
+    }
+
+    /// Whether every answer has ended within `timeout_s`.
+    pub fn wait_idle(&self, timeout_s: f64) -> bool {
+        let deadline = Instant::now() + Duration::from_secs_f64(timeout_s);
+        while self.shared.relaying.load(Ordering::Relaxed) > 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+}
+
+/// URL path -> the endpoint under /v1/ (inference_path.py's INFERENCE_PATHS).
+fn endpoint_of(path: &str) -> Option<&'static str> {
+    match path {
+        "/v1/chat/completions" => Some("chat/completions"),
+        "/v1/completions" => Some("completions"),
+        "/v1/embeddings" => Some("embeddings"),
+        _ => None,
+    }
+}
+
+/// The key an `Authorization: Bearer` header carries (auth.py): Ok(None) when the router
+/// is open, Err when the Python app must answer (no valid key, or a key with limits).
+fn key_of(shared: &Shared, request: &Request<Body>) -> Result<Option<String>, ()> {
+    let keys = &shared.config.keys;
+    if keys.is_empty() {
+        return Ok(None);
+    }
+    let header = request.headers().get("authorization").ok_or(())?;
+    let (scheme, token) = header.to_str().map_err(|_| ())?.split_once(' ').ok_or(())?;
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+        return Err(());
+    }
+    let presented = format!("{:x}", Sha256::digest(token.as_bytes()));
+    let mut found = None;
+    for key in keys {
+        // Every key compared, and each in full: no early exit to time.
+        let same = presented
+            .bytes()
+            .zip(key.sha256.bytes())
+            .fold(presented.len() == key.sha256.len(), |same, (a, b)| {
+                same & (a == b)
+            });
+        if same {
+            found = Some(key);
+        }
+    }
+    match found {
+        Some(key) if !key.limited => Ok(Some(key.name.clone())),
+        _ => Err(()),
+    }
+}
+
+async fn handle(request: Request<Body>, peer: IpAddr, shared: Arc<Shared>) -> Response<Body> {
+    let arrived = Instant::now();
+    let endpoint = match (request.method(), endpoint_of(request.uri().path())) {
+        (&Method::POST, Some(endpoint)) if !shared.config.traced => endpoint,
+        _ => {
+            let (parts, body) = request.into_parts();
+            return back::to_back(&shared, parts, body, peer).await;
+        }
+    };
+    let key = match key_of(&shared, &request) {
+        Ok(key) => key,
+        Err(()) => {
+            let (parts, body) = request.into_parts();
+            return back::to_back(&shared, parts, body, peer).await;
+        }
+    };
+    let limit = shared.config.max_body_bytes;
+    let declared = request
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.map_or(false, |length| length > limit) {
+        let (parts, body) = request.into_parts();
+        return back::to_back(&shared, parts, body, peer).await;
+    }
+    let (parts, mut body) = request.into_parts();
+    let mut bytes = Vec::with_capacity(declared.unwrap_or(0));
+    while let Some(chunk) = body.data().await {
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(_) => {
+                return errors::error_response(
+                    400,
+                    "the request body could not be read",
+                    None,
+                    None,
+                    None,
+                )
+            }
+        };
+        bytes.extend_from_slice(&chunk);
+        if bytes.len() > limit {
+            let message = format!("request body exceeds {limit} bytes");
+            return errors::error_response(413, &message, None, None, None);
+        }
+    }
+    match admit(&shared, endpoint, &parts, &bytes, peer) {
+        Some(admitted) => {
+            let caller = relay::Caller {
+                key,
+                peer,
+                method: parts.method.to_string(),
+                path: parts.uri.path().to_string(),
+                arrived,
+            };
+            relay::forward(&shared, admitted, &parts.headers, caller).await
+        }
+        None => back::to_back(&shared, parts, Body::from(bytes), peer).await,
+    }
+}
+
+/// A request the front serves, and where it goes.
+pub struct Admitted {
+    endpoint: &'static str,
+    body: hyper::body::Bytes,
+    model: String,
+    stream: bool,
+    completion_cap: i64,
+    facts: RequestFacts,
+    decision: crate::scoring::RouteDecision,
+    /// Region indices, best first: the scorer's ranking, then the reserve.
+    ranked: Vec<usize>,
+    reason: &'static str,
+    request_id: String,
+    started: Instant,
+}
+
+/// Admission (geo_router/live/admission.py) for what the front serves: None sends the
+/// request to the Python app, which refuses what is wrong with it in its own words.
+fn admit(
+    shared: &Shared,
+    endpoint: &'static str,
+    parts: &hyper::http::request::Parts,
+    bytes: &[u8],
+    peer: IpAddr,
+) -> Option<Admitted> {
+    let started = Instant::now();
+    let config = &shared.config;
+    let parsed = request::parse(endpoint, bytes)?;
+    let model = config.models.iter().find(|m| m.id == parsed.model)?;
+    let session = request::session(
+        parts.headers.get("x-session-id").map(|v| v.as_bytes()),
+        &parsed.fields,
+    )?;
+    let client = match request::locate(&parts.headers, peer, &config.locate).ok()? {
+        Located::At(at) => at,
+        Located::LookUp(ip) => shared.events.locate_ip(ip).unwrap_or(config.locate.default),
+    };
+    let texts = request::prompt_texts(&parsed.fields);
+    let counted = if model.tokenizer {
+        shared.events.prompt_tokens(&model.id, &texts)
+    } else {
+        None
+    };
+    let prompt_tokens = request::message_overhead(&parsed.fields)
+        + counted.unwrap_or_else(|| texts.iter().map(|t| t.len() as i64).sum());
+    let completion_cap =
+        request::completion_cap(endpoint, &parsed.fields, prompt_tokens, model.max_model_len);
+    let facts = RequestFacts {
+        client,
+        prompt_tokens: i64::max(1, prompt_tokens),
+        prefix_blocks: memory::prefix_blocks(request::prompt_text(&parsed.fields).as_bytes()),
+        tokens_per_block: (memory::BLOCK_BYTES / 4) as i64,
+        session: session.map(|id| memory::text_key(&id)),
+        cell: Some(memory::cell_key(
+            memory::round_half_even(client.lat) as i64,
+            memory::round_half_even(client.lon) as i64,
+            &parsed.model,
+        )),
+    };
+    let (candidates, panic, reserve) = candidates(shared, &parsed.model, client);
+    let now = shared.monotonic();
+    let loads: Vec<RegionLoad> = {
+        let corrector = held(&shared.corrector);
+        candidates
+            .iter()
+            .map(|(index, load, elsewhere)| {
+                let region = &config.regions[*index];
+                RegionLoad {
+                    name: region.name.clone(),
+                    location: region.location,
+                    ready_replicas: load.ready_replicas,
+                    running: load.running,
+                    waiting: load.waiting,
+                    in_flight: shared.in_flight[*index].load(Ordering::Relaxed) as f64 + elsewhere,
+                    kv_cache_usage: load.kv_cache_usage,
+                    rtt_correction_ms: corrector.correction_for(&region.name, now),
+                    cold_start_ms: load.cold_start_ms,
+                }
+            })
+            .collect()
+    };
+    let profiles: Vec<Profile> = candidates
+        .iter()
+        .map(|(i, _, _)| shared.profiles[*i])
+        .collect();
+    let decision = choose(
+        &loads,
+        &facts,
+        &mut held(&shared.memory),
+        &profiles,
+        &config.scoring,
+        &shared.network,
+    )?;
+    let mut ranked: Vec<usize> = decision
+        .ranked
+        .iter()
+        .map(|n| shared.region_index(n))
+        .collect();
+    let reserve: Vec<usize> = reserve
+        .into_iter()
+        .filter(|i| !ranked.contains(i))
+        .collect();
+    ranked.extend(reserve);
+    Some(Admitted {
+        endpoint,
+        body: hyper::body::Bytes::copy_from_slice(bytes),
+        model: parsed.model,
+        stream: parsed.stream,
+        completion_cap,
+        facts,
+        reason: if panic { "panic" } else { decision.reason },
+        decision,
+        ranked,
+        request_id: request::request_id(&parts.headers),
+        started,
+    })
+}
+
+/// Regions to route `model` to with their loads (regions.py's `servable`), whether that
+/// is panic routing, and the reserve: regions an open breaker keeps out that last had a
+/// ready replica of it, nearest first (`reserve`).
+fn candidates(
+    shared: &Shared,
+    model: &str,
+    client: LatLon,
+) -> (Vec<(usize, config::ModelLoad, f64)>, bool, Vec<usize>) {
+    let views = held(&shared.views);
+    let serving = |view: &RegionView| view.models.get(model).copied();
+    let healthy: Vec<_> = views
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| v.healthy)
+        .filter_map(|(i, v)| serving(v).map(|load| (i, load, v.in_flight_elsewhere)))
+        .collect();
+    let (chosen, panic) = if healthy.is_empty() {
+        let startable = views
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| {
+                serving(v)
+                    .filter(|load| load.ready_replicas > 0.0 || v.may_start)
+                    .map(|load| (i, load, v.in_flight_elsewhere))
+            })
+            .collect();
+        (startable, true)
+    } else {
+        (healthy, false)
+    };
+    let mut reserve: Vec<usize> = views
+        .iter()
+        .enumerate()
+        .filter(|(i, v)| {
+            !chosen.iter().any(|(c, _, _)| c == i)
+                && v.breaker_open
+                && serving(v).map_or(false, |load| load.ready_replicas > 0.0)
+        })
+        .map(|(i, _)| i)
+        .collect();
+    let regions = &shared.config.regions;
+    let distance = |i: &usize| shared.network.haversine_km(client, regions[*i].location);
+    reserve.sort_by(|a, b| {
+        distance(a)
+            .total_cmp(&distance(b))
+            .then_with(|| regions[*a].name.cmp(&regions[*b].name))
+    });
+    (chosen, panic, reserve)
+}

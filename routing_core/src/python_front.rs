@@ -1,0 +1,156 @@
+//! The compiled front as the Python router starts and feeds it (geo_router/live/front.py).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::prelude::*;
+
+use crate::front::config::{FrontConfig, ModelLoad, RegionView};
+use crate::front::{self, Events, Level};
+use crate::python::{RoutingMemory, RttCorrector};
+use crate::scoring::LatLon;
+
+/// The Python object the front tells and asks (front.py's `FrontEvents`).
+struct PythonEvents(PyObject);
+
+impl PythonEvents {
+    /// The method's answer; an exception is printed (the router's handlers log it) and
+    /// taken as no answer.
+    fn call<T>(&self, method: &str, args: impl IntoPy<Py<pyo3::types::PyTuple>>) -> Option<T>
+    where
+        T: for<'a> FromPyObject<'a>,
+    {
+        Python::with_gil(|py| {
+            let answer = self
+                .0
+                .call_method1(py, method, args)
+                .and_then(|a| a.extract::<T>(py));
+            answer.map_err(|error| error.print(py)).ok()
+        })
+    }
+
+    fn tell(&self, method: &str, args: impl IntoPy<Py<pyo3::types::PyTuple>>) {
+        self.call::<PyObject>(method, args);
+    }
+}
+
+impl Events for PythonEvents {
+    fn region_failed(&self, region: &str, detail: &str) {
+        self.tell("region_failed", (region, detail));
+    }
+    fn region_answered(&self, region: &str) {
+        self.tell("region_answered", (region,));
+    }
+    fn prompt_tokens(&self, model: &str, texts: &[&str]) -> Option<i64> {
+        self.call::<Option<i64>>("prompt_tokens", (model, texts.to_vec()))
+            .flatten()
+    }
+    fn locate_ip(&self, ip: IpAddr) -> Option<LatLon> {
+        let found = self
+            .call::<Option<(f64, f64)>>("locate_ip", (ip.to_string(),))
+            .flatten();
+        found.map(|(lat, lon)| LatLon { lat, lon })
+    }
+    fn log(&self, level: Level, message: &str) {
+        let level = match level {
+            Level::Info => "info",
+            Level::Warning => "warning",
+        };
+        self.tell("log", (level, message));
+    }
+}
+
+/// A model's replicas in a region: (ready, running, waiting, KV cache usage, cold start ms).
+type LoadTuple = (f64, f64, f64, f64, f64);
+
+/// The router's compiled front, serving from construction on.
+#[pyclass(module = "routing_core")]
+pub(crate) struct Front(front::Front);
+
+#[pymethods]
+impl Front {
+    #[new]
+    fn new(
+        config_json: &str,
+        events: PyObject,
+        memory: PyRef<RoutingMemory>,
+        corrector: PyRef<RttCorrector>,
+        monotonic_now: f64,
+    ) -> PyResult<Self> {
+        let config: FrontConfig = serde_json::from_str(config_json)
+            .map_err(|e| PyValueError::new_err(format!("front config: {e}")))?;
+        let started = front::Front::start(
+            config,
+            Box::new(PythonEvents(events)),
+            memory.0.clone(),
+            corrector.0.clone(),
+            monotonic_now,
+        );
+        started.map(Front).map_err(PyOSError::new_err)
+    }
+
+    /// A region as the router's polls and breakers see it now.
+    #[allow(clippy::too_many_arguments)]
+    fn set_region(
+        &self,
+        name: &str,
+        healthy: bool,
+        breaker_open: bool,
+        may_start: bool,
+        models: HashMap<String, LoadTuple>,
+        in_flight_elsewhere: f64,
+    ) -> PyResult<()> {
+        let models = models
+            .into_iter()
+            .map(|(model, (ready, running, waiting, kv, cold_ms))| {
+                let load = ModelLoad {
+                    ready_replicas: ready,
+                    running,
+                    waiting,
+                    kv_cache_usage: kv,
+                    cold_start_ms: cold_ms,
+                };
+                (model, load)
+            })
+            .collect();
+        let view = RegionView {
+            healthy,
+            breaker_open,
+            may_start,
+            models,
+            in_flight_elsewhere,
+        };
+        self.0.set_region(name, view).map_err(PyValueError::new_err)
+    }
+
+    /// Requests the front has in flight to `region`.
+    fn in_flight(&self, region: &str) -> i64 {
+        self.0.in_flight(region)
+    }
+
+    /// Its metric samples: (sample name, ((label, value), ...), value).
+    fn metric_samples(&self) -> Vec<(String, Vec<(String, String)>, f64)> {
+        let samples = self.0.metric_samples().into_iter();
+        samples.map(|s| (s.name, s.labels, s.value)).collect()
+    }
+
+    /// Whether to make access-log lines.
+    fn set_access_log(&self, on: bool) {
+        self.0.set_access_log(on)
+    }
+
+    /// Access-log lines since the last call, and how many were dropped meanwhile.
+    fn take_access_log(&self) -> (Vec<String>, i64) {
+        self.0.take_access_log()
+    }
+
+    fn drain(&self, grace_s: f64) {
+        self.0.drain(grace_s)
+    }
+
+    /// Whether every answer ended within `timeout_s`.
+    fn wait_idle(&self, py: Python, timeout_s: f64) -> bool {
+        py.allow_threads(|| self.0.wait_idle(timeout_s))
+    }
+}
