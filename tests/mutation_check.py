@@ -204,6 +204,37 @@ MUTATIONS = (
         "    let mut queue = 1000.0 * prefill_ahead_s + 0.0 * slot_wait_s;",
         "the estimate ignores waiting for a sequence slot",
     ),
+    # The router's compiled front (its tests run on both of the router's paths).
+    Mutation(
+        "routing_core/src/front/relay.rs",
+        "(300..400).contains(&status) || status == 404 || status == 408 || status >= 500",
+        "(300..400).contains(&status) || status == 408 || status >= 500",
+        "the compiled front does not fail over from a region whose route is gone (404)",
+    ),
+    Mutation(
+        "routing_core/src/front/relay.rs",
+        '        if self.stream {\n            let message = format!("the stream from region {} broke"',
+        '        if false {\n            let message = format!("the stream from region {} broke"',
+        "a stream the compiled front relays ends without an error event when it breaks",
+    ),
+    Mutation(
+        "routing_core/src/front/relay.rs",
+        "                _ = &mut hung_up => break,\n",
+        "",
+        "the compiled front does not hear a client hang up while the region is silent",
+    ),
+    Mutation(
+        "routing_core/src/front/mod.rs",
+        "        Some(key) if !key.limited => Ok(Some(key.name.clone())),",
+        "        Some(key) => Ok(Some(key.name.clone())),",
+        "the compiled front serves keys with limits, which it does not charge",
+    ),
+    Mutation(
+        "routing_core/src/front/back.rs",
+        "!HOP_BY_HOP.contains(&name.as_str()) && name != PEER_HEADER",
+        "!HOP_BY_HOP.contains(&name.as_str())",
+        "a client sets the address the compiled front hands on",
+    ),
     Mutation(
         "geo_router/sim/routing_replay.py",
         " or self.kv_tokens + kv_needed > profile.kv_capacity_tokens",
@@ -488,7 +519,7 @@ def build_routing_core(root: Path, target_dir: Path) -> bool:
             "--release",
             "--quiet",
             "--features",
-            "python",
+            "python,front",
             "--manifest-path",
             str(root / "routing_core" / "Cargo.toml"),
         ],

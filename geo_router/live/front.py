@@ -40,9 +40,17 @@ Front = routing_core.Front
 
 # The client's address, as the front saw it, on what it hands this app.
 PEER_HEADER = b"x-meridian-peer"
-# The front's threads: one serves the relay; a second keeps serving while the first
-# waits on Python (a tokenizer, a GeoIP lookup).
+# The front's threads. One: a request's work never hops between threads, which cost more
+# than a second thread bought (router_overhead.py's throughput load: 1.11x vllm-router's
+# requests/s with one, 0.85x with two). A call into Python (a tokenizer, a GeoIP lookup)
+# holds it meanwhile.
 FRONT_THREADS = 1
+# How long an idle client connection stays open. Longer than clients' own pools keep one
+# (httpx 5 s, as the openai client uses, aiohttp 15 s) and than load balancers' idle
+# timeouts (60 s): at uvicorn's default of 5 s a client reusing a connection just as the
+# router closed it gets a reset, not an answer. nginx's default is 75 s.
+# The front waits as long for a request's headers, an idle connection's next one included.
+KEEP_ALIVE_S = 75
 # How often the front's access-log lines are written.
 ACCESS_LOG_INTERVAL_S = 0.1
 
@@ -83,6 +91,7 @@ def front_config(spec: PlatformSpec, back_port: int, tokenizers: PromptTokens, t
         "network": list(NETWORK),
         "scoring": router.scoring.model_dump(),
         "max_body_bytes": router.max_body_bytes,
+        "header_timeout_s": KEEP_ALIVE_S,
         "first_byte_timeout_s": router.first_byte_timeout_s,
         "output_token_timeout_s": router.output_token_timeout_s,
         "upstream_timeout_s": router.upstream_timeout_s,

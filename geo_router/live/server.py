@@ -12,16 +12,10 @@ import uvicorn
 from fastapi import FastAPI
 
 from geo_router.live.app import create_app
-from geo_router.live.front import served_by_front
+from geo_router.live.front import KEEP_ALIVE_S, served_by_front
 from meridian_core.spec import PlatformSpec
 
 log = logging.getLogger(__name__)
-
-# How long an idle client connection stays open. Longer than clients' own pools keep one
-# (httpx 5 s, as the openai client uses, aiohttp 15 s) and than load balancers' idle
-# timeouts (60 s): at uvicorn's default of 5 s a client reusing a connection just as the
-# router closed it gets a reset, not an answer. nginx's default is 75 s.
-KEEP_ALIVE_S = 75
 
 
 class DrainingServer(uvicorn.Server):

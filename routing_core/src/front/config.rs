@@ -26,6 +26,8 @@ pub struct FrontConfig {
     pub network: [f64; 3],
     pub scoring: Scoring,
     pub max_body_bytes: usize,
+    /// How long a client may take to send a request's headers (server.py's KEEP_ALIVE_S).
+    pub header_timeout_s: f64,
     pub first_byte_timeout_s: f64,
     pub output_token_timeout_s: f64,
     pub upstream_timeout_s: f64,

@@ -189,6 +189,8 @@ impl Front {
         });
         let serving = server
             .tcp_nodelay(true)
+            .tcp_keepalive(Some(Duration::from_secs(60))) // a peer gone without a word is found
+            .http1_header_read_timeout(Duration::from_secs_f64(shared.config.header_timeout_s))
             .serve(make)
             .with_graceful_shutdown(async {
                 let _ = stop.await;
