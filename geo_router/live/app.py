@@ -34,7 +34,7 @@ from geo_router.live.front import (
     FrontView,
     front_config,
     start_front,
-    write_access_log,
+    write_front_records,
 )
 from geo_router.live.inference_path import InferencePath
 from geo_router.live.metrics import RouterMetrics, WithSamples
@@ -105,8 +105,8 @@ def create_app(
         exported.extra = front.metric_samples
         writer = asyncio.create_task(
             supervise(
-                "access_log",
-                lambda: write_access_log(front, metrics.access_log_dropped.inc),
+                "front_records",
+                lambda: write_front_records(front, tracer, lambda kind, n: metrics.front_dropped.labels(kind).inc(n)),
                 count_failure,
             )
         )

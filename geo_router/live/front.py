@@ -1,14 +1,15 @@
 """The router's compiled front (routing_core/src/front): an HTTP server in the router's
 process, on the router's port. It serves the inference requests it can whole (the
 decision, with the same compiled scorer and the same routing memory, failover, the
-relay, metrics and the access log) and hands everything else to this Python app, bound
-on loopback (`back`): errors, requests under a key with limits, traced requests, the
-models list and the operational endpoints.
+relay, metrics, the access log and spans) and hands everything else to this Python app,
+bound on loopback (`back`): errors, requests under a key with limits, the models list
+and the operational endpoints.
 
 This app stays the control plane. It polls regions and keeps their breakers, and tells
 the front what it sees (`FrontView.push`). The front tells it back what only requests
 see (`FrontEvents`), and asks it for what only Python has: a model's tokenizer, a GeoIP
-lookup. The front's metrics join this app's own when /metrics is scraped.
+lookup. The front's metrics join this app's own when /metrics is scraped; its access-log
+lines and spans go out through this app's logging and tracer.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from opentelemetry.trace import Tracer
 from prometheus_client.utils import floatToGoString
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -30,6 +32,7 @@ from geo_router.live.metrics import LATENCY_BUCKETS_S
 from geo_router.live.middleware import access_log
 from geo_router.live.prompt_tokens import PromptTokens
 from geo_router.live.regions import Region, RegionTable
+from geo_router.live.tracing import export_front_span
 from geo_router.policy.scoring import NETWORK, PROFILE_FIELDS, RoutingMemory, RttCorrector
 from meridian_core.replica_model import PROFILES
 from meridian_core.spec import PlatformSpec, model_route
@@ -175,17 +178,23 @@ def start_front(
     return front
 
 
-async def write_access_log(front: Front, on_dropped: Callable[[int], None]) -> None:
-    """Write the front's access-log lines through this app's logging, as they come; the
-    front makes them only while the access log is on."""
+async def write_front_records(front: Front, tracer: Tracer | None, on_dropped: Callable[[str, int], None]) -> None:
+    """Write the front's access-log lines through this app's logging and export its spans
+    through this app's tracer, as they come; the front makes lines only while the access
+    log is on. `on_dropped(kind, count)` hears of those the front had to drop."""
     while True:
         front.set_access_log(access_log.isEnabledFor(logging.INFO))
         await asyncio.sleep(ACCESS_LOG_INTERVAL_S)
-        lines, dropped = front.take_access_log()
+        lines, dropped_lines = front.take_access_log()
         for line in lines:
             access_log.info(line)
-        if dropped:
-            on_dropped(dropped)
+        spans, dropped_spans = front.take_spans()
+        if tracer is not None:
+            for span in spans:
+                export_front_span(tracer, span)
+        for kind, dropped in (("access_log", dropped_lines), ("span", dropped_spans)):
+            if dropped:
+                on_dropped(kind, dropped)
 
 
 class FrontPeer:

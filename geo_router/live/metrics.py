@@ -97,12 +97,16 @@ class RouterMetrics:
             ["limit"],
             registry=self.registry,
         )
-        self.access_log_dropped = Counter(
-            "meridian_router_access_log_lines_dropped",
-            "Access-log lines of the compiled front dropped because the router's logging fell behind.",
+        self.front_dropped = Counter(
+            "meridian_router_front_records_dropped",
+            "Access-log lines and spans of the compiled front dropped because the router's Python app "
+            "fell behind, by kind (access_log, span).",
+            ["kind"],
             registry=self.registry,
         )
-        for task in ("health_poll", "status_poll", "access_log"):  # exported at 0 from the start
+        for kind in ("access_log", "span"):  # exported at 0 from the start
+            self.front_dropped.labels(kind)
+        for task in ("health_poll", "status_poll", "front_records"):  # exported at 0 from the start
             self.background_failures.labels(task)
         for limit in LIMITS:  # exported at 0 from the start, so the first refusal shows in rate()
             self.rate_limited.labels(limit)

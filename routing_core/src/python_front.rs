@@ -61,6 +61,21 @@ impl Events for PythonEvents {
     }
 }
 
+/// A finished span, as `Front::take_spans` hands it.
+type SpanTuple = (
+    String,
+    String,
+    String,
+    Option<String>,
+    u8,
+    Option<String>,
+    u64,
+    u64,
+    Vec<(String, String)>,
+    i64,
+    Option<String>,
+);
+
 /// A model's replicas in a region: (ready, running, waiting, KV cache usage, cold start ms).
 type LoadTuple = (f64, f64, f64, f64, f64);
 
@@ -147,6 +162,34 @@ impl Front {
 
     fn drain(&self, grace_s: f64) {
         self.0.drain(grace_s)
+    }
+
+    /// Spans since the last call, each (name, trace id, span id, parent span id, its flags,
+    /// tracestate, start ns, end ns, attributes, HTTP status, error), and how many were
+    /// dropped meanwhile.
+    fn take_spans(&self) -> (Vec<SpanTuple>, i64) {
+        let (spans, dropped) = self.0.take_spans();
+        let spans = spans.into_iter().map(|s| {
+            let attributes = s
+                .attributes
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
+            (
+                s.name,
+                s.trace_id,
+                s.span_id,
+                s.parent_span_id,
+                s.caller_flags,
+                s.tracestate,
+                s.start_unix_ns,
+                s.end_unix_ns,
+                attributes,
+                s.status_code,
+                s.error,
+            )
+        });
+        (spans.collect(), dropped)
     }
 
     /// Whether every answer ended within `timeout_s`.

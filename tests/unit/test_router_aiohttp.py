@@ -28,6 +28,10 @@ import httpx
 import pytest
 import yaml
 from aiohttp import web
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
 
 from geo_router.live.app import create_app
 from geo_router.live.auth import digest
@@ -63,6 +67,7 @@ class LoopbackRegion:
     mode: str = "ok"
     port: int = 0
     calls: list[str] = field(default_factory=list)
+    traceparents: list[str | None] = field(default_factory=list)
     # Streams send their first event, then wait for the test to release them.
     release: asyncio.Event = field(default_factory=asyncio.Event)
     released_by_test: bool | None = None
@@ -86,6 +91,7 @@ class LoopbackRegion:
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.calls.append("v1/chat/completions")
+        self.traceparents.append(request.headers.get("traceparent"))
         if self.mode == "gone":  # what Serve's proxy answers for a route prefix it no longer has
             return web.Response(status=404, text="Path '/x' not found.")
         if self.mode == "error500":
@@ -237,8 +243,20 @@ def keyed_router(request: pytest.FixtureRequest, regions: LoopbackRegions) -> It
         yield client
 
 
+@pytest.fixture(params=["compiled_front", "python_alone"])
+def traced_router(
+    request: pytest.FixtureRequest, regions: LoopbackRegions
+) -> Iterator[tuple[httpx.Client, InMemorySpanExporter]]:
+    """The same, its spans exported to memory."""
+    exporter = InMemorySpanExporter()
+    with running_router(regions, request.param, span_processor=SimpleSpanProcessor(exporter)) as client:
+        yield client, exporter
+
+
 @contextlib.contextmanager
-def running_router(regions: LoopbackRegions, data_path: str, **router_settings: object) -> Iterator[httpx.Client]:
+def running_router(
+    regions: LoopbackRegions, data_path: str, span_processor: SpanProcessor | None = None, **router_settings: object
+) -> Iterator[httpx.Client]:
     data = yaml.safe_load((REPO / "configs" / "local.yaml").read_text())
     for region in data["regions"]:
         loopback = regions[region["name"].replace("/", "-")]
@@ -251,11 +269,12 @@ def running_router(regions: LoopbackRegions, data_path: str, **router_settings: 
     if data_path == "compiled_front":
         back = socket.socket()
         back.bind(("127.0.0.1", 0))
-        app = create_app(parse_spec(data), back_port=back.getsockname()[1])
+        app = create_app(parse_spec(data), back_port=back.getsockname()[1], span_processor=span_processor)
         server = DrainingServer(app, "127.0.0.1", 0, grace_s=SHUTDOWN_GRACE_S)
         thread = threading.Thread(target=server.run, kwargs={"sockets": [back]}, name="router", daemon=True)
     else:
-        app = create_app(parse_spec(data))  # no client: requests go through AiohttpUpstream
+        # No client: requests go through AiohttpUpstream.
+        app = create_app(parse_spec(data), span_processor=span_processor)
         server = DrainingServer(app, "127.0.0.1", port, grace_s=SHUTDOWN_GRACE_S)
         thread = threading.Thread(target=server.run, name="router", daemon=True)
     thread.start()
@@ -532,3 +551,49 @@ def test_api_keys_and_their_limits_hold_on_either_path(keyed_router):
     assert keyed_router.post("/v1/chat/completions", json=CHAT, headers=limited).status_code == 200
     refused = keyed_router.post("/v1/chat/completions", json=CHAT, headers=limited)
     assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limit_exceeded"
+
+
+def finished_span(exporter: InMemorySpanExporter) -> ReadableSpan:
+    """The one span exported, waited for: the front's are exported a moment after."""
+    deadline = time.monotonic() + 5
+    while not (spans := exporter.get_finished_spans()):
+        assert time.monotonic() < deadline, "no span exported"
+        time.sleep(0.02)
+    (span,) = spans
+    return span
+
+
+def test_a_request_is_one_server_span_that_continues_the_callers_trace(traced_router, regions):
+    router, exporter = traced_router
+    trace_id, caller_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    response = router.post(
+        "/v1/chat/completions", json=CHAT, headers={"traceparent": f"00-{trace_id}-{caller_span}-01"}
+    )
+    assert response.status_code == 200
+    span = finished_span(exporter)
+    assert span.kind == SpanKind.SERVER and span.name == "POST /v1/chat/completions"
+    assert format(span.context.trace_id, "032x") == trace_id
+    assert format(span.parent.span_id, "016x") == caller_span
+    assert span.attributes["meridian.region"] == "local/us-east"
+    assert span.attributes["meridian.request_id"] == response.headers["x-request-id"]
+    assert span.attributes["http.response.status_code"] == 200
+    assert span.status.status_code != StatusCode.ERROR
+    # The region's request is the span's child.
+    assert regions["local-us-east"].traceparents == [f"00-{trace_id}-{format(span.context.span_id, '016x')}-01"]
+
+
+def test_a_stream_that_breaks_is_an_error_span_of_a_trace_the_router_started(traced_router, regions):
+    router, exporter = traced_router
+    regions["local-us-east"].mode = "break_stream"
+    with router.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as response:
+        chunks = response.iter_raw()
+        next(chunks)
+        regions.release("local-us-east")
+        b"".join(chunks)
+    span = finished_span(exporter)
+    assert span.parent is None
+    assert span.status.status_code == StatusCode.ERROR and span.status.description == "stream_broken"
+    assert span.attributes["http.response.status_code"] == 502
+    (sent,) = regions["local-us-east"].traceparents
+    # A trace started here: sampled, its id random (W3C trace context level 2), as the SDK says.
+    assert sent == f"00-{format(span.context.trace_id, '032x')}-{format(span.context.span_id, '016x')}-03"

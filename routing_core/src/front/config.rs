@@ -19,7 +19,7 @@ pub struct FrontConfig {
     pub regions: Vec<RegionConfig>,
     /// With no keys the router is open.
     pub keys: Vec<KeyConfig>,
-    /// Spans are made by the Python app: with tracing on, inference goes there.
+    /// Whether the Python app exports spans: then the front records one per request.
     pub traced: bool,
     pub locate: LocateConfig,
     /// (earth radius km, RTT intercept ms, RTT ms per km), meridian_core's.

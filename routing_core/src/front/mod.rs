@@ -12,6 +12,7 @@ mod errors;
 pub mod metrics;
 mod relay;
 mod request;
+pub mod trace;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, TcpListener};
@@ -73,7 +74,10 @@ pub struct Shared {
     /// Whether the router's access log is on: the Python app says, as its logging changes.
     access_log_on: AtomicBool,
     access_log: Mutex<Vec<String>>,
+    spans: Mutex<Vec<trace::SpanRecord>>,
+    /// Access-log lines and spans dropped because the Python app fell behind.
     access_log_dropped: AtomicI64,
+    spans_dropped: AtomicI64,
     events: Box<dyn Events>,
     client: Client<HttpConnector, Body>,
     /// The Python app's monotonic clock at `started`: the corrector's times are its.
@@ -162,7 +166,9 @@ impl Front {
             metrics,
             access_log_on: AtomicBool::new(false),
             access_log: Mutex::new(Vec::new()),
+            spans: Mutex::new(Vec::new()),
             access_log_dropped: AtomicI64::new(0),
+            spans_dropped: AtomicI64::new(0),
             events,
             client: Client::builder().build(connector),
             monotonic_at_start: monotonic_now,
@@ -261,6 +267,12 @@ impl Front {
         )
     }
 
+    /// Spans since the last call, and how many were dropped meanwhile.
+    pub fn take_spans(&self) -> (Vec<trace::SpanRecord>, i64) {
+        let spans = std::mem::take(&mut *held(&self.shared.spans));
+        (spans, self.shared.spans_dropped.swap(0, Ordering::Relaxed))
+    }
+
     /// Stop taking connections; answers in flight have `grace_s` to end, and streams still
     /// open a second before that are cut with an SSE error event.
     pub fn drain(&self, grace_s: f64) {
@@ -333,8 +345,12 @@ fn key_of(shared: &Shared, request: &Request<Body>) -> Result<Option<String>, ()
 
 async fn handle(request: Request<Body>, peer: IpAddr, shared: Arc<Shared>) -> Response<Body> {
     let arrived = Instant::now();
+    let trace = shared
+        .config
+        .traced
+        .then(|| trace::Trace::begin(request.headers()));
     let endpoint = match (request.method(), endpoint_of(request.uri().path())) {
-        (&Method::POST, Some(endpoint)) if !shared.config.traced => endpoint,
+        (&Method::POST, Some(endpoint)) => endpoint,
         _ => {
             let (parts, body) = request.into_parts();
             return back::to_back(&shared, parts, body, peer).await;
@@ -385,6 +401,7 @@ async fn handle(request: Request<Body>, peer: IpAddr, shared: Arc<Shared>) -> Re
                 method: parts.method.to_string(),
                 path: parts.uri.path().to_string(),
                 arrived,
+                trace,
             };
             relay::forward(&shared, admitted, &parts.headers, caller).await
         }

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 
 use super::errors::{error_response, relayed_error, sse_error_event};
 use super::metrics::{DECISIONS, DURATION, FAILOVERS_REFUSED, REQUESTS, TTFB, UPSTREAM_ERRORS};
+use super::trace::Trace;
 use super::{held, Admitted, Level, Shared, MAX_HELD_LOG_LINES};
 
 /// Request headers passed to the region (proxy.py's FORWARDED_REQUEST_HEADERS, the
@@ -103,7 +104,8 @@ struct Attempt {
 /// request's future (hyper does, and the region's request with it): this counts it.
 struct Waiting<'a> {
     shared: &'a Shared,
-    model: &'a str,
+    admitted: &'a Admitted,
+    caller: &'a Caller,
     region: Option<usize>,
 }
 
@@ -111,7 +113,14 @@ impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         if let Some(index) = self.region {
             let name = &self.shared.config.regions[index].name;
-            count_request(self.shared, name, self.model, CLIENT_CLOSED);
+            count_request(self.shared, name, &self.admitted.model, CLIENT_CLOSED);
+            record_span(
+                self.shared,
+                self.caller,
+                self.admitted,
+                Some(name),
+                CLIENT_CLOSED,
+            );
             let message = format!(
                 "client hung up before the first byte from {name}; its request there is closed"
             );
@@ -140,6 +149,8 @@ pub struct Caller {
     pub method: String,
     pub path: String,
     pub arrived: Instant,
+    /// The request's span, when the router is traced.
+    pub trace: Option<Trace>,
 }
 
 pub async fn forward(
@@ -154,7 +165,8 @@ pub async fn forward(
     let mut budget_spent = false;
     let mut waiting = Waiting {
         shared,
-        model: &admitted.model,
+        admitted: &admitted,
+        caller: &caller,
         region: None,
     };
     for (position, &index) in admitted.ranked.iter().enumerate() {
@@ -166,7 +178,8 @@ pub async fn forward(
         let name = shared.config.regions[index].name.as_str();
         tried.push(name);
         waiting.region = Some(index);
-        let attempt = match attempt(shared, index, &admitted, headers).await {
+        let traceparent = caller.trace.as_ref().map(Trace::traceparent);
+        let attempt = match attempt(shared, index, &admitted, headers, traceparent).await {
             Ok(attempt) => attempt,
             Err(failure) => {
                 waiting.region = None;
@@ -205,9 +218,12 @@ pub async fn forward(
             .count(DECISIONS, &["region", "reason"], &[name, reason]);
         shared.metrics.observe(TTFB, name, &admitted.model, ttfb_s);
         learn(shared, &admitted, index, ttfb_s);
+        drop(waiting);
         return respond(shared, &admitted, attempt, caller).await;
     }
+    drop(waiting);
     let answer = failed(shared, suspects, &tried, budget_spent);
+    record_span(shared, &caller, &admitted, None, answer.status().as_str());
     enveloped(shared, answer, &admitted, None, &caller)
 }
 
@@ -274,6 +290,7 @@ async fn attempt(
     index: usize,
     admitted: &Admitted,
     headers: &HeaderMap,
+    traceparent: Option<String>,
 ) -> Result<Attempt, RegionFailed> {
     let config = &shared.config;
     let region = &config.regions[index];
@@ -288,8 +305,13 @@ async fn attempt(
     ));
     for name in FORWARDED_REQUEST_HEADERS {
         if let Some(value) = headers.get(name) {
-            request = request.header(name, value);
+            if !(name == "traceparent" && traceparent.is_some()) {
+                request = request.header(name, value);
+            }
         }
+    }
+    if let Some(traceparent) = traceparent {
+        request = request.header("traceparent", traceparent); // this request's span is the parent
     }
     request = request
         .header(REQUEST_ID_HEADER, admitted.request_id.as_str())
@@ -426,6 +448,7 @@ async fn respond(
         drop(upstream);
         drop(in_flight);
         count_request(shared, &name, &admitted.model, &status.to_string());
+        record_span(shared, &caller, admitted, Some(&name), &status.to_string());
         shared.metrics.observe(
             DURATION,
             &name,
@@ -461,6 +484,8 @@ async fn respond(
         status,
         started: admitted.started,
         request_id: admitted.request_id.clone(),
+        endpoint: admitted.endpoint,
+        reason: admitted.reason,
         caller,
         in_flight,
     };
@@ -491,6 +516,8 @@ struct Relay {
     status: u16,
     started: Instant,
     request_id: String,
+    endpoint: &'static str,
+    reason: &'static str,
     caller: Caller,
     in_flight: InFlight,
 }
@@ -507,6 +534,8 @@ impl Relay {
             status,
             started,
             request_id,
+            endpoint,
+            reason,
             caller,
             in_flight,
             ..
@@ -524,6 +553,17 @@ impl Relay {
             .metrics
             .observe(DURATION, &region, &model, duration_s);
         access_log(&shared, &request_id, status, &region, Some(&model), &caller);
+        let region = Some(region.as_str());
+        record_trace(
+            &shared,
+            &caller,
+            endpoint,
+            &request_id,
+            &model,
+            reason,
+            region,
+            &outcome,
+        );
         shared.relaying.fetch_sub(1, Ordering::Relaxed);
     }
 
@@ -718,5 +758,59 @@ impl serde_json::ser::Formatter for PythonJson {
         writer: &mut W,
     ) -> std::io::Result<()> {
         writer.write_all(b": ")
+    }
+}
+
+/// The request's span, recorded for the Python app to export (app.py's `end_span`).
+fn record_span(
+    shared: &Shared,
+    caller: &Caller,
+    admitted: &Admitted,
+    region: Option<&str>,
+    outcome: &str,
+) {
+    record_trace(
+        shared,
+        caller,
+        admitted.endpoint,
+        &admitted.request_id,
+        &admitted.model,
+        admitted.reason,
+        region,
+        outcome,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn record_trace(
+    shared: &Shared,
+    caller: &Caller,
+    endpoint: &str,
+    request_id: &str,
+    model: &str,
+    reason: &str,
+    region: Option<&str>,
+    outcome: &str,
+) {
+    let trace = match &caller.trace {
+        Some(trace) => trace,
+        None => return,
+    };
+    let mut attributes = vec![
+        ("http.request.method", caller.method.clone()),
+        ("url.path", caller.path.clone()),
+        ("meridian.request_id", request_id.to_string()),
+        ("meridian.model", model.to_string()),
+        ("meridian.reason", reason.to_string()),
+    ];
+    if let Some(region) = region {
+        attributes.push(("meridian.region", region.to_string()));
+    }
+    let span = trace.finish(format!("POST /v1/{endpoint}"), attributes, outcome);
+    let mut spans = held(&shared.spans);
+    if spans.len() < MAX_HELD_LOG_LINES {
+        spans.push(span);
+    } else {
+        shared.spans_dropped.fetch_add(1, Ordering::Relaxed);
     }
 }
