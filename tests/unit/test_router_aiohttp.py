@@ -62,6 +62,7 @@ class LoopbackRegion:
     # ok | gone (404) | error500 | hang (no headers) | hang_body (headers, no body) | break_stream
     # | redirect (307 elsewhere) | gzip (compresses its answer when the caller accepts it)
     # | hang_watch (no headers; notes whether the router hangs up)
+    # | stream_watch (a stream's first event, then silence; notes whether the router hangs up)
     # | linger (a whole stream, [DONE] included, then a wait before the body's end)
     # | ray_error (a 400 as Ray Serve LLM words one: the engine's message, then internals)
     mode: str = "ok"
@@ -112,12 +113,7 @@ class LoopbackRegion:
         if self.mode == "hang":
             await self._wait()
         if self.mode == "hang_watch":
-            deadline = time.monotonic() + REGION_WAIT_S
-            while time.monotonic() < deadline:
-                if request.transport is None or request.transport.is_closing():
-                    self.router_hung_up = True
-                    break
-                await asyncio.sleep(0.02)
+            await self._watch_for_hang_up(request)
             return web.json_response({"object": "chat.completion", "region": self.name})
         if self.mode == "hang_body":
             response = web.StreamResponse(headers={"content-type": "text/event-stream"})
@@ -138,6 +134,9 @@ class LoopbackRegion:
                 await response.write_eof()
             return response
         await response.write(event("Par", self.name))
+        if self.mode == "stream_watch":
+            await self._watch_for_hang_up(request)
+            return response
         await self._wait()
         if self.mode == "break_stream":
             assert request.transport is not None
@@ -152,6 +151,14 @@ class LoopbackRegion:
         """Where a redirect points: a prompt arriving here has been re-sent."""
         self.calls.append("elsewhere")
         return web.json_response({"object": "chat.completion", "region": "elsewhere"})
+
+    async def _watch_for_hang_up(self, request: web.Request) -> None:
+        deadline = time.monotonic() + REGION_WAIT_S
+        while time.monotonic() < deadline:
+            if request.transport is None or request.transport.is_closing():
+                self.router_hung_up = True
+                return
+            await asyncio.sleep(0.02)
 
     async def _wait(self) -> None:
         try:
@@ -423,11 +430,16 @@ def test_a_client_that_hangs_up_before_the_first_byte_frees_the_region(router, r
     assert 'meridian_router_in_flight_requests{region="local/us-east"} 0.0' in lines
 
 
-def test_a_stream_whose_client_hangs_up_is_counted_as_a_client_disconnect(router, regions):
+def test_a_stream_whose_client_hangs_up_is_closed_at_the_region_and_counted_as_a_client_disconnect(router, regions):
+    regions["local-us-east"].mode = "stream_watch"
     with router.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as response:
         assert next(response.iter_raw()) == event("Par", "local/us-east")
-    # The client has gone mid-stream; the region is still waiting to send the rest.
+    # The client has gone mid-stream, while the region is silent: the router closes the
+    # region's request, so its engine drops it, without waiting for the region's next word.
     deadline = time.monotonic() + REGION_WAIT_S
+    while not regions["local-us-east"].router_hung_up:
+        assert time.monotonic() < deadline, "the router kept the region's stream open"
+        time.sleep(0.05)
     wanted = f'meridian_router_requests_total{{model="{MODEL}",region="local/us-east",status="499"}} 1.0'
     while wanted not in metric_lines(router):
         assert time.monotonic() < deadline, "the cut stream was not counted as a client disconnect"
