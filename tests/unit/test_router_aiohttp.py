@@ -609,3 +609,17 @@ def test_a_stream_that_breaks_is_an_error_span_of_a_trace_the_router_started(tra
     (sent,) = regions["local-us-east"].traceparents
     # A trace started here: sampled, its id random (W3C trace context level 2), as the SDK says.
     assert sent == f"00-{format(span.context.trace_id, '032x')}-{format(span.context.span_id, '016x')}-03"
+
+
+def test_a_body_over_the_cap_sent_without_its_length_is_refused_alike(router, regions):
+    def chunked() -> Iterator[bytes]:
+        yield b'{"model": "' + MODEL.encode() + b'", "messages": [{"role": "user", "content": "'
+        for _ in range(5):  # 5 MiB, over the router's 4 MiB cap
+            yield b"x" * (1024 * 1024)
+        yield b'"}]}'
+
+    refused = router.post("/v1/chat/completions", content=chunked(), headers={"content-type": "application/json"})
+    assert refused.status_code == 413
+    assert refused.json()["error"]["message"] == "request body exceeds 4194304 bytes"
+    assert refused.headers["x-meridian-region"] == "none" and refused.headers["x-request-id"]
+    assert regions["local-us-east"].calls == []

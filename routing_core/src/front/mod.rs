@@ -372,41 +372,51 @@ async fn handle(request: Request<Body>, peer: IpAddr, shared: Arc<Shared>) -> Re
         let (parts, body) = request.into_parts();
         return back::to_back(&shared, parts, body, peer).await;
     }
-    let (parts, mut body) = request.into_parts();
+    let (parts, body) = request.into_parts();
+    let caller = relay::Caller {
+        key,
+        peer,
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_string(),
+        arrived,
+        trace,
+    };
+    let read = Duration::from_secs_f64(shared.config.header_timeout_s);
+    let bytes = match tokio::time::timeout(read, read_capped(body, limit, declared)).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(refusal)) => {
+            return relay::refuse(&shared, refusal, endpoint, &parts.headers, &caller)
+        }
+        Err(_) => {
+            let message = format!("the request body did not arrive within {read:?}");
+            let refusal = errors::error_response(408, &message, None, None, None);
+            return relay::refuse(&shared, refusal, endpoint, &parts.headers, &caller);
+        }
+    };
+    match admit(&shared, endpoint, &parts, &bytes, peer) {
+        Some(admitted) => relay::forward(&shared, admitted, &parts.headers, caller).await,
+        None => back::to_back(&shared, parts, Body::from(bytes), peer).await,
+    }
+}
+
+/// The request's body, or the answer refusing it: over `limit` bytes (413), or broken off.
+async fn read_capped(
+    mut body: Body,
+    limit: usize,
+    declared: Option<usize>,
+) -> Result<Vec<u8>, Response<Body>> {
     let mut bytes = Vec::with_capacity(declared.unwrap_or(0));
     while let Some(chunk) = body.data().await {
-        let chunk = match chunk {
-            Ok(chunk) => chunk,
-            Err(_) => {
-                return errors::error_response(
-                    400,
-                    "the request body could not be read",
-                    None,
-                    None,
-                    None,
-                )
-            }
-        };
+        let chunk = chunk.map_err(|_| {
+            errors::error_response(400, "the request body could not be read", None, None, None)
+        })?;
         bytes.extend_from_slice(&chunk);
         if bytes.len() > limit {
             let message = format!("request body exceeds {limit} bytes");
-            return errors::error_response(413, &message, None, None, None);
+            return Err(errors::error_response(413, &message, None, None, None));
         }
     }
-    match admit(&shared, endpoint, &parts, &bytes, peer) {
-        Some(admitted) => {
-            let caller = relay::Caller {
-                key,
-                peer,
-                method: parts.method.to_string(),
-                path: parts.uri.path().to_string(),
-                arrived,
-                trace,
-            };
-            relay::forward(&shared, admitted, &parts.headers, caller).await
-        }
-        None => back::to_back(&shared, parts, Body::from(bytes), peer).await,
-    }
+    Ok(bytes)
 }
 
 /// A request the front serves, and where it goes.

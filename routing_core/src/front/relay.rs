@@ -800,9 +800,13 @@ fn record_trace(
         ("http.request.method", caller.method.clone()),
         ("url.path", caller.path.clone()),
         ("meridian.request_id", request_id.to_string()),
-        ("meridian.model", model.to_string()),
-        ("meridian.reason", reason.to_string()),
     ];
+    // What is known of it: a request refused before admission has no model or reason.
+    for (name, value) in [("meridian.model", model), ("meridian.reason", reason)] {
+        if !value.is_empty() {
+            attributes.push((name, value.to_string()));
+        }
+    }
     if let Some(region) = region {
         attributes.push(("meridian.region", region.to_string()));
     }
@@ -813,4 +817,29 @@ fn record_trace(
     } else {
         shared.spans_dropped.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// An answer refusing a request before its admission (its body too large, too slow or
+/// broken off), in the router's envelope, logged and traced.
+pub fn refuse(
+    shared: &Shared,
+    refusal: Response<Body>,
+    endpoint: &str,
+    headers: &HeaderMap,
+    caller: &Caller,
+) -> Response<Body> {
+    let request_id = super::request::request_id(headers);
+    let status = refusal.status();
+    access_log(shared, &request_id, status.as_u16(), "none", None, caller);
+    record_trace(
+        shared,
+        caller,
+        endpoint,
+        &request_id,
+        "",
+        "",
+        None,
+        status.as_str(),
+    );
+    enveloped_headers(refusal, &request_id, None)
 }
