@@ -47,7 +47,8 @@ pub enum Level {
 
 /// What the front tells the router's Python app, and asks of it. Called without any of
 /// the front's locks held; each call takes Python's lock, so only rare events and what
-/// only Python can do (a model's tokenizer, a GeoIP lookup) come here.
+/// only Python can do (a model's tokenizer, a GeoIP lookup) come here, and always from a
+/// blocking thread (`Python`): the thread that serves never waits for Python.
 pub trait Events: Send + Sync {
     /// A request found `region` failing: its breaker decides.
     fn region_failed(&self, region: &str, detail: &str);
@@ -57,6 +58,57 @@ pub trait Events: Send + Sync {
     fn prompt_tokens(&self, model: &str, texts: &[&str]) -> Option<i64>;
     fn locate_ip(&self, ip: IpAddr) -> Option<LatLon>;
     fn log(&self, level: Level, message: &str);
+}
+
+/// The Python app as the front's thread reaches it: on tokio's blocking threads, so that
+/// waiting for Python's lock never holds up the requests the front serves.
+struct Python(Arc<dyn Events>);
+
+impl Python {
+    fn tell(&self, what: impl FnOnce(&dyn Events) + Send + 'static) {
+        let events = self.0.clone();
+        drop(tokio::task::spawn_blocking(move || what(events.as_ref())));
+    }
+
+    async fn ask<T: Send + 'static>(
+        &self,
+        what: impl FnOnce(&dyn Events) -> Option<T> + Send + 'static,
+    ) -> Option<T> {
+        let events = self.0.clone();
+        tokio::task::spawn_blocking(move || what(events.as_ref()))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    fn region_failed(&self, region: &str, detail: &str) {
+        let (region, detail) = (region.to_string(), detail.to_string());
+        self.tell(move |events| events.region_failed(&region, &detail));
+    }
+
+    fn region_answered(&self, region: &str) {
+        let region = region.to_string();
+        self.tell(move |events| events.region_answered(&region));
+    }
+
+    fn log(&self, level: Level, message: &str) {
+        let message = message.to_string();
+        self.tell(move |events| events.log(level, &message));
+    }
+
+    async fn prompt_tokens(&self, model: &str, texts: &[&str]) -> Option<i64> {
+        let model = model.to_string();
+        let texts: Vec<String> = texts.iter().map(|text| text.to_string()).collect();
+        self.ask(move |events| {
+            let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+            events.prompt_tokens(&model, &texts)
+        })
+        .await
+    }
+
+    async fn locate_ip(&self, ip: IpAddr) -> Option<LatLon> {
+        self.ask(move |events| events.locate_ip(ip)).await
+    }
 }
 
 pub struct Shared {
@@ -70,6 +122,7 @@ pub struct Shared {
     memory: Arc<Mutex<RoutingMemory>>,
     corrector: Arc<Mutex<RttCorrector>>,
     budget: Mutex<relay::RetryBudget>,
+    events: Python,
     metrics: Metrics,
     /// Whether the router's access log is on: the Python app says, as its logging changes.
     access_log_on: AtomicBool,
@@ -78,7 +131,6 @@ pub struct Shared {
     /// Access-log lines and spans dropped because the Python app fell behind.
     access_log_dropped: AtomicI64,
     spans_dropped: AtomicI64,
-    events: Box<dyn Events>,
     client: Client<HttpConnector, Body>,
     /// The Python app's monotonic clock at `started`: the corrector's times are its.
     monotonic_at_start: f64,
@@ -169,7 +221,7 @@ impl Front {
             spans: Mutex::new(Vec::new()),
             access_log_dropped: AtomicI64::new(0),
             spans_dropped: AtomicI64::new(0),
-            events,
+            events: Python(Arc::from(events)),
             client: Client::builder().build(connector),
             monotonic_at_start: monotonic_now,
             started: Instant::now(),
@@ -393,7 +445,7 @@ async fn handle(request: Request<Body>, peer: IpAddr, shared: Arc<Shared>) -> Re
             return relay::refuse(&shared, refusal, endpoint, &parts.headers, &caller);
         }
     };
-    match admit(&shared, endpoint, &parts, &bytes, peer) {
+    match admit(&shared, endpoint, &parts, &bytes, peer).await {
         Some(admitted) => relay::forward(&shared, admitted, &parts.headers, caller).await,
         None => back::to_back(&shared, parts, Body::from(bytes), peer).await,
     }
@@ -437,7 +489,7 @@ pub struct Admitted {
 
 /// Admission (geo_router/live/admission.py) for what the front serves: None sends the
 /// request to the Python app, which refuses what is wrong with it in its own words.
-fn admit(
+async fn admit(
     shared: &Shared,
     endpoint: &'static str,
     parts: &hyper::http::request::Parts,
@@ -454,11 +506,15 @@ fn admit(
     )?;
     let client = match request::locate(&parts.headers, peer, &config.locate).ok()? {
         Located::At(at) => at,
-        Located::LookUp(ip) => shared.events.locate_ip(ip).unwrap_or(config.locate.default),
+        Located::LookUp(ip) => shared
+            .events
+            .locate_ip(ip)
+            .await
+            .unwrap_or(config.locate.default),
     };
     let texts = request::prompt_texts(&parsed.fields);
     let counted = if model.tokenizer {
-        shared.events.prompt_tokens(&model.id, &texts)
+        shared.events.prompt_tokens(&model.id, &texts).await
     } else {
         None
     };
