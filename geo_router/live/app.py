@@ -35,6 +35,7 @@ from geo_router.live.front import (
     front_config,
     start_front,
     write_front_records,
+    write_front_records_once,
 )
 from geo_router.live.inference_path import InferencePath
 from geo_router.live.metrics import RouterMetrics, WithSamples
@@ -89,14 +90,9 @@ def create_app(
         metrics.background_failures.labels(task).inc()
 
     def start_compiled_front(back: int) -> tuple[Front, asyncio.Task]:
-        config = front_config(spec, back, admission.prompt_counter, traced=tracer is not None)
-        for entry in config["regions"]:
-            entry["token"] = table.regions[entry["name"]].token
-        config["keys"] = [
-            {"name": k.name, "sha256": k.sha256, "limited": bool(k.requests_per_minute or k.tokens_per_minute)}
-            for k in admission.keyring.keys
-        ]
-        events = FrontEvents(table, front_view, admission.prompt_counter, admission.locator)
+        config = front_config(spec, back, table, admission, traced=tracer is not None)
+        loop = asyncio.get_running_loop()
+        events = FrontEvents(table, front_view, admission.prompt_counter, admission.locator, loop)
         front = start_front(config, events, memory, admission.corrector)
         for region in table.regions.values():
             region.on_change = front_view.push
@@ -104,13 +100,12 @@ def create_app(
         drain.on_start(front.drain)
         exported.extra = front.metric_samples
         writer = asyncio.create_task(
-            supervise(
-                "front_records",
-                lambda: write_front_records(front, tracer, lambda kind, n: metrics.front_dropped.labels(kind).inc(n)),
-                count_failure,
-            )
+            supervise("front_records", lambda: write_front_records(front, tracer, count_dropped), count_failure)
         )
         return front, writer
+
+    def count_dropped(kind: str, count: int) -> None:
+        metrics.front_dropped.labels(kind).inc(count)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -127,6 +122,9 @@ def create_app(
                 if not await asyncio.to_thread(front.wait_idle, settings.shutdown_grace_s):
                     log.warning("answers the compiled front relayed were still open at the end of the grace")
                 writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await writer
+                write_front_records_once(front, tracer, count_dropped)  # the last answers' lines and spans
             poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await poller

@@ -15,6 +15,7 @@ lines and spans go out through this app's logging and tracer.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import json
 import logging
@@ -27,6 +28,7 @@ from prometheus_client.utils import floatToGoString
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 import routing_core
+from geo_router.live.admission import Admission
 from geo_router.live.locate import ClientLocator
 from geo_router.live.metrics import LATENCY_BUCKETS_S
 from geo_router.live.middleware import access_log
@@ -58,9 +60,11 @@ KEEP_ALIVE_S = 75
 ACCESS_LOG_INTERVAL_S = 0.1
 
 
-def front_config(spec: PlatformSpec, back_port: int, tokenizers: PromptTokens, traced: bool) -> dict:
-    """What the front is started with: the spec's router settings, and where this app is."""
+def front_config(spec: PlatformSpec, back_port: int, table: RegionTable, admission: Admission, traced: bool) -> dict:
+    """What the front is started with: the spec's router settings, the regions' tokens and
+    the API keys' digests, what this app can count, and where this app is."""
     router = spec.router
+    tokenizers = admission.prompt_counter
     return {
         "listen": f"{router.host}:{router.port}",
         "back": f"127.0.0.1:{back_port}",
@@ -78,12 +82,15 @@ def front_config(spec: PlatformSpec, back_port: int, tokenizers: PromptTokens, t
                 "name": r.name,
                 "location": r.location.model_dump(),
                 "endpoint": spec.region_endpoint(r),
-                "token": None,  # set by the caller from the environment
+                "token": table.regions[r.name].token,
                 "profile": PROFILES[r.profile].model_dump(include=PROFILE_FIELDS),
             }
             for r in spec.regions
         ],
-        "keys": [],  # set by the caller from the key ring
+        "keys": [
+            {"name": k.name, "sha256": k.sha256, "limited": bool(k.requests_per_minute or k.tokens_per_minute)}
+            for k in admission.keyring.keys
+        ],
         "traced": traced,
         "locate": {
             "order": list(router.locate.order),
@@ -115,18 +122,21 @@ def served_by_front(spec: PlatformSpec) -> str | None:
 
 @dataclass
 class FrontEvents:
-    """What the front tells this app, and asks of it (routing_core's `Events`)."""
+    """What the front tells this app, and asks of it (routing_core's `Events`), from the
+    front's threads: what changes a region is done on this app's event loop, which owns
+    the region table; the tokenizers and the GeoIP reader are safe from any thread."""
 
     table: RegionTable
     view: FrontView
     tokenizers: PromptTokens
     locator: ClientLocator
+    loop: asyncio.AbstractEventLoop
 
     def region_failed(self, name: str, detail: str) -> None:
-        self.table.regions[name].mark_down(detail, by_request=True)
+        self.loop.call_soon_threadsafe(functools.partial(self.table.regions[name].mark_down, detail, by_request=True))
 
     def region_answered(self, name: str) -> None:
-        self.table.regions[name].mark_answered()
+        self.loop.call_soon_threadsafe(self.table.regions[name].mark_answered)
 
     def prompt_tokens(self, model: str, texts: list[str]) -> int | None:
         return self.tokenizers.count_texts(model, texts)
@@ -185,16 +195,20 @@ async def write_front_records(front: Front, tracer: Tracer | None, on_dropped: C
     while True:
         front.set_access_log(access_log.isEnabledFor(logging.INFO))
         await asyncio.sleep(ACCESS_LOG_INTERVAL_S)
-        lines, dropped_lines = front.take_access_log()
-        for line in lines:
-            access_log.info(line)
-        spans, dropped_spans = front.take_spans()
-        if tracer is not None:
-            for span in spans:
-                export_front_span(tracer, span)
-        for kind, dropped in (("access_log", dropped_lines), ("span", dropped_spans)):
-            if dropped:
-                on_dropped(kind, dropped)
+        write_front_records_once(front, tracer, on_dropped)
+
+
+def write_front_records_once(front: Front, tracer: Tracer | None, on_dropped: Callable[[str, int], None]) -> None:
+    lines, dropped_lines = front.take_access_log()
+    for line in lines:
+        access_log.info(line)
+    spans, dropped_spans = front.take_spans()
+    if tracer is not None:
+        for span in spans:
+            export_front_span(tracer, span)
+    for kind, dropped in (("access_log", dropped_lines), ("span", dropped_spans)):
+        if dropped:
+            on_dropped(kind, dropped)
 
 
 class FrontPeer:

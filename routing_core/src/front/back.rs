@@ -39,7 +39,12 @@ pub async fn to_back(shared: &Shared, parts: Parts, body: Body, peer: IpAddr) ->
         Err(_) => return error_response(400, "malformed request", None, None, None),
     };
     match shared.client.request(request).await {
-        Ok(answer) => answer,
+        Ok(mut answer) => {
+            for name in HOP_BY_HOP {
+                answer.headers_mut().remove(name); // this connection's, not the client's
+            }
+            answer
+        }
         Err(_) => error_response(
             503,
             "the router is starting or stopping; send the request again",

@@ -59,18 +59,41 @@ pub trait Events: Send + Sync {
     fn log(&self, level: Level, message: &str);
 }
 
-/// The Python app as the front's thread reaches it. What the front tells it goes through
-/// tokio's blocking threads: the thread that serves does not wait for Python's lock to
-/// report a failure. What it asks (a request's prompt tokens, its client's place) it asks
-/// on the serving thread, and waits: a blocking thread's hand-off per request cost more
-/// than the call (router_overhead.py's throughput load: 0.80-1.03x vllm-router's
-/// requests/s through blocking threads, 1.05-1.11x asked on the serving thread).
-struct Python(Arc<dyn Events>);
+/// The Python app as the front's thread reaches it. What the front tells it goes to a
+/// thread of its own, through a bounded queue: the thread that serves does not wait for
+/// Python's lock to report a failure, and a storm of them is dropped, not queued without
+/// end. What it asks (a request's prompt tokens, its client's place) it asks on the
+/// serving thread, and waits: a hand-off to another thread per request cost more than the
+/// call (router_overhead.py's throughput load: 0.80-1.03x vllm-router's requests/s
+/// through tokio's blocking threads, 1.20-1.25x asked on the serving thread).
+struct Python {
+    events: Arc<dyn Events>,
+    told: std::sync::mpsc::SyncSender<Told>,
+}
+
+type Told = Box<dyn FnOnce(&dyn Events) + Send>;
+/// What the front may have told Python and Python not yet heard.
+const MAX_UNHEARD: usize = 1024;
 
 impl Python {
+    fn new(events: Arc<dyn Events>) -> Result<Python, String> {
+        let (told, unheard) = std::sync::mpsc::sync_channel::<Told>(MAX_UNHEARD);
+        let listener = events.clone();
+        std::thread::Builder::new()
+            .name("meridian-front-events".to_string())
+            .spawn(move || {
+                // Ends when the front is gone: its sender with it.
+                while let Ok(what) = unheard.recv() {
+                    what(listener.as_ref());
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(Python { events, told })
+    }
+
     fn tell(&self, what: impl FnOnce(&dyn Events) + Send + 'static) {
-        let events = self.0.clone();
-        drop(tokio::task::spawn_blocking(move || what(events.as_ref())));
+        // Full: Python is that far behind, and this report is dropped.
+        let _ = self.told.try_send(Box::new(what));
     }
 
     fn region_failed(&self, region: &str, detail: &str) {
@@ -89,11 +112,11 @@ impl Python {
     }
 
     fn prompt_tokens(&self, model: &str, texts: &[&str]) -> Option<i64> {
-        self.0.prompt_tokens(model, texts)
+        self.events.prompt_tokens(model, texts)
     }
 
     fn locate_ip(&self, ip: IpAddr) -> Option<LatLon> {
-        self.0.locate_ip(ip)
+        self.events.locate_ip(ip)
     }
 }
 
@@ -207,7 +230,7 @@ impl Front {
             spans: Mutex::new(Vec::new()),
             access_log_dropped: AtomicI64::new(0),
             spans_dropped: AtomicI64::new(0),
-            events: Python(Arc::from(events)),
+            events: Python::new(Arc::from(events))?,
             client: Client::builder().build(connector),
             monotonic_at_start: monotonic_now,
             started: Instant::now(),
