@@ -42,6 +42,8 @@ from meridian_core.spec import PlatformSpec, model_route
 log = logging.getLogger(__name__)
 
 Front = routing_core.Front
+# A tokenizer as the front reads one: byte-level BPE (routing_core/src/front/tokens.rs).
+FrontTokenizer = routing_core.FrontTokenizer
 
 # The client's address, as the front saw it, on what it hands this app.
 PEER_HEADER = b"x-meridian-peer"
@@ -74,6 +76,7 @@ def front_config(spec: PlatformSpec, back_port: int, table: RegionTable, admissi
                 "route": model_route(m.id),
                 "max_model_len": m.max_model_len,
                 "tokenizer": tokenizers.has_tokenizer(m.id),
+                "tokenizer_json": str(path) if (path := tokenizers.tokenizer_file(m.id)) else None,
             }
             for m in spec.models
         ],
@@ -183,6 +186,10 @@ def start_front(
     """Start the front on the router's port; an OSError if it cannot bind it."""
     front = routing_core.Front(json.dumps(config), events, memory, corrector, time.monotonic())
     front.set_access_log(access_log.isEnabledFor(logging.INFO))
+    natively = set(front.counts_tokens_of())
+    for model in config["models"]:
+        if model["tokenizer"] and model["id"] not in natively:
+            log.info("%s: the compiled front asks this app's tokenizer for its prompts' tokens", model["id"])
     events.view.front = front
     events.view.push_all()
     return front

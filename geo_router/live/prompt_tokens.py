@@ -12,6 +12,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from tokenizers import Tokenizer
@@ -48,10 +49,15 @@ def prompt_texts(fields: dict[str, Any]) -> list[str]:
 
 class PromptTokens:
     def __init__(self, models: Sequence[ModelSpec]):
-        self._tokenizers = {model.id: _tokenizer_of(model) for model in models}
+        self._files = {model.id: _tokenizer_file(model) for model in models}
+        self._tokenizers = {model: _load(str(path)) if path else None for model, path in self._files.items()}
 
     def has_tokenizer(self, model: str) -> bool:
         return self._tokenizers.get(model) is not None
+
+    def tokenizer_file(self, model: str) -> Path | None:
+        """The model's tokenizer.json here; None without one."""
+        return self._files.get(model)
 
     def count_texts(self, model: str, texts: list[str]) -> int | None:
         """The texts' tokens by `model`'s tokenizer, now (the compiled front asks, from its
@@ -75,13 +81,13 @@ def _encoded_length(tokenizer: Tokenizer, texts: list[str]) -> int:
     return sum(len(tokenizer.encode(text, add_special_tokens=False).ids) for text in texts)
 
 
-def _tokenizer_of(model: ModelSpec) -> Tokenizer | None:
+def _tokenizer_file(model: ModelSpec) -> Path | None:
     directory = local_model_dir(model.source)
     path = directory / "tokenizer.json" if directory is not None else None
     if path is None or not path.is_file():
         log.info("%s: no tokenizer here; its prompts are counted by their UTF-8 bytes", model.id)
         return None
-    return _load(str(path))
+    return path
 
 
 @functools.cache  # one per file and process, however many apps are built (0.1 s each)

@@ -367,5 +367,7 @@ fn routing_core(_py: Python, module: &PyModule) -> PyResult<()> {
     module.add("BLOCK_BYTES", memory::BLOCK_BYTES)?;
     #[cfg(feature = "front")]
     module.add_class::<crate::python_front::Front>()?;
+    #[cfg(feature = "front")]
+    module.add_class::<crate::python_front::FrontTokenizer>()?;
     Ok(())
 }

@@ -83,6 +83,27 @@ type LoadTuple = (f64, f64, f64, f64, f64);
 #[pyclass(module = "routing_core")]
 pub(crate) struct Front(front::Front);
 
+/// A byte-level BPE tokenizer as the front reads one (src/front/tokens.rs).
+#[pyclass(module = "routing_core")]
+pub(crate) struct FrontTokenizer(crate::front::tokens::ByteLevelBpe);
+
+#[pymethods]
+impl FrontTokenizer {
+    /// Read from a tokenizer.json; ValueError if the front cannot count with it.
+    #[new]
+    fn new(tokenizer_json: &str) -> PyResult<Self> {
+        let text = std::fs::read_to_string(tokenizer_json)
+            .map_err(|e| PyOSError::new_err(e.to_string()))?;
+        let tokenizer = crate::front::tokens::ByteLevelBpe::from_json(&text);
+        tokenizer.map(FrontTokenizer).map_err(PyValueError::new_err)
+    }
+
+    /// The tokens of `text`, as `encode(text, add_special_tokens=False)` has them.
+    fn count(&self, text: &str) -> i64 {
+        self.0.count(text)
+    }
+}
+
 #[pymethods]
 impl Front {
     #[new]
@@ -137,6 +158,12 @@ impl Front {
             in_flight_elsewhere,
         };
         self.0.set_region(name, view).map_err(PyValueError::new_err)
+    }
+
+    /// The models whose prompts the front counts itself (the others: by the Python app's
+    /// tokenizer, or by their bytes).
+    fn counts_tokens_of(&self) -> Vec<String> {
+        self.0.counts_tokens_of()
     }
 
     /// Requests the front has in flight to `region`.

@@ -44,8 +44,10 @@ pub struct ModelConfig {
     /// Where a region's replicas of the model answer, under its endpoint.
     pub route: String,
     pub max_model_len: i64,
-    /// Whether the Python app has the model's tokenizer: then it counts prompts.
+    /// Whether the Python app has the model's tokenizer: then prompts are counted by it.
     pub tokenizer: bool,
+    /// Its tokenizer.json: the front counts with it itself when it can read it (tokens.rs).
+    pub tokenizer_json: Option<String>,
 }
 
 #[derive(Deserialize)]

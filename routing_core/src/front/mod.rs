@@ -12,6 +12,7 @@ mod errors;
 pub mod metrics;
 mod relay;
 mod request;
+pub mod tokens;
 pub mod trace;
 
 use std::convert::Infallible;
@@ -132,6 +133,8 @@ pub struct Shared {
     corrector: Arc<Mutex<RttCorrector>>,
     budget: Mutex<relay::RetryBudget>,
     events: Python,
+    /// Per model, in the config's order: its tokenizer, when the front reads it.
+    tokenizers: Vec<Option<tokens::ByteLevelBpe>>,
     metrics: Metrics,
     /// Whether the router's access log is on: the Python app says, as its logging changes.
     access_log_on: AtomicBool,
@@ -231,6 +234,7 @@ impl Front {
             access_log_dropped: AtomicI64::new(0),
             spans_dropped: AtomicI64::new(0),
             events: Python::new(Arc::from(events))?,
+            tokenizers: config.models.iter().map(read_tokenizer).collect(),
             client: Client::builder().build(connector),
             monotonic_at_start: monotonic_now,
             started: Instant::now(),
@@ -289,6 +293,20 @@ impl Front {
             .ok_or_else(|| format!("no region {name:?} in the front's config"))?;
         held(&self.shared.views)[index] = view;
         Ok(())
+    }
+
+    /// The models whose prompts the front counts itself.
+    pub fn counts_tokens_of(&self) -> Vec<String> {
+        let models = self
+            .shared
+            .config
+            .models
+            .iter()
+            .zip(&self.shared.tokenizers);
+        models
+            .filter(|(_, t)| t.is_some())
+            .map(|(m, _)| m.id.clone())
+            .collect()
     }
 
     pub fn in_flight(&self, name: &str) -> i64 {
@@ -359,6 +377,12 @@ impl Front {
         }
         true
     }
+}
+
+/// The model's tokenizer, if the front can count with it itself.
+fn read_tokenizer(model: &config::ModelConfig) -> Option<tokens::ByteLevelBpe> {
+    let text = std::fs::read_to_string(model.tokenizer_json.as_ref()?).ok()?;
+    tokens::ByteLevelBpe::from_json(&text).ok()
 }
 
 /// URL path -> the endpoint under /v1/ (inference_path.py's INFERENCE_PATHS).
@@ -508,7 +532,8 @@ fn admit(
     let started = Instant::now();
     let config = &shared.config;
     let parsed = request::parse(endpoint, bytes)?;
-    let model = config.models.iter().find(|m| m.id == parsed.model)?;
+    let model_index = config.models.iter().position(|m| m.id == parsed.model)?;
+    let model = &config.models[model_index];
     let session = request::session(
         parts.headers.get("x-session-id").map(|v| v.as_bytes()),
         &parsed.fields,
@@ -518,10 +543,10 @@ fn admit(
         Located::LookUp(ip) => shared.events.locate_ip(ip).unwrap_or(config.locate.default),
     };
     let texts = request::prompt_texts(&parsed.fields);
-    let counted = if model.tokenizer {
-        shared.events.prompt_tokens(&model.id, &texts)
-    } else {
-        None
+    let counted = match &shared.tokenizers[model_index] {
+        Some(tokenizer) => Some(texts.iter().map(|text| tokenizer.count(text)).sum()),
+        None if model.tokenizer => shared.events.prompt_tokens(&model.id, &texts),
+        None => None,
     };
     let prompt_tokens = request::message_overhead(&parsed.fields)
         + counted.unwrap_or_else(|| texts.iter().map(|t| t.len() as i64).sum());
