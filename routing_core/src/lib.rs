@@ -13,3 +13,25 @@ mod python;
 pub mod front;
 #[cfg(all(feature = "python", feature = "front"))]
 mod python_front;
+
+#[cfg(any(feature = "python", feature = "front"))]
+use std::sync::{Mutex, MutexGuard};
+
+/// A mutex's value, whether or not a thread panicked holding it: what is kept behind one
+/// here (memory, corrector, counts) stays usable.
+#[cfg(any(feature = "python", feature = "front"))]
+pub(crate) fn held<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The Python module `routing_core`: the scorer's face, and the front's when built with it.
+#[cfg(feature = "python")]
+#[pyo3::pymodule]
+fn routing_core(_py: pyo3::Python, module: &pyo3::types::PyModule) -> pyo3::PyResult<()> {
+    python::register(module)?;
+    #[cfg(feature = "front")]
+    python_front::register(module)?;
+    Ok(())
+}

@@ -1,12 +1,13 @@
 //! The Python module `routing_core`: the thin adapter from Python's plain data to the
 //! pure code in `scoring`, `memory` and `rtt_corrector`.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use pyo3::exceptions::{PyKeyError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyLong, PyString, PyTuple};
 
+use crate::held;
 use crate::memory::{self, Key};
 use crate::{rtt_corrector, scoring};
 
@@ -201,14 +202,6 @@ impl SpillPrice {
 #[pyclass(module = "routing_core")]
 pub(crate) struct RoutingMemory(pub(crate) Arc<Mutex<memory::RoutingMemory>>);
 
-impl RoutingMemory {
-    fn held(&self) -> MutexGuard<'_, memory::RoutingMemory> {
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
 #[pymethods]
 impl RoutingMemory {
     #[new]
@@ -219,17 +212,17 @@ impl RoutingMemory {
     /// The spill price's current markup on `spill_rtt_factor`.
     #[getter]
     fn spill_markup(&self) -> f64 {
-        self.held().spill_price.markup
+        held(&self.0).spill_price.markup
     }
     /// How many sessions it holds, each keyed by a 64-bit hash however long its id.
     #[getter]
     fn sessions_held(&self) -> usize {
-        self.held().sessions.len()
+        held(&self.0).sessions.len()
     }
     /// `region` holds these prompt blocks, as if it had just answered them.
     fn record_prefixes(&self, region: &str, blocks: &PyAny) -> PyResult<()> {
         let blocks = keys_of(blocks)?;
-        self.held().prefixes.record(region, &blocks);
+        held(&self.0).prefixes.record(region, &blocks);
         Ok(())
     }
     /// `region` answered `request`, routed by `decision`.
@@ -240,7 +233,7 @@ impl RoutingMemory {
         decision: PyRef<RouteDecision>,
     ) -> PyResult<()> {
         let request = request_facts(request)?;
-        scoring::remember(&mut self.held(), region, &request, &decision.0);
+        scoring::remember(&mut held(&self.0), region, &request, &decision.0);
         Ok(())
     }
 }
@@ -250,14 +243,6 @@ impl RoutingMemory {
 /// Shared with the compiled front, which learns into the same corrector.
 #[pyclass(module = "routing_core")]
 pub(crate) struct RttCorrector(pub(crate) Arc<Mutex<rtt_corrector::RttCorrector>>);
-
-impl RttCorrector {
-    fn held(&self) -> MutexGuard<'_, rtt_corrector::RttCorrector> {
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
 
 #[pymethods]
 impl RttCorrector {
@@ -284,11 +269,11 @@ impl RttCorrector {
     }
     /// The region's learned correction; before any evidence, the fleet's average.
     fn correction_for(&self, region: &str, now: f64) -> f64 {
-        self.held().correction_for(region, now)
+        held(&self.0).correction_for(region, now)
     }
     /// `predicted_ms` includes the correction the request was routed with.
     fn observe(&self, region: &str, predicted_ms: f64, observed_ms: f64, now: f64) {
-        self.held().observe(region, predicted_ms, observed_ms, now)
+        held(&self.0).observe(region, predicted_ms, observed_ms, now)
     }
 }
 
@@ -339,7 +324,7 @@ fn choose(
     let decision = scoring::choose(
         &regions,
         &request,
-        &mut memory.held(),
+        &mut held(&memory.0),
         &profiles,
         &scoring,
         &network(network_constants),
@@ -353,8 +338,8 @@ fn prefix_blocks<'py>(py: Python<'py>, text: &PyString) -> &'py PyTuple {
     PyTuple::new(py, memory::prefix_blocks(text.to_string_lossy().as_bytes()))
 }
 
-#[pymodule]
-fn routing_core(_py: Python, module: &PyModule) -> PyResult<()> {
+/// The scorer's classes and functions, added to the module `routing_core` (lib.rs).
+pub(crate) fn register(module: &PyModule) -> PyResult<()> {
     module.add_class::<Estimate>()?;
     module.add_class::<RouteDecision>()?;
     module.add_class::<PrefixIndex>()?;
@@ -365,9 +350,5 @@ fn routing_core(_py: Python, module: &PyModule) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(choose, module)?)?;
     module.add_function(wrap_pyfunction!(prefix_blocks, module)?)?;
     module.add("BLOCK_BYTES", memory::BLOCK_BYTES)?;
-    #[cfg(feature = "front")]
-    module.add_class::<crate::python_front::Front>()?;
-    #[cfg(feature = "front")]
-    module.add_class::<crate::python_front::FrontTokenizer>()?;
     Ok(())
 }

@@ -202,14 +202,15 @@ impl Front {
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v))
                 .collect();
+            let trace = s.trace;
             (
                 s.name,
-                s.trace_id,
-                s.span_id,
-                s.parent_span_id,
-                s.caller_flags,
-                s.tracestate,
-                s.start_unix_ns,
+                trace.trace_id,
+                trace.span_id,
+                trace.parent_span_id,
+                trace.caller_flags,
+                trace.tracestate,
+                trace.start_unix_ns,
                 s.end_unix_ns,
                 attributes,
                 s.status_code,
@@ -223,4 +224,11 @@ impl Front {
     fn wait_idle(&self, py: Python, timeout_s: f64) -> bool {
         py.allow_threads(|| self.0.wait_idle(timeout_s))
     }
+}
+
+/// The front's classes, added to the module `routing_core` (lib.rs).
+pub(crate) fn register(module: &PyModule) -> PyResult<()> {
+    module.add_class::<Front>()?;
+    module.add_class::<FrontTokenizer>()?;
+    Ok(())
 }

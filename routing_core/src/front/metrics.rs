@@ -5,6 +5,8 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use crate::held;
+
 pub const REQUESTS: &str = "meridian_router_requests";
 pub const TTFB: &str = "meridian_router_time_to_first_byte_seconds";
 pub const DURATION: &str = "meridian_router_request_duration_seconds";
@@ -34,12 +36,6 @@ pub struct Metrics {
     bound_labels: Vec<String>,
     counters: Mutex<HashMap<Series, f64>>,
     histograms: Mutex<HashMap<Series, Histogram>>,
-}
-
-fn held<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Metrics {

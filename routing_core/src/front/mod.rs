@@ -18,7 +18,7 @@ pub mod trace;
 use std::convert::Infallible;
 use std::net::{IpAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hyper::body::HttpBody;
@@ -29,6 +29,7 @@ use hyper::{Body, Client, Method, Request, Response};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
+use crate::held;
 use crate::memory::{self, RoutingMemory};
 use crate::rtt_corrector::RttCorrector;
 use crate::scoring::{choose, LatLon, Network, Profile, RegionLoad, RequestFacts};
@@ -150,12 +151,6 @@ pub struct Shared {
     cut: watch::Receiver<bool>,
     /// Answers being relayed; the router waits for them to end before it exits.
     relaying: AtomicI64,
-}
-
-fn held<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Shared {

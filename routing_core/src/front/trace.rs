@@ -13,6 +13,7 @@ const SAMPLED: u8 = 0x01;
 const RANDOM_TRACE_ID: u8 = 0x02;
 
 /// One request's span, from its start.
+#[derive(Clone)]
 pub struct Trace {
     pub trace_id: String,
     pub span_id: String,
@@ -26,12 +27,7 @@ pub struct Trace {
 /// A finished span, as the Python app exports it.
 pub struct SpanRecord {
     pub name: String,
-    pub trace_id: String,
-    pub span_id: String,
-    pub parent_span_id: Option<String>,
-    pub caller_flags: u8,
-    pub tracestate: Option<String>,
-    pub start_unix_ns: u64,
+    pub trace: Trace,
     pub end_unix_ns: u64,
     pub attributes: Vec<(&'static str, String)>,
     pub status_code: i64,
@@ -136,12 +132,7 @@ impl Trace {
         let status_code = outcome.parse().unwrap_or(502);
         SpanRecord {
             name,
-            trace_id: self.trace_id.clone(),
-            span_id: self.span_id.clone(),
-            parent_span_id: self.parent_span_id.clone(),
-            caller_flags: self.caller_flags,
-            tracestate: self.tracestate.clone(),
-            start_unix_ns: self.start_unix_ns,
+            trace: self.clone(),
             end_unix_ns: unix_ns(),
             attributes,
             status_code,
