@@ -12,7 +12,8 @@ MISMATCHED_TORCH_ADDONS := torchvision torchaudio torchcodec
 # The compiled routing scorer and the router's compiled front (routing_core/) build offline
 # from Debian's packaged crates; so does benchmarks/relay_probe/, from the same ones.
 ROUTING_CORE_CRATES := librust-pyo3-dev librust-lru-dev librust-hyper-dev librust-tokio-dev \
-	librust-futures-core-dev librust-serde-json-dev librust-sha2-dev
+	librust-futures-core-dev librust-serde-json-dev librust-sha2-dev librust-hyper-rustls-dev \
+	librust-rustls-dev librust-rustls-native-certs-dev librust-rustls-pemfile-dev
 ROUTING_CORE_SOURCES := routing_core/Cargo.toml routing_core/pyproject.toml \
 	$(wildcard routing_core/src/*.rs routing_core/src/*/*.rs)
 export PATH := $(HOME)/.cargo/bin:$(PATH)

@@ -317,6 +317,9 @@ class RouterSpec(StrictModel):
     scoring: ScoringSpec = ScoringSpec()
     # Larger request bodies are refused with 413 before they are read whole.
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # A PEM bundle of the CAs that sign the regions' TLS certificates (https endpoints);
+    # unset, the system's trust store (SSL_CERT_FILE honoured).
+    region_ca_file: Path | None = None
     health_poll_interval_s: float = Field(default=0.5, gt=0, le=60)
     health_timeout_s: float = Field(default=1.0, gt=0, le=60)
     # Failures in a row that open a region's breaker, and how long it then stays open;
@@ -342,6 +345,13 @@ class RouterSpec(StrictModel):
     # second before it ends are cut with an SSE error event. Shorter than the kill:
     # `meridian down` waits 15 s, Kubernetes' rendered pods 30 s.
     shutdown_grace_s: float = Field(default=10.0, gt=1, le=300)
+
+    @field_validator("region_ca_file")
+    @classmethod
+    def _ca_file_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
 
 
 class SLOSpec(StrictModel):

@@ -225,9 +225,21 @@ MUTATIONS = (
     ),
     Mutation(
         "routing_core/src/front/mod.rs",
-        "        Some(key) if !key.limited => Ok(Some(key.name.clone())),",
-        "        Some(key) => Ok(Some(key.name.clone())),",
-        "the compiled front serves keys with limits, which it does not charge",
+        "        if key_limits.admit(charged as f64, now) > 0.0 {",
+        "        if key_limits.admit(charged as f64, now) > f64::INFINITY {",
+        "the compiled front serves a request over its key's limits",
+    ),
+    Mutation(
+        "routing_core/src/front/relay.rs",
+        "                    limits.settle(settle.charged as f64, used as f64, shared.monotonic());",
+        "",
+        "the compiled front keeps a token charge made ahead instead of settling it on usage",
+    ),
+    Mutation(
+        "routing_core/src/front/relay.rs",
+        "        filter: (settle.hide_usage && admitted.stream).then(UsageEventFilter::default),",
+        "        filter: None,",
+        "the compiled front relays the usage event it asked for on a client's behalf",
     ),
     Mutation(
         "routing_core/src/front/back.rs",
@@ -254,9 +266,9 @@ MUTATIONS = (
         "the RTT prior's slope is not the fitted one",
     ),
     Mutation(
-        "geo_router/live/ratelimit.py",
-        "        return max(0.0, (amount - self.level) / self.rate_per_s)",
-        "        return 0.0",
+        "routing_core/src/limits.rs",
+        "        f64::max(0.0, (amount - self.level) / (self.capacity / self.period_s))",
+        "        0.0",
         "rate limits never refuse",
     ),
     Mutation(

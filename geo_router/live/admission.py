@@ -20,10 +20,10 @@ from geo_router.live.locate import ClientLocator, open_geoip
 from geo_router.live.metrics import RouterMetrics
 from geo_router.live.prompt import BLOCK_BYTES, CHARS_PER_TOKEN, prefix_blocks, prompt_text
 from geo_router.live.prompt_tokens import PromptTokens
-from geo_router.live.ratelimit import KeyLimits, TokenBucket
 from geo_router.live.regions import Region, RegionTable
 from geo_router.live.requests import InferenceRequest, completion_cap, parse_inference_request, session_key
 from geo_router.live.usage import asks_for_usage, body_asking_for_usage
+from geo_router.policy.ratelimit import RateLimits
 from geo_router.policy.scoring import RequestFacts, RouteDecision, RoutingMemory, RttCorrector, choose
 from meridian_core.geo import LatLon
 from meridian_core.replica_model import PROFILES
@@ -75,13 +75,9 @@ class Admission:
                 for k in settings.auth.keys
             ]
         )
-        self._limits = {
-            key.name: KeyLimits(
-                TokenBucket(key.requests_per_minute) if key.requests_per_minute else None,
-                TokenBucket(key.tokens_per_minute) if key.tokens_per_minute else None,
-            )
-            for key in self.keyring.keys
-        }
+        self.limits = RateLimits(
+            [(key.name, key.requests_per_minute, key.tokens_per_minute) for key in self.keyring.keys]
+        )
 
     @property
     def known_models(self) -> set[str]:
@@ -146,6 +142,8 @@ class Admission:
             self._settings.scoring,
         )
         if decision is None:
+            if key is not None:  # sent nowhere: its key gets back what it was charged
+                self.limits.refund(key.name, prompt_tokens + cap, now)
             self._metrics.requests.labels("none", parsed.model, "503").inc()
             return error_response(
                 503,
@@ -173,11 +171,10 @@ class Admission:
         """Charge `key` for a request that may use `charged` tokens: the 429 refusing it,
         or how to settle its token bucket on the tokens it used."""
         now = time.monotonic()
-        key_limits = self._limits[key.name]
-        wait_s = key_limits.admit(charged, now)
+        wait_s = self.limits.admit(key.name, charged, now)
         if wait_s > 0:
             self._metrics.requests.labels("none", model, "429").inc()
-            self._metrics.rate_limited.labels(key_limits.limiting(charged, now)).inc()
+            self._metrics.rate_limited.labels(self.limits.limiting(key.name, charged, now)).inc()
             if math.isinf(wait_s):
                 return error_response(
                     429,
@@ -192,10 +189,10 @@ class Admission:
                 code="rate_limit_exceeded",
                 headers={"Retry-After": retry},
             ), None
-        if key_limits.tokens is None:
+        if not self.limits.limits_tokens(key.name):
             return None, None
         # Charged ahead at the most it may use; settled on its usage.
-        return None, lambda used: key_limits.settle(charged, used, time.monotonic())
+        return None, lambda used: self.limits.settle(key.name, charged, used, time.monotonic())
 
 
 def request_facts(parsed: InferenceRequest, location: LatLon, session: str | None, prompt_tokens: int) -> RequestFacts:

@@ -48,7 +48,7 @@ from geo_router.live.requests import (
 )
 from geo_router.live.supervised import supervise
 from geo_router.live.tracing import router_tracer
-from geo_router.live.upstream import AiohttpUpstream, HttpxUpstream, Upstream
+from geo_router.live.upstream import AiohttpUpstream, HttpxUpstream, Upstream, region_tls
 from geo_router.policy.scoring import RoutingMemory, RttCorrector
 from meridian_core.contracts import RouterRegions
 from meridian_core.spec import PlatformSpec
@@ -72,8 +72,9 @@ def create_app(
     # Requests go through aiohttp (fast); health polls through httpx (rare). A client
     # passed in (tests: httpx.MockTransport fakes) carries both, and stays the caller's.
     owns_client = client is None
-    upstream: Upstream = AiohttpUpstream() if client is None else HttpxUpstream(client)
-    client = client or httpx.AsyncClient()
+    tls = region_tls(settings.region_ca_file)
+    upstream: Upstream = AiohttpUpstream(tls) if client is None else HttpxUpstream(client)
+    client = client or httpx.AsyncClient(verify=tls)
     table = region_table(spec, client, metrics)
     for name in table.regions:  # exported at 0 from the start, so the first trip shows in increase()
         metrics.breaker_trips.labels(name)
@@ -93,7 +94,7 @@ def create_app(
         config = front_config(spec, back, table, admission, traced=tracer is not None)
         loop = asyncio.get_running_loop()
         events = FrontEvents(table, front_view, admission.prompt_counter, admission.locator, loop)
-        front = start_front(config, events, memory, admission.corrector)
+        front = start_front(config, events, memory, admission.corrector, admission.limits)
         for region in table.regions.values():
             region.on_change = front_view.push
             region.in_flight_elsewhere = functools.partial(front.in_flight, region.name)

@@ -2,8 +2,8 @@
 process, on the router's port. It serves the inference requests it can whole (the
 decision, with the same compiled scorer and the same routing memory, failover, the
 relay, metrics, the access log and spans) and hands everything else to this Python app,
-bound on loopback (`back`): errors, requests under a key with limits, the models list
-and the operational endpoints.
+bound on loopback (`back`): errors, the models list and the operational endpoints. API
+keys' limits are one table (`RateLimits`) that both charge.
 
 This app stays the control plane. It polls regions and keeps their breakers, and tells
 the front what it sees (`FrontView.push`). The front tells it back what only requests
@@ -20,6 +20,7 @@ import ipaddress
 import json
 import logging
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -35,6 +36,7 @@ from geo_router.live.middleware import access_log
 from geo_router.live.prompt_tokens import PromptTokens
 from geo_router.live.regions import Region, RegionTable
 from geo_router.live.tracing import export_front_span
+from geo_router.policy.ratelimit import RateLimits
 from geo_router.policy.scoring import NETWORK, PROFILE_FIELDS, RoutingMemory, RttCorrector
 from meridian_core.replica_model import PROFILES
 from meridian_core.spec import PlatformSpec, model_route
@@ -90,10 +92,7 @@ def front_config(spec: PlatformSpec, back_port: int, table: RegionTable, admissi
             }
             for r in spec.regions
         ],
-        "keys": [
-            {"name": k.name, "sha256": k.sha256, "limited": bool(k.requests_per_minute or k.tokens_per_minute)}
-            for k in admission.keyring.keys
-        ],
+        "keys": [{"name": k.name, "sha256": k.sha256} for k in admission.keyring.keys],
         "traced": traced,
         "locate": {
             "order": list(router.locate.order),
@@ -104,6 +103,7 @@ def front_config(spec: PlatformSpec, back_port: int, table: RegionTable, admissi
         "network": list(NETWORK),
         "scoring": router.scoring.model_dump(),
         "max_body_bytes": router.max_body_bytes,
+        "region_ca_file": str(router.region_ca_file) if router.region_ca_file else None,
         "header_timeout_s": KEEP_ALIVE_S,
         "first_byte_timeout_s": router.first_byte_timeout_s,
         "output_token_timeout_s": router.output_token_timeout_s,
@@ -117,10 +117,22 @@ def front_config(spec: PlatformSpec, back_port: int, table: RegionTable, admissi
 
 def served_by_front(spec: PlatformSpec) -> str | None:
     """Why the front cannot serve `spec`'s router, or None if it can."""
-    plain = [r.name for r in spec.regions if not spec.region_endpoint(r).startswith("http://")]
-    if plain:
-        return f"regions reached over TLS ({', '.join(plain)}): the front speaks plain HTTP only"
+    by_address = [r.name for r in spec.regions if _tls_at_an_address(spec.region_endpoint(r))]
+    if by_address:
+        return (
+            f"regions reached over TLS at an IP address ({', '.join(by_address)}): the front "
+            "verifies a region's certificate by its DNS name only (rustls 0.20)"
+        )
     return None
+
+
+def _tls_at_an_address(endpoint: str) -> bool:
+    url = urllib.parse.urlsplit(endpoint)
+    try:
+        ipaddress.ip_address(url.hostname or "")
+    except ValueError:
+        return False
+    return url.scheme == "https"
 
 
 @dataclass
@@ -182,9 +194,10 @@ def start_front(
     events: FrontEvents,
     memory: RoutingMemory,
     corrector: RttCorrector,
+    limits: RateLimits,
 ) -> Front:
     """Start the front on the router's port; an OSError if it cannot bind it."""
-    front = routing_core.Front(json.dumps(config), events, memory, corrector, time.monotonic())
+    front = routing_core.Front(json.dumps(config), events, memory, corrector, limits, time.monotonic())
     front.set_access_log(access_log.isEnabledFor(logging.INFO))
     natively = set(front.counts_tokens_of())
     for model in config["models"]:

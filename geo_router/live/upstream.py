@@ -4,18 +4,28 @@
 where httpx's stack (httpcore, anyio, h11) is pure Python, so each proxied request and
 chunk costs the router's event loop less CPU. `HttpxUpstream` wraps an
 `httpx.AsyncClient`, which lets tests stand in fake regions with `httpx.MockTransport`.
+Both, and the health polls, trust the same CAs for regions reached over TLS
+(`region_tls`).
 """
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import aiohttp
 import httpx
 
 CONNECT_TIMEOUT_S = 2.0
+
+
+def region_tls(ca_file: Path | None) -> ssl.SSLContext:
+    """What verifies a region's TLS certificate: the CAs in `ca_file` (the spec's
+    `router.region_ca_file`), or the system's trust store."""
+    return ssl.create_default_context(cafile=ca_file)
 
 
 class UpstreamError(Exception):
@@ -46,14 +56,14 @@ class Upstream(Protocol):
 
 
 class AiohttpUpstream:
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self._session: aiohttp.ClientSession | None = None
+        self._tls = tls
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:  # created in the serving event loop, on first use
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300), auto_decompress=False
-            )
+            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, ssl=self._tls or True)
+            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
         return self._session
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout_s: float) -> UpstreamResponse:

@@ -2,6 +2,7 @@
 //! the routing simulator both call (through geo_router/policy/scoring.py, with the
 //! `python` feature) and that a compiled data plane links directly.
 
+pub mod limits;
 pub mod memory;
 pub mod rtt_corrector;
 pub mod scoring;

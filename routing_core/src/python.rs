@@ -9,7 +9,7 @@ use pyo3::types::{PyLong, PyString, PyTuple};
 
 use crate::held;
 use crate::memory::{self, Key};
-use crate::{rtt_corrector, scoring};
+use crate::{limits, rtt_corrector, scoring};
 
 fn network(constants: (f64, f64, f64)) -> scoring::Network {
     let (earth_radius_km, rtt_intercept_ms, rtt_ms_per_km) = constants;
@@ -277,6 +277,62 @@ impl RttCorrector {
     }
 }
 
+/// Every API key's rate limits (limits.rs), by the key's name. Shared with the compiled
+/// front, which charges keys from the same buckets.
+#[pyclass(module = "routing_core")]
+pub(crate) struct RateLimits(pub(crate) Arc<Mutex<limits::RateLimits>>);
+
+#[pymethods]
+impl RateLimits {
+    /// `keys`: (name, requests per minute or None, tokens per minute or None) each.
+    #[new]
+    fn new(keys: Vec<(String, Option<f64>, Option<f64>)>) -> Self {
+        let keys = keys.into_iter().map(|(name, requests, tokens)| {
+            (name, limits::KeyLimits::per_minute(requests, tokens))
+        });
+        RateLimits(Arc::new(Mutex::new(limits::RateLimits::new(keys))))
+    }
+    /// Charge `key` one request and `tokens` if both fit now; else charge nothing and
+    /// return the seconds until they would (infinite: never).
+    fn admit(&self, key: &str, tokens: f64, now: f64) -> f64 {
+        held(&self.0)
+            .get_mut(key)
+            .map_or(0.0, |l| l.admit(tokens, now))
+    }
+    /// Give back all an admitted request took: it was never sent anywhere.
+    fn refund(&self, key: &str, tokens: f64, now: f64) {
+        if let Some(limits) = held(&self.0).get_mut(key) {
+            limits.refund(tokens, now);
+        }
+    }
+    /// A request charged `charged` tokens ahead turned out to use `used`.
+    fn settle(&self, key: &str, charged: f64, used: f64, now: f64) {
+        if let Some(limits) = held(&self.0).get_mut(key) {
+            limits.settle(charged, used, now);
+        }
+    }
+    /// The limit ("requests" or "tokens") that keeps a request for `tokens` waiting longest.
+    fn limiting(&self, key: &str, tokens: f64, now: f64) -> &'static str {
+        held(&self.0)
+            .get_mut(key)
+            .map_or("requests", |l| l.limiting(tokens, now))
+    }
+    /// Whether `key` is charged tokens, and so settled on its answers' usage.
+    fn limits_tokens(&self, key: &str) -> bool {
+        held(&self.0).limits_tokens(key)
+    }
+    /// `key`'s buckets' levels now: (requests, tokens), None where it has no such limit.
+    fn levels(&self, key: &str, now: f64) -> (Option<f64>, Option<f64>) {
+        match held(&self.0).get_mut(key) {
+            Some(limits) => {
+                let requests = limits.requests.as_mut().map(|b| b.level_at(now));
+                (requests, limits.tokens.as_mut().map(|b| b.level_at(now)))
+            }
+            None => (None, None),
+        }
+    }
+}
+
 fn profile_of(profiles: &PyAny, region: &str) -> PyResult<scoring::Profile> {
     let profile = profiles
         .get_item(region)
@@ -346,6 +402,7 @@ pub(crate) fn register(module: &PyModule) -> PyResult<()> {
     module.add_class::<SpillPrice>()?;
     module.add_class::<RoutingMemory>()?;
     module.add_class::<RttCorrector>()?;
+    module.add_class::<RateLimits>()?;
     module.add_function(wrap_pyfunction!(estimate, module)?)?;
     module.add_function(wrap_pyfunction!(choose, module)?)?;
     module.add_function(wrap_pyfunction!(prefix_blocks, module)?)?;

@@ -8,7 +8,7 @@ use pyo3::prelude::*;
 
 use crate::front::config::{FrontConfig, ModelLoad, RegionView};
 use crate::front::{self, Events, Level};
-use crate::python::{RoutingMemory, RttCorrector};
+use crate::python::{RateLimits, RoutingMemory, RttCorrector};
 use crate::scoring::LatLon;
 
 /// The Python object the front tells and asks (front.py's `FrontEvents`).
@@ -112,6 +112,7 @@ impl Front {
         events: PyObject,
         memory: PyRef<RoutingMemory>,
         corrector: PyRef<RttCorrector>,
+        limits: PyRef<RateLimits>,
         monotonic_now: f64,
     ) -> PyResult<Self> {
         let config: FrontConfig = serde_json::from_str(config_json)
@@ -121,6 +122,7 @@ impl Front {
             Box::new(PythonEvents(events)),
             memory.0.clone(),
             corrector.0.clone(),
+            limits.0.clone(),
             monotonic_now,
         );
         started.map(Front).map_err(PyOSError::new_err)

@@ -64,8 +64,9 @@ def test_imports_stay_on_lower_floors_and_out_of_forbidden_rooms(module: Path):
 
 def test_the_compiled_routing_core_has_one_python_face_per_room():
     """routing_core (Rust) is reached through geo_router/policy/scoring.py alone for its
-    policy, so the router and the simulators share its one adapter and its inputs'
-    types, and through geo_router/live/front.py alone for the router's compiled front."""
+    scorer, so the router and the simulators share its one adapter and its inputs'
+    types, through geo_router/policy/ratelimit.py for API keys' limits, and through
+    geo_router/live/front.py alone for the router's compiled front."""
     importers = set()
     for module in MODULES:
         for node in ast.walk(ast.parse((REPO / module).read_text())):
@@ -73,4 +74,4 @@ def test_the_compiled_routing_core_has_one_python_face_per_room():
             names += [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
             if any(name.split(".")[0] == "routing_core" for name in names):
                 importers.add(str(module))
-    assert importers == {"geo_router/policy/scoring.py", "geo_router/live/front.py"}
+    assert importers == {"geo_router/policy/scoring.py", "geo_router/policy/ratelimit.py", "geo_router/live/front.py"}

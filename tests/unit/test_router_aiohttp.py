@@ -19,6 +19,7 @@ import json
 import logging
 import signal
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 
 import httpx
 import pytest
+import trustme
 import yaml
 from aiohttp import web
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
@@ -35,6 +37,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from geo_router.live.app import create_app
 from geo_router.live.auth import digest
+from geo_router.live.front import served_by_front
 from geo_router.live.server import DrainingServer
 from meridian_core.spec import model_route, parse_spec
 
@@ -50,6 +53,10 @@ CLIENT_TIMEOUT_S = 15.0
 SHUTDOWN_GRACE_S = 2.0
 
 pytestmark = pytest.mark.timeout(60)
+
+
+# What a region's answer says it used.
+USAGE = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
 
 
 def event(content: str, region: str) -> bytes:
@@ -124,7 +131,7 @@ class LoopbackRegion:
                 await response.write_eof()
             return response
         if not body.get("stream"):
-            return web.json_response({"object": "chat.completion", "region": self.name})
+            return web.json_response({"object": "chat.completion", "region": self.name, "usage": USAGE})
         response = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await response.prepare(request)
         if self.mode == "linger":
@@ -143,6 +150,11 @@ class LoopbackRegion:
             request.transport.abort()  # the region dies mid-stream
             return response
         await response.write(event("is", self.name))
+        if (body.get("stream_options") or {}).get("include_usage") is True:
+            # As vLLM sends it: its own event, here cut across two writes.
+            usage = json.dumps({"choices": [], "usage": USAGE}).encode()
+            await response.write(b"data: " + usage[:20])
+            await response.write(usage[20:] + b"\n\n")
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
@@ -169,9 +181,11 @@ class LoopbackRegion:
 
 
 class LoopbackRegions:
-    """Both regions of configs/local.yaml as aiohttp.web servers on loopback."""
+    """Both regions of configs/local.yaml as aiohttp.web servers on loopback; over TLS
+    with the certificate `tls` holds."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        self._tls = tls
         self.regions = {r.slug: r for r in (LoopbackRegion("local/us-east"), LoopbackRegion("local/eu-west"))}
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="loopback-regions", daemon=True)
@@ -193,7 +207,7 @@ class LoopbackRegions:
             app.router.add_post(f"/{slug}/elsewhere", region.elsewhere)
             runner = web.AppRunner(app, shutdown_timeout=1.0, access_log=None)
             await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", 0).start()
+            await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=self._tls).start()
             self._runners.append(runner)
             region.port = runner.addresses[0][1]
 
@@ -241,10 +255,12 @@ def router(request: pytest.FixtureRequest, regions: LoopbackRegions) -> Iterator
 
 @pytest.fixture(params=["compiled_front", "python_alone"])
 def keyed_router(request: pytest.FixtureRequest, regions: LoopbackRegions) -> Iterator[httpx.Client]:
-    """The same with two API keys: `open-key` without limits, `one-a-minute` with one."""
+    """The same with three API keys: `open-key` without limits, `one-a-minute` with one
+    request a minute, `tokens` with 600 tokens a minute."""
     keys = [
         {"name": "open-key", "sha256": digest("sk-open")},
         {"name": "one-a-minute", "sha256": digest("sk-limited"), "requests_per_minute": 1},
+        {"name": "tokens", "sha256": digest("sk-tokens"), "tokens_per_minute": 600},
     ]
     with running_router(regions, request.param, auth={"keys": keys}) as client:
         yield client
@@ -260,14 +276,35 @@ def traced_router(
         yield client, exporter
 
 
+@pytest.fixture
+def tls_regions(tmp_path) -> Iterator[tuple[LoopbackRegions, str]]:
+    """The regions over TLS, their certificate for `localhost` signed by a CA of the
+    test's own, and the file that CA's certificate is in."""
+    authority = trustme.CA()
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("localhost").configure_cert(tls)
+    ca_file = tmp_path / "regions-ca.pem"
+    authority.cert_pem.write_to_path(str(ca_file))
+    loopback = LoopbackRegions(tls)
+    loopback.start()
+    try:
+        yield loopback, str(ca_file)
+    finally:
+        loopback.stop()
+
+
 @contextlib.contextmanager
 def running_router(
-    regions: LoopbackRegions, data_path: str, span_processor: SpanProcessor | None = None, **router_settings: object
+    regions: LoopbackRegions,
+    data_path: str,
+    span_processor: SpanProcessor | None = None,
+    regions_at: str = "http://127.0.0.1",
+    **router_settings: object,
 ) -> Iterator[httpx.Client]:
     data = yaml.safe_load((REPO / "configs" / "local.yaml").read_text())
     for region in data["regions"]:
         loopback = regions[region["name"].replace("/", "-")]
-        region["endpoint"] = f"http://127.0.0.1:{loopback.port}/{loopback.slug}"
+        region["endpoint"] = f"{regions_at}:{loopback.port}/{loopback.slug}"
     port = free_port()
     data["router"].update(
         host="127.0.0.1", port=port, first_byte_timeout_s=FIRST_BYTE_TIMEOUT_S, output_token_timeout_s=0.0
@@ -318,7 +355,7 @@ def test_a_healthy_region_answers_through_aiohttp(router, regions):
     response = router.post("/v1/chat/completions", json=CHAT)
     assert response.status_code == 200
     assert response.headers["x-meridian-region"] == "local/us-east"
-    assert response.json() == {"object": "chat.completion", "region": "local/us-east"}
+    assert response.json() == {"object": "chat.completion", "region": "local/us-east", "usage": USAGE}
     assert regions["local-eu-west"].calls == []
 
 
@@ -331,7 +368,7 @@ def test_failover_before_the_first_byte(router, regions, mode, kind):
     response = router.post("/v1/chat/completions", json=CHAT)
     assert response.status_code == 200, response.text
     assert response.headers["x-meridian-region"] == "local/eu-west"
-    assert response.json() == {"object": "chat.completion", "region": "local/eu-west"}
+    assert response.json() == {"object": "chat.completion", "region": "local/eu-west", "usage": USAGE}
     assert regions["local-us-east"].calls == ["v1/chat/completions"]  # tried first, and failed
     assert regions["local-eu-west"].calls == ["v1/chat/completions"]
     if mode.startswith("hang"):
@@ -393,7 +430,7 @@ def test_a_compressing_region_is_asked_for_plain_bytes(router, regions):
     regions["local-us-east"].mode = "gzip"
     answered = router.post("/v1/chat/completions", json=CHAT)
     assert answered.status_code == 200
-    assert answered.json() == {"object": "chat.completion", "region": "local/us-east"}
+    assert answered.json() == {"object": "chat.completion", "region": "local/us-east", "usage": USAGE}
 
 
 def test_a_redirect_is_the_regions_failure_and_is_never_followed(router, regions):
@@ -567,6 +604,31 @@ def test_api_keys_and_their_limits_hold_on_either_path(keyed_router):
     assert keyed_router.post("/v1/chat/completions", json=CHAT, headers=limited).status_code == 200
     refused = keyed_router.post("/v1/chat/completions", json=CHAT, headers=limited)
     assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limit_exceeded"
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+
+
+def test_a_token_charge_is_settled_on_the_answers_usage(keyed_router, regions):
+    tokens = {"authorization": "Bearer sk-tokens"}
+    body = {**CHAT, "max_tokens": 500}  # charged ~510 ahead of each; 600 a minute
+    never = {**CHAT, "max_tokens": 5000}  # more than the key's minute: never admissible
+    refused = keyed_router.post("/v1/chat/completions", json=never, headers=tokens)
+    assert refused.status_code == 429 and "set max_tokens lower" in refused.json()["error"]["message"]
+    answers = [keyed_router.post("/v1/chat/completions", json=body, headers=tokens) for _ in range(3)]
+    assert [answer.status_code for answer in answers] == [200, 200, 200]  # the region said 15 each
+    assert answers[0].json()["usage"] == USAGE
+
+
+def test_a_stream_is_settled_on_its_usage_which_a_client_that_did_not_ask_never_sees(keyed_router, regions):
+    regions.release("local-us-east")
+    tokens = {"authorization": "Bearer sk-tokens"}
+    body = {**CHAT, "max_tokens": 500, "stream": True}  # charged ~510 ahead of each; 600 a minute
+    answers = [keyed_router.post("/v1/chat/completions", json=body, headers=tokens) for _ in range(3)]
+    assert [answer.status_code for answer in answers] == [200, 200, 200]  # the region said 15 each
+    for answer in answers:
+        assert answer.content == event("Par", "local/us-east") + event("is", "local/us-east") + b"data: [DONE]\n\n"
+    asked = {**body, "stream_options": {"include_usage": True}}
+    answer = keyed_router.post("/v1/chat/completions", json=asked, headers=tokens)
+    assert answer.status_code == 200 and b'{"choices": [], "usage": {"prompt_tokens": 10,' in answer.content
 
 
 def finished_span(exporter: InMemorySpanExporter) -> ReadableSpan:
@@ -613,6 +675,24 @@ def test_a_stream_that_breaks_is_an_error_span_of_a_trace_the_router_started(tra
     (sent,) = regions["local-us-east"].traceparents
     # A trace started here: sampled, its id random (W3C trace context level 2), as the SDK says.
     assert sent == f"00-{format(span.context.trace_id, '032x')}-{format(span.context.span_id, '016x')}-03"
+
+
+@pytest.mark.parametrize("data_path", ["compiled_front", "python_alone"])
+def test_regions_reached_over_tls_are_trusted_by_the_specs_ca(tls_regions, data_path):
+    regions, ca_file = tls_regions
+    regions.release("local-us-east")
+    with running_router(regions, data_path, regions_at="https://localhost", region_ca_file=ca_file) as router:
+        answer = router.post("/v1/chat/completions", json={**CHAT, "stream": True})
+        assert answer.status_code == 200 and answer.headers["x-meridian-region"] == "local/us-east"
+        assert answer.content == event("Par", "local/us-east") + event("is", "local/us-east") + b"data: [DONE]\n\n"
+
+
+def test_regions_reached_over_tls_at_an_ip_address_leave_the_port_to_the_python_app():
+    data = yaml.safe_load((REPO / "configs" / "local.yaml").read_text())
+    for endpoint, unserved in (("https://10.0.0.7:8443", True), ("https://region.example", False)):
+        data["regions"][1]["endpoint"] = endpoint
+        reason = served_by_front(parse_spec(data))
+        assert (reason is not None and "local/eu-west" in reason) == unserved, reason
 
 
 def test_a_body_over_the_cap_sent_without_its_length_is_refused_alike(router, regions):

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from geo_router.live.auth import digest
-from geo_router.live.ratelimit import KeyLimits, TokenBucket
+from geo_router.policy.ratelimit import RateLimits
 from meridian_core.spec import SpecError, parse_spec
 
 from .fake_regions import CHAT, FakeRegions, running_router
@@ -119,34 +119,6 @@ def test_prompts_are_counted_in_tokens_not_characters(keyed_router):
     assert refused.status_code == 429
 
 
-def test_the_charge_is_settled_on_the_answers_usage(keyed_router):
-    auth = {"Authorization": f"Bearer {BETA}"}
-    body = {**CHAT, "max_tokens": 500}  # charged ~510 ahead; the answer says it used 15
-    assert [keyed_router.post("/v1/chat/completions", json=body, headers=auth).status_code for _ in range(3)] == [
-        200,
-        200,
-        200,
-    ]
-
-
-def test_a_stream_is_settled_on_its_usage_which_a_client_that_did_not_ask_never_sees(keyed_router):
-    auth = {"Authorization": f"Bearer {BETA}"}
-    body = {**CHAT, "max_tokens": 500, "stream": True}  # charged ~510 ahead of each; 600 a minute
-    answers = [keyed_router.post("/v1/chat/completions", json=body, headers=auth) for _ in range(3)]
-    assert [answer.status_code for answer in answers] == [200, 200, 200]  # the region said 15 each
-    for answer in answers:
-        events = [event for event in answer.text.split("\n\n") if event]
-        assert [json.loads(e.removeprefix("data: "))["choices"][0]["delta"]["content"] for e in events[:-1]] == [
-            "Par",
-            "is",
-        ]
-        assert events[-1] == "data: [DONE]"
-
-    asked = {**body, "stream_options": {"include_usage": True}}
-    answer = keyed_router.post("/v1/chat/completions", json=asked, headers=auth)
-    assert answer.status_code == 200 and '"choices":[],"usage":{"prompt_tokens":10,' in answer.text
-
-
 def test_oversized_body_is_413(repo, monkeypatch, fakes):
     with running_router(spec_with(repo, monkeypatch, max_body_bytes=2048), fakes) as router:
         big = {**CHAT, "messages": [{"role": "user", "content": "x" * 4096}]}
@@ -190,19 +162,29 @@ def test_key_spec_errors_name_the_field(repo, monkeypatch):
 
 
 def test_token_bucket_refills_continuously():
-    bucket = TokenBucket(capacity=60, period_s=60)
-    assert bucket.wait_s(60, now=0) == 0
-    bucket.take(60, now=0)
-    assert bucket.wait_s(1, now=0) == pytest.approx(1.0)
-    assert bucket.wait_s(30, now=10) == pytest.approx(20.0)
-    assert bucket.wait_s(61, now=100) == math.inf
+    limits = RateLimits([("k", None, 60)])  # 60 tokens a minute: one a second
+    assert limits.admit("k", 60, now=0) == 0
+    assert limits.admit("k", 1, now=0) == pytest.approx(1.0)
+    assert limits.admit("k", 30, now=10) == pytest.approx(20.0)
+    assert limits.admit("k", 61, now=100) == math.inf
+    assert limits.levels("k", now=100) == (None, pytest.approx(60))
 
 
 def test_key_limits_take_both_or_nothing():
-    limits = KeyLimits(TokenBucket(10), TokenBucket(100))
-    assert limits.admit(90, now=0) == 0
-    assert limits.admit(20, now=0) > 0  # tokens short: the request is not charged either
-    assert limits.requests.level == pytest.approx(9)
+    limits = RateLimits([("k", 10, 100)])
+    assert limits.admit("k", 90, now=0) == 0
+    assert limits.admit("k", 20, now=0) > 0  # tokens short: the request is not charged either
+    assert limits.levels("k", now=0) == (pytest.approx(9), pytest.approx(10))
+
+
+def test_a_refund_and_a_settlement_give_back_what_went_unused():
+    limits = RateLimits([("k", 1, 100)])
+    assert limits.admit("k", 100, now=0) == 0
+    limits.refund("k", 100, now=0)
+    assert limits.levels("k", now=0) == (pytest.approx(1), pytest.approx(100))
+    assert limits.admit("k", 100, now=0) == 0
+    limits.settle("k", 100, 30, now=0)  # charged 100 ahead, used 30
+    assert limits.levels("k", now=0) == (pytest.approx(0), pytest.approx(70))
 
 
 def test_usage_is_read_from_the_last_usage_object_of_an_answer():

@@ -10,8 +10,8 @@ from starlette.testclient import TestClient
 
 from geo_router.live.auth import digest
 from geo_router.live.breaker import CircuitBreaker
-from geo_router.live.ratelimit import KeyLimits, TokenBucket
 from geo_router.live.regions import Region
+from geo_router.policy.ratelimit import RateLimits
 from meridian_core.geo import LatLon
 from meridian_core.spec import parse_spec
 
@@ -116,9 +116,9 @@ def test_rate_limit_refusals_are_counted_by_the_limit_that_refused(repo, fakes, 
 
 
 def test_the_limiting_bucket_is_the_one_with_the_longest_wait():
-    limits = KeyLimits(TokenBucket(2), TokenBucket(100))
-    assert limits.admit(10, now=0) == 0 and limits.admit(10, now=0) == 0
-    assert limits.admit(10, now=0) > 0
-    assert limits.limiting(10, now=0) == "requests"  # requests empty, tokens left
-    assert limits.limiting(1000, now=0) == "tokens"  # never fits: an infinite wait
-    assert KeyLimits(None, TokenBucket(100)).limiting(1000, now=0) == "tokens"
+    limits = RateLimits([("both", 2, 100), ("tokens", None, 100)])
+    assert limits.admit("both", 10, now=0) == 0 and limits.admit("both", 10, now=0) == 0
+    assert limits.admit("both", 10, now=0) > 0
+    assert limits.limiting("both", 10, now=0) == "requests"  # requests empty, tokens left
+    assert limits.limiting("both", 1000, now=0) == "tokens"  # never fits: an infinite wait
+    assert limits.limiting("tokens", 1000, now=0) == "tokens"

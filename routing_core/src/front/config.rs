@@ -26,6 +26,8 @@ pub struct FrontConfig {
     pub network: [f64; 3],
     pub scoring: Scoring,
     pub max_body_bytes: usize,
+    /// A PEM bundle of the CAs that sign regions' certificates; None: the system's.
+    pub region_ca_file: Option<String>,
     /// How long a client may take to send a request's headers (server.py's KEEP_ALIVE_S).
     pub header_timeout_s: f64,
     pub first_byte_timeout_s: f64,
@@ -66,8 +68,6 @@ pub struct RegionConfig {
 pub struct KeyConfig {
     pub name: String,
     pub sha256: String,
-    /// A key with limits is charged by the Python app, which settles on usage.
-    pub limited: bool,
 }
 
 #[derive(Deserialize)]

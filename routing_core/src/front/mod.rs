@@ -12,8 +12,10 @@ mod errors;
 pub mod metrics;
 mod relay;
 mod request;
+mod tls;
 pub mod tokens;
 pub mod trace;
+mod usage;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, TcpListener};
@@ -22,7 +24,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hyper::body::HttpBody;
-use hyper::client::HttpConnector;
 use hyper::server::conn::AddrStream;
 use hyper::service::{make_service_fn, service_fn};
 use hyper::{Body, Client, Method, Request, Response};
@@ -30,6 +31,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use crate::held;
+use crate::limits::RateLimits;
 use crate::memory::{self, RoutingMemory};
 use crate::rtt_corrector::RttCorrector;
 use crate::scoring::{choose, LatLon, Network, Profile, RegionLoad, RequestFacts};
@@ -132,6 +134,8 @@ pub struct Shared {
     answered_reported_ms: Vec<AtomicU64>,
     memory: Arc<Mutex<RoutingMemory>>,
     corrector: Arc<Mutex<RttCorrector>>,
+    /// The API keys' limits, shared with the Python app, which charges the same buckets.
+    limits: Arc<Mutex<RateLimits>>,
     budget: Mutex<relay::RetryBudget>,
     events: Python,
     /// Per model, in the config's order: its tokenizer, when the front reads it.
@@ -144,7 +148,7 @@ pub struct Shared {
     /// Access-log lines and spans dropped because the Python app fell behind.
     access_log_dropped: AtomicI64,
     spans_dropped: AtomicI64,
-    client: Client<HttpConnector, Body>,
+    client: Client<tls::Connector, Body>,
     /// The Python app's monotonic clock at `started`: the corrector's times are its.
     monotonic_at_start: f64,
     started: Instant,
@@ -182,6 +186,7 @@ impl Front {
         events: Box<dyn Events>,
         memory: Arc<Mutex<RoutingMemory>>,
         corrector: Arc<Mutex<RttCorrector>>,
+        limits: Arc<Mutex<RateLimits>>,
         monotonic_now: f64,
     ) -> Result<Front, String> {
         let metrics = Metrics::new(&config.latency_buckets)?;
@@ -202,9 +207,11 @@ impl Front {
         }
         .map_err(|e| e.to_string())?;
         let [earth_radius_km, rtt_intercept_ms, rtt_ms_per_km] = config.network;
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let over_tls = config
+            .regions
+            .iter()
+            .any(|r| r.endpoint.starts_with("https://"));
+        let connector = tls::connector(over_tls, config.region_ca_file.as_deref())?;
         let (cut_sender, cut) = watch::channel(false);
         let shared = Arc::new(Shared {
             network: Network {
@@ -218,6 +225,7 @@ impl Front {
             answered_reported_ms: config.regions.iter().map(|_| AtomicU64::new(0)).collect(),
             memory,
             corrector,
+            limits,
             budget: Mutex::new(relay::RetryBudget::new(
                 config.retry_budget_ratio,
                 config.retry_budget_burst,
@@ -391,7 +399,7 @@ fn endpoint_of(path: &str) -> Option<&'static str> {
 }
 
 /// The key an `Authorization: Bearer` header carries (auth.py): Ok(None) when the router
-/// is open, Err when the Python app must answer (no valid key, or a key with limits).
+/// is open, Err when the Python app must answer (no valid key).
 fn key_of(shared: &Shared, request: &Request<Body>) -> Result<Option<String>, ()> {
     let keys = &shared.config.keys;
     if keys.is_empty() {
@@ -417,10 +425,7 @@ fn key_of(shared: &Shared, request: &Request<Body>) -> Result<Option<String>, ()
             found = Some(key);
         }
     }
-    match found {
-        Some(key) if !key.limited => Ok(Some(key.name.clone())),
-        _ => Err(()),
-    }
+    found.map(|key| Some(key.name.clone())).ok_or(())
 }
 
 async fn handle(request: Request<Body>, peer: IpAddr, shared: Arc<Shared>) -> Response<Body> {
@@ -473,7 +478,14 @@ async fn handle(request: Request<Body>, peer: IpAddr, shared: Arc<Shared>) -> Re
             return relay::refuse(&shared, refusal, endpoint, &parts.headers, &caller);
         }
     };
-    match admit(&shared, endpoint, &parts, &bytes, peer) {
+    match admit(
+        &shared,
+        endpoint,
+        &parts,
+        &bytes,
+        peer,
+        caller.key.as_deref(),
+    ) {
         Some(admitted) => relay::forward(&shared, admitted, &parts.headers, caller).await,
         None => back::to_back(&shared, parts, Body::from(bytes), peer).await,
     }
@@ -513,16 +525,28 @@ pub struct Admitted {
     reason: &'static str,
     request_id: String,
     started: Instant,
+    /// The key charged tokens ahead for it, to settle on the answer's usage.
+    settle: Option<Settle>,
+}
+
+#[derive(Clone)]
+pub struct Settle {
+    key: String,
+    charged: i64,
+    /// Usage was asked for on the client's behalf: its event is kept from the client.
+    hide_usage: bool,
 }
 
 /// Admission (geo_router/live/admission.py) for what the front serves: None sends the
-/// request to the Python app, which refuses what is wrong with it in its own words.
+/// request to the Python app, which refuses what is wrong with it in its own words (a
+/// request over its key's limits among them: refused here, it was charged nothing).
 fn admit(
     shared: &Shared,
     endpoint: &'static str,
     parts: &hyper::http::request::Parts,
     bytes: &[u8],
     peer: IpAddr,
+    key: Option<&str>,
 ) -> Option<Admitted> {
     let started = Instant::now();
     let config = &shared.config;
@@ -559,8 +583,13 @@ fn admit(
             &parsed.model,
         )),
     };
-    let (candidates, panic, reserve) = candidates(shared, &parsed.model, client);
+    let charged = prompt_tokens + completion_cap;
     let now = shared.monotonic();
+    let settle = match key {
+        Some(key) => charge(shared, key, charged, parsed.stream, &parsed.fields, now)?,
+        None => None,
+    };
+    let (candidates, panic, reserve) = candidates(shared, &parsed.model, client);
     let loads: Vec<RegionLoad> = {
         let corrector = held(&shared.corrector);
         candidates
@@ -592,7 +621,19 @@ fn admit(
         &profiles,
         &config.scoring,
         &shared.network,
-    )?;
+    );
+    let decision = match decision {
+        Some(decision) => decision,
+        None => {
+            // Not sent anywhere: the Python app answers that no region serves it.
+            if let Some(key) = key {
+                if let Some(limits) = held(&shared.limits).get_mut(key) {
+                    limits.refund(charged as f64, now);
+                }
+            }
+            return None;
+        }
+    };
     let mut ranked: Vec<usize> = decision
         .ranked
         .iter()
@@ -603,9 +644,13 @@ fn admit(
         .filter(|i| !ranked.contains(i))
         .collect();
     ranked.extend(reserve);
+    let body = match &settle {
+        Some(settle) if settle.hide_usage => usage::body_asking_for_usage(&parsed.fields),
+        _ => hyper::body::Bytes::copy_from_slice(bytes),
+    };
     Some(Admitted {
         endpoint,
-        body: hyper::body::Bytes::copy_from_slice(bytes),
+        body,
         model: parsed.model,
         stream: parsed.stream,
         completion_cap,
@@ -615,7 +660,36 @@ fn admit(
         ranked,
         request_id: request::request_id(&parts.headers),
         started,
+        settle,
     })
+}
+
+/// Charge `key` for a request that may use `charged` tokens: None when its limits refuse
+/// it now, else how it is settled, if it is.
+fn charge(
+    shared: &Shared,
+    key: &str,
+    charged: i64,
+    stream: bool,
+    fields: &serde_json::Map<String, serde_json::Value>,
+    now: f64,
+) -> Option<Option<Settle>> {
+    let mut limits = held(&shared.limits);
+    if let Some(key_limits) = limits.get_mut(key) {
+        if key_limits.admit(charged as f64, now) > 0.0 {
+            return None;
+        }
+    }
+    if !limits.limits_tokens(key) {
+        return Some(None);
+    }
+    // A stream is settled on its usage too: asked for it, which the client that did not
+    // ask never sees.
+    Some(Some(Settle {
+        key: key.to_string(),
+        charged,
+        hide_usage: stream && !usage::asks_for_usage(fields),
+    }))
 }
 
 /// Regions to route `model` to with their loads (regions.py's `servable`), whether that

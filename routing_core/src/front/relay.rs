@@ -18,7 +18,8 @@ use tokio::sync::mpsc;
 use super::errors::{error_response, relayed_error, sse_error_event};
 use super::metrics::{DECISIONS, DURATION, FAILOVERS_REFUSED, REQUESTS, TTFB, UPSTREAM_ERRORS};
 use super::trace::Trace;
-use super::{held, Admitted, Level, Shared, MAX_HELD_LOG_LINES};
+use super::usage::{Tail, UsageEventFilter};
+use super::{held, Admitted, Level, Settle, Shared, MAX_HELD_LOG_LINES};
 
 /// Request headers passed to the region (proxy.py's FORWARDED_REQUEST_HEADERS, the
 /// request id aside: the front sets it).
@@ -489,7 +490,12 @@ async fn respond(
         caller,
         in_flight,
     };
-    tokio::spawn(relay.run(upstream, first_chunk, sender));
+    let usage = admitted.settle.as_ref().map(|settle| Usage {
+        settle: settle.clone(),
+        tail: Tail::default(),
+        filter: (settle.hide_usage && admitted.stream).then(UsageEventFilter::default),
+    });
+    tokio::spawn(relay.run(upstream, first_chunk, sender, usage));
     response
 }
 
@@ -505,6 +511,34 @@ impl futures_core::Stream for Chunks {
     ) -> std::task::Poll<Option<Self::Item>> {
         self.0.poll_recv(cx).map(|chunk| chunk.map(Ok))
     }
+}
+
+/// What an answer whose key is charged tokens is read for: its usage, and the usage event
+/// kept from a client that did not ask for it.
+struct Usage {
+    settle: Settle,
+    tail: Tail,
+    filter: Option<UsageEventFilter>,
+}
+
+impl Usage {
+    /// What of `chunk` the client gets.
+    fn read(&mut self, chunk: Bytes) -> Bytes {
+        self.tail.keep(&chunk);
+        match self.filter.as_mut() {
+            Some(filter) => filter.feed(&chunk),
+            None => chunk,
+        }
+    }
+}
+
+/// Send the client what it gets of `chunk`: whether it is still there.
+async fn pass(client: &mpsc::Sender<Bytes>, usage: &mut Option<Usage>, chunk: Bytes) -> bool {
+    let chunk = match usage.as_mut() {
+        Some(usage) => usage.read(chunk),
+        None => chunk,
+    };
+    chunk.is_empty() || client.send(chunk).await.is_ok()
 }
 
 /// One answer being relayed, and what its end is counted with.
@@ -523,8 +557,15 @@ struct Relay {
 }
 
 impl Relay {
-    async fn run(self, mut upstream: Body, first_chunk: Bytes, client: mpsc::Sender<Bytes>) {
-        let (outcome, relayed_whole) = self.relay(&mut upstream, first_chunk, &client).await;
+    async fn run(
+        self,
+        mut upstream: Body,
+        first_chunk: Bytes,
+        client: mpsc::Sender<Bytes>,
+        mut usage: Option<Usage>,
+    ) {
+        let relayed = self.relay(&mut upstream, first_chunk, &client, &mut usage);
+        let (outcome, relayed_whole) = relayed.await;
         drop(upstream); // an answer not read to its end closes the region's connection
         drop(client);
         let Relay {
@@ -541,6 +582,13 @@ impl Relay {
             ..
         } = self;
         drop(in_flight);
+        if let Some(Usage { settle, tail, .. }) = usage.filter(|_| relayed_whole) {
+            if let Some(used) = tail.used_tokens() {
+                if let Some(limits) = held(&shared.limits).get_mut(&settle.key) {
+                    limits.settle(settle.charged as f64, used as f64, shared.monotonic());
+                }
+            }
+        }
         let mut outcome = outcome;
         if !relayed_whole && outcome == status.to_string() {
             outcome = CLIENT_CLOSED.to_string();
@@ -574,12 +622,13 @@ impl Relay {
         upstream: &mut Body,
         first_chunk: Bytes,
         client: &mpsc::Sender<Bytes>,
+        usage: &mut Option<Usage>,
     ) -> (String, bool) {
         let shared = &self.shared;
         let mut outcome = self.status.to_string();
         // A client may hang up once it has a stream's last event, before the body's end.
         let mut relayed_whole = first_chunk.ends_with(SSE_DONE);
-        let mut client_gone = !first_chunk.is_empty() && client.send(first_chunk).await.is_err();
+        let mut client_gone = !pass(client, usage, first_chunk).await;
         // A client that hangs up while the region is silent is heard at once: the region's
         // request is then closed, and its engine drops it.
         let hung_up = client.closed();
@@ -611,11 +660,15 @@ impl Relay {
                     Some(Ok(chunk)) => {
                         last_chunk = Instant::now();
                         let last = chunk.ends_with(SSE_DONE);
-                        client_gone = client.send(chunk).await.is_err();
+                        client_gone = !pass(client, usage, chunk).await;
                         relayed_whole = last && !client_gone;
                     }
                     None => {
-                        relayed_whole = true;
+                        let rest = usage.as_mut().and_then(|u| u.filter.as_mut()).map(|f| f.rest());
+                        relayed_whole = match rest {
+                            Some(rest) if !rest.is_empty() => client.send(rest).await.is_ok(),
+                            _ => true,
+                        };
                         break;
                     }
                     Some(Err(_)) => {

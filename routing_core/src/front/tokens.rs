@@ -6,7 +6,8 @@
 //! Only the configuration below is read; any other makes `from_json` an error, and the
 //! front then asks the Python app. Letters are Rust's `char::is_alphabetic`, which GPT-2's
 //! `\p{L}` matches except for combining marks some scripts count as letters (a count
-//! there may differ by a token or two; it feeds the scorer and a deadline, never a limit).
+//! there may differ by a token or two; it feeds the scorer, a deadline and a key's token
+//! charge ahead, which the answer's usage settles).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
