@@ -236,6 +236,12 @@ MUTATIONS = (
         "the compiled front keeps a token charge made ahead instead of settling it on usage",
     ),
     Mutation(
+        "routing_core/src/front/tls.rs",
+        "        trusted(ca_file)?",
+        "        RootCertStore::empty()",
+        "the compiled front trusts no CA for a region reached over TLS",
+    ),
+    Mutation(
         "routing_core/src/front/relay.rs",
         "        filter: (settle.hide_usage && admitted.stream).then(UsageEventFilter::default),",
         "        filter: None,",

@@ -1,6 +1,6 @@
-//! The front's share of the router's Prometheus metrics (geo_router/live/metrics.py names
-//! them): the Python app adds these samples to its own when it is scraped, so each metric
-//! is one series whichever path a request took.
+//! The front's share of the router's Prometheus metrics, named as the Python app's own
+//! (its `metrics` module): the app adds these samples to its own when it is scraped, so
+//! each metric is one series whichever path a request took.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
