@@ -5,9 +5,10 @@ use std::net::IpAddr;
 
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::PyBytes;
 
 use crate::front::config::{FrontConfig, ModelLoad, RegionView};
-use crate::front::{self, Events, Level};
+use crate::front::{self, usage, Events, Level};
 use crate::python::{RateLimits, RoutingMemory, RttCorrector};
 use crate::scoring::LatLon;
 
@@ -82,6 +83,35 @@ type LoadTuple = (f64, f64, f64, f64, f64);
 /// The router's compiled front, serving from construction on.
 #[pyclass(module = "routing_core")]
 pub(crate) struct Front(front::Front);
+
+/// Relays a stream's whole events without its usage event (src/front/usage.rs).
+#[pyclass(module = "routing_core")]
+#[derive(Default)]
+pub(crate) struct UsageEventFilter(usage::UsageEventFilter);
+
+#[pymethods]
+impl UsageEventFilter {
+    #[new]
+    fn new() -> Self {
+        UsageEventFilter::default()
+    }
+
+    /// What of `chunk` (and of what it held back) the client gets now.
+    fn feed<'py>(&mut self, py: Python<'py>, chunk: &[u8]) -> &'py PyBytes {
+        PyBytes::new(py, &self.0.feed(chunk))
+    }
+
+    /// What is left when the stream ends: a last event cut short, relayed as it is.
+    fn rest<'py>(&mut self, py: Python<'py>) -> &'py PyBytes {
+        PyBytes::new(py, &self.0.rest())
+    }
+}
+
+/// The answer's total tokens, from the last usage object in `tail`; None if it has none.
+#[pyfunction]
+fn used_tokens(tail: &[u8]) -> Option<i64> {
+    usage::used_tokens(tail)
+}
 
 /// A byte-level BPE tokenizer as the front reads one (src/front/tokens.rs).
 #[pyclass(module = "routing_core")]
@@ -232,5 +262,9 @@ impl Front {
 pub(crate) fn register(module: &PyModule) -> PyResult<()> {
     module.add_class::<Front>()?;
     module.add_class::<FrontTokenizer>()?;
+    module.add_class::<UsageEventFilter>()?;
+    module.add_function(wrap_pyfunction!(used_tokens, module)?)?;
+    module.add("USAGE_TAIL_BYTES", usage::USAGE_TAIL_BYTES)?;
+    module.add("MAX_HELD_BYTES", usage::MAX_HELD_BYTES)?;
     Ok(())
 }

@@ -66,7 +66,8 @@ def test_the_compiled_routing_core_has_one_python_face_per_room():
     """routing_core (Rust) is reached through geo_router/policy/scoring.py alone for its
     scorer, so the router and the simulators share its one adapter and its inputs'
     types, through geo_router/policy/ratelimit.py for API keys' limits, and through
-    geo_router/live/front.py alone for the router's compiled front."""
+    geo_router/live/front.py for the router's compiled front (geo_router/live/usage.py
+    for its reading of an answer's usage, which the Python app shares)."""
     importers = set()
     for module in MODULES:
         for node in ast.walk(ast.parse((REPO / module).read_text())):
@@ -74,4 +75,9 @@ def test_the_compiled_routing_core_has_one_python_face_per_room():
             names += [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
             if any(name.split(".")[0] == "routing_core" for name in names):
                 importers.add(str(module))
-    assert importers == {"geo_router/policy/scoring.py", "geo_router/policy/ratelimit.py", "geo_router/live/front.py"}
+    assert importers == {
+        "geo_router/policy/scoring.py",
+        "geo_router/policy/ratelimit.py",
+        "geo_router/live/front.py",
+        "geo_router/live/usage.py",
+    }

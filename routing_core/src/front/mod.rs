@@ -15,7 +15,7 @@ mod request;
 mod tls;
 pub mod tokens;
 pub mod trace;
-mod usage;
+pub mod usage;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, TcpListener};

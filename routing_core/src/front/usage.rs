@@ -1,7 +1,7 @@
 //! The tokens an answer says it used (its `usage`), read from its last bytes, for the keys
-//! charged tokens (geo_router/live/usage.py is the Python app's same reading): a
-//! non-streamed answer ends with its usage, a stream sends it in its last event when
-//! asked (`stream_options.include_usage`).
+//! charged tokens: a non-streamed answer ends with its usage, a stream sends it in its
+//! last event when asked (`stream_options.include_usage`). Both of the router's paths read
+//! it here: the front, and the Python app through this module's Python face.
 //!
 //! A stream the router must settle a token charge on is asked for its usage even when the
 //! client did not ask; that event, which such a client never expected (it has no
@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 pub const USAGE_TAIL_BYTES: usize = 64 * 1024;
 const SSE_EVENT_END: &[u8] = b"\n\n";
 /// An event longer than this is relayed as it comes, not held back whole.
-const MAX_HELD_BYTES: usize = 1024 * 1024;
+pub const MAX_HELD_BYTES: usize = 1024 * 1024;
 
 #[derive(Deserialize)]
 struct Usage {
@@ -39,43 +39,47 @@ impl Tail {
 
     /// The answer's total tokens, from the last usage object in it; None if it has none.
     pub fn used_tokens(&self) -> Option<i64> {
-        let tail = &self.0[..];
-        let key = b"\"usage\"";
-        let mut end = tail.len();
-        while let Some(at) = find_last(&tail[..end], key) {
-            end = at;
-            let rest = skip_space(&tail[at + key.len()..]);
-            let rest = match rest.strip_prefix(b":") {
-                Some(rest) => skip_space(rest),
-                None => continue,
-            };
-            if !rest.starts_with(b"{") {
-                continue; // `"usage": null`, as a stream's other events may say
-            }
-            let mut objects = serde_json::Deserializer::from_slice(rest).into_iter::<Usage>();
-            let usage = match objects.next() {
-                Some(Ok(usage)) => usage,
-                _ => return None,
-            };
-            return match usage {
-                Usage {
-                    total_tokens: Some(total),
-                    ..
-                } => Some(total),
-                Usage {
-                    prompt_tokens: None,
-                    completion_tokens: None,
-                    ..
-                } => None,
-                Usage {
-                    prompt_tokens,
-                    completion_tokens,
-                    ..
-                } => Some(prompt_tokens.unwrap_or(0) + completion_tokens.unwrap_or(0)),
-            };
-        }
-        None
+        used_tokens(&self.0)
     }
+}
+
+/// The answer's total tokens, from the last usage object in `tail`; None if it has none.
+pub fn used_tokens(tail: &[u8]) -> Option<i64> {
+    let key = b"\"usage\"";
+    let mut end = tail.len();
+    while let Some(at) = find_last(&tail[..end], key) {
+        end = at;
+        let rest = skip_space(&tail[at + key.len()..]);
+        let rest = match rest.strip_prefix(b":") {
+            Some(rest) => skip_space(rest),
+            None => continue,
+        };
+        if !rest.starts_with(b"{") {
+            continue; // `"usage": null`, as a stream's other events may say
+        }
+        let mut objects = serde_json::Deserializer::from_slice(rest).into_iter::<Usage>();
+        let usage = match objects.next() {
+            Some(Ok(usage)) => usage,
+            _ => return None,
+        };
+        return match usage {
+            Usage {
+                total_tokens: Some(total),
+                ..
+            } => Some(total),
+            Usage {
+                prompt_tokens: None,
+                completion_tokens: None,
+                ..
+            } => None,
+            Usage {
+                prompt_tokens,
+                completion_tokens,
+                ..
+            } => Some(prompt_tokens.unwrap_or(0) + completion_tokens.unwrap_or(0)),
+        };
+    }
+    None
 }
 
 fn find_first(haystack: &[u8], needle: &[u8]) -> Option<usize> {
