@@ -7,12 +7,12 @@
 //! The front never waits for Python while it holds a lock the Python app may take.
 
 mod back;
+mod clients;
 pub mod config;
 mod errors;
 pub mod metrics;
 mod relay;
 mod request;
-mod tls;
 pub mod tokens;
 pub mod trace;
 pub mod usage;
@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use hyper::body::HttpBody;
 use hyper::server::conn::AddrStream;
 use hyper::service::{make_service_fn, service_fn};
-use hyper::{Body, Client, Method, Request, Response};
+use hyper::{Body, Method, Request, Response};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
@@ -148,7 +148,7 @@ pub struct Shared {
     /// Access-log lines and spans dropped because the Python app fell behind.
     access_log_dropped: AtomicI64,
     spans_dropped: AtomicI64,
-    client: Client<tls::Connector, Body>,
+    client: clients::Clients,
     /// The Python app's monotonic clock at `started`: the corrector's times are its.
     monotonic_at_start: f64,
     started: Instant,
@@ -211,7 +211,7 @@ impl Front {
             .regions
             .iter()
             .any(|r| r.endpoint.starts_with("https://"));
-        let connector = tls::connector(over_tls, config.region_ca_file.as_deref())?;
+        let client = clients::Clients::new(over_tls, config.region_ca_file.as_deref())?;
         let (cut_sender, cut) = watch::channel(false);
         let shared = Arc::new(Shared {
             network: Network {
@@ -238,7 +238,7 @@ impl Front {
             spans_dropped: AtomicI64::new(0),
             events: Python::new(Arc::from(events))?,
             tokenizers: config.models.iter().map(read_tokenizer).collect(),
-            client: Client::builder().build(connector),
+            client,
             monotonic_at_start: monotonic_now,
             started: Instant::now(),
             cut,
