@@ -236,9 +236,9 @@ MUTATIONS = (
         "the compiled front keeps a token charge made ahead instead of settling it on usage",
     ),
     Mutation(
-        "routing_core/src/front/tls.rs",
-        "        trusted(ca_file)?",
-        "        RootCertStore::empty()",
+        "routing_core/src/front/clients.rs",
+        "                .with_root_certificates(trusted(ca_file)?)",
+        "                .with_root_certificates(RootCertStore::empty())",
         "the compiled front trusts no CA for a region reached over TLS",
     ),
     Mutation(
