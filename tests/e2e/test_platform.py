@@ -8,13 +8,16 @@ The tests run in file order; the last ones take regions away and stop the platfo
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -181,6 +184,64 @@ def test_a_real_streams_usage_event_is_read_and_is_the_only_event_taken_out(plat
     assert used_tokens(raw) == chunks[-1]["usage"]["total_tokens"] > 8 and chunks[-1]["choices"] == []
     kept_chunks = [json.loads(e.removeprefix(b"data: ")) for e in kept.split(b"\n\n") if e and e != b"data: [DONE]"]
     assert kept_chunks == chunks[:-1] and kept.endswith(b"data: [DONE]\n\n")
+
+
+@pytest.fixture
+def keyed_router(platform, spec, tmp_path) -> Iterator[str]:
+    """A second router on the running regions, with one API key allowed 1,500 tokens a
+    minute: its URL. The same spec on another port, started as `meridian up` starts one."""
+    data = yaml.safe_load(SPEC_PATH.read_text())
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    keys = [{"name": "e2e", "sha256": hashlib.sha256(b"sk-e2e").hexdigest(), "tokens_per_minute": 1500}]
+    data["router"].update(port=port, auth={"keys": keys})
+    keyed_spec = tmp_path / "keyed.yaml"
+    keyed_spec.write_text(yaml.safe_dump(data))
+    env = os.environ | launcher.region_tokens(spec, platform) | {spec.router.auth.admin_token_env: "e2e-admin"}
+    with (tmp_path / "router.log").open("wb") as log:
+        router = subprocess.Popen(
+            [sys.executable, "-m", "geo_router", str(keyed_spec)], stdout=log, stderr=log, env=env
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while not _healthy(url):
+            assert router.poll() is None and time.monotonic() < deadline, (tmp_path / "router.log").read_text()[-2000:]
+            time.sleep(0.5)
+        yield url
+    finally:
+        router.terminate()
+        router.wait(30)
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=2).json().get("healthy_regions") == [
+            "local/us-east",
+            "local/eu-west",
+        ]
+    except (httpx.HTTPError, ValueError):
+        return False
+
+
+def test_a_keys_token_charge_is_settled_on_real_streams_whose_usage_its_client_never_sees(keyed_router, model):
+    """Each stream is charged its prompt and its 600-token cap ahead, more than a third of
+    the key's minute; settled on what vLLM says it used (a sentence: it stops at the first
+    full stop), four in a row fit. The usage event the router asked for on the client's
+    behalf never reaches the client."""
+    client = openai.OpenAI(base_url=f"{keyed_router}/v1", api_key="sk-e2e", max_retries=0, timeout=120)
+    for _ in range(4):
+        stream = client.chat.completions.create(
+            model=model, messages=QUESTION, temperature=0, max_tokens=600, stop=["."], stream=True
+        )
+        chunks = list(stream)
+        assert chunks and all(chunk.choices and chunk.usage is None for chunk in chunks)
+        assert "Paris" in "".join(chunk.choices[0].delta.content or "" for chunk in chunks)
+    with pytest.raises(openai.RateLimitError, match="set max_tokens lower"):
+        client.chat.completions.create(model=model, messages=QUESTION, max_tokens=1600)
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{keyed_router}/v1", api_key="sk-wrong", max_retries=0).models.list()
 
 
 def engines_running(platform) -> dict[str, int | None]:  # type: ignore[no-untyped-def]
