@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from meridian_core.capacity_spec import CapacitySpec
 from meridian_core.cluster_spec import (
@@ -55,6 +55,16 @@ def region_resource(slug: str) -> str:
 
 class SpecError(ValueError):
     """A spec that cannot be used; the message lists every bad field by its path."""
+
+
+def _existing_file(path: Path) -> Path:
+    if not path.is_file():
+        raise ValueError(f"no such file: {path}")
+    return path
+
+
+# A file the spec names, there when the spec is read.
+ExistingFile = Annotated[Path, AfterValidator(_existing_file)]
 
 
 class StrictModel(BaseModel):
@@ -221,20 +231,13 @@ class LocateSpec(StrictModel):
     # Proxies of ours in front of the router, each appending to X-Forwarded-For.
     trusted_proxy_hops: int = Field(default=0, ge=0, le=16)
     # A MaxMind City database (.mmdb); without one the geoip locator is skipped.
-    geoip_database: Path | None = None
+    geoip_database: ExistingFile | None = None
 
     @field_validator("order")
     @classmethod
     def _no_repeats(cls, value: list[str]) -> list[str]:
         if len(set(value)) != len(value):
             raise ValueError(f"each locator at most once, got {value}")
-        return value
-
-    @field_validator("geoip_database")
-    @classmethod
-    def _database_exists(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_file():
-            raise ValueError(f"no such file: {value}")
         return value
 
 
@@ -319,7 +322,7 @@ class RouterSpec(StrictModel):
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     # A PEM bundle of the CAs that sign the regions' TLS certificates (https endpoints);
     # unset, the system's trust store (SSL_CERT_FILE honoured).
-    region_ca_file: Path | None = None
+    region_ca_file: ExistingFile | None = None
     health_poll_interval_s: float = Field(default=0.5, gt=0, le=60)
     health_timeout_s: float = Field(default=1.0, gt=0, le=60)
     # Failures in a row that open a region's breaker, and how long it then stays open;
@@ -345,13 +348,6 @@ class RouterSpec(StrictModel):
     # second before it ends are cut with an SSE error event. Shorter than the kill:
     # `meridian down` waits 15 s, Kubernetes' rendered pods 30 s.
     shutdown_grace_s: float = Field(default=10.0, gt=1, le=300)
-
-    @field_validator("region_ca_file")
-    @classmethod
-    def _ca_file_exists(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_file():
-            raise ValueError(f"no such file: {value}")
-        return value
 
 
 class SLOSpec(StrictModel):

@@ -161,6 +161,11 @@ def test_key_spec_errors_name_the_field(repo, monkeypatch):
         spec_with(repo, monkeypatch, auth={"keys": [{"name": "x", "sha256": "abc"}]})
 
 
+def test_a_missing_region_ca_file_fails_at_load_naming_the_field(repo, monkeypatch, tmp_path):
+    with pytest.raises(SpecError, match="router.region_ca_file: .*no such file"):
+        spec_with(repo, monkeypatch, region_ca_file=str(tmp_path / "missing.pem"))
+
+
 def test_token_bucket_refills_continuously():
     limits = RateLimits([("k", None, 60)])  # 60 tokens a minute: one a second
     assert limits.admit("k", 60, now=0) == 0
