@@ -16,6 +16,9 @@ policy of `compare_policies` runs in every cell with one `ScoringSpec`.
 - **Arrival patterns**: `trace` keeps the trace's own (bursty) inter-arrival times;
   `poisson` replaces them with a Poisson process of the same mean rate (seeded), so a
   policy is not judged on the trace's burst shape alone.
+
+Each cell also runs Meridian's scorer with its RTT bound lifted (`without_rtt_bound`):
+not a contender, a measurement of what keeping the mean RTT within the budget costs.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from geo_router.sim.routing_replay import (
     TraceRequest,
     client_of,
     compare_policies,
+    meridian_policy,
+    simulate,
 )
 from meridian_core.geo import LatLon, haversine_km
 from meridian_core.replica_model import ReplicaProfile
@@ -40,6 +45,8 @@ from meridian_core.rtt import prior_rtt_ms
 from meridian_core.spec import ScoringSpec
 
 ARRIVALS = ("trace", "poisson")
+# A budget no spill can overspend: the spill price's markup then stays at 1.
+UNBOUNDED_RTT_BUDGET = 1e6
 REPLICAS_PER_REGION = 2
 POISSON_SEED = 7
 
@@ -62,6 +69,7 @@ class Cell:
 class CellResult:
     cell: Cell
     results: tuple[PolicyResult, ...]
+    meridian_without_rtt_bound: PolicyResult
 
 
 def load_sites(path: Path) -> list[Site]:
@@ -131,4 +139,14 @@ def run_cell(
 ) -> CellResult:
     regions = provision(choose_sites(sites, cell.regions), trace, profile)
     requests = at_load(with_arrivals(trace, cell.arrivals), regions, cell.load)
-    return CellResult(cell, tuple(compare_policies(requests, regions, cell.cache_blocks, scoring)))
+    unbounded = meridian_policy(without_rtt_bound(scoring))
+    return CellResult(
+        cell,
+        tuple(compare_policies(requests, regions, cell.cache_blocks, scoring)),
+        simulate("meridian without the RTT bound", unbounded, requests, regions, cell.cache_blocks),
+    )
+
+
+def without_rtt_bound(scoring: ScoringSpec) -> ScoringSpec:
+    """`scoring` with a spill costing its extra RTT once and no mean RTT budget."""
+    return scoring.model_copy(update={"spill_rtt_factor": 1.0, "mean_rtt_budget": UNBOUNDED_RTT_BUDGET})
