@@ -17,6 +17,9 @@ model of `meridian_core.replica_model`:
   step time at the replica's batch, stretched by the share of engine time its recent
   prefills took (an exponentially decayed busy fraction, `PREFILL_SHARE_TAU_S`).
 - **Stopping replicas** take no new requests and are paid for until their last request ends.
+  Their queued prefills finish as scheduled; from then on no prefill stretches their steps,
+  so the sequences left decode at the step of the shrinking batch, however stretched their
+  inter-token latency was when they started.
 
 A request meets the SLO when its TTFT and its mean inter-token latency are both within
 target. Requests arriving during the warm-up (all policies start from the same replica
@@ -105,7 +108,6 @@ class _Replica:
         "free_at",
         "starts",
         "ends",
-        "last_end",
         "batch",
         "kv",
         "busy",
@@ -121,10 +123,9 @@ class _Replica:
         # For the load signals at `now`: prefill starts not yet reached, ends not yet reached.
         self.starts: deque[float] = deque()
         self.ends: list[float] = []
-        self.last_end = ready_at
-        # For scheduling: (end, KV tokens) of the requests still running at the latest
+        # For scheduling: (end, KV tokens, ITL) of the requests still running at the latest
         # prefill start. Starts only move forward, so this is retired up to each new start.
-        self.batch: list[tuple[float, int]] = []
+        self.batch: list[tuple[float, int, float]] = []
         self.kv = 0
         self.busy = 0.0
         self.busy_t = 0.0
@@ -192,9 +193,20 @@ class _Region:
         self.ready.sort(key=lambda r: r.free_at)
         for replica in self.ready[:count]:
             self.free_at[replica.slot] = math.inf
-            replica.stopped_at = max(now, replica.last_end, replica.free_at)
+            replica.stopped_at = self._drained_at(replica, now)
             self.stopping.append(replica)
         del self.ready[:count]
+
+    def _drained_at(self, replica: _Replica, now: float) -> float:
+        """When a replica stopped at `now` ends its last request: once its queued prefills
+        are done, each step decodes every sequence left, at the unstretched step of their count."""
+        start = max(now, replica.free_at)
+        left = sorted((end - start) / itl for end, _, itl in replica.batch if end > start)
+        finish, decoded = start, 0.0
+        for k, tokens in enumerate(left):
+            finish += (tokens - decoded) * self.profile.decode_step_s(len(left) - k)
+            decoded = tokens
+        return finish
 
     def advance(self, now: float) -> None:
         became_ready = [r for r in self.starting if r.ready_at <= now]
@@ -217,7 +229,7 @@ class _Region:
         need = prompt + output
         # Wait until the KV cache holds the request and the batch has a free sequence.
         while batch and (replica.kv + need > self.kv_capacity or len(batch) >= self.max_num_seqs):
-            end, tokens = heapq.heappop(batch)
+            end, tokens, _ = heapq.heappop(batch)
             replica.kv -= tokens
             start = max(start, end)
         running = len(batch)
@@ -235,10 +247,8 @@ class _Region:
         self.free_at[slot] = first
         replica.starts.append(start)
         heapq.heappush(replica.ends, end)
-        heapq.heappush(batch, (end, need))
+        heapq.heappush(batch, (end, need, itl))
         replica.kv += need
-        if end > replica.last_end:
-            replica.last_end = end
         self.ttft[index] = first - arrival
         self.itl[index] = itl
         self.first_token[index] = first
