@@ -241,9 +241,9 @@ def prefix_within_region_policy() -> Policy:
 
 def meridian_policy(scoring: ScoringSpec) -> Policy:
     """The live router's scorer picks the region, estimating with the profiles the regions'
-    replicas serve by; the prefix-aware scorer picks the replica."""
+    replicas serve by; the replica is the one with the fewest requests, as the region's
+    Serve ingress (HAProxy, `balance leastconn`) picks it live."""
     memory = RoutingMemory()
-    replica_memory: dict = {}
 
     def route(world: World, request: TraceRequest, client: LatLon) -> Replica:
         facts = RequestFacts(
@@ -262,7 +262,7 @@ def meridian_policy(scoring: ScoringSpec) -> Policy:
         )
         region = decision.ranked[0]
         memory.remember(region, facts, decision)
-        return prefix_aware(world.replicas[region], request, replica_memory, request.arrival_ms)
+        return least_outstanding(world.replicas[region], request.arrival_ms)
 
     return route
 
