@@ -8,11 +8,14 @@ from geo_router.sim.routing_replay import (
     Replica,
     SimRegion,
     TraceRequest,
+    World,
     client_of,
     compare_policies,
     load_mooncake,
+    meridian_policy,
     nearest_policy,
     percentile,
+    prefix_within_region_policy,
     simulate,
 )
 from meridian.cli import app
@@ -98,6 +101,25 @@ def test_meridian_spills_a_burst_that_nearest_queues():
     assert set(results) == {"nearest", "least-load", "prefix-aware-in-region", "meridian"}
     assert results["meridian"].spill_rate > 0
     assert results["meridian"].ttft_p99_ms < results["nearest"].ttft_p99_ms
+
+
+def test_meridian_leaves_the_replica_to_the_regions_ingress_as_live():
+    """Two requests with one prefix, 10 ms apart, to a region of two replicas. Live, the
+    region's Serve ingress (HAProxy, leastconn) gives the second to the idle replica, and so
+    does the simulator for Meridian; llm-d-style prefix-aware routing keeps it on the
+    replica that caches its prefix."""
+
+    def replicas_chosen(policy) -> list[int]:
+        world = World([SimRegion("east", LatLon(39.04, -77.49), 2, PROFILE)])
+        chosen = []
+        for request in burst(2):
+            replica = policy(world, request, LatLon(40.7, -74.0))
+            replica.serve(request, request.arrival_ms, CACHE_BLOCKS)
+            chosen.append(replica.index)
+        return chosen
+
+    assert replicas_chosen(meridian_policy(ScoringSpec())) == [0, 1]
+    assert replicas_chosen(prefix_within_region_policy()) == [0, 0]
 
 
 def test_percentile():
