@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -87,14 +88,16 @@ def test_meridian_settles_on_the_replica_count_its_capacity_model_gives() -> Non
 
 
 class _AskFor:
+    """Asks for `target` replicas, and for `then` from `until_s` on."""
+
     name = "ask-for"
     interval_s = 1.0
 
-    def __init__(self, target: int) -> None:
-        self.target = target
+    def __init__(self, target: int, until_s: float = math.inf, then: int = 0) -> None:
+        self.target, self.until_s, self.then = target, until_s, then
 
     def decide(self, signals: RegionSignals, state: PolicyState) -> tuple[ScalingDecision, PolicyState]:
-        return ScalingDecision(self.target, "fixed"), state
+        return ScalingDecision(self.then if signals.now_s >= self.until_s else self.target, "scripted"), state
 
 
 def test_gpu_hours_count_starting_replicas() -> None:
@@ -107,19 +110,6 @@ def test_gpu_hours_count_starting_replicas() -> None:
     assert result.ready[40] == 5
 
 
-class _StopAt:
-    """Asks for one replica until `stop_s`, then for none."""
-
-    name = "stop-at"
-    interval_s = 1.0
-
-    def __init__(self, stop_s: float) -> None:
-        self.stop_s = stop_s
-
-    def decide(self, signals: RegionSignals, state: PolicyState) -> tuple[ScalingDecision, PolicyState]:
-        return ScalingDecision(0 if signals.now_s >= self.stop_s else 1, "scripted"), state
-
-
 def test_a_drained_replicas_sequences_decode_at_the_unstretched_step() -> None:
     """A 20,000-token prompt takes 10.005 s to prefill, so the engine's recent time is all
     prefill when the request starts decoding: its 1,000 steps are stretched to 1 s each (the
@@ -127,7 +117,7 @@ def test_a_drained_replicas_sequences_decode_at_the_unstretched_step() -> None:
     Stopped at 20 s, the replica takes no prefill any more: the 990.005 tokens left decode
     at the 1 ms step, so it is paid until 20.99 s, not the 1,010 s the stretched steps take."""
     trace = traces.from_arrays(np.array([0.0, 30.0]), np.array([20_000, 2]), np.array([1_001, 1]))
-    result = simulate(trace, _StopAt(20.0), config(min_replicas=0, max_replicas=1))
+    result = simulate(trace, _AskFor(1, until_s=20.0), config(min_replicas=0, max_replicas=1))
     first_token = 20_000 / 2000 + 5 * 0.001
     left = first_token + 1_000 * 1.0 - 20.0
     assert result.gpu_hours == pytest.approx((20.0 + left * 0.001) / 3600, rel=1e-9)
