@@ -4,9 +4,12 @@ vLLM, each answering the OpenAI API itself.
 This is Ray Serve LLM's direct ingress: the replica serves vLLM's own FastAPI app
 (`LLMServer.__serve_build_asgi_app__`), so a request goes from Serve's proxy (HAProxy in
 the high-throughput mode) straight to the replica that runs the engine, with no ingress
-replica re-encoding every streamed token between them. With no replica running (scaled
-to zero, or before the first node is bought), Serve's proxy falls back to its Python
-proxy, which holds the request in a queue the autoscaler sees until a replica starts.
+replica re-encoding every streamed token between them. In that mode HAProxy first asks
+the app's ingress request router (Ray Serve LLM's `LLMRouter`) which replica: the one
+holding the prompt's prefix, under a load bound (geo_router/live/serve_replica_router.py).
+With no replica running (scaled to zero, or before the first node is bought), Serve's
+proxy falls back to its Python proxy, which holds the request in a queue the autoscaler
+sees until a replica starts.
 
 `serve deploy` configs import `deployments.model_app:build_model_app`, once for each model,
 at `<region endpoint>/models/<model id>` (meridian_core.spec.model_route). Every replica is
@@ -19,6 +22,8 @@ from typing import Any
 
 from pydantic import Field
 from ray import serve
+from ray.llm._internal.serve.core.ingress.builder import _build_openai_ingress_request_router
+from ray.serve._private.constants import RAY_SERVE_ENABLE_HA_PROXY
 from ray.serve.deployment import Application
 from ray.serve.llm import LLMConfig, build_llm_deployment
 
@@ -29,6 +34,8 @@ from meridian_core.spec import ModelSpec, RegionSpec, SLOSpec, region_resource
 from meridian_host import models
 
 SCALING_POLICY = "autoscaler.live.serve_policy:RegionAutoscalingPolicy"
+# The replica for each request, asked by HAProxy through Ray Serve LLM's ingress request router.
+REPLICA_ROUTER = {"request_router_class": "geo_router.live.serve_replica_router:ReplicaAffinityRouter"}
 
 
 class ModelAppArgs(RegionTokenSource):
@@ -115,8 +122,12 @@ def build_model_app(args: dict[str, Any]) -> Application:
     parsed = ModelAppArgs.model_validate(args)
     # Runs where Serve builds the app; on one machine that is where replicas run too.
     llm_config = llm_config_for(parsed, models.pull(parsed.model.source))
-    # No request router: HAProxy balances the replicas itself and refuses a custom one.
-    return build_llm_deployment(
+    # Under HAProxy a replica router needs an ingress request router, which HAProxy asks
+    # for each request's replica; Serve's Python proxy (the other mode) would hand the
+    # router no prompt, so there Serve's default router picks.
+    if RAY_SERVE_ENABLE_HA_PROXY:
+        llm_config.deployment_config["request_router_config"] = REPLICA_ROUTER
+    app = build_llm_deployment(
         llm_config,
         deployment_cls=serve.ingress()(RegionLLMServer),
         bind_kwargs={
@@ -124,3 +135,6 @@ def build_model_app(args: dict[str, Any]) -> Application:
             "control_token_env": parsed.control_token_env,
         },
     )
+    if not RAY_SERVE_ENABLE_HA_PROXY:
+        return app
+    return app._with_ingress_request_router(_build_openai_ingress_request_router(server=app, llm_config=llm_config))

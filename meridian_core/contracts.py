@@ -21,6 +21,8 @@ stops a loop.
   deployments/region_control.py → autoscaler/live/serve_policy.py).
 - `RouterRegions`: the router's view of every region, its `GET /regions`
   (geo_router/live/app.py → `meridian status` and `meridian up`'s progress).
+- `ReplicaPick`: a model app's replica router asking the app's affinity actor for a
+  request's replica (geo_router/live/serve_replica_router.py, both ends).
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ MAX_REASON = 500
 MAX_NAME = 200
 MAX_MODELS = 64
 MAX_REPLICAS = 4096
+# The leading prompt blocks a prompt is keyed by (routing_core's prefix_blocks).
+MAX_PROMPT_BLOCKS = 64
 # A region's /status with every field at its cap is well under this.
 MAX_MESSAGE_BYTES = 256 * 1024
 
@@ -183,3 +187,12 @@ class RouterRegion(Contract):
 
 class RouterRegions(Contract):
     regions: list[RouterRegion] = Field(max_length=MAX_REPLICAS)
+
+
+class ReplicaPick(Contract):
+    """One request's pick: the model app's replicas now, those that may take the request
+    with their requests (running and waiting), and the prompt's block keys."""
+
+    replicas: list[Name] = Field(max_length=MAX_REPLICAS)
+    requests: dict[Name, Count] = Field(min_length=1, max_length=MAX_REPLICAS)
+    blocks: list[Annotated[int, Field(ge=0, lt=2**64)]] = Field(max_length=MAX_PROMPT_BLOCKS)

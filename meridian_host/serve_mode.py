@@ -6,7 +6,10 @@ cluster gets when the spec's `ray.high_throughput` is on (the default):
   HTTP server (a model's LLM replica, deployments/model_app.py); the Python proxy is its
   fallback while an app has no replica;
 - `RAY_SERVE_THROUGHPUT_OPTIMIZED`: direct ingress, gRPC between deployments, user code
-  on the replica's own event loop and the garbage collector frozen after start.
+  on the replica's own event loop and the garbage collector frozen after start;
+- `RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY`: HAProxy hands each request's body to a
+  model app's ingress request router, which picks the replica by the prompt's prefix
+  (geo_router/live/serve_replica_router.py); without it the router would see no prompt.
 
 Ray reads both when a process starts, on the head (controller, HAProxy) and on workers
 (replicas), so they go in the environment of `ray start` (launcher, local provider), of
@@ -22,6 +25,7 @@ from __future__ import annotations
 HIGH_THROUGHPUT_ENV = {
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    "RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY": "1",
 }
 
 

@@ -74,7 +74,11 @@ def test_each_region_gets_the_provider_and_catalog_its_settings_name():
     # Idle Python workers are let go on every node (meridian_host/node_env.py).
     # Ray's usage stats are off by default, on every node.
     lean = {"RAY_num_workers_soft_limit": "0", "RAY_USAGE_STATS_ENABLED": "0"}
-    high_throughput = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+    high_throughput = {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        "RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY": "1",
+    }
     assert aws.join.env == gcp.join.env == high_throughput | lean  # the default mode
     default_mode = parse_spec(
         {"models": [{"id": "m"}], "regions": [region("aws/us-east-1", AWS)], "ray": {"high_throughput": False}}
