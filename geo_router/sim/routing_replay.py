@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from geo_router.policy.replica_affinity import ReplicaAffinity
 from geo_router.policy.scoring import RegionLoad, RequestFacts, RoutingMemory, choose
 from meridian_core.geo import LatLon, haversine_km
 from meridian_core.replica_model import ReplicaProfile
@@ -241,9 +242,10 @@ def prefix_within_region_policy() -> Policy:
 
 def meridian_policy(scoring: ScoringSpec) -> Policy:
     """The live router's scorer picks the region, estimating with the profiles the regions'
-    replicas serve by; the replica is the one with the fewest requests, as the region's
-    Serve ingress (HAProxy, `balance leastconn`) picks it live."""
+    replicas serve by; the region's ingress picks the replica by prefix affinity under a
+    load bound, as it does live (`geo_router.policy.replica_affinity`)."""
     memory = RoutingMemory()
+    in_region: dict[str, ReplicaAffinity] = {}
 
     def route(world: World, request: TraceRequest, client: LatLon) -> Replica:
         facts = RequestFacts(
@@ -262,7 +264,10 @@ def meridian_policy(scoring: ScoringSpec) -> Policy:
         )
         region = decision.ranked[0]
         memory.remember(region, facts, decision)
-        return least_outstanding(world.replicas[region], request.arrival_ms)
+        affinity = in_region.setdefault(region, ReplicaAffinity())
+        replicas = world.replicas[region]
+        requests = {replica.index: sum(replica.load_at(request.arrival_ms)) for replica in replicas}
+        return replicas[affinity.choose(requests, request.blocks, request.arrival_ms / 1000.0)]
 
     return route
 

@@ -15,7 +15,6 @@ from geo_router.sim.routing_replay import (
     meridian_policy,
     nearest_policy,
     percentile,
-    prefix_within_region_policy,
     simulate,
 )
 from meridian.cli import app
@@ -103,11 +102,11 @@ def test_meridian_spills_a_burst_that_nearest_queues():
     assert results["meridian"].ttft_p99_ms < results["nearest"].ttft_p99_ms
 
 
-def test_meridian_leaves_the_replica_to_the_regions_ingress_as_live():
+def test_meridian_keeps_a_prefix_on_its_replica_as_the_regions_ingress_does_live():
     """Two requests with one prefix, 10 ms apart, to a region of two replicas. Live, the
-    region's Serve ingress (HAProxy, leastconn) gives the second to the idle replica, and so
-    does the simulator for Meridian; llm-d-style prefix-aware routing keeps it on the
-    replica that caches its prefix."""
+    region's ingress asks the replica-affinity router, which keeps the second on the
+    replica holding its prefix though the other is idle, and so does the simulator for
+    Meridian; the nearest-only peer's ingress (HAProxy's leastconn) gives it to the idle one."""
 
     def replicas_chosen(policy) -> list[int]:
         world = World([SimRegion("east", LatLon(39.04, -77.49), 2, PROFILE)])
@@ -118,8 +117,8 @@ def test_meridian_leaves_the_replica_to_the_regions_ingress_as_live():
             chosen.append(replica.index)
         return chosen
 
-    assert replicas_chosen(meridian_policy(ScoringSpec())) == [0, 1]
-    assert replicas_chosen(prefix_within_region_policy()) == [0, 0]
+    assert replicas_chosen(meridian_policy(ScoringSpec())) == [0, 0]
+    assert replicas_chosen(nearest_policy()) == [0, 1]
 
 
 def test_percentile():
