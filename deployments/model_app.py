@@ -79,6 +79,10 @@ def deployment_config_for(args: ModelAppArgs) -> dict[str, Any]:
     return config
 
 
+def most_replicas(region: RegionSpec) -> int:
+    return region.autoscaling.max_replicas if region.autoscaling is not None else region.replicas
+
+
 def llm_config_for(args: ModelAppArgs, model_path: str) -> LLMConfig:
     model = args.model
     return LLMConfig(
@@ -123,9 +127,11 @@ def build_model_app(args: dict[str, Any]) -> Application:
     # Runs where Serve builds the app; on one machine that is where replicas run too.
     llm_config = llm_config_for(parsed, models.pull(parsed.model.source))
     # Under HAProxy a replica router needs an ingress request router, which HAProxy asks
-    # for each request's replica; Serve's Python proxy (the other mode) would hand the
+    # for each request's replica: a hop that costs CPU beside the engine, so only for an app
+    # that may run two replicas. Serve's Python proxy (the other mode) would hand the
     # router no prompt, so there Serve's default router picks.
-    if RAY_SERVE_ENABLE_HA_PROXY:
+    choose_replica = RAY_SERVE_ENABLE_HA_PROXY and most_replicas(parsed.region) > 1
+    if choose_replica:
         llm_config.deployment_config["request_router_config"] = REPLICA_ROUTER
     app = build_llm_deployment(
         llm_config,
@@ -135,6 +141,6 @@ def build_model_app(args: dict[str, Any]) -> Application:
             "control_token_env": parsed.control_token_env,
         },
     )
-    if not RAY_SERVE_ENABLE_HA_PROXY:
+    if not choose_replica:
         return app
     return app._with_ingress_request_router(_build_openai_ingress_request_router(server=app, llm_config=llm_config))

@@ -7,14 +7,16 @@ a replica, and HAProxy forwards the request there.
 
 - **One memory per model app.** Serve runs an `LLMRouter` on every node with a Serve
   replica, and HAProxy takes turns among them, so the policy's memory lives in one actor
-  per deployment (`ReplicaAffinityActor`) that every router asks.
+  per deployment (`ReplicaAffinityActor`) that every router asks, started at the first
+  pick among two or more replicas (with one there is nothing to choose or remember).
 - **Prompt blocks** are the geo router's own (`geo_router.live.prompt`): both tiers key a
   prompt alike.
 - **Request counts** are Serve's: each candidate's ongoing requests, probed on each pick
   within Serve's probe deadline. A replica that does not answer in time, or is full, is
   passed over while another can take the request.
-- **Deadline.** An answer from the actor later than `CHOOSE_DEADLINE_S`, or none, and the
-  replica with the fewest requests takes the request; each such fallback is logged and counted.
+- **Deadline.** With no valid answer from the actor within `CHOOSE_DEADLINE_S`, the
+  replica with the fewest requests takes the request; each such fallback is logged with
+  its running count, and the next pick looks the actor up again.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import ray
+from ray.actor import ActorHandle
 from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
 
 from geo_router.live.prompt import prefix_blocks, prompt_text
@@ -66,15 +69,22 @@ ReplicaAffinityActor = ray.remote(num_cpus=0)(SharedAffinity)
 
 class ReplicaAffinityRouter(RequestRouter):
     def initialize_state(self, **kwargs: Any) -> None:
-        config = ReplicaAffinityConfig(**kwargs)
-        deployment = self._deployment_id
-        self._shared = ReplicaAffinityActor.options(
-            name=ACTOR_NAME,
-            namespace=f"meridian::{deployment.app_name}::{deployment.name}",
-            get_if_exists=True,
-            lifetime="detached",  # outlives any one router; goes with the region's cluster
-        ).remote(config.model_dump())
+        self._config = ReplicaAffinityConfig(**kwargs)
+        self._shared: ActorHandle | None = None
         self.fallbacks = 0
+
+    def _shared_affinity(self) -> ActorHandle:
+        """The app's affinity actor, started by the first router to need it (a model app of
+        one replica never does)."""
+        if self._shared is None:
+            deployment = self._deployment_id
+            self._shared = ReplicaAffinityActor.options(
+                name=ACTOR_NAME,
+                namespace=f"meridian::{deployment.app_name}::{deployment.name}",
+                get_if_exists=True,
+                lifetime="detached",  # outlives any one router; goes with the region's cluster
+            ).remote(self._config.model_dump())
+        return self._shared
 
     async def choose_replicas(
         self, candidate_replicas: list[RunningReplica], pending_request: PendingRequest | None = None
@@ -91,10 +101,11 @@ class ReplicaAffinityRouter(RequestRouter):
             blocks=request_blocks(pending_request),
         )
         try:
-            chosen = await asyncio.wait_for(self._shared.choose.remote(pick.model_dump()), CHOOSE_DEADLINE_S)
+            chosen = await asyncio.wait_for(self._shared_affinity().choose.remote(pick.model_dump()), CHOOSE_DEADLINE_S)
         except Exception as error:  # the actor's memory is an optimisation: the pick goes on without it
             chosen = None
             reason = type(error).__name__
+            self._shared = None  # looked up (or started) again by the next pick
         else:
             reason = "an answer naming no candidate"
         if chosen not in pool:
