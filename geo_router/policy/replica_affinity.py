@@ -15,8 +15,8 @@ request counts, prompt blocks and a clock in, a replica out; the region's Serve 
   fewest requests, as `balance leastconn` would.
 
 This is the shape of Ray Serve LLM's `PrefixCacheAffinityRouter`, which is not used itself:
-asked only to pick (as HAProxy's ingress request router asks), it records nothing, and its
-ties go to the first replica, so it sent every request to one replica.
+in Ray 2.60, asked only to pick (as HAProxy's ingress request router asks), it records
+nothing and its ties go to the first replica, so it sent every request to one replica.
 """
 
 from __future__ import annotations
