@@ -31,7 +31,7 @@ from capacity.live.providers import provider_for
 from capacity.model import ProviderError
 from meridian.serve_config import serve_config
 from meridian_core.contracts import MalformedMessage, RouterRegion, RouterRegions, parse
-from meridian_core.spec import PlatformSpec, RegionSpec, load_spec, model_app_name
+from meridian_core.spec import REPLICA_ROUTER_DEPLOYMENT, PlatformSpec, RegionSpec, load_spec, model_app_name
 from meridian_host import models, processes
 from meridian_host.platform_state import ClusterState, LocalNodes, PlatformState
 from meridian_host.ray_nodes import BIN, start_head
@@ -345,6 +345,11 @@ def region_app_status(apps: dict[str, dict[str, Any]]) -> tuple[str, str]:
             if status == wanted:
                 return status, message
     return next(((s, m) for s, m in statuses if s != "RUNNING"), ("RUNNING", ""))
+
+
+def engine_deployments(app: dict[str, Any]) -> list[dict[str, Any]]:
+    """A model app's deployments that run its model, without its replica router."""
+    return [d for name, d in app.get("deployments", {}).items() if name != REPLICA_ROUTER_DEPLOYMENT]
 
 
 def serve_applications(state: PlatformState, cluster: ClusterState) -> dict[str, Any]:

@@ -26,7 +26,7 @@ def collect_status(spec: PlatformSpec, state: PlatformState | None) -> dict[str,
         for name, app in apps.items():
             if name == region.slug:
                 continue
-            for deployment in app.get("deployments", {}).values():
+            for deployment in launcher.engine_deployments(app):
                 for replica in deployment.get("replicas") or []:
                     replica_states[replica["state"]] = replica_states.get(replica["state"], 0) + 1
         snapshot = Ledger(state.cluster_dir(region.slug)).snapshot() if state else None

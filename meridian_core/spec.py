@@ -48,6 +48,11 @@ def model_app_name(slug: str, model_id: str) -> str:
     return f"{slug}:{model_id}".replace("/", ":")
 
 
+# The deployment Ray Serve LLM names its ingress request router in a model app that may
+# run two or more replicas (deployments/model_app.py): it routes, it serves no model.
+REPLICA_ROUTER_DEPLOYMENT = "LLMRouter"
+
+
 def region_resource(slug: str) -> str:
     """The custom Ray resource a region's nodes advertise and its replicas require."""
     return f"region:{slug}"

@@ -56,7 +56,7 @@ def running_engine_replicas(platform: PlatformState, slug: str) -> int:
         1
         for name, app in apps.items()
         if name != slug
-        for deployment in app.get("deployments", {}).values()
+        for deployment in launcher.engine_deployments(app)
         for replica in deployment.get("replicas") or []
         if replica["state"] == "RUNNING"
     )

@@ -176,3 +176,13 @@ def test_a_regions_first_node_starts_with_no_node_record_left_from_an_earlier_ru
     monkeypatch.setattr(launcher, "LocalProvider", FirstNode)
     launcher.start_cluster(spec, state, lab, lambda _: None)
     assert held_at_first_node == [{}]
+
+
+def test_a_model_apps_engines_are_counted_without_its_replica_router():
+    """A model app that may run two replicas also runs Ray Serve LLM's ingress request
+    router, one replica per node; `meridian status` counts engines, not routers."""
+    engine = {"replicas": [{"state": "RUNNING"}, {"state": "STARTING"}]}
+    router = {"replicas": [{"state": "RUNNING"}, {"state": "RUNNING"}]}
+    app = {"deployments": {"RegionLLMServer:m": engine, "LLMRouter": router}}
+    assert launcher.engine_deployments(app) == [engine]
+    assert launcher.engine_deployments({}) == []
