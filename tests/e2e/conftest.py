@@ -3,7 +3,7 @@ the packaged model, and the geo router, started as `meridian up` starts them."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -46,3 +46,19 @@ def running_platform(spec_path: Path, state_dir: Path) -> Iterator[PlatformState
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlatformState]:
     with running_platform(SPEC_PATH, tmp_path_factory.mktemp("state")) as state:
         yield state
+
+
+def platform_of_its_own(spec_path: Path) -> tuple[Callable[..., PlatformSpec], Callable[..., Iterator[PlatformState]]]:
+    """A test module's own `spec` and `platform` fixtures, for the platform `spec_path`
+    describes, up for the module's tests and down after them."""
+
+    @pytest.fixture(scope="module", name="spec")
+    def own_spec() -> PlatformSpec:
+        return load_spec(spec_path)
+
+    @pytest.fixture(scope="module", name="platform")
+    def own_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlatformState]:
+        with running_platform(spec_path, tmp_path_factory.mktemp(f"state-{spec_path.stem}")) as state:
+            yield state
+
+    return own_spec, own_platform

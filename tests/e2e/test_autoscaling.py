@@ -14,20 +14,19 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import pytest
 
 from meridian import launcher
 from meridian.status import collect_status
 from meridian_core.contracts import FleetFloor
-from meridian_core.spec import PlatformSpec, load_spec, model_route
+from meridian_core.spec import PlatformSpec, model_route
 from meridian_host.platform_state import LocalNodes, PlatformState
 from meridian_host.region_tokens import region_token
 
-from .conftest import running_platform
+from .conftest import platform_of_its_own
 
 SPEC_PATH = Path(__file__).with_name("e2e-autoscale.yaml")
 BIN = Path(sys.executable).parent
@@ -37,15 +36,7 @@ PARIS = "48.85,2.35"
 SCALE_TIMEOUT_S = 660.0
 
 
-@pytest.fixture(scope="module")
-def spec() -> PlatformSpec:
-    return load_spec(SPEC_PATH)
-
-
-@pytest.fixture(scope="module")
-def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlatformState]:
-    with running_platform(SPEC_PATH, tmp_path_factory.mktemp("state-autoscale")) as state:
-        yield state
+spec, platform = platform_of_its_own(SPEC_PATH)
 
 
 def running_engine_replicas(platform: PlatformState, slug: str) -> int:

@@ -7,18 +7,15 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 from openai import OpenAI
 
-from meridian_core.spec import PlatformSpec, load_spec
-from meridian_host.platform_state import PlatformState
+from meridian_core.spec import PlatformSpec
 from meridian_host.ray_nodes import PORTS_PER_NODE, component_ports
 
-from .conftest import running_platform
+from .conftest import platform_of_its_own
 
 SPEC_PATH = Path(__file__).with_name("e2e-affinity.yaml")
 TOPICS = ("the history of Rome", "how volcanoes form", "the rules of chess", "photosynthesis")
@@ -30,15 +27,7 @@ SESSIONS = re.compile(
 )
 
 
-@pytest.fixture(scope="module")
-def spec() -> PlatformSpec:
-    return load_spec(SPEC_PATH)
-
-
-@pytest.fixture(scope="module")
-def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlatformState]:
-    with running_platform(SPEC_PATH, tmp_path_factory.mktemp("state-affinity")) as state:
-        yield state
+spec, platform = platform_of_its_own(SPEC_PATH)
 
 
 def forwarded(spec: PlatformSpec) -> Counter[str]:
