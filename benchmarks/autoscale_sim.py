@@ -77,6 +77,21 @@ def bursts(over: np.ndarray, index: np.ndarray, bin_s: float) -> dict[str, float
     }
 
 
+def record_windows(trace: traces.Trace, profile: replica_model.ReplicaProfile, bin_s: float) -> tuple[float, float]:
+    """Counted windows busier than every window before them since the trace began (the
+    warm-up included): the share of the counted requests arriving in them, and the most
+    such a window needs as a multiple of the busiest one before it. A policy that sizes
+    for what it has seen holds no replicas for them."""
+    window = (trace.arrival_s // bin_s).astype(np.int64)
+    load = np.bincount(window, weights=trace.prompt_tokens) / bin_s / profile.prefill_tokens_per_s
+    busiest_before = np.concatenate(([0.0], np.maximum.accumulate(load)[:-1]))
+    counted = np.arange(len(load)) * bin_s >= WARMUP_S
+    record = counted & (load > busiest_before) & (busiest_before > 0)
+    share = float(record[window[trace.arrival_s >= WARMUP_S]].mean()) if counted.any() else 0.0
+    jump = float((load[record] / busiest_before[record]).max()) if record.any() else 1.0
+    return share, jump
+
+
 def burst_lines(trace: traces.Trace, profile: replica_model.ReplicaProfile, bin_s: float) -> list[str]:
     """What the trace's prefill work asks of the replicas, window by window, as measured here."""
     load, index = window_loads(trace, profile, bin_s)
@@ -100,6 +115,11 @@ def burst_lines(trace: traces.Trace, profile: replica_model.ReplicaProfile, bin_
             f"{runs['request_share']:.1%} of the counted requests; median run {runs['median_s']:g} s, longest "
             f"{runs['longest_s']:g} s ({versus} a cold start){gap}."
         )
+    share, jump = record_windows(trace, profile, bin_s)
+    lines.append(
+        f"- Windows busier than any before them since the trace began: {share:.1%} of the counted requests; "
+        f"the largest needs {jump:.2f}× the busiest window before it."
+    )
     return lines
 
 
@@ -141,6 +161,8 @@ class Verdict(BaseModel):
     # Static provisioning chosen in hindsight: the cheapest count reaching the goal, if any.
     static: str | None
     static_gpu_hours: float | None
+    # The best attainment of a static count cheaper than that one (None: no cheaper count run).
+    cheaper_static_attainment: float | None
     # Attainment no policy can beat: requests whose prefill alone, on an idle replica, exceeds the TTFT target.
     attainment_ceiling: float
     # GPU-hours any policy needs at least: the counted prompt and output tokens at the replica's best rates.
@@ -187,6 +209,7 @@ def verdict(
     statics = [r for r in reaching if r.policy == "static"]
     peer = min(peers, key=lambda r: r.gpu_hours) if peers else None
     static = min(statics, key=lambda r: r.gpu_hours) if statics else None
+    cheaper = [r.slo_attainment for r in results if r.policy == "static" and static and r.gpu_hours < static.gpu_hours]
     counted = trace.arrival_s >= min(WARMUP_S, trace.duration_s)
     prompts = trace.prompt_tokens[counted]
     # Prefill at its full rate, every decode step at the largest batch (its best tokens per second).
@@ -201,6 +224,7 @@ def verdict(
         peer_gpu_hours=peer.gpu_hours if peer else None,
         static=static.setting if static else None,
         static_gpu_hours=static.gpu_hours if static else None,
+        cheaper_static_attainment=max(cheaper) if cheaper else None,
         attainment_ceiling=attainment_ceiling(trace, profile),
         work_bound_gpu_hours=float(busy_s) / 3600.0 * profile.gpus_per_replica,
     )
@@ -233,6 +257,17 @@ def verdict_lines(v: Verdict) -> list[str]:
             f"{v.peer_gpu_hours:.2f}): Meridian uses {abs(saving):.1%} {'fewer' if saving >= 0 else 'more'} — "
             f"{_mark(v.cost_met)}."
         )
+        cost_target = (1.0 - COST_GOAL) * v.peer_gpu_hours
+        if v.static_gpu_hours is not None and cost_target < v.static_gpu_hours and v.cost_met is False:
+            cheaper = (
+                f"; every cheaper static count reaches at most {v.cheaper_static_attainment:.2%}"
+                if v.cheaper_static_attainment is not None
+                else ""
+            )
+            lines.append(
+                f"  - {COST_GOAL:.0%} below that peer is {cost_target:.2f} GPU-hours, less than the cheapest static "
+                f"count reaching {SLO_GOAL:.0%} ({v.static}, {v.static_gpu_hours:.2f}){cheaper}."
+            )
     if v.static is None:
         lines.append(f"- ≤ static in hindsight: no static count reached {SLO_GOAL:.0%} — n/a.")
     else:
