@@ -81,13 +81,14 @@ def record_windows(trace: traces.Trace, profile: replica_model.ReplicaProfile, b
     """Counted windows busier than every window before them since the trace began (the
     warm-up included): the share of the counted requests arriving in them, and the most
     such a window needs as a multiple of the busiest one before it. A policy that sizes
-    for what it has seen holds no replicas for them."""
+    for what it has seen holds too few replicas for them."""
     window = (trace.arrival_s // bin_s).astype(np.int64)
     load = np.bincount(window, weights=trace.prompt_tokens) / bin_s / profile.prefill_tokens_per_s
     busiest_before = np.concatenate(([0.0], np.maximum.accumulate(load)[:-1]))
     counted = np.arange(len(load)) * bin_s >= WARMUP_S
     record = counted & (load > busiest_before) & (busiest_before > 0)
-    share = float(record[window[trace.arrival_s >= WARMUP_S]].mean()) if counted.any() else 0.0
+    counted_requests = trace.arrival_s >= WARMUP_S
+    share = float(record[window[counted_requests]].mean()) if counted_requests.any() else 0.0
     jump = float((load[record] / busiest_before[record]).max()) if record.any() else 1.0
     return share, jump
 
@@ -260,7 +261,7 @@ def verdict_lines(v: Verdict) -> list[str]:
         cost_target = (1.0 - COST_GOAL) * v.peer_gpu_hours
         if v.static_gpu_hours is not None and cost_target < v.static_gpu_hours and v.cost_met is False:
             cheaper = (
-                f"; every cheaper static count reaches at most {v.cheaper_static_attainment:.2%}"
+                f"; every cheaper static count swept reaches at most {v.cheaper_static_attainment:.2%}"
                 if v.cheaper_static_attainment is not None
                 else ""
             )
