@@ -167,6 +167,31 @@ def test_a_region_whose_inference_fails_stays_out_until_an_inference_probe_is_an
         assert router.post("/v1/chat/completions", json=CHAT).headers["x-meridian-region"] == "local/us-east"
 
 
+def test_no_inference_probe_goes_to_a_region_with_no_ready_replica(fakes):
+    """It would only wait there for a replica: the probe waits for one to be reported."""
+    with running_router(spec_with(breaker_open_s=0.05), fakes) as router:
+        east = router.app_state.regions.regions["local/us-east"]
+        fakes["local-us-east"].mode = "error500"
+        assert router.post("/v1/chat/completions", json=CHAT).headers["x-meridian-region"] == "local/eu-west"
+        assert east.breaker.opened_by_requests
+        fakes["local-us-east"].mode, fakes["local-us-east"].ready = "ok", 0
+        fakes["local-us-east"].calls.clear()
+        for _ in range(5):
+            east.breaker.opened_at = time.monotonic() - 120  # its open time is over
+            repoll(router)
+            time.sleep(0.02)
+        assert "v1/completions" not in fakes["local-us-east"].calls and east.breaker.is_open
+
+        fakes["local-us-east"].ready = 1
+        deadline = time.monotonic() + 10
+        while east.breaker.is_open:
+            assert time.monotonic() < deadline, "no inference probe once a replica was ready"
+            east.breaker.opened_at = time.monotonic() - 120
+            repoll(router)
+            time.sleep(0.02)
+        assert "v1/completions" in fakes["local-us-east"].calls
+
+
 def test_a_request_that_fails_in_every_region_opens_no_breaker(router, fakes):
     for slug in ("local-us-east", "local-eu-west"):
         fakes[slug].mode = "error500"
