@@ -6,8 +6,8 @@ to a region scaled to zero). Failed polls and failed requests open the breaker (
 with the default threshold of 1), so traffic moves before the next poll. A good poll
 closes a breaker polls opened once its open time is over; one that failed requests
 opened closes only when an inference probe (one tiny completion, sent once the open time
-is over and the region reports a ready replica) or a request is answered
-(geo_router/live/breaker.py). An open breaker puts a
+is over and the region reports a ready replica, or is scaled to zero and starts one for
+it) or a request is answered (geo_router/live/breaker.py). An open breaker puts a
 region last, not out: one that last reported a ready replica is still tried when every
 healthy region has failed a request before its first byte (`RegionTable.reserve`).
 """
@@ -276,17 +276,20 @@ class RegionTable:
     def _maybe_probe_inference(self, region: Region) -> None:
         """A breaker failed requests opened closes only on evidence that inference works:
         once it is half-open, one tiny completion is sent (in the background: a slow
-        answer must not hold the poll) to a model the region reports a ready replica of.
-        At none, a probe would only wait in the region's queue for a replica (and wake a
-        model scaled to zero); held there and given up, it left Ray Serve's HAProxy 2.8
-        spinning a core until the region had a replica again (tests/e2e/test_clouds.py,
-        on a 2-core machine whose replacement replica it starved)."""
+        answer must not hold the poll) to a model the region reports a ready replica of,
+        or, scaled to zero with none starting, to one it starts a replica of for the probe
+        as for a request. While a replica is starting, a probe would only wait for it in
+        the region's queue: held at Serve's fallback proxy and given up, one left Ray
+        Serve's HAProxy 2.8 spinning a core until the region had a replica again, which on
+        a 2-core machine starved that replica's start (tests/e2e/test_clouds.py)."""
         if region.name in self._probes or not region.breaker.opened_by_requests:
             return
         if not region.breaker.half_open(time.monotonic()):
             return
+        wakes = region.may_start and not region.starting_replicas
         model = next(
-            (m for m in self._probe_models if m in region.models and region.model_load(m).ready_replicas), None
+            (m for m in self._probe_models if m in region.models and (region.model_load(m).ready_replicas or wakes)),
+            None,
         )
         if model is not None:
             self._probes[region.name] = asyncio.create_task(self._probe_inference(region, model))

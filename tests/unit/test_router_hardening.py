@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import pytest
 import yaml
+from starlette.testclient import TestClient
 
 from geo_router.live import supervised
 from geo_router.live.auth import digest
@@ -21,7 +23,7 @@ from geo_router.live.regions import Region
 from meridian_core.spec import load_spec, parse_spec
 
 from ..conftest import REPO
-from .fake_regions import CHAT, FakeRegions, running_router
+from .fake_regions import CHAT, FakeRegions, running_router, scaled_to_zero
 
 
 @pytest.fixture
@@ -167,29 +169,49 @@ def test_a_region_whose_inference_fails_stays_out_until_an_inference_probe_is_an
         assert router.post("/v1/chat/completions", json=CHAT).headers["x-meridian-region"] == "local/us-east"
 
 
-def test_no_inference_probe_goes_to_a_region_with_no_ready_replica(fakes):
-    """It would only wait there for a replica: the probe waits for one to be reported."""
+def open_by_a_failed_request(router: TestClient, fakes: FakeRegions) -> Region:
+    east = router.app_state.regions.regions["local/us-east"]
+    fakes["local-us-east"].mode = "error500"
+    assert router.post("/v1/chat/completions", json=CHAT).headers["x-meridian-region"] == "local/eu-west"
+    assert east.breaker.opened_by_requests
+    fakes["local-us-east"].mode = "ok"
+    fakes["local-us-east"].calls.clear()
+    return east
+
+
+def poll_half_open(router: TestClient, region: Region, until: Callable[[], bool], rounds: int) -> None:
+    for _ in range(rounds):
+        if until():
+            return
+        region.breaker.opened_at = time.monotonic() - 120  # its open time is over
+        repoll(router)
+        time.sleep(0.02)
+
+
+def test_no_inference_probe_waits_on_a_replica_that_is_starting(fakes):
+    """It would only wait for the start in the region's queue: the probe waits for a
+    ready replica to be reported instead."""
     with running_router(spec_with(breaker_open_s=0.05), fakes) as router:
-        east = router.app_state.regions.regions["local/us-east"]
-        fakes["local-us-east"].mode = "error500"
-        assert router.post("/v1/chat/completions", json=CHAT).headers["x-meridian-region"] == "local/eu-west"
-        assert east.breaker.opened_by_requests
-        fakes["local-us-east"].mode, fakes["local-us-east"].ready = "ok", 0
-        fakes["local-us-east"].calls.clear()
-        for _ in range(5):
-            east.breaker.opened_at = time.monotonic() - 120  # its open time is over
-            repoll(router)
-            time.sleep(0.02)
+        east = open_by_a_failed_request(router, fakes)
+        lost = scaled_to_zero().model_copy(update={"target": 1, "own_target": 1, "min_replicas": 1})
+        fakes["local-us-east"].ready, fakes["local-us-east"].autoscaling = 0, lost  # its replica lost, one starting
+        poll_half_open(router, east, lambda: False, rounds=5)
+        assert east.starting_replicas == 1
         assert "v1/completions" not in fakes["local-us-east"].calls and east.breaker.is_open
 
         fakes["local-us-east"].ready = 1
-        deadline = time.monotonic() + 10
-        while east.breaker.is_open:
-            assert time.monotonic() < deadline, "no inference probe once a replica was ready"
-            east.breaker.opened_at = time.monotonic() - 120
-            repoll(router)
-            time.sleep(0.02)
-        assert "v1/completions" in fakes["local-us-east"].calls
+        poll_half_open(router, east, lambda: not east.breaker.is_open, rounds=200)
+        assert "v1/completions" in fakes["local-us-east"].calls and not east.breaker.is_open
+
+
+def test_an_inference_probe_wakes_a_region_scaled_to_zero(fakes):
+    """With no replica starting, the probe starts one, as a request would; else the
+    region would stay out until every other region failed."""
+    with running_router(spec_with(breaker_open_s=0.05), fakes) as router:
+        east = open_by_a_failed_request(router, fakes)
+        fakes["local-us-east"].ready, fakes["local-us-east"].autoscaling = 0, scaled_to_zero()
+        poll_half_open(router, east, lambda: not east.breaker.is_open, rounds=200)
+        assert "v1/completions" in fakes["local-us-east"].calls and not east.breaker.is_open
 
 
 def test_a_request_that_fails_in_every_region_opens_no_breaker(router, fakes):
