@@ -146,29 +146,6 @@ def spec_with(**router):  # type: ignore[no-untyped-def]
     return parse_spec(data)
 
 
-def test_a_region_whose_inference_fails_stays_out_until_an_inference_probe_is_answered(fakes):
-    with running_router(spec_with(breaker_open_s=0.05), fakes) as router:
-        east = router.app_state.regions.regions["local/us-east"]
-        fakes["local-us-east"].mode = "error500"  # its /status stays fine
-        assert router.post("/v1/chat/completions", json=CHAT).headers["x-meridian-region"] == "local/eu-west"
-        assert east.breaker.is_open and east.breaker.opened_by_requests
-
-        def probed_until(closed: bool) -> None:
-            deadline = time.monotonic() + 10
-            while east.breaker.is_open != (not closed) or "v1/completions" not in fakes["local-us-east"].calls:
-                assert time.monotonic() < deadline, "no inference probe settled the breaker"
-                east.breaker.opened_at = time.monotonic() - 120  # its open time is over
-                repoll(router)
-                time.sleep(0.02)
-
-        probed_until(closed=False)  # good polls, a failed probe: still open, for longer
-        assert east.breaker.trips >= 2
-        fakes["local-us-east"].mode = "ok"
-        fakes["local-us-east"].calls.clear()
-        probed_until(closed=True)
-        assert router.post("/v1/chat/completions", json=CHAT).headers["x-meridian-region"] == "local/us-east"
-
-
 def open_by_a_failed_request(router: TestClient, fakes: FakeRegions) -> Region:
     east = router.app_state.regions.regions["local/us-east"]
     fakes["local-us-east"].mode = "error500"
@@ -179,13 +156,35 @@ def open_by_a_failed_request(router: TestClient, fakes: FakeRegions) -> Region:
     return east
 
 
-def poll_half_open(router: TestClient, region: Region, until: Callable[[], bool], rounds: int) -> None:
-    for _ in range(rounds):
-        if until():
-            return
+def poll_half_open(router: TestClient, region: Region, until: Callable[[], bool], timeout_s: float) -> None:
+    """Polls `region` with its breaker's open time over, until `until()` or `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not until() and time.monotonic() < deadline:
         region.breaker.opened_at = time.monotonic() - 120  # its open time is over
         repoll(router)
         time.sleep(0.02)
+
+
+def test_a_region_whose_inference_fails_stays_out_until_an_inference_probe_is_answered(fakes):
+    with running_router(spec_with(breaker_open_s=0.05), fakes) as router:
+        east = router.app_state.regions.regions["local/us-east"]
+        fakes["local-us-east"].mode = "error500"  # its /status stays fine
+        assert router.post("/v1/chat/completions", json=CHAT).headers["x-meridian-region"] == "local/eu-west"
+        assert east.breaker.is_open and east.breaker.opened_by_requests
+
+        def probed_until(closed: bool) -> None:
+            def settled() -> bool:
+                return east.breaker.is_open == (not closed) and "v1/completions" in fakes["local-us-east"].calls
+
+            poll_half_open(router, east, settled, timeout_s=10)
+            assert settled(), "no inference probe settled the breaker"
+
+        probed_until(closed=False)  # good polls, a failed probe: still open, for longer
+        assert east.breaker.trips >= 2
+        fakes["local-us-east"].mode = "ok"
+        fakes["local-us-east"].calls.clear()
+        probed_until(closed=True)
+        assert router.post("/v1/chat/completions", json=CHAT).headers["x-meridian-region"] == "local/us-east"
 
 
 def test_no_inference_probe_waits_on_a_replica_that_is_starting(fakes):
@@ -195,12 +194,12 @@ def test_no_inference_probe_waits_on_a_replica_that_is_starting(fakes):
         east = open_by_a_failed_request(router, fakes)
         lost = scaled_to_zero().model_copy(update={"target": 1, "own_target": 1, "min_replicas": 1})
         fakes["local-us-east"].ready, fakes["local-us-east"].autoscaling = 0, lost  # its replica lost, one starting
-        poll_half_open(router, east, lambda: False, rounds=5)
+        poll_half_open(router, east, lambda: False, timeout_s=0.2)
         assert east.starting_replicas == 1
         assert "v1/completions" not in fakes["local-us-east"].calls and east.breaker.is_open
 
         fakes["local-us-east"].ready = 1
-        poll_half_open(router, east, lambda: not east.breaker.is_open, rounds=200)
+        poll_half_open(router, east, lambda: not east.breaker.is_open, timeout_s=10)
         assert "v1/completions" in fakes["local-us-east"].calls and not east.breaker.is_open
 
 
@@ -210,7 +209,7 @@ def test_an_inference_probe_wakes_a_region_scaled_to_zero(fakes):
     with running_router(spec_with(breaker_open_s=0.05), fakes) as router:
         east = open_by_a_failed_request(router, fakes)
         fakes["local-us-east"].ready, fakes["local-us-east"].autoscaling = 0, scaled_to_zero()
-        poll_half_open(router, east, lambda: not east.breaker.is_open, rounds=200)
+        poll_half_open(router, east, lambda: not east.breaker.is_open, timeout_s=10)
         assert "v1/completions" in fakes["local-us-east"].calls and not east.breaker.is_open
 
 
